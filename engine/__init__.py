@@ -1,0 +1,1 @@
+"""Strata's bundled inference engine (model, paged KV cache, prefill and decode workers)."""

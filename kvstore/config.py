@@ -1,0 +1,120 @@
+"""Strata's configuration: one frozen tree, validated at load, overridable key by key.
+
+Defaults serve a single machine with no file at all: a 1 GiB DRAM tier, no NVMe (it
+needs a directory), no HBM (it needs CUDA). See ``config_loader`` for how a file,
+``STRATA_*`` environment variables and flags layer on top; ``kvstore config`` prints the
+effective values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvstore import config_loader
+from kvstore.config_loader import check, positive, size
+from kvstore.errors import ConfigError
+from kvstore.types import EvictionPolicyKind
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+def _node_id_ok(value: str) -> bool:
+    return bool(value) and all(c.isalnum() or c in "-_." for c in value)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    node_id: str = field(
+        default_factory=socket.gethostname,
+        metadata=check(_node_id_ok, "letters, digits, '-', '_' or '.'"),
+    )
+    block_bytes: int = field(default=MiB, metadata=size())
+    eviction_policy: EvictionPolicyKind = EvictionPolicyKind.PREFIX_LRU
+    promotion_min_hits: int = field(
+        default=2, metadata=check(lambda v: v >= 0, "0 (never promote) or more")
+    )
+    reservation_timeout_s: float = field(default=30.0, metadata=positive())
+    eviction_budget_blocks: int = field(default=1024, metadata=positive())
+    removal_record_blocks: int = field(default=100_000, metadata=positive())
+    default_pin_ttl_s: float = field(default=600.0, metadata=positive())
+
+
+@dataclass(frozen=True, slots=True)
+class HbmConfig:
+    enabled: bool = False
+    capacity_bytes: int = field(default=GiB, metadata=size())
+    device: str = "cuda:0"
+
+
+@dataclass(frozen=True, slots=True)
+class DramConfig:
+    enabled: bool = True
+    capacity_bytes: int = field(default=GiB, metadata=size())
+    shm_dir: Path = Path("/dev/shm")
+    pin_memory: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class NvmeConfig:
+    enabled: bool = False
+    path: Path | None = None
+    capacity_bytes: int = field(default=8 * GiB, metadata=size())
+    slab_bytes: int = field(default=GiB, metadata=size())
+    direct_io: bool | None = None  # None: use O_DIRECT where the filesystem supports it
+    fsync: bool = False
+    io_threads: int = field(default=4, metadata=check(lambda v: 1 <= v <= 64, "1 to 64"))
+
+
+@dataclass(frozen=True, slots=True)
+class TiersConfig:
+    hbm: HbmConfig = field(default_factory=HbmConfig)
+    dram: DramConfig = field(default_factory=DramConfig)
+    nvme: NvmeConfig = field(default_factory=NvmeConfig)
+
+    def __post_init__(self) -> None:
+        if not (self.hbm.enabled or self.dram.enabled or self.nvme.enabled):
+            raise ConfigError("tiers", "enable at least one of hbm, dram and nvme")
+        if self.nvme.enabled and self.nvme.path is None:
+            raise ConfigError("tiers.nvme.path", "required when tiers.nvme.enabled is true")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    store: StoreConfig = field(default_factory=StoreConfig)
+    tiers: TiersConfig = field(default_factory=TiersConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("hbm", "dram", "nvme"):
+            tier = getattr(self.tiers, name)
+            if tier.enabled and tier.capacity_bytes < self.store.block_bytes:
+                raise ConfigError(
+                    f"tiers.{name}.capacity_bytes",
+                    f"{tier.capacity_bytes} holds no block of store.block_bytes"
+                    f" = {self.store.block_bytes}",
+                )
+
+
+def load_config(
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Config:
+    """The effective config: defaults < ``file`` (or $STRATA_CONFIG) < env < overrides."""
+    env = os.environ if env is None else env
+    if file is None and env.get("STRATA_CONFIG"):
+        file = Path(env["STRATA_CONFIG"])
+    return config_loader.load(Config, file=file, env=env, overrides=overrides)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    config_loader.add_flags(parser, Config)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(args.config, overrides=config_loader.flag_overrides(args))

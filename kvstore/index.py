@@ -1,0 +1,317 @@
+"""The node's block index: which blocks are resident where, and who leaves first.
+
+The index is bookkeeping only (no bytes, no I/O, no clock: ``now_s`` is passed in). The
+node store applies its decisions to the tiers; the hit-rate benchmark drives it directly.
+
+State kept per block (``BlockMeta``) and per index::
+
+    entries      key -> BlockMeta                 resident blocks (RESIDENT or MOVING)
+    children     parent key -> [n_hbm, n_dram, n_nvme]
+                                                  cached children per tier, kept even while
+                                                  the parent itself is absent
+    queues[tier] min-heap of (priority, token, key)
+                                                  eviction candidates, updated lazily
+    removals     key -> MissReason                bounded record of recent removals
+
+Invariants:
+    * a block is in exactly one tier; ``num_blocks(t)`` counts entries with ``tier == t``;
+    * ``children[p][r]`` equals the number of entries with parent ``p`` in the tier of rank r;
+    * a heap item is live iff its token equals its block's ``queue_token`` (0 = not queued);
+      a block has at most one live item, in the heap of its own tier;
+    * a block is a *leaf* in its tier when no child is cached in that tier or a faster one,
+      so prefix-aware policies never evict (or demote) a parent before its children;
+    * a victim is RESIDENT, unread, unpinned and (for prefix-aware policies) a leaf.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from kvstore.policy.eviction import EvictionPolicy, Priority
+from kvstore.types import (
+    TIERS_FASTEST_FIRST,
+    BlockKey,
+    BlockState,
+    MissReason,
+    NamespaceId,
+    SlotId,
+    TierKind,
+)
+
+_ALLOWED_TRANSITIONS = {
+    BlockState.RESERVED: {BlockState.RESIDENT, BlockState.REMOVED},
+    BlockState.RESIDENT: {BlockState.MOVING, BlockState.REMOVED},
+    BlockState.MOVING: {BlockState.RESIDENT, BlockState.REMOVED},
+    BlockState.REMOVED: set(),
+}
+
+
+@dataclass(slots=True, eq=False)
+class BlockMeta:
+    """Everything the node knows about one block besides its bytes."""
+
+    key: BlockKey
+    namespace_id: NamespaceId
+    parent: BlockKey | None
+    length_bytes: int
+    checksum: int
+    tier: TierKind
+    slot: SlotId
+    created_s: float
+    last_access_s: float
+    state: BlockState = BlockState.RESERVED
+    last_access_seq: int = 0
+    num_hits: int = 0
+    num_readers: int = 0
+    pinned_until_s: float | None = None
+    queue_token: int = 0
+    retired_slots: list[tuple[TierKind, SlotId]] = field(default_factory=list)
+
+    def transition(self, new_state: BlockState) -> None:
+        """Move to ``new_state``; an illegal transition is a bug and raises at once."""
+        if new_state not in _ALLOWED_TRANSITIONS[self.state]:
+            raise AssertionError(f"block {self.key.hex()}: {self.state} -> {new_state}")
+        self.state = new_state
+
+
+class Run(NamedTuple):
+    """The longest leading run of a key list that the index holds."""
+
+    blocks: list[BlockMeta]
+    miss_reason: MissReason | None  # why the block after the run missed; None if all hit
+
+
+class VictimBatch(NamedTuple):
+    victims: list[BlockMeta]
+    work_left: bool  # candidates remain but the budget ran out
+    num_examined: int  # heap items popped (the work done)
+
+
+class BlockIndex:
+    """Resident blocks, their prefix tree and per-tier eviction queues."""
+
+    def __init__(self, policy: EvictionPolicy, *, removal_record_blocks: int = 100_000) -> None:
+        self.policy = policy
+        self._entries: dict[BlockKey, BlockMeta] = {}
+        self._children: dict[BlockKey, list[int]] = {}
+        self._queues: dict[TierKind, list[tuple[Priority, int, BlockKey]]] = {
+            tier: [] for tier in TIERS_FASTEST_FIRST
+        }
+        self._num_blocks = dict.fromkeys(TIERS_FASTEST_FIRST, 0)
+        self._removals: OrderedDict[BlockKey, MissReason] = OrderedDict()
+        self._removal_record_blocks = removal_record_blocks
+        self._pin_expiries: list[tuple[float, BlockKey]] = []
+        self._access_seq = 0
+        self._token = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: BlockKey) -> bool:
+        return key in self._entries
+
+    def get(self, key: BlockKey) -> BlockMeta | None:
+        return self._entries.get(key)
+
+    def num_blocks(self, tier: TierKind) -> int:
+        return self._num_blocks[tier]
+
+    def blocks(self) -> list[BlockMeta]:
+        return list(self._entries.values())
+
+    # -- membership -------------------------------------------------------------------
+
+    def insert(self, meta: BlockMeta) -> None:
+        """Add a committed block; it becomes visible to readers and to eviction."""
+        if meta.key in self._entries:
+            raise AssertionError(f"block {meta.key.hex()} inserted twice")
+        meta.transition(BlockState.RESIDENT)
+        self._entries[meta.key] = meta
+        self._removals.pop(meta.key, None)
+        self._num_blocks[meta.tier] += 1
+        self._count_child(meta, meta.tier, +1)
+        self._stamp(meta)
+        self._enqueue_if_evictable(meta)
+
+    def remove(self, meta: BlockMeta, reason: MissReason) -> None:
+        """Drop a block from the index and remember why (for miss classification)."""
+        if self._entries.get(meta.key) is not meta:
+            raise AssertionError(f"block {meta.key.hex()} is not in the index")
+        meta.transition(BlockState.REMOVED)
+        del self._entries[meta.key]
+        self._num_blocks[meta.tier] -= 1
+        meta.queue_token = 0
+        self._count_child(meta, meta.tier, -1)
+        self._removals[meta.key] = reason
+        self._removals.move_to_end(meta.key)
+        if len(self._removals) > self._removal_record_blocks:
+            self._removals.popitem(last=False)
+        self._compact_if_sparse(meta.tier)
+
+    def move(self, meta: BlockMeta, tier: TierKind, slot: SlotId) -> None:
+        """Record that a block now lives in ``slot`` of ``tier`` (demotion or promotion),
+        ending its MOVING state if it had one."""
+        if meta.state is BlockState.MOVING:
+            meta.transition(BlockState.RESIDENT)
+        self._num_blocks[meta.tier] -= 1
+        self._num_blocks[tier] += 1
+        self._count_child(meta, meta.tier, -1)
+        meta.tier, meta.slot = tier, slot
+        self._count_child(meta, tier, +1)
+        meta.queue_token = 0
+        self._enqueue_if_evictable(meta)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def longest_run(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> Run:
+        """The leading blocks of ``keys`` that are resident, and why the next one is not."""
+        blocks: list[BlockMeta] = []
+        for key in keys:
+            meta = self._entries.get(key)
+            if meta is None:
+                return Run(blocks, self._removals.get(key, MissReason.NEVER_STORED))
+            if meta.namespace_id != ns_id:
+                return Run(blocks, MissReason.NAMESPACE_MISMATCH)
+            blocks.append(meta)
+        return Run(blocks, None)
+
+    def touch(self, meta: BlockMeta, now_s: float) -> None:
+        """Record a hit: the block becomes the most recently (and once more) used."""
+        meta.num_hits += 1
+        meta.last_access_s = now_s
+        self._stamp(meta)
+
+    def acquire(self, meta: BlockMeta) -> None:
+        """Pin a block for a read: it is not evicted, moved away or freed until released."""
+        meta.num_readers += 1
+
+    def release(self, meta: BlockMeta) -> None:
+        if meta.num_readers <= 0:
+            raise AssertionError(f"block {meta.key.hex()} released more often than acquired")
+        meta.num_readers -= 1
+        if meta.num_readers == 0:
+            self._enqueue_if_evictable(meta)
+
+    def pin(self, meta: BlockMeta, until_s: float) -> None:
+        """Keep a block where it is (no eviction, no demotion) until ``until_s``."""
+        meta.pinned_until_s = until_s
+        heapq.heappush(self._pin_expiries, (until_s, meta.key))
+
+    def unpin(self, meta: BlockMeta) -> None:
+        meta.pinned_until_s = None
+        self._enqueue_if_evictable(meta)
+
+    def begin_move(self, meta: BlockMeta) -> None:
+        """Mark a block MOVING: still readable, no longer a candidate, until ``move`` or
+        ``abandon_move``."""
+        meta.transition(BlockState.MOVING)
+        meta.queue_token = 0
+
+    def abandon_move(self, meta: BlockMeta) -> None:
+        """The block stays where it was and becomes a candidate again."""
+        meta.transition(BlockState.RESIDENT)
+        self._enqueue_if_evictable(meta)
+
+    def requeue(self, meta: BlockMeta) -> None:
+        """Make a selected victim a candidate again when it was not evicted after all."""
+        self._enqueue_if_evictable(meta)
+
+    # -- eviction ---------------------------------------------------------------------
+
+    def select_victims(
+        self, tier: TierKind, num_blocks: int, now_s: float, budget: int
+    ) -> VictimBatch:
+        """Take up to ``num_blocks`` victims out of ``tier``'s queue, doing at most ``budget``
+        heap pops. Victims leave the queue; the caller moves or removes each one, or calls
+        ``requeue``. Prefix-aware policies yield only current leaves, so a parent becomes a
+        victim in a later call, after its children have left the tier.
+        """
+        self._expire_pins(now_s)
+        queue = self._queues[tier]
+        victims: list[BlockMeta] = []
+        num_examined = 0
+        while queue and len(victims) < num_blocks and num_examined < budget:
+            num_examined += 1
+            priority, token, key = heapq.heappop(queue)
+            meta = self._entries.get(key)
+            if meta is None or meta.queue_token != token:
+                continue  # stale: removed, moved, or pushed again since
+            if not self._evictable(meta, now_s):
+                meta.queue_token = 0  # an event (release, unpin, leaf) pushes it again
+                continue
+            current = self.policy.priority(meta)
+            if current != priority:
+                self._push(meta, current)  # touched since pushed: its priority only grew
+                continue
+            meta.queue_token = 0
+            victims.append(meta)
+        return VictimBatch(victims, bool(queue) and len(victims) < num_blocks, num_examined)
+
+    def is_leaf(self, meta: BlockMeta) -> bool:
+        counts = self._children.get(meta.key)
+        return counts is None or sum(counts[: meta.tier.rank + 1]) == 0
+
+    def miss_reason(self, key: BlockKey) -> MissReason:
+        return self._removals.get(key, MissReason.NEVER_STORED)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _stamp(self, meta: BlockMeta) -> None:
+        self._access_seq += 1
+        meta.last_access_seq = self._access_seq
+
+    def _count_child(self, meta: BlockMeta, tier: TierKind, delta: int) -> None:
+        if meta.parent is None:
+            return
+        counts = self._children.get(meta.parent)
+        if counts is None:
+            counts = self._children[meta.parent] = [0, 0, 0]
+        counts[tier.rank] += delta
+        if delta < 0:
+            if not any(counts):
+                del self._children[meta.parent]
+            parent = self._entries.get(meta.parent)
+            if parent is not None:
+                self._enqueue_if_evictable(parent)
+
+    def _evictable(self, meta: BlockMeta, now_s: float) -> bool:
+        return (
+            meta.state is BlockState.RESIDENT
+            and meta.num_readers == 0
+            and (meta.pinned_until_s is None or meta.pinned_until_s <= now_s)
+            and (not self.policy.leaves_only or self.is_leaf(meta))
+        )
+
+    def _enqueue_if_evictable(self, meta: BlockMeta) -> None:
+        # Pins are checked against their expiry at pop time; here any pin defers the push.
+        unqueued_unpinned = meta.queue_token == 0 and meta.pinned_until_s is None
+        if unqueued_unpinned and self._evictable(meta, now_s=0.0):
+            self._push(meta, self.policy.priority(meta))
+
+    def _push(self, meta: BlockMeta, priority: Priority) -> None:
+        self._token += 1
+        meta.queue_token = self._token
+        heapq.heappush(self._queues[meta.tier], (priority, self._token, meta.key))
+
+    def _expire_pins(self, now_s: float) -> None:
+        while self._pin_expiries and self._pin_expiries[0][0] <= now_s:
+            until_s, key = heapq.heappop(self._pin_expiries)
+            meta = self._entries.get(key)
+            if meta is not None and meta.pinned_until_s == until_s:
+                self.unpin(meta)
+
+    def _compact_if_sparse(self, tier: TierKind) -> None:
+        """Drop dead heap items once they outnumber live blocks (amortised O(1) a removal)."""
+        queue = self._queues[tier]
+        if len(queue) > 4096 and len(queue) > 2 * self._num_blocks[tier]:
+            live = [
+                item
+                for item in queue
+                if (meta := self._entries.get(item[2])) is not None and meta.queue_token == item[1]
+            ]
+            heapq.heapify(live)
+            self._queues[tier] = live

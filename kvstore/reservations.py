@@ -1,0 +1,99 @@
+"""Reservations: the first phase of a two-phase put.
+
+A reservation holds slots in the store's fastest tier for the blocks a caller is about to
+write. Its blocks are invisible to readers until ``commit``; an abandoned reservation is
+reclaimed after its deadline and its slots return to the pool. Lifecycle::
+
+    OPEN --commit--> COMMITTING --> DONE
+      |                  (never reclaimed while committing)
+      +--abort / deadline--> RECLAIMED
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from kvstore.errors import LeaseExpired, NotFound
+from kvstore.hashing import Namespace
+from kvstore.types import BlockKey, SlotId, TierKind
+
+
+class ReservationState(enum.Enum):
+    OPEN = "open"
+    COMMITTING = "committing"
+    DONE = "done"
+    RECLAIMED = "reclaimed"
+
+
+class ReservedBlock(NamedTuple):
+    position: int  # of the block in the caller's key list
+    key: BlockKey
+    parent: BlockKey | None
+    slot: SlotId
+    buffer: memoryview  # write exactly namespace.block_bytes bytes here
+
+
+@dataclass(slots=True)
+class Reservation:
+    id: int
+    namespace: Namespace
+    tier: TierKind
+    blocks: list[ReservedBlock]
+    deadline_s: float
+    num_present: int  # keys already stored: nothing to write
+    num_in_flight: int  # keys another reservation is writing
+    staged: bool  # buffers are staging memory, copied into the tier at commit
+    state: ReservationState = ReservationState.OPEN
+
+
+class PutResult(NamedTuple):
+    num_stored: int
+    num_present: int
+    num_in_flight: int
+
+
+class ReservationTable:
+    """Open reservations by id, and which keys they are writing."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, Reservation] = {}
+        self._keys: set[BlockKey] = set()
+        self._ids = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def is_writing(self, key: BlockKey) -> bool:
+        return key in self._keys
+
+    def add(self, reservation: Reservation) -> None:
+        self._by_id[reservation.id] = reservation
+        self._keys.update(block.key for block in reservation.blocks)
+
+    def begin_commit(self, reservation: Reservation, now_s: float) -> None:
+        """Check a reservation is still live and stop it from being reclaimed."""
+        if self._by_id.get(reservation.id) is not reservation:
+            raise NotFound(f"reservation {reservation.id} is not open")
+        if reservation.state is not ReservationState.OPEN:
+            raise LeaseExpired(f"reservation {reservation.id} is {reservation.state.value}")
+        if now_s > reservation.deadline_s:
+            raise LeaseExpired(f"reservation {reservation.id} expired before commit")
+        reservation.state = ReservationState.COMMITTING
+
+    def finish(self, reservation: Reservation, state: ReservationState) -> None:
+        reservation.state = state
+        self._by_id.pop(reservation.id, None)
+        self._keys.difference_update(block.key for block in reservation.blocks)
+
+    def expired(self, now_s: float) -> list[Reservation]:
+        return [
+            r
+            for r in self._by_id.values()
+            if r.state is ReservationState.OPEN and now_s > r.deadline_s
+        ]

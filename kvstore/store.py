@@ -1,0 +1,520 @@
+"""The node store: one process's tiered, prefix-keyed KV block store.
+
+Puts land in the fastest enabled tier and sink as they age (hbm -> dram -> nvme ->
+dropped); hits in a slow tier may rise again (promotion). All bookkeeping happens on the
+event-loop thread, so metadata changes between two ``await`` points are atomic; byte
+copies to and from disk and device run on the tiers' own threads.
+
+Guarantees (each tested):
+    * Readers never see partial bytes: a block is visible only after ``commit``.
+    * A block being read is never evicted, moved away or overwritten: reads pin blocks
+      for their duration, and slots are freed only when no reader holds them.
+    * A miss is a normal result: gets return how many leading blocks hit.
+    * A block whose checksum fails is never served: it is removed and counted.
+    * Keys are immutable: putting a key that is present stores nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import NamedTuple
+
+from kvstore.buffers import aligned_blocks
+from kvstore.config import Config
+from kvstore.errors import InvalidArgument, LeaseExpired, NotFound
+from kvstore.hashing import Namespace, check_key, checksum
+from kvstore.index import BlockIndex, BlockMeta
+from kvstore.policy.eviction import make_eviction_policy
+from kvstore.policy.promotion import PromotionPolicy
+from kvstore.reservations import (
+    PutResult,
+    Reservation,
+    ReservationState,
+    ReservationTable,
+    ReservedBlock,
+)
+from kvstore.stats import StatsSnapshot, StoreStats, TierUsage
+from kvstore.tiering import Tiering, block_record
+from kvstore.tiers.base import ReadItem, Tier, WriteItem
+from kvstore.tiers.factory import open_tiers
+from kvstore.types import BlockKey, MissReason, NamespaceId, TierKind
+
+logger = logging.getLogger(__name__)
+
+
+class GetResult(NamedTuple):
+    num_hits: int  # leading blocks copied into the caller's buffers
+    tiers: list[TierKind]  # the tier that served each hit
+
+
+class LookupResult(NamedTuple):
+    num_blocks: int  # length of the longest cached leading run
+    tiers: list[TierKind]  # where each block of the run lives
+    miss_reason: MissReason | None  # why the block after the run is missing
+
+
+class BlockView(NamedTuple):
+    key: BlockKey
+    tier: TierKind
+    data: memoryview  # read-only; valid until the read context exits
+
+
+class NodeStore:
+    """Tiered block store of one node. Create with ``await NodeStore.open(config)``."""
+
+    def __init__(
+        self,
+        config: Config,
+        tiers: dict[TierKind, Tier],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._namespaces: dict[NamespaceId, Namespace] = {}
+        self._stats = StoreStats()
+        self.index = BlockIndex(
+            make_eviction_policy(config.store.eviction_policy),
+            removal_record_blocks=config.store.removal_record_blocks,
+        )
+        self.tiering = Tiering(
+            tiers,
+            self.index,
+            self._stats,
+            promotion=PromotionPolicy(config.store.promotion_min_hits),
+            budget_blocks=config.store.eviction_budget_blocks,
+            clock=clock,
+        )
+        self._reservations = ReservationTable()
+        self._recover()
+
+    @classmethod
+    async def open(
+        cls, config: Config, *, clock: Callable[[], float] = time.monotonic
+    ) -> NodeStore:
+        """Open the configured tiers (recovering persistent ones) and the store over them."""
+        tiers = await asyncio.to_thread(open_tiers, config)
+        return cls(config, tiers, clock=clock)
+
+    async def close(self) -> None:
+        for reservation in list(self._reservations.expired(float("inf"))):
+            await self._reclaim(reservation)
+        for tier in self.tiering.tiers.values():
+            await tier.close()
+
+    async def __aenter__(self) -> NodeStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- namespaces ---------------------------------------------------------------------
+
+    def register_namespace(self, namespace: Namespace) -> NamespaceId:
+        """Accept blocks of ``namespace``; idempotent. Returns its id."""
+        if namespace.block_bytes > self.config.store.block_bytes:
+            raise InvalidArgument(
+                f"namespace blocks are {namespace.block_bytes} bytes but store.block_bytes"
+                f" is {self.config.store.block_bytes}"
+            )
+        ns_id = namespace.id
+        if ns_id not in self._namespaces:
+            self._namespaces[ns_id] = namespace
+            for tier in self.tiering.tiers.values():
+                tier.save_namespace(namespace)
+        return ns_id
+
+    def namespace(self, ns_id: NamespaceId) -> Namespace:
+        """The registered namespace, or NotFound."""
+        try:
+            return self._namespaces[ns_id]
+        except KeyError:
+            raise NotFound(f"unknown namespace {bytes(ns_id).hex()}") from None
+
+    def namespaces(self) -> list[Namespace]:
+        return list(self._namespaces.values())
+
+    # -- put ----------------------------------------------------------------------------
+
+    async def reserve(
+        self,
+        ns_id: NamespaceId,
+        keys: Sequence[BlockKey],
+        parents: Sequence[BlockKey | None],
+    ) -> Reservation:
+        """Phase one of a put: slots for the keys that are not stored yet, all or nothing.
+
+        Write each ``ReservedBlock.buffer`` (exactly ``block_bytes``), then ``commit``.
+
+        Raises:
+            NotFound: unknown namespace. InvalidArgument: malformed keys.
+            CapacityExceeded: not enough slots can be freed in the fastest tier.
+        """
+        namespace = self.namespace(ns_id)
+        _check_keys(keys)
+        if len(parents) != len(keys):
+            raise InvalidArgument(f"{len(keys)} keys but {len(parents)} parents")
+        for parent in parents:
+            if parent is not None:
+                check_key(parent, "parent key")
+        self.reclaim_expired()
+        todo: list[tuple[int, BlockKey, BlockKey | None]] = []
+        num_present = num_in_flight = 0
+        for i, key in enumerate(keys):
+            if key in self.index:
+                num_present += 1
+            elif self._reservations.is_writing(key) or key in (k for _, k, _ in todo):
+                num_in_flight += 1
+            else:
+                todo.append((i, key, parents[i]))
+        tier = self.tiering.top
+        slots = await self.tiering.allocate(tier, len(todo)) if todo else []
+        buffers, staged = self._write_buffers(tier, slots, namespace.block_bytes)
+        blocks = [
+            ReservedBlock(i, key, parent, slot, buf)
+            for (i, key, parent), slot, buf in zip(todo, slots, buffers, strict=True)
+        ]
+        reservation = Reservation(
+            id=self._reservations.next_id(),
+            namespace=namespace,
+            tier=tier,
+            blocks=blocks,
+            deadline_s=self._clock() + self.config.store.reservation_timeout_s,
+            num_present=num_present,
+            num_in_flight=num_in_flight,
+            staged=staged,
+        )
+        self._reservations.add(reservation)
+        return reservation
+
+    async def commit(self, reservation: Reservation) -> PutResult:
+        """Phase two: checksum the written bytes and make the blocks visible.
+
+        Raises:
+            LeaseExpired: the reservation passed its deadline and was reclaimed.
+        """
+        try:
+            self._reservations.begin_commit(reservation, self._clock())
+        except LeaseExpired:
+            await self._reclaim(reservation)
+            raise
+        namespace, tier = reservation.namespace, self.tiering.tiers[reservation.tier]
+        now = time.time()
+        metas = [
+            BlockMeta(
+                key=b.key,
+                namespace_id=namespace.id,
+                parent=b.parent,
+                length_bytes=namespace.block_bytes,
+                checksum=checksum(b.buffer[: namespace.block_bytes]),
+                tier=reservation.tier,
+                slot=b.slot,
+                created_s=now,
+                last_access_s=now,
+            )
+            for b in reservation.blocks
+        ]
+        try:
+            if reservation.staged:
+                items = [
+                    WriteItem(block_record(m, m.slot), b.buffer[: m.length_bytes])
+                    for m, b in zip(metas, reservation.blocks, strict=True)
+                ]
+                await tier.write(items)
+        except BaseException:
+            self._free_slots(reservation)
+            self._reservations.finish(reservation, ReservationState.RECLAIMED)
+            raise
+        for meta in metas:
+            self.index.insert(meta)
+        self._reservations.finish(reservation, ReservationState.DONE)
+        self._stats.put_blocks += len(metas)
+        return PutResult(len(metas), reservation.num_present, reservation.num_in_flight)
+
+    async def abort(self, reservation: Reservation) -> None:
+        """Give a reservation's slots back without storing anything."""
+        await self._reclaim(reservation)
+
+    async def put(
+        self,
+        ns_id: NamespaceId,
+        keys: Sequence[BlockKey],
+        blocks: Sequence[object],
+        parent: BlockKey | None = None,
+    ) -> PutResult:
+        """Store a chain of blocks: ``keys[0]``'s parent is ``parent``, then each the next's.
+
+        Args:
+            blocks: One buffer of exactly the namespace's ``block_bytes`` per key.
+        """
+        namespace = self.namespace(ns_id)
+        if len(blocks) != len(keys):
+            raise InvalidArgument(f"{len(keys)} keys but {len(blocks)} blocks")
+        views = [_readable(b, namespace.block_bytes, i) for i, b in enumerate(blocks)]
+        parents = [parent, *keys[:-1]] if keys else []
+        reservation = await self.reserve(ns_id, keys, parents)
+        for block in reservation.blocks:
+            block.buffer[: namespace.block_bytes] = views[block.position]
+        return await self.commit(reservation)
+
+    # -- get ----------------------------------------------------------------------------
+
+    async def get_into(
+        self, ns_id: NamespaceId, keys: Sequence[BlockKey], buffers: Sequence[object]
+    ) -> GetResult:
+        """Copy the longest cached leading run of ``keys`` into ``buffers``.
+
+        Args:
+            buffers: One writable buffer of at least ``block_bytes`` per key; the bytes of
+                buffers past ``num_hits`` are unspecified.
+        """
+        namespace = self.namespace(ns_id)
+        _check_keys(keys)
+        if len(buffers) < len(keys):
+            raise InvalidArgument(f"{len(keys)} keys but only {len(buffers)} buffers")
+        dsts = [_writable(b, namespace.block_bytes, i) for i, b in enumerate(buffers[: len(keys)])]
+        async with self._acquire(namespace, keys, dsts) as hits:
+            return GetResult(len(hits), [meta.tier for meta, _ in hits])
+
+    @contextlib.asynccontextmanager
+    async def read(
+        self, ns_id: NamespaceId, keys: Sequence[BlockKey]
+    ) -> AsyncIterator[list[BlockView]]:
+        """Zero-copy read of the longest cached leading run: memory-tier blocks are views
+        of their slots, pinned until the context exits; disk blocks are verified copies."""
+        namespace = self.namespace(ns_id)
+        _check_keys(keys)
+        async with self._acquire(namespace, keys, None) as hits:
+            views = [BlockView(m.key, m.tier, data.toreadonly()) for m, data in hits]
+            try:
+                yield views
+            finally:
+                for view in views:
+                    view.data.release()
+
+    # -- metadata-only queries ----------------------------------------------------------
+
+    def lookup(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> LookupResult:
+        """How long a leading run of ``keys`` is cached, and where. No data, no stats."""
+        self.namespace(ns_id)
+        _check_keys(keys)
+        run = self.index.longest_run(ns_id, keys)
+        return LookupResult(len(run.blocks), [m.tier for m in run.blocks], run.miss_reason)
+
+    def exists(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> list[bool]:
+        """Whether each key is stored (in any position, not only as a leading run)."""
+        self.namespace(ns_id)
+        _check_keys(keys)
+        return [(m := self.index.get(k)) is not None and m.namespace_id == ns_id for k in keys]
+
+    async def remove(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> int:
+        """Remove stored keys; returns how many were removed. Readers finish first."""
+        metas = self._present(ns_id, keys)
+        await self.tiering.drop(metas, MissReason.REMOVED)
+        return len(metas)
+
+    def pin(self, ns_id: NamespaceId, keys: Sequence[BlockKey], ttl_s: float | None = None) -> int:
+        """Keep stored keys in their tier (no eviction or demotion) for ``ttl_s`` seconds."""
+        ttl_s = self.config.store.default_pin_ttl_s if ttl_s is None else ttl_s
+        if not ttl_s > 0:
+            raise InvalidArgument(f"ttl_s must be positive, got {ttl_s}")
+        metas = self._present(ns_id, keys)
+        for meta in metas:
+            self.index.pin(meta, self._clock() + ttl_s)
+        return len(metas)
+
+    def unpin(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> int:
+        metas = self._present(ns_id, keys)
+        for meta in metas:
+            self.index.unpin(meta)
+        return len(metas)
+
+    # -- administration -----------------------------------------------------------------
+
+    async def evict(self, tier: TierKind, num_blocks: int) -> int:
+        """Push up to ``num_blocks`` blocks out of ``tier`` (demoted, or dropped from the
+        slowest tier). Returns how many left."""
+        if tier not in self.tiering.tiers:
+            raise InvalidArgument(f"tier {tier.value} is not enabled")
+        before = self.index.num_blocks(tier)
+        pool = self.tiering.tiers[tier].slots
+        await self.tiering.make_room(tier, min(pool.num_slots, pool.num_free + num_blocks))
+        return before - self.index.num_blocks(tier)
+
+    def reclaim_expired(self) -> int:
+        """Free the slots of reservations past their deadline. Returns how many."""
+        expired = self._reservations.expired(self._clock())
+        for reservation in expired:
+            self._free_slots(reservation)
+            self._reservations.finish(reservation, ReservationState.RECLAIMED)
+        self._stats.reservations_reclaimed += len(expired)
+        return len(expired)
+
+    def stats(self) -> StatsSnapshot:
+        s = self._stats
+        return StatsSnapshot(
+            tiers=[self._usage(kind, tier) for kind, tier in self.tiering.tiers.items()],
+            namespaces=[
+                s.namespace_stats(ns.id, ns.model_id, ns.block_tokens)
+                for ns in self._namespaces.values()
+            ],
+            evictions=dict(s.evictions),
+            demotions=dict(s.demotions),
+            promotions=dict(s.promotions),
+            corrupted_blocks=dict(s.corrupted_blocks),
+            torn_writes=s.torn_writes,
+            reservations_reclaimed=s.reservations_reclaimed,
+            put_blocks=s.put_blocks,
+        )
+
+    # -- internals ----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _acquire(
+        self,
+        namespace: Namespace,
+        keys: Sequence[BlockKey],
+        dsts: list[memoryview] | None,
+    ) -> AsyncIterator[list[tuple[BlockMeta, memoryview]]]:
+        """Pin and read the leading run; yields (block, bytes) for each verified hit."""
+        run = self.index.longest_run(namespace.id, keys)
+        metas = run.blocks
+        for meta in metas:
+            self.index.acquire(meta)
+        try:
+            datas = await self._read_blocks(metas, dsts)
+            num_hits = next((i for i, d in enumerate(datas) if d is None), len(datas))
+            hits = [(m, d) for m, d in zip(metas[:num_hits], datas, strict=False) if d is not None]
+            reason = run.miss_reason if num_hits == len(metas) else MissReason.CORRUPTED
+            self._stats.record_get(
+                namespace.id, [m.tier for m, _ in hits], len(keys) - num_hits, reason
+            )
+            now = time.time()
+            for meta, _ in hits:
+                self.index.touch(meta, now)
+            yield hits
+            await self.tiering.promote([(m, d) for m, d in hits if m.tier is not self.tiering.top])
+        finally:
+            await self.tiering.release(metas)
+
+    async def _read_blocks(
+        self, metas: list[BlockMeta], dsts: list[memoryview] | None
+    ) -> list[memoryview | None]:
+        """Bytes of each block: into ``dsts`` when given, else views or fresh copies."""
+        out: list[memoryview | None] = [None] * len(metas)
+        pending: dict[TierKind, list[tuple[int, ReadItem]]] = {}
+        for i, meta in enumerate(metas):
+            view = self.tiering.tiers[meta.tier].view(meta.slot)
+            if view is not None:
+                src = view[: meta.length_bytes]
+                if dsts is None:
+                    out[i] = src
+                else:
+                    dsts[i][: meta.length_bytes] = src
+                    out[i] = dsts[i]
+                continue
+            dst = dsts[i] if dsts is not None else aligned_blocks(1, meta.length_bytes)[0]
+            item = ReadItem(meta.slot, meta.length_bytes, meta.checksum, dst)
+            pending.setdefault(meta.tier, []).append((i, item))
+        for kind, entries in pending.items():
+            ok = await self.tiering.tiers[kind].read([item for _, item in entries])
+            for (i, item), good in zip(entries, ok, strict=True):
+                if good:
+                    out[i] = item.dst
+                else:
+                    await self.tiering.drop([metas[i]], MissReason.CORRUPTED)
+                    self._stats.corrupted_blocks[kind] += 1
+        return out
+
+    def _present(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> list[BlockMeta]:
+        self.namespace(ns_id)
+        _check_keys(keys)
+        return [
+            meta
+            for key in keys
+            if (meta := self.index.get(key)) is not None and meta.namespace_id == ns_id
+        ]
+
+    def _write_buffers(
+        self, tier: TierKind, slots: list, block_bytes: int
+    ) -> tuple[list[memoryview], bool]:
+        """Where a reservation's blocks are written: the slots themselves, or staging."""
+        views = [self.tiering.tiers[tier].view(slot) for slot in slots]
+        if all(v is not None for v in views):
+            return [v[:block_bytes] for v in views if v is not None], False
+        return aligned_blocks(len(slots), block_bytes), True
+
+    def _free_slots(self, reservation: Reservation) -> None:
+        pool = self.tiering.tiers[reservation.tier].slots
+        for block in reservation.blocks:
+            pool.free(block.slot)
+
+    async def _reclaim(self, reservation: Reservation) -> None:
+        if reservation.state is ReservationState.OPEN:
+            self._free_slots(reservation)
+            self._reservations.finish(reservation, ReservationState.RECLAIMED)
+
+    def _usage(self, kind: TierKind, tier: Tier) -> TierUsage:
+        pool = tier.slots
+        return TierUsage(
+            tier=kind,
+            capacity_bytes=pool.num_slots * tier.slot_bytes,
+            used_bytes=pool.num_used * tier.slot_bytes,
+            num_slots=pool.num_slots,
+            num_used_slots=pool.num_used,
+            num_blocks=self.index.num_blocks(kind),
+        )
+
+    def _recover(self) -> None:
+        """Rebuild the index from persistent tiers, oldest access first (LRU order)."""
+        for kind, tier in self.tiering.tiers.items():
+            recovered = tier.recover()
+            for namespace in recovered.namespaces:
+                self._namespaces.setdefault(namespace.id, namespace)
+            for record in sorted(recovered.records, key=lambda r: r.last_access_s):
+                meta = BlockMeta(
+                    key=record.key,
+                    namespace_id=record.namespace_id,
+                    parent=record.parent,
+                    length_bytes=record.length_bytes,
+                    checksum=record.checksum,
+                    tier=kind,
+                    slot=record.slot,
+                    created_s=record.created_s,
+                    last_access_s=record.last_access_s,
+                )
+                self.index.insert(meta)
+            self._stats.torn_writes += getattr(tier, "num_torn_writes", 0)
+            if recovered.records:
+                logger.info("recovered %d blocks from %s", len(recovered.records), kind.value)
+
+
+def _check_keys(keys: Sequence[BlockKey]) -> None:
+    for key in keys:
+        check_key(key)
+
+
+def _readable(block: object, block_bytes: int, i: int) -> memoryview:
+    try:
+        view = memoryview(block).cast("B")  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise InvalidArgument(f"block {i} is not a buffer: {type(block).__name__}") from exc
+    if view.nbytes != block_bytes:
+        raise InvalidArgument(f"block {i} is {view.nbytes} bytes, namespace needs {block_bytes}")
+    return view
+
+
+def _writable(buffer: object, block_bytes: int, i: int) -> memoryview:
+    try:
+        view = memoryview(buffer).cast("B")  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise InvalidArgument(f"buffer {i} is not a buffer: {type(buffer).__name__}") from exc
+    if view.readonly:
+        raise InvalidArgument(f"buffer {i} is read-only")
+    if view.nbytes < block_bytes:
+        raise InvalidArgument(f"buffer {i} is {view.nbytes} bytes, blocks are {block_bytes}")
+    return view

@@ -1,0 +1,268 @@
+"""Moving blocks between tiers: making room, demotion, promotion, dropping, freeing.
+
+This is the mechanism half of eviction: the index (with its policy) names victims, this
+module moves their bytes and keeps the invariants:
+
+* **One home.** A block lives in exactly one tier. A move copies the bytes, verifies
+  them, points the index at the new slot, and only then lets go of the old slot.
+* **No free under a reader.** A slot is returned to its pool only when no reader holds
+  the block; otherwise it waits on the block's ``retired_slots`` and is freed when the
+  last reader releases (``release``). The mover itself holds the block as a reader.
+* **Bounded work.** ``make_room`` examines at most ``budget_blocks`` candidates per call
+  and reports failure instead of scanning the whole tier.
+* **Demote, don't drop.** Victims of tier T go to the next slower enabled tier; only the
+  slowest tier drops blocks. If the slower tier cannot take them (full of pinned blocks,
+  or an I/O error), they are dropped and the failure is logged.
+
+Checksums are verified whenever bytes leave memory for disk (demotion to NVMe) and
+whenever they come back (every NVMe read).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from kvstore.buffers import aligned_blocks
+from kvstore.errors import CapacityExceeded, KVStoreError
+from kvstore.hashing import checksum
+from kvstore.index import BlockIndex, BlockMeta
+from kvstore.policy.promotion import PromotionPolicy
+from kvstore.stats import StoreStats
+from kvstore.tiers.base import BlockRecord, ReadItem, SlotRef, Tier, WriteItem
+from kvstore.types import BlockState, MissReason, SlotId, TierKind
+
+logger = logging.getLogger(__name__)
+
+
+class Tiering:
+    def __init__(
+        self,
+        tiers: dict[TierKind, Tier],
+        index: BlockIndex,
+        stats: StoreStats,
+        *,
+        promotion: PromotionPolicy,
+        budget_blocks: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self.tiers = tiers
+        self.order = sorted(tiers, key=lambda t: t.rank)
+        self.index = index
+        self.stats = stats
+        self.promotion = promotion
+        self.budget_blocks = budget_blocks
+        self._clock = clock
+
+    @property
+    def top(self) -> TierKind:
+        return self.order[0]
+
+    def below(self, tier: TierKind) -> TierKind | None:
+        i = self.order.index(tier)
+        return self.order[i + 1] if i + 1 < len(self.order) else None
+
+    def above(self, tier: TierKind) -> TierKind | None:
+        i = self.order.index(tier)
+        return self.order[i - 1] if i > 0 else None
+
+    # -- allocation -------------------------------------------------------------------
+
+    async def allocate(self, tier: TierKind, count: int) -> list[SlotId]:
+        """``count`` slots of ``tier``, evicting as needed; all or nothing.
+
+        Raises:
+            CapacityExceeded: the tier is too small, or too few blocks could be evicted
+                within the budget (the rest are pinned or being read).
+        """
+        pool = self.tiers[tier].slots
+        if count > pool.num_slots:
+            raise CapacityExceeded(
+                f"{count} blocks do not fit tier {tier.value} ({pool.num_slots} slots)"
+            )
+        await self.make_room(tier, count)
+        slots = pool.allocate_many(count)
+        if slots is None:
+            raise CapacityExceeded(
+                f"tier {tier.value}: {count} slots needed, {pool.num_free} free; the other"
+                " blocks are pinned, being read or being moved"
+            )
+        return slots
+
+    async def make_room(self, tier: TierKind, count: int) -> bool:
+        """Evict from ``tier`` until ``count`` slots are free; False if the budget ran out."""
+        pool = self.tiers[tier].slots
+        budget = self.budget_blocks
+        while pool.num_free < count and budget > 0:
+            batch = self.index.select_victims(tier, count - pool.num_free, self._clock(), budget)
+            budget -= max(batch.num_examined, 1)
+            if not batch.victims:
+                break
+            await self.evict(batch.victims, tier)
+        return pool.num_free >= count
+
+    async def evict(self, victims: list[BlockMeta], tier: TierKind) -> None:
+        """Demote ``victims`` (all in ``tier``) one tier down, or drop them from the last."""
+        lower = self.below(tier)
+        if lower is None:
+            await self.drop(victims, MissReason.EVICTED)
+            return
+        for meta in victims:
+            self.index.begin_move(meta)
+            self.index.acquire(meta)
+        try:
+            moved = await self._move(victims, lower)
+            self.stats.demotions[tier, lower] += moved
+        except (KVStoreError, OSError) as exc:
+            logger.warning("demotion %s -> %s failed (%s); dropping", tier.value, lower.value, exc)
+            await self.drop(
+                [m for m in victims if m.state is BlockState.MOVING], MissReason.EVICTED
+            )
+        finally:
+            await self.release(victims)
+
+    async def drop(self, victims: Sequence[BlockMeta], reason: MissReason) -> None:
+        """Remove blocks from the store; their slots are freed once no reader holds them."""
+        for meta in victims:
+            if meta.state is BlockState.REMOVED:
+                continue
+            if reason is MissReason.EVICTED:
+                self.stats.evictions[meta.tier] += 1
+            self.index.remove(meta, reason)
+            self.retire(meta, meta.tier, meta.slot)
+        await self._flush_ready(victims)
+
+    # -- promotion --------------------------------------------------------------------
+
+    async def promote(self, hits: Sequence[tuple[BlockMeta, memoryview]]) -> None:
+        """Move blocks just served from a slow tier up one tier, per the promotion policy.
+
+        ``hits`` pairs each block with its verified bytes, so no second read is needed.
+        Promotion is best effort: when the faster tier cannot make room, blocks stay.
+        """
+        by_target: dict[TierKind, list[tuple[BlockMeta, memoryview]]] = {}
+        for meta, data in hits:
+            target = self.above(meta.tier)
+            if (
+                target is not None
+                and meta.state is BlockState.RESIDENT
+                and self.promotion.should_promote(meta.num_hits, meta.tier)
+            ):
+                by_target.setdefault(target, []).append((meta, data))
+        for target, items in by_target.items():
+            metas = [meta for meta, _ in items]
+            source = metas[0].tier
+            for meta in metas:
+                self.index.begin_move(meta)
+                self.index.acquire(meta)
+            try:
+                moved = await self._move(metas, target, data=[d for _, d in items])
+                self.stats.promotions[source, target] += moved
+            except (KVStoreError, OSError) as exc:
+                logger.debug("promotion to %s skipped: %s", target.value, exc)
+                for meta in metas:
+                    if meta.state is BlockState.MOVING:
+                        self.index.abandon_move(meta)
+            finally:
+                await self.release(metas)
+
+    # -- readers and freeing ------------------------------------------------------------
+
+    async def release(self, metas: Sequence[BlockMeta]) -> None:
+        """Readers (or a mover) are done with ``metas``; free slots nobody holds any more."""
+        for meta in metas:
+            self.index.release(meta)
+        await self._flush_ready(metas)
+
+    def retire(self, meta: BlockMeta, tier: TierKind, slot: SlotId) -> None:
+        """``meta`` no longer lives in ``slot``; free it when no reader holds ``meta``."""
+        meta.retired_slots.append((tier, slot))
+
+    # -- internals --------------------------------------------------------------------
+
+    async def _move(
+        self,
+        metas: list[BlockMeta],
+        target: TierKind,
+        data: Sequence[memoryview] | None = None,
+    ) -> int:
+        """Copy MOVING blocks into new slots of ``target`` and repoint the index.
+
+        ``data``, when given, holds each block's verified bytes; otherwise they are read
+        from the blocks' current tier. Returns how many blocks moved.
+        """
+        pool = self.tiers[target].slots
+        slots = await self.allocate(target, len(metas))
+        sources = list(data) if data is not None else await self._source_bytes(metas)
+        items, kept = [], []
+        for meta, slot, src in zip(metas, slots, sources, strict=True):
+            if src is None or (
+                target is TierKind.NVME and checksum(src[: meta.length_bytes]) != meta.checksum
+            ):
+                self._corrupted(meta)
+                pool.free(slot)
+                continue
+            items.append(WriteItem(block_record(meta, slot), src[: meta.length_bytes]))
+            kept.append((meta, slot))
+        try:
+            await self.tiers[target].write(items)
+        except BaseException:
+            for _, slot in kept:
+                pool.free(slot)
+            raise
+        moved = 0
+        for meta, slot in kept:
+            if meta.state is BlockState.REMOVED:  # removed while moving: undo the copy
+                await self.tiers[target].free([SlotRef(slot, meta.key)])
+                continue
+            self.retire(meta, meta.tier, meta.slot)
+            self.index.move(meta, target, slot)
+            moved += 1
+        return moved
+
+    async def _source_bytes(self, metas: list[BlockMeta]) -> list[memoryview | None]:
+        """Each block's bytes in host memory (a view of its slot, or a verified copy);
+        None for a block whose copy failed its checksum."""
+        tier = self.tiers[metas[0].tier]
+        views = [tier.view(meta.slot) for meta in metas]
+        if all(v is not None for v in views):
+            return views
+        staging = aligned_blocks(len(metas), tier.slot_bytes)
+        items = [
+            ReadItem(m.slot, m.length_bytes, m.checksum, b)
+            for m, b in zip(metas, staging, strict=True)
+        ]
+        ok = await tier.read(items)
+        return [buf if good else None for buf, good in zip(staging, ok, strict=True)]
+
+    def _corrupted(self, meta: BlockMeta) -> None:
+        logger.warning("block %s corrupted in tier %s", meta.key.hex(), meta.tier.value)
+        self.stats.corrupted_blocks[meta.tier] += 1
+        if meta.state is not BlockState.REMOVED:
+            self.index.remove(meta, MissReason.CORRUPTED)
+            self.retire(meta, meta.tier, meta.slot)
+
+    async def _flush_ready(self, metas: Sequence[BlockMeta]) -> None:
+        """Free the retired slots of blocks that no reader holds, one batch per tier."""
+        refs: dict[TierKind, list[SlotRef]] = {}
+        for meta in metas:
+            if meta.num_readers == 0:
+                for tier, slot in meta.retired_slots:
+                    refs.setdefault(tier, []).append(SlotRef(slot, meta.key))
+                meta.retired_slots.clear()
+        for tier, tier_refs in refs.items():
+            await self.tiers[tier].free(tier_refs)
+
+
+def block_record(meta: BlockMeta, slot: SlotId) -> BlockRecord:
+    """What a persistent tier stores about ``meta`` once it lives in ``slot``."""
+    return BlockRecord(
+        key=meta.key,
+        namespace_id=meta.namespace_id,
+        parent=meta.parent,
+        slot=slot,
+        length_bytes=meta.length_bytes,
+        checksum=meta.checksum,
+        created_s=meta.created_s,
+        last_access_s=meta.last_access_s,
+    )
