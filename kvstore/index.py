@@ -15,7 +15,9 @@ State kept per block (``BlockMeta``) and per index::
 
 Invariants:
     * a block is in exactly one tier; ``num_blocks(t)`` counts entries with ``tier == t``;
-    * ``children[p][r]`` equals the number of entries with parent ``p`` in the tier of rank r;
+    * ``children[p][r]`` counts the RESIDENT entries with parent ``p`` in the tier of rank r;
+      a MOVING block counts nowhere (it is leaving its tier), so its parent can become a
+      victim in the same ``select_victims`` call and eviction order stays exact;
     * a heap item is live iff its token equals its block's ``queue_token`` (0 = not queued);
       a block has at most one live item, in the heap of its own tier;
     * a block is a *leaf* in its tier when no child is cached in that tier or a faster one,
@@ -141,11 +143,12 @@ class BlockIndex:
         """Drop a block from the index and remember why (for miss classification)."""
         if self._entries.get(meta.key) is not meta:
             raise AssertionError(f"block {meta.key.hex()} is not in the index")
+        if meta.state is BlockState.RESIDENT:
+            self._count_child(meta, meta.tier, -1)
         meta.transition(BlockState.REMOVED)
         del self._entries[meta.key]
         self._num_blocks[meta.tier] -= 1
         meta.queue_token = 0
-        self._count_child(meta, meta.tier, -1)
         self._removals[meta.key] = reason
         self._removals.move_to_end(meta.key)
         if len(self._removals) > self._removal_record_blocks:
@@ -153,16 +156,12 @@ class BlockIndex:
         self._compact_if_sparse(meta.tier)
 
     def move(self, meta: BlockMeta, tier: TierKind, slot: SlotId) -> None:
-        """Record that a block now lives in ``slot`` of ``tier`` (demotion or promotion),
-        ending its MOVING state if it had one."""
-        if meta.state is BlockState.MOVING:
-            meta.transition(BlockState.RESIDENT)
+        """A MOVING block now lives in ``slot`` of ``tier`` (demotion or promotion)."""
+        meta.transition(BlockState.RESIDENT)
         self._num_blocks[meta.tier] -= 1
         self._num_blocks[tier] += 1
-        self._count_child(meta, meta.tier, -1)
         meta.tier, meta.slot = tier, slot
         self._count_child(meta, tier, +1)
-        meta.queue_token = 0
         self._enqueue_if_evictable(meta)
 
     # -- reads ------------------------------------------------------------------------
@@ -206,19 +205,22 @@ class BlockIndex:
         self._enqueue_if_evictable(meta)
 
     def begin_move(self, meta: BlockMeta) -> None:
-        """Mark a block MOVING: still readable, no longer a candidate, until ``move`` or
-        ``abandon_move``."""
+        """Mark a block MOVING: still readable, no longer a candidate and no longer a child
+        in its tier, until ``move``, ``remove`` or ``abandon_move``."""
         meta.transition(BlockState.MOVING)
         meta.queue_token = 0
+        self._count_child(meta, meta.tier, -1)
 
     def abandon_move(self, meta: BlockMeta) -> None:
         """The block stays where it was and becomes a candidate again."""
         meta.transition(BlockState.RESIDENT)
+        self._count_child(meta, meta.tier, +1)
         self._enqueue_if_evictable(meta)
 
-    def requeue(self, meta: BlockMeta) -> None:
-        """Make a selected victim a candidate again when it was not evicted after all."""
-        self._enqueue_if_evictable(meta)
+    def has_cached_children(self, meta: BlockMeta) -> bool:
+        """Whether any child of ``meta`` is resident in any tier (dropping it strands them)."""
+        counts = self._children.get(meta.key)
+        return counts is not None and any(counts)
 
     # -- eviction ---------------------------------------------------------------------
 
@@ -226,9 +228,10 @@ class BlockIndex:
         self, tier: TierKind, num_blocks: int, now_s: float, budget: int
     ) -> VictimBatch:
         """Take up to ``num_blocks`` victims out of ``tier``'s queue, doing at most ``budget``
-        heap pops. Victims leave the queue; the caller moves or removes each one, or calls
-        ``requeue``. Prefix-aware policies yield only current leaves, so a parent becomes a
-        victim in a later call, after its children have left the tier.
+        heap pops. Victims come back MOVING; the caller moves (``move``), drops (``remove``)
+        or keeps (``abandon_move``) each one. Prefix-aware policies yield leaves only, but a
+        victim stops counting as its parent's child at once, so the parent may follow in
+        the same call: the order is the same as evicting one block per call.
         """
         self._expire_pins(now_s)
         queue = self._queues[tier]
@@ -247,7 +250,7 @@ class BlockIndex:
             if current != priority:
                 self._push(meta, current)  # touched since pushed: its priority only grew
                 continue
-            meta.queue_token = 0
+            self.begin_move(meta)
             victims.append(meta)
         return VictimBatch(victims, bool(queue) and len(victims) < num_blocks, num_examined)
 

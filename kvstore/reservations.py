@@ -78,10 +78,10 @@ class ReservationTable:
 
     def begin_commit(self, reservation: Reservation, now_s: float) -> None:
         """Check a reservation is still live and stop it from being reclaimed."""
+        if reservation.state is ReservationState.RECLAIMED:
+            raise LeaseExpired(f"reservation {reservation.id} was reclaimed before commit")
         if self._by_id.get(reservation.id) is not reservation:
             raise NotFound(f"reservation {reservation.id} is not open")
-        if reservation.state is not ReservationState.OPEN:
-            raise LeaseExpired(f"reservation {reservation.id} is {reservation.state.value}")
         if now_s > reservation.deadline_s:
             raise LeaseExpired(f"reservation {reservation.id} expired before commit")
         reservation.state = ReservationState.COMMITTING

@@ -90,6 +90,7 @@ class NodeStore:
             clock=clock,
         )
         self._reservations = ReservationTable()
+        self.closed = False
         self._recover()
 
     @classmethod
@@ -101,6 +102,10 @@ class NodeStore:
         return cls(config, tiers, clock=clock)
 
     async def close(self) -> None:
+        """Abandon open reservations and close the tiers; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
         for reservation in list(self._reservations.expired(float("inf"))):
             await self._reclaim(reservation)
         for tier in self.tiering.tiers.values():

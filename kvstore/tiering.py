@@ -11,8 +11,9 @@ module moves their bytes and keeps the invariants:
 * **Bounded work.** ``make_room`` examines at most ``budget_blocks`` candidates per call
   and reports failure instead of scanning the whole tier.
 * **Demote, don't drop.** Victims of tier T go to the next slower enabled tier; only the
-  slowest tier drops blocks. If the slower tier cannot take them (full of pinned blocks,
-  or an I/O error), they are dropped and the failure is logged.
+  slowest tier drops blocks. If the slower tier cannot take them (each of its blocks is
+  an ancestor of a cached block, pinned or being read; or an I/O error), the victims
+  with no cached child anywhere are dropped and the others stay, so nothing is stranded.
 
 Checksums are verified whenever bytes leave memory for disk (demotion to NVMe) and
 whenever they come back (every NVMe read).
@@ -108,18 +109,31 @@ class Tiering:
             await self.drop(victims, MissReason.EVICTED)
             return
         for meta in victims:
-            self.index.begin_move(meta)
             self.index.acquire(meta)
         try:
             moved = await self._move(victims, lower)
             self.stats.demotions[tier, lower] += moved
         except (KVStoreError, OSError) as exc:
-            logger.warning("demotion %s -> %s failed (%s); dropping", tier.value, lower.value, exc)
-            await self.drop(
-                [m for m in victims if m.state is BlockState.MOVING], MissReason.EVICTED
-            )
+            # CapacityExceeded is the normal case: every block of the slower tier is an
+            # ancestor of a cached block, pinned or being read. Anything else is an error.
+            log = logger.debug if isinstance(exc, CapacityExceeded) else logger.warning
+            log("demotion %s -> %s failed (%s); dropping instead", tier.value, lower.value, exc)
+            await self._drop_leaves(victims)
         finally:
             await self.release(victims)
+
+    async def _drop_leaves(self, victims: list[BlockMeta]) -> None:
+        """Drop the victims that strand nothing; keep the others where they are.
+
+        Victims come children first, so each check sees the fate of the ones before it.
+        """
+        for meta in victims:
+            if meta.state is not BlockState.MOVING:
+                continue
+            if self.index.has_cached_children(meta):
+                self.index.abandon_move(meta)
+            else:
+                await self.drop([meta], MissReason.EVICTED)
 
     async def drop(self, victims: Sequence[BlockMeta], reason: MissReason) -> None:
         """Remove blocks from the store; their slots are freed once no reader holds them."""

@@ -1,0 +1,84 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kvstore.errors import ConfigError, TierUnavailable
+from kvstore.tiers.base import BlockRecord, ReadItem, WriteItem
+from kvstore.tiers.dram import DramTier
+from kvstore.tiers.factory import remove_stale_arenas
+from kvstore.types import BlockKey, NamespaceId, SlotId
+
+
+def record(slot: int, length: int) -> BlockRecord:
+    return BlockRecord(
+        BlockKey(b"k" * 16), NamespaceId(b"n" * 16), None, SlotId(slot), length, 0, 0.0, 0.0
+    )
+
+
+async def test_slots_are_page_aligned_views_of_one_shared_file(tmp_path: Path) -> None:
+    tier = DramTier(4, 8192, name="t1", shm_dir=tmp_path, pin_memory=False)
+    try:
+        assert tier.path.stat().st_size == 4 * 8192
+        addresses = [np.frombuffer(tier.view(SlotId(s)), np.uint8).ctypes.data for s in range(4)]
+        assert all(a % 4096 == 0 for a in addresses)
+        await tier.write([WriteItem(record(1, 5), b"hello")])
+        out = bytearray(5)
+        assert await tier.read([ReadItem(SlotId(1), 5, 0, memoryview(out))]) == [True]
+        assert out == b"hello"
+    finally:
+        await tier.close()
+    assert not tier.path.exists()
+
+
+async def test_another_process_maps_the_arena(tmp_path: Path) -> None:
+    tier = DramTier(2, 4096, name="t2", shm_dir=tmp_path, pin_memory=False)
+    try:
+        tier.view(SlotId(1))[:6] = b"shared"
+        code = (
+            "import mmap, sys\n"
+            "f = open(sys.argv[1], 'r+b')\n"
+            "m = mmap.mmap(f.fileno(), 0)\n"
+            "sys.stdout.write(m[4096:4102].decode())\n"
+            "m[0:4] = b'back'\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(tier.path)], capture_output=True, text=True, check=True
+        )
+        assert out.stdout == "shared"
+        assert bytes(tier.view(SlotId(0))[:4]) == b"back"
+    finally:
+        await tier.close()
+
+
+def test_a_full_shared_memory_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TierUnavailable, match="capacity_bytes"):
+        DramTier(1 << 20, 1 << 30, name="huge", shm_dir=tmp_path, pin_memory=False)  # 1 PiB
+    assert not list(tmp_path.iterdir())
+
+
+async def test_a_name_in_use_is_refused(tmp_path: Path) -> None:
+    tier = DramTier(1, 4096, name="dup", shm_dir=tmp_path, pin_memory=False)
+    try:
+        with pytest.raises(ConfigError, match="exists"):
+            DramTier(1, 4096, name="dup", shm_dir=tmp_path, pin_memory=False)
+    finally:
+        await tier.close()
+
+
+def test_stale_arenas_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stale = tmp_path / f"strata-node-{dead.stdout.strip()}"
+    live = tmp_path / "strata-node-1"  # pid 1 is always alive
+    other = tmp_path / f"strata-othernode-{dead.stdout.strip()}"
+    for path in (stale, live, other):
+        path.write_bytes(b"")
+    remove_stale_arenas(tmp_path, "node")
+    assert not stale.exists() and live.exists() and other.exists()

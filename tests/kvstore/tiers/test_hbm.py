@@ -1,0 +1,46 @@
+"""The HBM tier. On hosts without CUDA only the configuration error is testable."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kvstore.errors import ConfigError
+from kvstore.store import NodeStore
+from kvstore.types import TierKind
+from tests.conftest import BLOCK, NAMESPACE, block_bytes, chain_keys, store_config
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host has CUDA")
+async def test_hbm_without_cuda_is_a_configuration_error(tmp_path: Path) -> None:
+    config = store_config(tmp_path, **{"tiers.hbm.enabled": "true"})
+    with pytest.raises(ConfigError, match=r"tiers\.hbm\.enabled.*CUDA"):
+        await NodeStore.open(config)
+    assert not list(Path("/dev/shm").glob(f"strata-{config.store.node_id}-*"))
+
+
+@pytest.mark.gpu
+@gpu
+async def test_hbm_over_dram_demotes_and_serves_exact_bytes(tmp_path: Path) -> None:
+    config = store_config(
+        tmp_path,
+        **{"tiers.hbm.enabled": "true", "tiers.hbm.capacity_bytes": str(4 * BLOCK)},
+    )
+    store = await NodeStore.open(config)
+    try:
+        ns = store.register_namespace(NAMESPACE)
+        keys = chain_keys(12)
+        data = [block_bytes(i) for i in range(12)]
+        for i in range(0, 12, 4):
+            await store.put(ns, keys[i : i + 4], data[i : i + 4], parent=keys[i - 1] if i else None)
+        tiers = store.lookup(ns, keys).tiers
+        assert tiers.count(TierKind.HBM) == 4 and tiers.count(TierKind.DRAM) == 8
+        out = [bytearray(BLOCK) for _ in keys]
+        got = await store.get_into(ns, keys, out)
+        assert got.num_hits == 12 and [bytes(b) for b in out] == data
+        async with store.read(ns, keys[:1]) as views:
+            assert bytes(views[0].data) == data[0]
+    finally:
+        await store.close()
