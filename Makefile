@@ -1,0 +1,33 @@
+# Strata: `make run` sets up and runs the store demo; `make test` sets up and runs the
+# whole suite (lint, format check, type check, tests). Both create .venv on first use.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup run test bench proto clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: setup
+	$(BIN)/kvstore demo
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python -m bench.hashing --quick --json bench/results/hashing.json
+	$(BIN)/python -m bench.tiers --quick --json bench/results/tiers.json
+	$(BIN)/python -m bench.hitrate --quick --json bench/results/hitrate.json
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache bench/results

@@ -1,0 +1,58 @@
+"""Import rules between layers, checked on the source (see ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def test_kvstore_never_imports_engine() -> None:
+    for path in modules("kvstore"):
+        bad = {n for n in imports_of(path) if n == "engine" or n.startswith("engine.")}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_policies_are_pure() -> None:
+    """Policies see snapshots only: no I/O, no clock, no store internals."""
+    allowed = {"__future__", "dataclasses", "typing", "enum", "kvstore.types"}
+    for path in modules("kvstore/policy"):
+        extra = {
+            n for n in imports_of(path) if n not in allowed and not n.startswith("kvstore.policy")
+        }
+        assert not extra, f"{path.relative_to(ROOT)} imports {extra}"
+
+
+def test_the_index_knows_nothing_of_tiers_or_the_store() -> None:
+    names = imports_of(ROOT / "kvstore" / "index.py")
+    assert not {n for n in names if n.startswith(("kvstore.tiers", "kvstore.store", "asyncio"))}
+
+
+def test_tiers_do_not_reach_up_into_the_store() -> None:
+    for path in modules("kvstore/tiers"):
+        names = imports_of(path)
+        bad = {n for n in names if n in ("kvstore.store", "kvstore.tiering", "kvstore.index")}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_library_code_never_imports_benchmarks_or_tests() -> None:
+    for package in ("kvstore", "engine"):
+        for path in modules(package):
+            bad = {n for n in imports_of(path) if n.split(".")[0] in ("bench", "tests")}
+            assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
