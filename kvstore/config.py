@@ -43,6 +43,7 @@ class StoreConfig:
     eviction_budget_blocks: int = field(default=1024, metadata=positive())
     removal_record_blocks: int = field(default=100_000, metadata=positive())
     default_pin_ttl_s: float = field(default=600.0, metadata=positive())
+    staging_bytes: int = field(default=256 * MiB, metadata=size())  # reusable bounce buffers
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from kvstore.hashing import Namespace, prefix_keys
 from kvstore.layout import BlockSpec, KVDtype
 from kvstore.stats import StatsSnapshot
 from kvstore.store import NodeStore
-from kvstore.types import BlockKey
+from kvstore.types import BlockKey, NamespaceId
 
 # A small model's KV: 4 layers x (K, V) x 64 tokens x 4 heads x 64 dims x fp16 = 256 KiB.
 DEMO_SPEC = BlockSpec(
@@ -73,8 +73,8 @@ async def run_demo(
 ) -> StatsSnapshot:
     """Run the workload, print tables; returns the final stats of the first run."""
     owned = data_dir is None
-    data_dir = Path(tempfile.mkdtemp(prefix="strata-demo-")) if owned else data_dir
-    config = demo_config(data_dir, settings)
+    directory = Path(tempfile.mkdtemp(prefix="strata-demo-")) if data_dir is None else data_dir
+    config = demo_config(directory, settings)
     try:
         async with await NodeStore.open(config) as store:
             ns_id = store.register_namespace(DEMO_NAMESPACE)
@@ -85,16 +85,18 @@ async def run_demo(
         async with await NodeStore.open(config) as reopened:
             recovered = len(reopened.index)
             console.print(
-                f"restart: reopened {data_dir}, {recovered:,} blocks recovered from NVMe"
+                f"restart: reopened {directory}, {recovered:,} blocks recovered from NVMe"
                 " (DRAM is volatile)"
             )
         return stats
     finally:
         if owned:
-            shutil.rmtree(data_dir, ignore_errors=True)
+            shutil.rmtree(directory, ignore_errors=True)
 
 
-async def _replay(store: NodeStore, ns_id: bytes, settings: DemoSettings, console: Console) -> int:
+async def _replay(
+    store: NodeStore, ns_id: NamespaceId, settings: DemoSettings, console: Console
+) -> int:
     rng = random.Random(settings.seed)
     block_tokens = DEMO_SPEC.block_tokens
     prompts = [
@@ -112,15 +114,15 @@ async def _replay(store: NodeStore, ns_id: bytes, settings: DemoSettings, consol
                 tokens = list(rng.choice(prompts))
                 conversations.append(tokens)
             tokens.extend(rng.randrange(32000) for _ in range(rng.randint(40, 300)))
-            verified += await _serve(store, ns_id, prefix_keys(ns_id, tokens, block_tokens))  # type: ignore[arg-type]
+            verified += await _serve(store, ns_id, prefix_keys(ns_id, tokens, block_tokens))
             progress.advance(task)
     return verified
 
 
-async def _serve(store: NodeStore, ns_id: bytes, keys: list[BlockKey]) -> int:
+async def _serve(store: NodeStore, ns_id: NamespaceId, keys: list[BlockKey]) -> int:
     """One request: read the cached prefix, check it, compute and put the rest."""
     out = [bytearray(DEMO_SPEC.block_bytes) for _ in keys]
-    hit = (await store.get_into(ns_id, keys, out)).num_hits  # type: ignore[arg-type]
+    hit = (await store.get_into(ns_id, keys, out)).num_hits
     expected = bytearray(DEMO_SPEC.block_bytes)
     for key, got in zip(keys[:hit], out, strict=False):
         fill(key, memoryview(expected))
@@ -132,7 +134,7 @@ async def _serve(store: NodeStore, ns_id: bytes, keys: list[BlockKey]) -> int:
     for start in range(hit, len(keys), 16):  # batches of 16 keep the reservation small
         batch = keys[start : start + 16]
         parent = keys[start - 1] if start else None
-        await store.put(ns_id, batch, fresh[start - hit : start - hit + 16], parent=parent)  # type: ignore[arg-type]
+        await store.put(ns_id, batch, fresh[start - hit : start - hit + 16], parent=parent)
     return hit
 
 

@@ -120,7 +120,7 @@ def prefix_keys(
     if block_tokens <= 0:
         raise InvalidArgument(f"block_tokens must be positive, got {block_tokens}")
     prev = root_key(ns_id) if parent is None else check_key(parent, "parent key")
-    data = memoryview(_as_int32_le(tokens))
+    data = _as_int32_le(tokens)
     step = 4 * block_tokens
     keys: list[BlockKey] = []
     digest = xxhash.xxh3_128_digest
@@ -143,18 +143,19 @@ def check_key(key: bytes, what: str = "key") -> BlockKey:
     return BlockKey(key)
 
 
-def _as_int32_le(tokens: Tokens) -> bytes:
-    """Token ids as little-endian int32 bytes, refusing anything that would not fit."""
+def _as_int32_le(tokens: Tokens) -> memoryview:
+    """Token ids as little-endian int32 bytes (no copy when they already are), refusing
+    anything that would not fit."""
     # A torch tensor has .detach(); testing for it avoids importing torch for lists.
     array = tokens.detach().cpu().numpy() if hasattr(tokens, "detach") else np.asarray(tokens)
     if array.ndim != 1:
         raise InvalidArgument(f"tokens must be one-dimensional, got shape {array.shape}")
     if array.size == 0:
-        return b""
+        return memoryview(b"")
     if not np.issubdtype(array.dtype, np.integer):
         raise InvalidArgument(f"tokens must be integers, got dtype {array.dtype}")
     if array.dtype.itemsize > 4 or array.dtype == np.uint32:
         low, high = int(array.min()), int(array.max())
         if low < _INT32_MIN or high > _INT32_MAX:
             raise InvalidArgument(f"token ids must fit in int32, got range [{low}, {high}]")
-    return array.astype("<i4", copy=False).tobytes()
+    return memoryview(np.ascontiguousarray(array, dtype="<i4")).cast("B")

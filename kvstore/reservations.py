@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from kvstore.errors import LeaseExpired, NotFound
@@ -45,7 +45,8 @@ class Reservation:
     deadline_s: float
     num_present: int  # keys already stored: nothing to write
     num_in_flight: int  # keys another reservation is writing
-    staged: bool  # buffers are staging memory, copied into the tier at commit
+    staged: bool  # buffers are not the slots: the tier is written at commit
+    staging: list[memoryview] = field(default_factory=list)  # pooled buffers to give back
     state: ReservationState = ReservationState.OPEN
 
 

@@ -23,25 +23,22 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import NamedTuple
 
-from kvstore.buffers import aligned_blocks
+from kvstore.buffers import StagingPool
 from kvstore.config import Config
-from kvstore.errors import InvalidArgument, LeaseExpired, NotFound
-from kvstore.hashing import Namespace, check_key, checksum
+from kvstore.errors import InvalidArgument, NotFound
+from kvstore.hashing import Namespace, check_key
 from kvstore.index import BlockIndex, BlockMeta
 from kvstore.policy.eviction import make_eviction_policy
 from kvstore.policy.promotion import PromotionPolicy
-from kvstore.reservations import (
-    PutResult,
-    Reservation,
-    ReservationState,
-    ReservationTable,
-    ReservedBlock,
-)
+from kvstore.reads import ReadPath
+from kvstore.reservations import PutResult, Reservation
 from kvstore.stats import StatsSnapshot, StoreStats, TierUsage
-from kvstore.tiering import Tiering, block_record
-from kvstore.tiers.base import ReadItem, Tier, WriteItem
+from kvstore.tiering import Tiering
+from kvstore.tiers.base import Tier
 from kvstore.tiers.factory import open_tiers
 from kvstore.types import BlockKey, MissReason, NamespaceId, TierKind
+from kvstore.validation import check_keys, readable, writable
+from kvstore.writes import WritePath
 
 logger = logging.getLogger(__name__)
 
@@ -81,15 +78,25 @@ class NodeStore:
             make_eviction_policy(config.store.eviction_policy),
             removal_record_blocks=config.store.removal_record_blocks,
         )
+        staging = StagingPool(max(t.slot_bytes for t in tiers.values()), config.store.staging_bytes)
         self.tiering = Tiering(
             tiers,
             self.index,
             self._stats,
+            staging=staging,
             promotion=PromotionPolicy(config.store.promotion_min_hits),
             budget_blocks=config.store.eviction_budget_blocks,
             clock=clock,
         )
-        self._reservations = ReservationTable()
+        self._writes = WritePath(
+            self.index,
+            self.tiering,
+            self._stats,
+            staging,
+            reservation_timeout_s=config.store.reservation_timeout_s,
+            clock=clock,
+        )
+        self._reads = ReadPath(self.index, self.tiering, self._stats, staging)
         self.closed = False
         self._recover()
 
@@ -106,8 +113,8 @@ class NodeStore:
         if self.closed:
             return
         self.closed = True
-        for reservation in list(self._reservations.expired(float("inf"))):
-            await self._reclaim(reservation)
+        for reservation in self._writes.reservations.expired(float("inf")):
+            self._writes.abort(reservation)
         for tier in self.tiering.tiers.values():
             await tier.close()
 
@@ -160,41 +167,11 @@ class NodeStore:
             CapacityExceeded: not enough slots can be freed in the fastest tier.
         """
         namespace = self.namespace(ns_id)
-        _check_keys(keys)
+        check_keys(keys)
         if len(parents) != len(keys):
             raise InvalidArgument(f"{len(keys)} keys but {len(parents)} parents")
-        for parent in parents:
-            if parent is not None:
-                check_key(parent, "parent key")
-        self.reclaim_expired()
-        todo: list[tuple[int, BlockKey, BlockKey | None]] = []
-        num_present = num_in_flight = 0
-        for i, key in enumerate(keys):
-            if key in self.index:
-                num_present += 1
-            elif self._reservations.is_writing(key) or key in (k for _, k, _ in todo):
-                num_in_flight += 1
-            else:
-                todo.append((i, key, parents[i]))
-        tier = self.tiering.top
-        slots = await self.tiering.allocate(tier, len(todo)) if todo else []
-        buffers, staged = self._write_buffers(tier, slots, namespace.block_bytes)
-        blocks = [
-            ReservedBlock(i, key, parent, slot, buf)
-            for (i, key, parent), slot, buf in zip(todo, slots, buffers, strict=True)
-        ]
-        reservation = Reservation(
-            id=self._reservations.next_id(),
-            namespace=namespace,
-            tier=tier,
-            blocks=blocks,
-            deadline_s=self._clock() + self.config.store.reservation_timeout_s,
-            num_present=num_present,
-            num_in_flight=num_in_flight,
-            staged=staged,
-        )
-        self._reservations.add(reservation)
-        return reservation
+        check_keys([p for p in parents if p is not None], "parent key")
+        return await self._writes.reserve(namespace, keys, parents)
 
     async def commit(self, reservation: Reservation) -> PutResult:
         """Phase two: checksum the written bytes and make the blocks visible.
@@ -202,47 +179,11 @@ class NodeStore:
         Raises:
             LeaseExpired: the reservation passed its deadline and was reclaimed.
         """
-        try:
-            self._reservations.begin_commit(reservation, self._clock())
-        except LeaseExpired:
-            await self._reclaim(reservation)
-            raise
-        namespace, tier = reservation.namespace, self.tiering.tiers[reservation.tier]
-        now = time.time()
-        metas = [
-            BlockMeta(
-                key=b.key,
-                namespace_id=namespace.id,
-                parent=b.parent,
-                length_bytes=namespace.block_bytes,
-                checksum=checksum(b.buffer[: namespace.block_bytes]),
-                tier=reservation.tier,
-                slot=b.slot,
-                created_s=now,
-                last_access_s=now,
-            )
-            for b in reservation.blocks
-        ]
-        try:
-            if reservation.staged:
-                items = [
-                    WriteItem(block_record(m, m.slot), b.buffer[: m.length_bytes])
-                    for m, b in zip(metas, reservation.blocks, strict=True)
-                ]
-                await tier.write(items)
-        except BaseException:
-            self._free_slots(reservation)
-            self._reservations.finish(reservation, ReservationState.RECLAIMED)
-            raise
-        for meta in metas:
-            self.index.insert(meta)
-        self._reservations.finish(reservation, ReservationState.DONE)
-        self._stats.put_blocks += len(metas)
-        return PutResult(len(metas), reservation.num_present, reservation.num_in_flight)
+        return await self._writes.commit(reservation)
 
     async def abort(self, reservation: Reservation) -> None:
         """Give a reservation's slots back without storing anything."""
-        await self._reclaim(reservation)
+        self._writes.abort(reservation)
 
     async def put(
         self,
@@ -257,14 +198,18 @@ class NodeStore:
             blocks: One buffer of exactly the namespace's ``block_bytes`` per key.
         """
         namespace = self.namespace(ns_id)
+        check_keys(keys)
+        if parent is not None:
+            check_key(parent, "parent key")
         if len(blocks) != len(keys):
             raise InvalidArgument(f"{len(keys)} keys but {len(blocks)} blocks")
-        views = [_readable(b, namespace.block_bytes, i) for i, b in enumerate(blocks)]
+        views = [readable(b, namespace.block_bytes, i) for i, b in enumerate(blocks)]
         parents = [parent, *keys[:-1]] if keys else []
-        reservation = await self.reserve(ns_id, keys, parents)
-        for block in reservation.blocks:
-            block.buffer[: namespace.block_bytes] = views[block.position]
-        return await self.commit(reservation)
+        reservation = await self._writes.reserve(namespace, keys, parents, sources=views)
+        if not reservation.staged:
+            for block in reservation.blocks:
+                block.buffer[: namespace.block_bytes] = views[block.position]
+        return await self._writes.commit(reservation)
 
     # -- get ----------------------------------------------------------------------------
 
@@ -278,11 +223,11 @@ class NodeStore:
                 buffers past ``num_hits`` are unspecified.
         """
         namespace = self.namespace(ns_id)
-        _check_keys(keys)
+        check_keys(keys)
         if len(buffers) < len(keys):
             raise InvalidArgument(f"{len(keys)} keys but only {len(buffers)} buffers")
-        dsts = [_writable(b, namespace.block_bytes, i) for i, b in enumerate(buffers[: len(keys)])]
-        async with self._acquire(namespace, keys, dsts) as hits:
+        dsts = [writable(b, namespace.block_bytes, i) for i, b in enumerate(buffers[: len(keys)])]
+        async with self._reads.acquire(namespace, keys, dsts) as hits:
             return GetResult(len(hits), [meta.tier for meta, _ in hits])
 
     @contextlib.asynccontextmanager
@@ -292,8 +237,8 @@ class NodeStore:
         """Zero-copy read of the longest cached leading run: memory-tier blocks are views
         of their slots, pinned until the context exits; disk blocks are verified copies."""
         namespace = self.namespace(ns_id)
-        _check_keys(keys)
-        async with self._acquire(namespace, keys, None) as hits:
+        check_keys(keys)
+        async with self._reads.acquire(namespace, keys, None) as hits:
             views = [BlockView(m.key, m.tier, data.toreadonly()) for m, data in hits]
             try:
                 yield views
@@ -306,14 +251,14 @@ class NodeStore:
     def lookup(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> LookupResult:
         """How long a leading run of ``keys`` is cached, and where. No data, no stats."""
         self.namespace(ns_id)
-        _check_keys(keys)
+        check_keys(keys)
         run = self.index.longest_run(ns_id, keys)
         return LookupResult(len(run.blocks), [m.tier for m in run.blocks], run.miss_reason)
 
     def exists(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> list[bool]:
         """Whether each key is stored (in any position, not only as a leading run)."""
         self.namespace(ns_id)
-        _check_keys(keys)
+        check_keys(keys)
         return [(m := self.index.get(k)) is not None and m.namespace_id == ns_id for k in keys]
 
     async def remove(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> int:
@@ -352,12 +297,7 @@ class NodeStore:
 
     def reclaim_expired(self) -> int:
         """Free the slots of reservations past their deadline. Returns how many."""
-        expired = self._reservations.expired(self._clock())
-        for reservation in expired:
-            self._free_slots(reservation)
-            self._reservations.finish(reservation, ReservationState.RECLAIMED)
-        self._stats.reservations_reclaimed += len(expired)
-        return len(expired)
+        return self._writes.reclaim_expired()
 
     def stats(self) -> StatsSnapshot:
         s = self._stats
@@ -378,90 +318,14 @@ class NodeStore:
 
     # -- internals ----------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _acquire(
-        self,
-        namespace: Namespace,
-        keys: Sequence[BlockKey],
-        dsts: list[memoryview] | None,
-    ) -> AsyncIterator[list[tuple[BlockMeta, memoryview]]]:
-        """Pin and read the leading run; yields (block, bytes) for each verified hit."""
-        run = self.index.longest_run(namespace.id, keys)
-        metas = run.blocks
-        for meta in metas:
-            self.index.acquire(meta)
-        try:
-            datas = await self._read_blocks(metas, dsts)
-            num_hits = next((i for i, d in enumerate(datas) if d is None), len(datas))
-            hits = [(m, d) for m, d in zip(metas[:num_hits], datas, strict=False) if d is not None]
-            reason = run.miss_reason if num_hits == len(metas) else MissReason.CORRUPTED
-            self._stats.record_get(
-                namespace.id, [m.tier for m, _ in hits], len(keys) - num_hits, reason
-            )
-            now = time.time()
-            for meta, _ in hits:
-                self.index.touch(meta, now)
-            yield hits
-            await self.tiering.promote([(m, d) for m, d in hits if m.tier is not self.tiering.top])
-        finally:
-            await self.tiering.release(metas)
-
-    async def _read_blocks(
-        self, metas: list[BlockMeta], dsts: list[memoryview] | None
-    ) -> list[memoryview | None]:
-        """Bytes of each block: into ``dsts`` when given, else views or fresh copies."""
-        out: list[memoryview | None] = [None] * len(metas)
-        pending: dict[TierKind, list[tuple[int, ReadItem]]] = {}
-        for i, meta in enumerate(metas):
-            view = self.tiering.tiers[meta.tier].view(meta.slot)
-            if view is not None:
-                src = view[: meta.length_bytes]
-                if dsts is None:
-                    out[i] = src
-                else:
-                    dsts[i][: meta.length_bytes] = src
-                    out[i] = dsts[i]
-                continue
-            dst = dsts[i] if dsts is not None else aligned_blocks(1, meta.length_bytes)[0]
-            item = ReadItem(meta.slot, meta.length_bytes, meta.checksum, dst)
-            pending.setdefault(meta.tier, []).append((i, item))
-        for kind, entries in pending.items():
-            ok = await self.tiering.tiers[kind].read([item for _, item in entries])
-            for (i, item), good in zip(entries, ok, strict=True):
-                if good:
-                    out[i] = item.dst
-                else:
-                    await self.tiering.drop([metas[i]], MissReason.CORRUPTED)
-                    self._stats.corrupted_blocks[kind] += 1
-        return out
-
     def _present(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> list[BlockMeta]:
         self.namespace(ns_id)
-        _check_keys(keys)
+        check_keys(keys)
         return [
             meta
             for key in keys
             if (meta := self.index.get(key)) is not None and meta.namespace_id == ns_id
         ]
-
-    def _write_buffers(
-        self, tier: TierKind, slots: list, block_bytes: int
-    ) -> tuple[list[memoryview], bool]:
-        """Where a reservation's blocks are written: the slots themselves, or staging."""
-        views = [self.tiering.tiers[tier].view(slot) for slot in slots]
-        if all(v is not None for v in views):
-            return [v[:block_bytes] for v in views if v is not None], False
-        return aligned_blocks(len(slots), block_bytes), True
-
-    def _free_slots(self, reservation: Reservation) -> None:
-        pool = self.tiering.tiers[reservation.tier].slots
-        for block in reservation.blocks:
-            pool.free(block.slot)
-
-    async def _reclaim(self, reservation: Reservation) -> None:
-        if reservation.state is ReservationState.OPEN:
-            self._free_slots(reservation)
-            self._reservations.finish(reservation, ReservationState.RECLAIMED)
 
     def _usage(self, kind: TierKind, tier: Tier) -> TierUsage:
         pool = tier.slots
@@ -493,33 +357,6 @@ class NodeStore:
                     last_access_s=record.last_access_s,
                 )
                 self.index.insert(meta)
-            self._stats.torn_writes += getattr(tier, "num_torn_writes", 0)
+            self._stats.torn_writes += recovered.num_torn_writes
             if recovered.records:
                 logger.info("recovered %d blocks from %s", len(recovered.records), kind.value)
-
-
-def _check_keys(keys: Sequence[BlockKey]) -> None:
-    for key in keys:
-        check_key(key)
-
-
-def _readable(block: object, block_bytes: int, i: int) -> memoryview:
-    try:
-        view = memoryview(block).cast("B")  # type: ignore[arg-type]
-    except TypeError as exc:
-        raise InvalidArgument(f"block {i} is not a buffer: {type(block).__name__}") from exc
-    if view.nbytes != block_bytes:
-        raise InvalidArgument(f"block {i} is {view.nbytes} bytes, namespace needs {block_bytes}")
-    return view
-
-
-def _writable(buffer: object, block_bytes: int, i: int) -> memoryview:
-    try:
-        view = memoryview(buffer).cast("B")  # type: ignore[arg-type]
-    except TypeError as exc:
-        raise InvalidArgument(f"buffer {i} is not a buffer: {type(buffer).__name__}") from exc
-    if view.readonly:
-        raise InvalidArgument(f"buffer {i} is read-only")
-    if view.nbytes < block_bytes:
-        raise InvalidArgument(f"buffer {i} is {view.nbytes} bytes, blocks are {block_bytes}")
-    return view

@@ -8,8 +8,9 @@ module moves their bytes and keeps the invariants:
 * **No free under a reader.** A slot is returned to its pool only when no reader holds
   the block; otherwise it waits on the block's ``retired_slots`` and is freed when the
   last reader releases (``release``). The mover itself holds the block as a reader.
-* **Bounded work.** ``make_room`` examines at most ``budget_blocks`` candidates per call
-  and reports failure instead of scanning the whole tier.
+* **Bounded work.** ``make_room`` examines at most ``budget_blocks + 2 * needed``
+  candidates per call (a candidate touched since it was queued costs one re-queue) and
+  reports failure instead of scanning the whole tier.
 * **Demote, don't drop.** Victims of tier T go to the next slower enabled tier; only the
   slowest tier drops blocks. If the slower tier cannot take them (each of its blocks is
   an ancestor of a cached block, pinned or being read; or an I/O error), the victims
@@ -24,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from kvstore.buffers import aligned_blocks
+from kvstore.buffers import StagingPool
 from kvstore.errors import CapacityExceeded, KVStoreError
 from kvstore.hashing import checksum
 from kvstore.index import BlockIndex, BlockMeta
@@ -43,6 +44,7 @@ class Tiering:
         index: BlockIndex,
         stats: StoreStats,
         *,
+        staging: StagingPool,
         promotion: PromotionPolicy,
         budget_blocks: int,
         clock: Callable[[], float],
@@ -51,6 +53,7 @@ class Tiering:
         self.order = sorted(tiers, key=lambda t: t.rank)
         self.index = index
         self.stats = stats
+        self.staging = staging
         self.promotion = promotion
         self.budget_blocks = budget_blocks
         self._clock = clock
@@ -93,7 +96,7 @@ class Tiering:
     async def make_room(self, tier: TierKind, count: int) -> bool:
         """Evict from ``tier`` until ``count`` slots are free; False if the budget ran out."""
         pool = self.tiers[tier].slots
-        budget = self.budget_blocks
+        budget = self.budget_blocks + 2 * count
         while pool.num_free < count and budget > 0:
             batch = self.index.select_victims(tier, count - pool.num_free, self._clock(), budget)
             budget -= max(batch.num_examined, 1)
@@ -207,23 +210,27 @@ class Tiering:
         """
         pool = self.tiers[target].slots
         slots = await self.allocate(target, len(metas))
-        sources = list(data) if data is not None else await self._source_bytes(metas)
-        items, kept = [], []
-        for meta, slot, src in zip(metas, slots, sources, strict=True):
-            if src is None or (
-                target is TierKind.NVME and checksum(src[: meta.length_bytes]) != meta.checksum
-            ):
-                self._corrupted(meta)
-                pool.free(slot)
-                continue
-            items.append(WriteItem(block_record(meta, slot), src[: meta.length_bytes]))
-            kept.append((meta, slot))
+        staging: list[memoryview] = []
         try:
-            await self.tiers[target].write(items)
-        except BaseException:
-            for _, slot in kept:
-                pool.free(slot)
-            raise
+            sources = list(data) if data is not None else await self._source(metas, staging)
+            items, kept = [], []
+            for meta, slot, src in zip(metas, slots, sources, strict=True):
+                if src is None or (
+                    target is TierKind.NVME and checksum(src[: meta.length_bytes]) != meta.checksum
+                ):
+                    self._corrupted(meta)
+                    pool.free(slot)
+                    continue
+                items.append(WriteItem(block_record(meta, slot), src[: meta.length_bytes]))
+                kept.append((meta, slot))
+            try:
+                await self.tiers[target].write(items)
+            except BaseException:
+                for _, slot in kept:
+                    pool.free(slot)
+                raise
+        finally:
+            self.staging.give(staging)
         moved = 0
         for meta, slot in kept:
             if meta.state is BlockState.REMOVED:  # removed while moving: undo the copy
@@ -234,20 +241,28 @@ class Tiering:
             moved += 1
         return moved
 
-    async def _source_bytes(self, metas: list[BlockMeta]) -> list[memoryview | None]:
-        """Each block's bytes in host memory (a view of its slot, or a verified copy);
-        None for a block whose copy failed its checksum."""
+    async def _source(
+        self, metas: list[BlockMeta], staging: list[memoryview]
+    ) -> list[memoryview | None]:
+        """Each block's bytes in host memory: a view of its slot, or a verified copy in
+        pooled ``staging``; None for a block whose copy failed its checksum."""
         tier = self.tiers[metas[0].tier]
         views = [tier.view(meta.slot) for meta in metas]
         if all(v is not None for v in views):
-            return views
-        staging = aligned_blocks(len(metas), tier.slot_bytes)
+            return list(views)
+        staging.extend(self.staging.take(len(metas)))
         items = [
-            ReadItem(m.slot, m.length_bytes, m.checksum, b)
+            ReadItem(m.slot, m.length_bytes, m.checksum, b[: m.length_bytes])
             for m, b in zip(metas, staging, strict=True)
         ]
         ok = await tier.read(items)
-        return [buf if good else None for buf, good in zip(staging, ok, strict=True)]
+        return [item.dst if good else None for item, good in zip(items, ok, strict=True)]
+
+    async def discard_corrupted(self, metas: Sequence[BlockMeta]) -> None:
+        """Remove blocks whose bytes failed their checksum; they are never served."""
+        for meta in metas:
+            self._corrupted(meta)
+        await self._flush_ready(metas)
 
     def _corrupted(self, meta: BlockMeta) -> None:
         logger.warning("block %s corrupted in tier %s", meta.key.hex(), meta.tier.value)

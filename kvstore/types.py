@@ -45,6 +45,10 @@ class TierKind(enum.Enum):
     DRAM = "dram"
     NVME = "nvme"
 
+    # Members are singletons: identity hashing is exact and runs in C, unlike Enum's
+    # Python-level hash of the name (hot in the index's per-tier tables).
+    __hash__ = object.__hash__
+
     @property
     def rank(self) -> int:
         return _TIER_RANKS[self]
@@ -70,6 +74,8 @@ class BlockState(enum.Enum):
     MOVING = "moving"
     REMOVED = "removed"
 
+    __hash__ = object.__hash__
+
 
 class MissReason(enum.Enum):
     """Why a requested block was not served."""
@@ -79,6 +85,8 @@ class MissReason(enum.Enum):
     REMOVED = "removed"
     CORRUPTED = "corrupted"
     NAMESPACE_MISMATCH = "namespace_mismatch"
+
+    __hash__ = object.__hash__
 
 
 class EvictionPolicyKind(enum.Enum):

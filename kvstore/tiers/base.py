@@ -54,6 +54,7 @@ class SlotRef(NamedTuple):
 class Recovered(NamedTuple):
     records: list[BlockRecord]
     namespaces: list[Namespace]
+    num_torn_writes: int = 0  # writes interrupted before their commit (discarded)
 
 
 class Tier(Protocol):

@@ -97,7 +97,7 @@ class NvmeTier:
 
     def recover(self) -> Recovered:
         records, self._records = self._records, []
-        return Recovered(records, self._index.namespaces())
+        return Recovered(records, self._index.namespaces(), self.num_torn_writes)
 
     def save_namespace(self, namespace: Namespace) -> None:
         self._index.save_namespace(namespace)
