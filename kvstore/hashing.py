@@ -158,4 +158,4 @@ def _as_int32_le(tokens: Tokens) -> memoryview:
         low, high = int(array.min()), int(array.max())
         if low < _INT32_MIN or high > _INT32_MAX:
             raise InvalidArgument(f"token ids must fit in int32, got range [{low}, {high}]")
-    return memoryview(np.ascontiguousarray(array, dtype="<i4")).cast("B")
+    return np.ascontiguousarray(array, dtype="<i4").data.cast("B")
