@@ -73,9 +73,17 @@ class ReservationTable:
     def is_writing(self, key: BlockKey) -> bool:
         return key in self._keys
 
+    def claim(self, keys: list[BlockKey]) -> None:
+        """Mark keys as being written before awaiting their slots, so that a concurrent
+        reservation of the same keys sees them in flight (instead of writing them twice)."""
+        self._keys.update(keys)
+
+    def unclaim(self, keys: list[BlockKey]) -> None:
+        self._keys.difference_update(keys)
+
     def add(self, reservation: Reservation) -> None:
+        """Open a reservation whose keys were claimed."""
         self._by_id[reservation.id] = reservation
-        self._keys.update(block.key for block in reservation.blocks)
 
     def begin_commit(self, reservation: Reservation, now_s: float) -> None:
         """Check a reservation is still live and stop it from being reclaimed."""

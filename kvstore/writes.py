@@ -74,7 +74,13 @@ class WritePath:
                 seen.add(key)
                 todo.append((i, key, parents[i]))
         tier = self.tiering.top
-        slots = await self.tiering.allocate(tier, len(todo)) if todo else []
+        claimed = [key for _, key, _ in todo]
+        self.reservations.claim(claimed)
+        try:
+            slots = await self.tiering.allocate(tier, len(todo)) if todo else []
+        except BaseException:
+            self.reservations.unclaim(claimed)
+            raise
         srcs = [sources[i] for i, _, _ in todo] if sources is not None else None
         buffers, staged, staging = self._buffers(tier, slots, namespace.block_bytes, srcs)
         reservation = Reservation(
