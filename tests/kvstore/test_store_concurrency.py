@@ -10,6 +10,7 @@ accounting must balance exactly, also after a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 
 from kvstore.errors import CapacityExceeded
@@ -36,10 +37,9 @@ async def worker(store: NodeStore, seed: int, num_ops: int) -> int:
             served += got.num_hits
             missing = keys[got.num_hits :]
             parent = keys[got.num_hits - 1] if got.num_hits else None
-            try:
+            # CapacityExceeded: every candidate pinned by concurrent readers, a normal refusal
+            with contextlib.suppress(CapacityExceeded):
                 await store.put(NS, missing, [DATA[k] for k in missing], parent=parent)
-            except CapacityExceeded:
-                pass  # every candidate pinned by concurrent readers: a normal refusal
         elif op < 0.7:
             async with store.read(NS, keys) as views:
                 before = [bytes(v.data) for v in views]
