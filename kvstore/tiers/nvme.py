@@ -78,7 +78,7 @@ class NvmeTier:
         self._index = NvmeIndex(path / "index", num_slots=num_slots, fsync=fsync)
         records, self.num_torn_writes = self._index.recover()
         self._records, dropped = _valid_records(records, num_slots)
-        self._index.delete(r.key for r in dropped)
+        self._index.delete((r.key, r.slot) for r in dropped)
         self.slots = SlotAllocator(num_slots, used=(r.slot for r in self._records))
         self._fds: dict[int, int] = {}
         self._fd_lock = threading.Lock()
@@ -115,7 +115,7 @@ class NvmeTier:
         return [ok for chunk in results for ok in chunk]
 
     async def free(self, refs: Sequence[SlotRef]) -> None:
-        await self._run(self._index.delete, [ref.key for ref in refs])
+        await self._run(self._index.delete, [(ref.key, ref.slot) for ref in refs])
         for ref in refs:
             self.slots.free(ref.slot)
 

@@ -60,10 +60,15 @@ class NvmeIndex:
                 txn.put(record.key, _encode(record), db=self._blocks)
                 txn.delete(_SLOT.pack(record.slot), db=self._pending)
 
-    def delete(self, keys: Iterable[BlockKey]) -> None:
+    def delete(self, refs: Iterable[tuple[BlockKey, SlotId]]) -> None:
+        """Forget each key's record if it still names that slot. A key removed and put
+        again may already have a newer record in another slot, which must survive the
+        late free of the old slot."""
         with self._env.begin(write=True) as txn:
-            for key in keys:
-                txn.delete(key, db=self._blocks)
+            for key, slot in refs:
+                value = txn.get(key, db=self._blocks)
+                if value is not None and _decode(key, value).slot == slot:
+                    txn.delete(key, db=self._blocks)
 
     def recover(self) -> tuple[list[BlockRecord], int]:
         """Committed records, and how many torn writes were found (and cleared)."""

@@ -225,3 +225,21 @@ async def test_fsync_mode_round_trips(make_store: StoreFactory) -> None:
     keys = chain_keys(2)
     await store.put(NS, keys, [block_bytes(0), block_bytes(1)])
     assert (await store.get_into(NS, keys, buffers(2))).num_hits == 2
+
+
+async def test_a_late_free_of_an_old_slot_keeps_the_newer_record(make_store: StoreFactory) -> None:
+    """Remove a block while it is being read, put it again (a new slot, a new record),
+    then end the read: freeing the old slot must not erase the new record."""
+    store = await make_store(**NVME_ONLY)
+    keys = chain_keys(1)
+    await store.put(NS, keys, [block_bytes(1)])
+    async with store.read(NS, keys) as views:
+        await store.remove(NS, keys)
+        await store.put(NS, keys, [block_bytes(1)])
+        assert bytes(views[0].data) == block_bytes(1)
+    await store.close()
+    reopened = await make_store(**NVME_ONLY)
+    out = buffers(1)
+    assert (await reopened.get_into(NS, keys, out)).num_hits == 1
+    assert bytes(out[0]) == block_bytes(1)
+    assert reopened.tiering.tiers[TierKind.NVME].slots.num_used == 1
