@@ -1,0 +1,30 @@
+import json
+
+from engine.cli import main
+from engine.tokenizer import ByteTokenizer
+from kvstore.hashing import Namespace, prefix_keys
+from kvstore.layout import BlockSpec, KVDtype
+
+
+def test_keys_match_the_store_hashing(capsys) -> None:  # type: ignore[no-untyped-def]
+    text = "You are a helpful assistant. " * 3
+    assert main(["keys", text, "--block-tokens", "16", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ns = Namespace("strata-tiny", BlockSpec(4, 2, 32, KVDtype.FLOAT32, 16))
+    expected = prefix_keys(ns.id, ByteTokenizer().encode(text), 16)
+    assert out["namespace_id"] == ns.id.hex()
+    assert [b["key"] for b in out["blocks"]] == [k.hex() for k in expected]
+    assert out["num_tokens"] == len(text)
+
+
+def test_keys_table_and_bad_input(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["keys", "short", "--block-tokens", "2"]) == 0
+    assert "2 full blocks; 1 trailing tokens" in capsys.readouterr().out
+    assert main(["keys", "x", "--block-tokens", "0"]) == 2
+    assert "block_tokens" in capsys.readouterr().err
+
+
+def test_byte_tokenizer_round_trips() -> None:
+    tokenizer = ByteTokenizer()
+    text = "héllo, 世界"
+    assert tokenizer.decode(tokenizer.encode(text)) == text
