@@ -33,7 +33,7 @@ from kvstore.policy.promotion import PromotionPolicy
 from kvstore.reads import ReadPath
 from kvstore.reservations import PutResult, Reservation
 from kvstore.stats import StatsSnapshot, StoreStats, TierUsage
-from kvstore.tiering import Tiering
+from kvstore.tiering import Tiering, block_meta
 from kvstore.tiers.base import Tier
 from kvstore.tiers.factory import open_tiers
 from kvstore.types import BlockKey, MissReason, NamespaceId, TierKind
@@ -345,18 +345,7 @@ class NodeStore:
             for namespace in recovered.namespaces:
                 self._namespaces.setdefault(namespace.id, namespace)
             for record in sorted(recovered.records, key=lambda r: r.last_access_s):
-                meta = BlockMeta(
-                    key=record.key,
-                    namespace_id=record.namespace_id,
-                    parent=record.parent,
-                    length_bytes=record.length_bytes,
-                    checksum=record.checksum,
-                    tier=kind,
-                    slot=record.slot,
-                    created_s=record.created_s,
-                    last_access_s=record.last_access_s,
-                )
-                self.index.insert(meta)
+                self.index.insert(block_meta(record, kind))
             self._stats.torn_writes += recovered.num_torn_writes
             if recovered.records:
                 logger.info("recovered %d blocks from %s", len(recovered.records), kind.value)

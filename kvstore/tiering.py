@@ -283,6 +283,21 @@ class Tiering:
             await self.tiers[tier].free(tier_refs)
 
 
+def block_meta(record: BlockRecord, tier: TierKind) -> BlockMeta:
+    """The index entry of a block a persistent tier recovered (inverse of block_record)."""
+    return BlockMeta(
+        key=record.key,
+        namespace_id=record.namespace_id,
+        parent=record.parent,
+        length_bytes=record.length_bytes,
+        checksum=record.checksum,
+        tier=tier,
+        slot=record.slot,
+        created_s=record.created_s,
+        last_access_s=record.last_access_s,
+    )
+
+
 def block_record(meta: BlockMeta, slot: SlotId) -> BlockRecord:
     """What a persistent tier stores about ``meta`` once it lives in ``slot``."""
     return BlockRecord(

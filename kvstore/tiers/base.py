@@ -88,3 +88,20 @@ class Tier(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class VolatileTier:
+    """What memory tiers share: nothing survives the process, and freeing a slot is
+    only returning it to the pool."""
+
+    slots: SlotAllocator
+
+    async def free(self, refs: Sequence[SlotRef]) -> None:
+        for ref in refs:
+            self.slots.free(ref.slot)
+
+    def recover(self) -> Recovered:
+        return Recovered([], [])
+
+    def save_namespace(self, namespace: Namespace) -> None:
+        return None

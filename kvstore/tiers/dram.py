@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from kvstore.errors import ConfigError, TierUnavailable
-from kvstore.hashing import Namespace
-from kvstore.tiers.base import ReadItem, Recovered, SlotRef, WriteItem
+from kvstore.tiers.base import ReadItem, VolatileTier, WriteItem
 from kvstore.tiers.slots import SlotAllocator
 from kvstore.types import SlotId, TierKind
 
@@ -34,7 +33,7 @@ logger = logging.getLogger(__name__)
 SHM_PREFIX = "strata-"
 
 
-class DramTier:
+class DramTier(VolatileTier):
     kind = TierKind.DRAM
 
     def __init__(
@@ -74,16 +73,6 @@ class DramTier:
         for slot, length, _checksum, dst in items:
             dst[:length] = self.view(slot)[:length]
         return [True] * len(items)
-
-    async def free(self, refs: Sequence[SlotRef]) -> None:
-        for ref in refs:
-            self.slots.free(ref.slot)
-
-    def recover(self) -> Recovered:
-        return Recovered([], [])
-
-    def save_namespace(self, namespace: Namespace) -> None:
-        return None
 
     async def close(self) -> None:
         if self._pinned_addr is not None:

@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from kvstore.errors import ConfigError
-from kvstore.hashing import Namespace
-from kvstore.tiers.base import ReadItem, Recovered, SlotRef, WriteItem
+from kvstore.tiers.base import ReadItem, VolatileTier, WriteItem
 from kvstore.tiers.slots import SlotAllocator
 from kvstore.types import SlotId, TierKind
 
@@ -26,7 +25,7 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-class HbmTier:
+class HbmTier(VolatileTier):
     kind = TierKind.HBM
 
     def __init__(self, num_slots: int, slot_bytes: int, *, device: str) -> None:
@@ -62,16 +61,6 @@ class HbmTier:
     async def read(self, items: Sequence[ReadItem]) -> list[bool]:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._read, items)
         return [True] * len(items)
-
-    async def free(self, refs: Sequence[SlotRef]) -> None:
-        for ref in refs:
-            self.slots.free(ref.slot)
-
-    def recover(self) -> Recovered:
-        return Recovered([], [])
-
-    def save_namespace(self, namespace: Namespace) -> None:
-        return None
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True)
