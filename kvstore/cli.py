@@ -37,6 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvstore", description="Strata KV-cache block store")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    serve = commands.add_parser("serve", help="run one store node until SIGTERM/SIGINT")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    add_config_flags(serve)
+    serve.set_defaults(run=_serve)
+
+    from kvstore.admin.cli import add_admin_parser
+
+    add_admin_parser(commands)
+
     demo = commands.add_parser("demo", help="run a chat workload through DRAM and NVMe tiers")
     demo.add_argument("--requests", type=int, default=1500, help="chat requests to replay")
     demo.add_argument("--data-dir", type=Path, default=None, help="NVMe tier directory (kept)")
@@ -48,6 +57,24 @@ def _parser() -> argparse.ArgumentParser:
     add_config_flags(config)
     config.set_defaults(run=_config)
     return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from kvstore.server.serve import RunningNode, serve
+
+    config = config_from_args(args)
+    logging.getLogger().setLevel(args.log_level)
+
+    def ready(running: RunningNode) -> None:
+        metrics = f", metrics on :{running.metrics_port}/metrics" if running.metrics_port else ""
+        print(
+            f"strata node {running.node.node_id} serving on {running.address}{metrics}", flush=True
+        )
+
+    uvloop.run(serve(config, ready))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -1,14 +1,16 @@
 """Strata's configuration: one frozen tree, validated at load, overridable key by key.
 
 Defaults serve a single machine with no file at all: a 1 GiB DRAM tier, no NVMe (it
-needs a directory), no HBM (it needs CUDA). See ``config_loader`` for how a file,
-``STRATA_*`` environment variables and flags layer on top; ``kvstore config`` prints the
-effective values.
+needs a directory), no HBM (it needs CUDA), embedded metadata, the store's gRPC API on
+127.0.0.1:7600 and its Prometheus metrics on 7601, no authentication, no TLS. See
+``config_loader`` for how a file, ``STRATA_*`` environment variables and flags layer on
+top; ``kvstore config`` prints the effective values.
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
 import os
 import socket
 from collections.abc import Mapping
@@ -85,10 +87,62 @@ class TiersConfig:
             raise ConfigError("tiers.nvme.path", "required when tiers.nvme.enabled is true")
 
 
+class MetadataBackend(enum.Enum):
+    MEMORY = "memory"
+    REDIS = "redis"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = field(default=7600, metadata=check(lambda v: 0 <= v <= 65535, "0 to 65535"))
+    advertise_address: str = ""  # how peers and clients reach this node; default host:port
+    metrics_enabled: bool = True
+    metrics_port: int = field(default=7601, metadata=check(lambda v: 0 <= v <= 65535, "0 to 65535"))
+    chunk_bytes: int = field(default=MiB, metadata=size())  # streamed data message size
+    grace_s: float = field(default=5.0, metadata=positive())  # drain time at shutdown
+    peer_fetch: bool = True  # read blocks held by other nodes through this one
+    cache_peer_reads: bool = True  # keep a copy of blocks fetched from peers
+    peer_timeout_s: float = field(default=5.0, metadata=positive())
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataConfig:
+    backend: MetadataBackend = MetadataBackend.MEMORY
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "strata"
+    timeout_s: float = field(default=1.0, metadata=positive())
+    node_ttl_s: float = field(default=5.0, metadata=check(lambda v: 0 < v <= 60, "0 to 60"))
+    heartbeat_interval_s: float = field(default=1.0, metadata=positive())
+    publish_interval_s: float = field(default=0.05, metadata=positive())
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    token: str = ""  # empty: no authentication for store calls
+    admin_token: str = ""  # empty: admin calls need no token (or the store token if set)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    enabled: bool = False
+    cert_file: Path | None = None  # server certificate (PEM)
+    key_file: Path | None = None  # server private key (PEM)
+    ca_file: Path | None = None  # what clients and peers trust (PEM); default: cert_file
+
+    def __post_init__(self) -> None:
+        if self.enabled and (self.cert_file is None or self.key_file is None):
+            raise ConfigError("tls", "tls.cert_file and tls.key_file are required when enabled")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     tiers: TiersConfig = field(default_factory=TiersConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
     def __post_init__(self) -> None:
         for name in ("hbm", "dram", "nvme"):
@@ -99,6 +153,20 @@ class Config:
                     f"{tier.capacity_bytes} holds no block of store.block_bytes"
                     f" = {self.store.block_bytes}",
                 )
+        if self.metadata.heartbeat_interval_s * 2 > self.metadata.node_ttl_s:
+            raise ConfigError(
+                "metadata.heartbeat_interval_s",
+                f"must be at most half of metadata.node_ttl_s ({self.metadata.node_ttl_s})",
+            )
+
+    def redacted(self) -> dict[str, object]:
+        """The effective values with secrets replaced, for display and the admin API."""
+        values = config_loader.as_dict(self)
+        auth = values["auth"]
+        assert isinstance(auth, dict)
+        for name in ("token", "admin_token"):
+            auth[name] = "<set>" if auth[name] else ""
+        return values
 
 
 def load_config(

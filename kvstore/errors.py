@@ -35,6 +35,18 @@ class TransferFailed(KVStoreError):
     """Bytes could not be moved between tiers, processes or hosts."""
 
 
+class ServiceUnavailable(KVStoreError):
+    """A store node or peer cannot be reached, or stopped answering."""
+
+
+class DeadlineExceeded(ServiceUnavailable):
+    """A call did not complete within its deadline."""
+
+
+class Unauthenticated(KVStoreError):
+    """The call carried no valid token (or the wrong one for an admin call)."""
+
+
 class ConfigError(KVStoreError, ValueError):
     """A configuration value is invalid. The message names the key and what is allowed."""
 

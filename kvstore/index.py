@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -93,11 +93,16 @@ class VictimBatch(NamedTuple):
     num_examined: int  # heap items popped (the work done)
 
 
+Observer = Callable[[BlockKey, TierKind | None], None]
+"""Told of every residency change: (key, its tier now) or (key, None) when it left."""
+
+
 class BlockIndex:
     """Resident blocks, their prefix tree and per-tier eviction queues."""
 
     def __init__(self, policy: EvictionPolicy, *, removal_record_blocks: int = 100_000) -> None:
         self.policy = policy
+        self.observer: Observer | None = None
         self._entries: dict[BlockKey, BlockMeta] = {}
         self._children: dict[BlockKey, list[int]] = {}
         self._queues: dict[TierKind, list[tuple[Priority, int, BlockKey]]] = {
@@ -138,6 +143,8 @@ class BlockIndex:
         self._count_child(meta, meta.tier, +1)
         self._stamp(meta)
         self._enqueue_if_evictable(meta)
+        if self.observer is not None:
+            self.observer(meta.key, meta.tier)
 
     def remove(self, meta: BlockMeta, reason: MissReason) -> None:
         """Drop a block from the index and remember why (for miss classification)."""
@@ -154,6 +161,8 @@ class BlockIndex:
         if len(self._removals) > self._removal_record_blocks:
             self._removals.popitem(last=False)
         self._compact_if_sparse(meta.tier)
+        if self.observer is not None:
+            self.observer(meta.key, None)
 
     def move(self, meta: BlockMeta, tier: TierKind, slot: SlotId) -> None:
         """A MOVING block now lives in ``slot`` of ``tier`` (demotion or promotion)."""
@@ -163,6 +172,8 @@ class BlockIndex:
         meta.tier, meta.slot = tier, slot
         self._count_child(meta, tier, +1)
         self._enqueue_if_evictable(meta)
+        if self.observer is not None:
+            self.observer(meta.key, tier)
 
     # -- reads ------------------------------------------------------------------------
 

@@ -39,8 +39,9 @@ class ReadPath:
         namespace: Namespace,
         keys: Sequence[BlockKey],
         dsts: list[memoryview] | None,
-    ) -> AsyncIterator[list[Hit]]:
-        """Pin and read the leading run; yields (block, bytes) for each verified hit.
+    ) -> AsyncIterator[tuple[list[Hit], MissReason | None]]:
+        """Pin and read the leading run; yields (block, bytes) for each verified hit, and
+        why the block after the run was not served.
 
         With ``dsts``, bytes are copied there; without, memory blocks are views of their
         slots and other blocks are pooled copies, both valid until the context exits.
@@ -61,7 +62,7 @@ class ReadPath:
             now = time.time()
             for meta, _ in hits:
                 self.index.touch(meta, now)
-            yield hits
+            yield hits, (reason if num_hits < len(keys) else None)
             await self.tiering.promote([h for h in hits if h[0].tier is not self.tiering.top])
         finally:
             await self.tiering.release(metas)

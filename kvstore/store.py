@@ -57,7 +57,13 @@ class LookupResult(NamedTuple):
 class BlockView(NamedTuple):
     key: BlockKey
     tier: TierKind
+    checksum: int  # xxh3-64 of data
     data: memoryview  # read-only; valid until the read context exits
+
+
+class ReadRun(NamedTuple):
+    blocks: list[BlockView]  # the longest cached leading run
+    miss_reason: MissReason | None  # why the block after it was not served
 
 
 class NodeStore:
@@ -227,21 +233,19 @@ class NodeStore:
         if len(buffers) < len(keys):
             raise InvalidArgument(f"{len(keys)} keys but only {len(buffers)} buffers")
         dsts = [writable(b, namespace.block_bytes, i) for i, b in enumerate(buffers[: len(keys)])]
-        async with self._reads.acquire(namespace, keys, dsts) as hits:
+        async with self._reads.acquire(namespace, keys, dsts) as (hits, _):
             return GetResult(len(hits), [meta.tier for meta, _ in hits])
 
     @contextlib.asynccontextmanager
-    async def read(
-        self, ns_id: NamespaceId, keys: Sequence[BlockKey]
-    ) -> AsyncIterator[list[BlockView]]:
+    async def read(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> AsyncIterator[ReadRun]:
         """Zero-copy read of the longest cached leading run: memory-tier blocks are views
         of their slots, pinned until the context exits; disk blocks are verified copies."""
         namespace = self.namespace(ns_id)
         check_keys(keys)
-        async with self._reads.acquire(namespace, keys, None) as hits:
-            views = [BlockView(m.key, m.tier, data.toreadonly()) for m, data in hits]
+        async with self._reads.acquire(namespace, keys, None) as (hits, reason):
+            views = [BlockView(m.key, m.tier, m.checksum, data.toreadonly()) for m, data in hits]
             try:
-                yield views
+                yield ReadRun(views, reason)
             finally:
                 for view in views:
                     view.data.release()

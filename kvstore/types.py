@@ -85,6 +85,7 @@ class MissReason(enum.Enum):
     REMOVED = "removed"
     CORRUPTED = "corrupted"
     NAMESPACE_MISMATCH = "namespace_mismatch"
+    NODE_LOST = "node_lost"  # the node holding it died (cluster reads)
 
     __hash__ = object.__hash__
 

@@ -167,7 +167,8 @@ async def test_a_block_being_read_is_never_evicted_or_overwritten(make_store: St
     keys = chain_keys(8)
     data = [block_bytes(i) for i in range(8)]
     await store.put(NS, keys, data)
-    async with store.read(NS, keys[:4]) as views:
+    async with store.read(NS, keys[:4]) as run:
+        views = run.blocks
         assert [v.tier for v in views] == [DRAM] * 4
         # Fill the tier with new blocks: only the 4 unread blocks can make room.
         await store.put(NS, chain_keys(4, start=5000), [block_bytes(100 + i) for i in range(4)])
@@ -191,7 +192,8 @@ async def test_views_are_released_after_the_read(make_store: StoreFactory) -> No
     store = await make_store()
     keys = chain_keys(1)
     await store.put(NS, keys, [block_bytes(0)])
-    async with store.read(NS, keys) as views:
+    async with store.read(NS, keys) as run:
+        views = run.blocks
         view = views[0].data
         assert view.readonly
     with pytest.raises(ValueError):

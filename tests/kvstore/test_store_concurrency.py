@@ -41,7 +41,8 @@ async def worker(store: NodeStore, seed: int, num_ops: int) -> int:
             with contextlib.suppress(CapacityExceeded):
                 await store.put(NS, missing, [DATA[k] for k in missing], parent=parent)
         elif op < 0.7:
-            async with store.read(NS, keys) as views:
+            async with store.read(NS, keys) as run:
+                views = run.blocks
                 before = [bytes(v.data) for v in views]
                 assert before == [DATA[k] for k in keys[: len(views)]]
                 await asyncio.sleep(0)  # let others evict and move around us

@@ -40,7 +40,8 @@ async def test_hbm_over_dram_demotes_and_serves_exact_bytes(tmp_path: Path) -> N
         out = [bytearray(BLOCK) for _ in keys]
         got = await store.get_into(ns, keys, out)
         assert got.num_hits == 12 and [bytes(b) for b in out] == data
-        async with store.read(ns, keys[:1]) as views:
+        async with store.read(ns, keys[:1]) as run:
+            views = run.blocks
             assert bytes(views[0].data) == data[0]
     finally:
         await store.close()

@@ -107,7 +107,8 @@ async def test_flipped_bytes_are_detected_and_never_served(
     assert stats.corrupted_blocks == {TierKind.NVME: 1}
     assert stats.namespaces[0].miss_blocks == {MissReason.CORRUPTED: 2}
     assert store.lookup(NS, keys).miss_reason is MissReason.CORRUPTED
-    async with store.read(NS, keys) as views:
+    async with store.read(NS, keys) as run:
+        views = run.blocks
         assert len(views) == 1
     assert store.tiering.tiers[TierKind.NVME].slots.num_used == 2  # its slot was freed
 
@@ -233,7 +234,8 @@ async def test_a_late_free_of_an_old_slot_keeps_the_newer_record(make_store: Sto
     store = await make_store(**NVME_ONLY)
     keys = chain_keys(1)
     await store.put(NS, keys, [block_bytes(1)])
-    async with store.read(NS, keys) as views:
+    async with store.read(NS, keys) as run:
+        views = run.blocks
         await store.remove(NS, keys)
         await store.put(NS, keys, [block_bytes(1)])
         assert bytes(views[0].data) == block_bytes(1)

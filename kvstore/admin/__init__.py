@@ -1,0 +1,1 @@
+"""``kvstore admin``: operators' view of a node or a cluster."""

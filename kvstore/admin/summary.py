@@ -1,0 +1,117 @@
+"""Plain summaries of admin answers: what the tables show and what ``--json`` prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvstore import codec
+from kvstore._proto.strata.v1 import admin_pb2
+from kvstore.metadata.base import NodeInfo
+
+
+def stats_summary(stats: admin_pb2.StatsResponse) -> dict[str, Any]:
+    """One node's statistics as plain values (tiers, namespaces, moves)."""
+    namespaces = []
+    total_hits = total_misses = hit_tokens = 0
+    for ns in stats.namespaces:
+        hits = {codec.tier_from_pb(h.tier).value: h.blocks for h in ns.hits}
+        misses = {_reason(m.reason): m.blocks for m in ns.misses}
+        tokens = sum(h.tokens for h in ns.hits)
+        num_hits, num_misses = sum(hits.values()), sum(misses.values())
+        total_hits, total_misses, hit_tokens = (
+            total_hits + num_hits,
+            total_misses + num_misses,
+            hit_tokens + tokens,
+        )
+        namespaces.append(
+            {
+                "namespace_id": ns.namespace_id.hex(),
+                "model_id": ns.namespace.model_id,
+                "block_tokens": ns.namespace.block_tokens,
+                "hit_rate": _rate(num_hits, num_misses),
+                "hit_blocks": hits,
+                "miss_blocks": misses,
+                "tokens_saved": tokens,
+                "tokens_missed": sum(m.tokens for m in ns.misses),
+            }
+        )
+    miss_reasons: dict[str, int] = {}
+    for ns in stats.namespaces:
+        for miss in ns.misses:
+            reason = _reason(miss.reason)
+            miss_reasons[reason] = miss_reasons.get(reason, 0) + miss.blocks
+    return {
+        "node_id": stats.node_id,
+        "degraded": stats.degraded,
+        "hit_rate": _rate(total_hits, total_misses),
+        "hit_blocks": total_hits,
+        "miss_blocks": total_misses,
+        "tokens_saved": hit_tokens,
+        "miss_reasons": miss_reasons,
+        "tiers": [
+            {
+                "tier": codec.tier_from_pb(t.tier).value,
+                "hit_blocks": t.hit_blocks,
+                "used_bytes": t.used_bytes,
+                "capacity_bytes": t.capacity_bytes,
+                "blocks": t.num_blocks,
+                "evicted_blocks": t.evicted_blocks,
+                "corrupted_blocks": t.corrupted_blocks,
+            }
+            for t in stats.tiers
+        ],
+        "namespaces": namespaces,
+        "demotions": _moves(stats.demotions),
+        "promotions": _moves(stats.promotions),
+        "put_blocks": stats.put_blocks,
+        "peer_fetched_blocks": stats.peer_fetched_blocks,
+        "torn_writes": stats.torn_writes,
+        "reservations_reclaimed": stats.reservations_reclaimed,
+    }
+
+
+def cluster_summary(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over several nodes' summaries."""
+    hits = sum(n["hit_blocks"] for n in nodes)
+    misses = sum(n["miss_blocks"] for n in nodes)
+    return {
+        "nodes": nodes,
+        "hit_rate": _rate(hits, misses),
+        "hit_blocks": hits,
+        "miss_blocks": misses,
+        "tokens_saved": sum(n["tokens_saved"] for n in nodes),
+    }
+
+
+def node_summary(node: NodeInfo, now_s: float) -> dict[str, Any]:
+    return {
+        "node_id": node.node_id,
+        "address": node.address,
+        "host_id": node.host_id,
+        "degraded": node.degraded,
+        "heartbeat_age_s": round(max(0.0, now_s - node.heartbeat_s), 3),
+        "tiers": [
+            {"tier": t.tier.value, "used_bytes": t.used_bytes, "capacity_bytes": t.capacity_bytes}
+            for t in node.tiers
+        ],
+    }
+
+
+def _reason(value: int) -> str:
+    reason = codec.reason_from_pb(value)
+    return reason.value if reason is not None else "none"
+
+
+def _moves(moves: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "source": codec.tier_from_pb(m.source).value,
+            "target": codec.tier_from_pb(m.target).value,
+            "blocks": m.blocks,
+        }
+        for m in moves
+    ]
+
+
+def _rate(hits: int, misses: int) -> float:
+    return hits / (hits + misses) if hits + misses else 0.0

@@ -1,0 +1,1 @@
+"""The store's gRPC server: servicers, error mapping, auth, metrics, lifecycle."""

@@ -1,0 +1,68 @@
+"""The AdminService servicer: statistics, nodes, eviction, effective config."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from kvstore import codec
+from kvstore._proto.strata.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from kvstore.errors import InvalidArgument
+from kvstore.server.errors import grpc_errors
+from kvstore.server.node import StoreNode
+from kvstore.types import TIERS_FASTEST_FIRST
+
+Context = grpc.aio.ServicerContext
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, node: StoreNode) -> None:
+        self.node = node
+        self.store = node.store
+
+    @grpc_errors
+    async def Stats(
+        self, request: admin_pb2.StatsRequest, context: Context
+    ) -> admin_pb2.StatsResponse:
+        response = codec.stats_to_pb(self.node.node_id, self.store.stats(), self.store.namespaces())
+        response.degraded = self.node.degraded
+        response.peer_fetched_blocks = self.node.num_peer_blocks
+        return response
+
+    @grpc_errors
+    async def Nodes(
+        self, request: admin_pb2.NodesRequest, context: Context
+    ) -> admin_pb2.NodesResponse:
+        return admin_pb2.NodesResponse(nodes=[codec.node_to_pb(n) for n in await self.node.nodes()])
+
+    @grpc_errors
+    async def Evict(
+        self, request: admin_pb2.EvictRequest, context: Context
+    ) -> admin_pb2.EvictResponse:
+        tier = codec.tier_from_pb(request.tier)
+        if request.num_blocks == 0:
+            raise InvalidArgument("num_blocks: must be positive")
+        return admin_pb2.EvictResponse(num_blocks=await self.store.evict(tier, request.num_blocks))
+
+    @grpc_errors
+    async def Flush(
+        self, request: admin_pb2.FlushRequest, context: Context
+    ) -> admin_pb2.EvictResponse:
+        if request.tier == common_pb2.TIER_UNSPECIFIED:
+            tiers = [t for t in TIERS_FASTEST_FIRST if t in self.store.tiering.tiers]
+        else:
+            tiers = [codec.tier_from_pb(request.tier)]
+        moved = 0
+        for tier in tiers:  # each round is bounded; repeat while blocks still leave
+            while (
+                left := await self.store.evict(tier, max(1, self.store.index.num_blocks(tier)))
+            ) > 0:
+                moved += left
+        return admin_pb2.EvictResponse(num_blocks=moved)
+
+    @grpc_errors
+    async def GetConfig(
+        self, request: admin_pb2.GetConfigRequest, context: Context
+    ) -> admin_pb2.GetConfigResponse:
+        return admin_pb2.GetConfigResponse(json=json.dumps(self.node.config.redacted()))

@@ -1,0 +1,247 @@
+"""Prometheus metrics of one store node, served from the event loop.
+
+Counters come straight from the node store's statistics at scrape time (a collector,
+so nothing is counted twice and the store keeps a single source of truth); RPC
+latencies are histograms fed by an interceptor. Each node has its own registry (no
+process-wide globals), served by a minimal asyncio HTTP endpoint, so scrapes read store
+state on the loop thread that owns it.
+
+    strata_hit_blocks_total{tier, namespace}        strata_miss_blocks_total{reason, namespace}
+    strata_hit_tokens_total{tier, namespace}        strata_miss_tokens_total{reason, namespace}
+    strata_tier_used_bytes{tier}                    strata_tier_capacity_bytes{tier}
+    strata_tier_blocks{tier}                        strata_evicted_blocks_total{tier}
+    strata_demoted_blocks_total{source, target}     strata_promoted_blocks_total{source, target}
+    strata_corrupted_blocks_total{tier}             strata_put_blocks_total
+    strata_degraded                                 strata_rpc_duration_seconds{method, code}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from kvstore.stats import StatsSnapshot
+
+if TYPE_CHECKING:
+    from kvstore.server.auth import Continuation, Handler
+
+logger = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
+
+
+class StoreCollector:
+    def __init__(self, stats: Callable[[], StatsSnapshot], degraded: Callable[[], bool]) -> None:
+        self._stats = stats
+        self._degraded = degraded
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        yield from self._hits_and_misses(s)
+        gauges = {
+            "used_bytes": GaugeMetricFamily(
+                "strata_tier_used_bytes", "Bytes in use", labels=["tier"]
+            ),
+            "capacity_bytes": GaugeMetricFamily(
+                "strata_tier_capacity_bytes", "Tier capacity", labels=["tier"]
+            ),
+            "num_blocks": GaugeMetricFamily(
+                "strata_tier_blocks", "Blocks resident", labels=["tier"]
+            ),
+        }
+        for usage in s.tiers:
+            for name, family in gauges.items():
+                family.add_metric([usage.tier.value], getattr(usage, name))
+        yield from gauges.values()
+        yield _by_tier("strata_evicted_blocks_total", "Blocks dropped by eviction", s.evictions)
+        yield _by_tier(
+            "strata_corrupted_blocks_total", "Blocks failing their checksum", s.corrupted_blocks
+        )
+        yield _moves("strata_demoted_blocks_total", "Blocks demoted", s.demotions)
+        yield _moves("strata_promoted_blocks_total", "Blocks promoted", s.promotions)
+        put = CounterMetricFamily("strata_put_blocks_total", "Blocks stored by puts")
+        put.add_metric([], s.put_blocks)
+        yield put
+        degraded = GaugeMetricFamily(
+            "strata_degraded", "1 while the metadata service is unreachable"
+        )
+        degraded.add_metric([], float(self._degraded()))
+        yield degraded
+
+    def _hits_and_misses(self, s: StatsSnapshot) -> Iterator[Metric]:
+        labels_hit, labels_miss = ["tier", "namespace"], ["reason", "namespace"]
+        hit_blocks = CounterMetricFamily("strata_hit_blocks", "Blocks served", labels=labels_hit)
+        hit_tokens = CounterMetricFamily("strata_hit_tokens", "Tokens served", labels=labels_hit)
+        miss_blocks = CounterMetricFamily("strata_miss_blocks", "Blocks missed", labels=labels_miss)
+        miss_tokens = CounterMetricFamily("strata_miss_tokens", "Tokens missed", labels=labels_miss)
+        for ns in s.namespaces:
+            name = ns.model_id
+            for tier, blocks in ns.hit_blocks.items():
+                hit_blocks.add_metric([tier.value, name], blocks)
+                hit_tokens.add_metric([tier.value, name], ns.hit_tokens[tier])
+            for reason, blocks in ns.miss_blocks.items():
+                miss_blocks.add_metric([reason.value, name], blocks)
+                miss_tokens.add_metric([reason.value, name], ns.miss_tokens[reason])
+        yield from (hit_blocks, hit_tokens, miss_blocks, miss_tokens)
+
+
+def _by_tier(name: str, doc: str, values: dict[Any, int]) -> Metric:
+    family = CounterMetricFamily(name.removesuffix("_total"), doc, labels=["tier"])
+    for tier, count in values.items():
+        family.add_metric([tier.value], count)
+    return family
+
+
+def _moves(name: str, doc: str, values: dict[Any, int]) -> Metric:
+    family = CounterMetricFamily(name.removesuffix("_total"), doc, labels=["source", "target"])
+    for (source, target), count in values.items():
+        family.add_metric([source.value, target.value], count)
+    return family
+
+
+class NodeMetrics:
+    """One node's registry: the store collector and the RPC latency histogram."""
+
+    def __init__(self, stats: Callable[[], StatsSnapshot], degraded: Callable[[], bool]) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(StoreCollector(stats, degraded))
+        self.rpc_seconds = Histogram(
+            "strata_rpc_duration_seconds",
+            "RPC latency by method and status",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._server: asyncio.Server | None = None
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def serve(self, host: str, port: int) -> int:
+        """Serve ``GET /metrics`` on ``host:port`` (0: any free port); returns the port."""
+        self._server = await asyncio.start_server(self._handle, host, port)
+        bound: int = self._server.sockets[0].getsockname()[1]
+        return bound
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
+            if path.split(b"?")[0] == b"/metrics":
+                status, body = b"200 OK", self.exposition()
+            else:
+                status, body = b"404 Not Found", b"try /metrics\n"
+            writer.write(
+                b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                b"Content-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
+            )
+            await writer.drain()
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            ConnectionError,
+        ):
+            pass
+        finally:
+            writer.close()
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Times every RPC into ``strata_rpc_duration_seconds{method, code}``."""
+
+    def __init__(self, metrics: NodeMetrics) -> None:
+        self._histogram = metrics.rpc_seconds
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = (handler_call_details.method or "").rsplit("/", 1)[-1]
+        observe = self._histogram
+
+        def record(start: float, context: grpc.aio.ServicerContext) -> None:
+            code = context.code() if hasattr(context, "code") else None
+            name = (
+                code.name
+                if isinstance(code, grpc.StatusCode)
+                else "OK"
+                if code is None
+                else str(code)
+            )
+            observe.labels(method, name).observe(time.perf_counter() - start)
+
+        if handler.response_streaming:
+            inner_stream: Any = handler.unary_stream or handler.stream_stream
+
+            async def timed_stream(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                start = time.perf_counter()
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                finally:
+                    record(start, context)
+
+            return _replace(handler, timed_stream)
+        inner: Any = handler.unary_unary or handler.stream_unary
+
+        async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            try:
+                return await inner(request, context)
+            finally:
+                record(start, context)
+
+        return _replace(handler, timed)
+
+
+def _replace(handler: Handler, behaviour: Any) -> Handler:
+    kinds: dict[tuple[bool, bool], Any] = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    make = kinds[handler.request_streaming, handler.response_streaming]
+    replaced: Handler = make(
+        behaviour,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+    return replaced

@@ -1,0 +1,73 @@
+"""Store nodes as real processes (``kvstore serve``), for tests that signal or kill them."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServeProcess:
+    """``kvstore serve`` in a child process; ``address`` once it says it is serving."""
+
+    def __init__(self, **flags: str) -> None:
+        self.port = int(flags.pop("server.port", free_port()))
+        args = [sys.executable, "-m", "kvstore.cli", "serve", "--log-level", "WARNING"]
+        values = {"server.port": str(self.port), "server.metrics_enabled": "false", **flags}
+        for key, value in values.items():
+            args += [f"--{key}", value]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, text=True
+        )
+        self.address = f"127.0.0.1:{self.port}"
+        self.output: list[str] = []
+        self._wait_serving(timeout_s=30)
+
+    def _wait_serving(self, timeout_s: float) -> None:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
+            if ready:
+                line = self.proc.stdout.readline()
+                self.output.append(line)
+                if "serving on" in line:
+                    return
+            if self.proc.poll() is not None:
+                break
+        self.kill()
+        raise RuntimeError("kvstore serve did not start:\n" + "".join(self.output))
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout_s: float = 15) -> int:
+        return self.proc.wait(timeout=timeout_s)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
