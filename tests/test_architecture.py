@@ -57,3 +57,21 @@ def test_library_code_never_imports_benchmarks_or_tests() -> None:
         for path in modules(package):
             bad = {n for n in imports_of(path) if n.split(".")[0] in ("bench", "tests")}
             assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_clients_do_not_need_the_server() -> None:
+    for path in modules("kvstore/client"):
+        bad = {n for n in imports_of(path) if n.startswith("kvstore.server")}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_metadata_backends_know_nothing_of_nodes() -> None:
+    for path in modules("kvstore/metadata"):
+        if path.name == "publisher.py":
+            continue
+        bad = {
+            n
+            for n in imports_of(path)
+            if n.startswith(("kvstore.server", "kvstore.client", "kvstore.store"))
+        }
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"

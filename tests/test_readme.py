@@ -11,14 +11,27 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
-def test_python_example_runs() -> None:
-    (code,) = re.findall(r"```python\n(.*?)```", README, re.S)
+EXAMPLES = re.findall(r"```python\n(.*?)```", README, re.S)
+
+
+def test_embedded_store_example_runs() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+        [sys.executable, "-c", EXAMPLES[0]], capture_output=True, text=True, check=True, cwd=ROOT
     )
     first, second = result.stdout.splitlines()
     assert first.startswith("6 ['dram'")
     assert second == "torch.Size([4, 2, 16, 2, 64])"
+
+
+def test_service_client_example_runs_against_a_node() -> None:
+    from tests.processes import ServeProcess
+
+    with ServeProcess(**{"store.block_bytes": str(64 << 10)}) as node:
+        code = EXAMPLES[1].replace("127.0.0.1:7600", node.address)
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+        )
+    assert result.stdout.strip() == "4 ['dram', 'dram', 'dram', 'dram']"
 
 
 def test_quick_start_is_two_make_targets_and_ci_runs_the_test_one() -> None:
