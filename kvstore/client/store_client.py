@@ -35,6 +35,7 @@ from kvstore.reservations import PutResult
 from kvstore.streams import BlockAssembler, chunks
 from kvstore.types import BlockKey, Buffer, MissReason, NamespaceId, TierKind
 from kvstore.validation import readable, writable
+from kvstore.wire import Data, encode_data, parse_get_response, serialize
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,26 @@ class StoreClient:
         self._channel = open_channel(address, self.options)
         self._store = store_pb2_grpc.StoreServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+        service = "/strata.v1.StoreService/"
+        framed = {"request_serializer": serialize}
+        self._put_call = self._channel.stream_unary(
+            service + "Put", **framed, response_deserializer=store_pb2.PutResponse.FromString
+        )
+        self._batch_put_call = self._channel.stream_unary(
+            service + "BatchPut",
+            **framed,
+            response_deserializer=store_pb2.BatchPutResponse.FromString,
+        )
+        self._get_call = self._channel.unary_stream(
+            service + "Get",
+            request_serializer=store_pb2.GetRequest.SerializeToString,
+            response_deserializer=parse_get_response,
+        )
+        self._batch_get_call = self._channel.unary_stream(
+            service + "BatchGet",
+            request_serializer=store_pb2.BatchGetRequest.SerializeToString,
+            response_deserializer=parse_get_response,
+        )
         self._block_bytes: dict[NamespaceId, int] = {}
 
     async def close(self) -> None:
@@ -119,7 +140,7 @@ class StoreClient:
         """The longest cached leading run of ``keys``; into ``buffers`` when given."""
         request = store_pb2.GetRequest(namespace_id=ns_id, keys=keys, local_only=local_only)
         dsts = None if buffers is None else [buffers]
-        (result,) = await self._get("Get", self._store.Get, request, dsts, 1)
+        (result,) = await self._get("Get", self._get_call, request, dsts, 1)
         return result
 
     async def get_many(
@@ -135,7 +156,7 @@ class StoreClient:
             lists=[store_pb2.KeyList(keys=keys) for keys in key_lists],
             local_only=local_only,
         )
-        return await self._get("BatchGet", self._store.BatchGet, request, None, len(key_lists))
+        return await self._get("BatchGet", self._batch_get_call, request, None, len(key_lists))
 
     async def lookup(
         self, ns_id: NamespaceId, keys: Sequence[BlockKey], *, local: bool = False
@@ -215,20 +236,20 @@ class StoreClient:
         for chain, blocks in zip(chains, views, strict=True):
             if len(blocks) != len(chain.keys):
                 raise InvalidArgument(f"{len(chain.keys)} keys but {len(blocks)} blocks")
-        method = self._store.Put if what == "Put" else self._store.BatchPut
+        method = self._put_call if what == "Put" else self._batch_put_call
         metadata = self.options.metadata()
 
-        async def messages() -> AsyncIterator[store_pb2.PutRequest]:
+        async def messages() -> AsyncIterator[store_pb2.PutRequest | bytes]:
             for chain, blocks in zip(chains, views, strict=True):
                 header = store_pb2.PutHeader(
                     namespace_id=ns_id, keys=chain.keys, parent=chain.parent or b""
                 )
                 yield store_pb2.PutRequest(header=header)
                 for piece in chunks(blocks, self.options.chunk_bytes):
-                    yield store_pb2.PutRequest(data=bytes(piece))
+                    yield encode_data(piece)
 
         async def attempt(timeout_s: float) -> list[PutResult]:
-            response = await method(messages(), timeout=timeout_s, metadata=metadata)
+            response: Any = await method(messages(), timeout=timeout_s, metadata=metadata)
             results = [response] if what == "Put" else list(response.results)
             return [PutResult(r.num_stored, r.num_present, r.num_in_flight) for r in results]
 
@@ -248,13 +269,15 @@ class StoreClient:
             results: list[GetResult] = []
             receiver: _ListReceiver | None = None
             async for message in method(request, timeout=timeout_s, metadata=metadata):
-                if message.WhichOneof("part") == "header":
+                if isinstance(message, Data):
+                    if receiver is None:
+                        raise InvalidArgument(f"{what}: data before a header")
+                    receiver.assembler.feed(message.data)
+                elif message.WhichOneof("part") == "header":
                     if receiver is not None:
                         results.append(receiver.finish())
                     buffers = dsts[len(results)] if dsts is not None else None
                     receiver = _ListReceiver(message.header, buffers)
-                elif receiver is not None:
-                    receiver.assembler.feed(message.data)
             if receiver is not None:
                 results.append(receiver.finish())
             if len(results) != num_lists:

@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kvstore._proto.strata.v1 import admin_pb2, admin_pb2_grpc, store_pb2, store_pb2_grpc
+from kvstore._proto.strata.v1 import admin_pb2, admin_pb2_grpc, store_pb2
 from kvstore.client.calls import MAX_MESSAGE_BYTES
 from kvstore.config import Config
 from kvstore.errors import ConfigError
@@ -29,6 +29,7 @@ from kvstore.server.auth import AuthInterceptor
 from kvstore.server.metrics import MetricsInterceptor, NodeMetrics
 from kvstore.server.node import StoreNode
 from kvstore.server.store_service import StoreServicer
+from kvstore.server.store_service import add_to_server as add_store_service
 from kvstore.store import NodeStore
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ async def start_node(config: Config) -> RunningNode:
 async def _start(
     config: Config, server: grpc.aio.Server, node: StoreNode, metrics: NodeMetrics, port: int
 ) -> RunningNode:
-    store_pb2_grpc.add_StoreServiceServicer_to_server(StoreServicer(node), server)
+    add_store_service(StoreServicer(node), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(node), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

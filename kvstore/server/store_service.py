@@ -4,11 +4,14 @@ Puts stream a header then data messages per chain; the slots are reserved when t
 header arrives and each data message is copied straight into them (a disk tier gets
 pooled staging buffers). Gets stream a header then data messages per key list, sent
 from pinned slot views; the rest of a run held by a peer is appended (see ``node``).
+Data messages are framed by hand on both paths (``wire``): the same bytes on the wire,
+without protobuf's copies.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
 
@@ -21,6 +24,7 @@ from kvstore.server.errors import grpc_errors
 from kvstore.server.node import StoreNode
 from kvstore.streams import BlockAssembler, chunks
 from kvstore.types import BlockKey, NamespaceId
+from kvstore.wire import Data, encode_data, parse_put_request, serialize
 
 Context = grpc.aio.ServicerContext
 
@@ -43,14 +47,14 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
 
     @grpc_errors
     async def Put(
-        self, requests: AsyncIterator[store_pb2.PutRequest], context: Context
+        self, requests: AsyncIterator[store_pb2.PutRequest | Data], context: Context
     ) -> store_pb2.PutResponse:
         (result,) = await self._receive(requests, max_chains=1)
         return _put_response(result)
 
     @grpc_errors
     async def BatchPut(
-        self, requests: AsyncIterator[store_pb2.PutRequest], context: Context
+        self, requests: AsyncIterator[store_pb2.PutRequest | Data], context: Context
     ) -> store_pb2.BatchPutResponse:
         results = await self._receive(requests, max_chains=None)
         return store_pb2.BatchPutResponse(results=[_put_response(r) for r in results])
@@ -58,7 +62,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     @grpc_errors
     async def Get(
         self, request: store_pb2.GetRequest, context: Context
-    ) -> AsyncIterator[store_pb2.GetResponse]:
+    ) -> AsyncIterator[store_pb2.GetResponse | bytes]:
         ns_id = codec.decode_namespace_id(request.namespace_id)
         keys = codec.decode_keys(request.keys)
         async for message in self._send(0, ns_id, keys, request.local_only):
@@ -67,7 +71,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     @grpc_errors
     async def BatchGet(
         self, request: store_pb2.BatchGetRequest, context: Context
-    ) -> AsyncIterator[store_pb2.GetResponse]:
+    ) -> AsyncIterator[store_pb2.GetResponse | bytes]:
         ns_id = codec.decode_namespace_id(request.namespace_id)
         lists = [
             codec.decode_keys(kl.keys, f"lists[{i}].keys") for i, kl in enumerate(request.lists)
@@ -133,12 +137,17 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     # -- streaming ----------------------------------------------------------------------
 
     async def _receive(
-        self, requests: AsyncIterator[store_pb2.PutRequest], max_chains: int | None
+        self, requests: AsyncIterator[store_pb2.PutRequest | Data], max_chains: int | None
     ) -> list[PutResult]:
         results: list[PutResult] = []
         current: _IncomingChain | None = None
         try:
             async for message in requests:
+                if isinstance(message, Data):
+                    if current is None:
+                        raise InvalidArgument("data: sent before a header")
+                    current.assembler.feed(message.data)
+                    continue
                 part = message.WhichOneof("part")
                 if part == "header":
                     if current is not None:
@@ -176,7 +185,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
 
     async def _send(
         self, list_index: int, ns_id: NamespaceId, keys: Sequence[BlockKey], local_only: bool
-    ) -> AsyncIterator[store_pb2.GetResponse]:
+    ) -> AsyncIterator[store_pb2.GetResponse | bytes]:
         namespace = self.store.namespace(ns_id)
         async with self.store.read(ns_id, keys) as run:
             views, reason = run.blocks, run.miss_reason
@@ -198,7 +207,7 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
             )
             yield store_pb2.GetResponse(header=header)
             for piece in chunks(blocks, self.chunk_bytes):
-                yield store_pb2.GetResponse(data=bytes(piece))
+                yield encode_data(piece)  # pre-framed: one copy, no protobuf
 
 
 class _IncomingChain:
@@ -224,3 +233,48 @@ def _put_response(result: PutResult) -> store_pb2.PutResponse:
         num_present=result.num_present,
         num_in_flight=result.num_in_flight,
     )
+
+
+def add_to_server(servicer: StoreServicer, server: grpc.aio.Server) -> None:
+    """Register the servicer; Put, BatchPut, Get and BatchGet use ``wire`` framing."""
+
+    def unary(name: str, request: Any, response: Any) -> Any:
+        return grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+
+    pb = store_pb2
+    handlers = {
+        "RegisterNamespace": unary(
+            "RegisterNamespace", pb.RegisterNamespaceRequest, pb.RegisterNamespaceResponse
+        ),
+        "Lookup": unary("Lookup", pb.LookupRequest, pb.LookupResponse),
+        "Exists": unary("Exists", pb.KeysRequest, pb.ExistsResponse),
+        "Remove": unary("Remove", pb.KeysRequest, pb.CountResponse),
+        "Pin": unary("Pin", pb.PinRequest, pb.CountResponse),
+        "Unpin": unary("Unpin", pb.KeysRequest, pb.CountResponse),
+        "Put": grpc.stream_unary_rpc_method_handler(
+            servicer.Put,
+            request_deserializer=parse_put_request,
+            response_serializer=pb.PutResponse.SerializeToString,
+        ),
+        "BatchPut": grpc.stream_unary_rpc_method_handler(
+            servicer.BatchPut,
+            request_deserializer=parse_put_request,
+            response_serializer=pb.BatchPutResponse.SerializeToString,
+        ),
+        "Get": grpc.unary_stream_rpc_method_handler(
+            servicer.Get,
+            request_deserializer=pb.GetRequest.FromString,
+            response_serializer=serialize,
+        ),
+        "BatchGet": grpc.unary_stream_rpc_method_handler(
+            servicer.BatchGet,
+            request_deserializer=pb.BatchGetRequest.FromString,
+            response_serializer=serialize,
+        ),
+    }
+    service = pb.DESCRIPTOR.services_by_name["StoreService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
