@@ -24,10 +24,14 @@ test: setup
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+proto: setup
+	$(BIN)/python scripts/gen_proto.py
+
 bench: setup
 	$(BIN)/python -m bench.hashing --quick --json bench/results/hashing.json
 	$(BIN)/python -m bench.tiers --quick --json bench/results/tiers.json
 	$(BIN)/python -m bench.hitrate --quick --json bench/results/hitrate.json
+	$(BIN)/python -m bench.service --quick --json bench/results/service.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache bench/results

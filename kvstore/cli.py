@@ -66,6 +66,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     logging.getLogger().setLevel(args.log_level)
+    if config.server.tune_malloc:
+        from kvstore.malloc import keep_freed_memory
+
+        keep_freed_memory()
 
     def ready(running: RunningNode) -> None:
         metrics = f", metrics on :{running.metrics_port}/metrics" if running.metrics_port else ""

@@ -99,7 +99,8 @@ class ServerConfig:
     advertise_address: str = ""  # how peers and clients reach this node; default host:port
     metrics_enabled: bool = True
     metrics_port: int = field(default=7601, metadata=check(lambda v: 0 <= v <= 65535, "0 to 65535"))
-    chunk_bytes: int = field(default=MiB, metadata=size())  # streamed data message size
+    chunk_bytes: int = field(default=2 * MiB, metadata=size())  # streamed data message size
+    tune_malloc: bool = True  # keep freed large buffers mapped (see kvstore.malloc)
     grace_s: float = field(default=5.0, metadata=positive())  # drain time at shutdown
     peer_fetch: bool = True  # read blocks held by other nodes through this one
     cache_peer_reads: bool = True  # keep a copy of blocks fetched from peers

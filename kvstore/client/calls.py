@@ -51,7 +51,7 @@ class CallOptions:
     timeout_s: float = 5.0
     retries: int = 3
     backoff_s: float = 0.05
-    chunk_bytes: int = 1 << 20
+    chunk_bytes: int = 2 << 20  # data message size; under the 4 MiB default limit of any peer
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()

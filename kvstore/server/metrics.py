@@ -184,6 +184,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: NodeMetrics) -> None:
         self._histogram = metrics.rpc_seconds
+        self._wrapped: dict[str, Handler] = {}  # one timed handler per method, reused
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -191,7 +192,13 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = (handler_call_details.method or "").rsplit("/", 1)[-1]
+        full_name = handler_call_details.method or ""
+        cached = self._wrapped.get(full_name)
+        if cached is None:
+            cached = self._wrapped[full_name] = self._timed(handler, full_name.rsplit("/", 1)[-1])
+        return cached
+
+    def _timed(self, handler: Handler, method: str) -> Handler:
         observe = self._histogram
 
         def record(start: float, context: grpc.aio.ServicerContext) -> None:

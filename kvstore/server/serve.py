@@ -147,11 +147,13 @@ async def serve(config: Config, on_ready: Callable[[RunningNode], None] | None =
 
 
 def _interceptors(config: Config, metrics: NodeMetrics | None) -> list[grpc.aio.ServerInterceptor]:
+    """Auth first: it sees every call and may deny it; metrics time what runs (and cache
+    one timed handler per method, which is only safe behind auth)."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
-    if metrics is not None:
-        interceptors.append(MetricsInterceptor(metrics))
     if config.auth.token or config.auth.admin_token:
         interceptors.append(AuthInterceptor(config.auth.token, config.auth.admin_token))
+    if metrics is not None and config.server.metrics_enabled:
+        interceptors.append(MetricsInterceptor(metrics))
     return interceptors
 
 

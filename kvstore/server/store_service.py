@@ -165,6 +165,9 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
             if current is not None:
                 results.append(await current.commit())
                 current = None
+        except Exception:
+            await _drain(requests)
+            raise
         finally:
             if current is not None:
                 await self.store.abort(current.reservation)
@@ -221,6 +224,24 @@ class _IncomingChain:
     async def commit(self) -> PutResult:
         self.assembler.check_complete()
         return await self.servicer.store.commit(self.reservation)
+
+
+DRAIN_LIMIT_BYTES = 256 << 20
+
+
+async def _drain(requests: AsyncIterator[store_pb2.PutRequest | Data]) -> None:
+    """Read what the client is still sending before failing its put.
+
+    A grpc.aio client that is still writing when the server's status arrives can report
+    INTERNAL ("Internal error from Core") instead of that status (grpc/grpc#36066), so
+    the client would see a wrong error. Reading the rest first (up to a limit; the
+    call's deadline bounds the time) lets the real status reach it.
+    """
+    drained = 0
+    async for message in requests:
+        drained += len(message.data) if isinstance(message, Data) else message.ByteSize()
+        if drained > DRAIN_LIMIT_BYTES:
+            return
 
 
 def _decode_keys_request(request: store_pb2.KeysRequest) -> tuple[NamespaceId, list[BlockKey]]:

@@ -1,0 +1,189 @@
+"""Child processes for the service benchmark, each on a free port of 127.0.0.1.
+
+* ``start_redis``: a throwaway ``redis-server`` (no persistence, no disk).
+* ``start_strata``: ``kvstore serve`` (one store node, DRAM tier only, no metrics).
+* ``SocketPeer``: a Python process that streams as many bytes as it is asked for, the
+  raw single-stream TCP limit that both services are measured against.
+
+Invariants: no child outlives its owner. ``Child.stop`` sends SIGTERM, waits, then
+SIGKILLs; owners call it in ``finally`` (``with`` blocks); and each child runs under
+``setpriv --pdeathsig TERM`` where available, so the kernel ends it even if the owner
+is killed outright. Readiness is observed, never slept for: Redis answers PING, the
+node prints "serving on" to its log, the peer connects back.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+_SCRIPT = Path(sys.executable).with_name("kvstore")  # the venv's console script
+KVSTORE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "kvstore.cli"]
+SEND_BUFFER_BYTES = 4 << 20
+_LENGTH = struct.Struct("<Q")  # a SocketPeer request: how many bytes to send; 0 = exit
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the time of the call)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Child:
+    """A child process with its log file; ``stop`` ends it (TERM, then KILL)."""
+
+    def __init__(self, name: str, args: list[str], port: int = 0) -> None:
+        self.name, self.port = name, port
+        self.dir = Path(tempfile.mkdtemp(prefix=f"strata-bench-{name}-"))
+        self.log = self.dir / "log.txt"
+        setpriv = shutil.which("setpriv")
+        prefix = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+        try:
+            with self.log.open("wb") as log:
+                self.proc = subprocess.Popen(
+                    [*prefix, *args], stdout=log, stderr=subprocess.STDOUT, cwd=self.dir
+                )
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+    def wait_until(self, ready: Callable[[], bool], timeout_s: float) -> None:
+        """Poll ``ready()`` until true; raise with the log tail if the child dies first."""
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self.log.read_text(errors="replace")[-2000:]
+                self.stop()
+                rc = self.proc.returncode
+                raise RuntimeError(f"{self.name} did not start (exit status {rc}):\n{tail}")
+            time.sleep(0.01)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout_s)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_redis() -> Child:
+    """``redis-server`` tuned for large values: no persistence, 16 MiB bulk strings."""
+    port = free_port()
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    args += ["--appendonly", "no", "--proto-max-bulk-len", str(16 << 20), "--daemonize", "no"]
+    child = Child("redis", args, port)
+    child.wait_until(lambda: _answers_ping(port), timeout_s=10.0)
+    return child
+
+
+def start_strata(block_bytes: int, capacity_bytes: int, chunk_bytes: int) -> Child:
+    """``kvstore serve``: one node whose DRAM tier holds ``capacity_bytes``."""
+    port = free_port()
+    flags = {
+        "server.port": port,
+        "server.metrics_enabled": "false",
+        "server.chunk_bytes": chunk_bytes,
+        "server.grace_s": 1,
+        "store.node_id": f"bench-{port}",
+        "store.block_bytes": block_bytes,
+        "tiers.dram.capacity_bytes": capacity_bytes,
+    }
+    args = [*KVSTORE, "serve", "--log-level", "WARNING"]
+    args += [part for key, value in flags.items() for part in (f"--{key}", str(value))]
+    child = Child("strata", args, port)
+    child.wait_until(lambda: b"serving on" in child.log.read_bytes(), timeout_s=30.0)
+    return child
+
+
+class SocketPeer:
+    """A child that sends N bytes on request over one loopback TCP connection."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        port = self._listener.getsockname()[1]
+        self.child = Child("socket-peer", [sys.executable, __file__, str(port)])
+        self._listener.settimeout(30.0)
+        try:
+            self._conn, _ = self._listener.accept()
+        except BaseException:
+            self.close()
+            raise
+        self._buffer = memoryview(bytearray(SEND_BUFFER_BYTES))
+
+    def gbps(self, num_bytes: int) -> float:
+        """Have the peer send ``num_bytes``; receive them with ``recv_into``; GB/s."""
+        start = time.perf_counter()
+        self._conn.sendall(_LENGTH.pack(num_bytes))
+        left = num_bytes
+        while left:
+            got = self._conn.recv_into(self._buffer, min(left, len(self._buffer)))
+            if not got:
+                raise ConnectionError("socket peer closed the connection early")
+            left -= got
+        return num_bytes / (time.perf_counter() - start) / 1e9
+
+    def close(self) -> None:
+        try:
+            if hasattr(self, "_conn"):
+                self._conn.sendall(_LENGTH.pack(0))
+                self._conn.close()
+        except OSError:
+            pass
+        finally:
+            self._listener.close()
+            self.child.stop()
+
+    def __enter__(self) -> SocketPeer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: object, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _send_on_request(port: int) -> None:
+    """The peer's side: connect, then answer each length request with that many bytes."""
+    data = memoryview(bytearray(SEND_BUFFER_BYTES))
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        while True:
+            header = sock.recv(_LENGTH.size, socket.MSG_WAITALL)
+            (left,) = _LENGTH.unpack(header) if len(header) == _LENGTH.size else (0,)
+            if not left:
+                return
+            while left:
+                step = min(left, len(data))
+                sock.sendall(data[:step])
+                left -= step
+
+
+if __name__ == "__main__":
+    _send_on_request(int(sys.argv[1]))
