@@ -91,7 +91,7 @@ def start_redis() -> Child:
     args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     args += ["--appendonly", "no", "--proto-max-bulk-len", str(16 << 20), "--daemonize", "no"]
     child = Child("redis", args, port)
-    child.wait_until(lambda: _answers_ping(port), timeout_s=10.0)
+    child.wait_until(lambda: answers_ping(port), timeout_s=10.0)
     return child
 
 
@@ -161,7 +161,8 @@ class SocketPeer:
         self.close()
 
 
-def _answers_ping(port: int) -> bool:
+def answers_ping(port: int) -> bool:
+    """Whether a Redis server answers PING on 127.0.0.1:``port``."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
             sock.sendall(b"PING\r\n")

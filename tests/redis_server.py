@@ -23,13 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (at the time of the call)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from bench.procs import answers_ping, free_port
 
 
 def _die_with_parent() -> list[str]:
@@ -40,15 +34,6 @@ def _die_with_parent() -> list[str]:
     """
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
-
-
-def _answers_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 class RedisServer:
@@ -95,7 +80,7 @@ class RedisServer:
     def _wait_ready(self, log: Path) -> None:
         assert self._proc is not None
         deadline = time.monotonic() + self._startup_timeout_s
-        while not _answers_ping(self.port):
+        while not answers_ping(self.port):
             if self._proc.poll() is not None:
                 text = log.read_text(errors="replace") if log.exists() else ""
                 raise RuntimeError(f"redis-server exited on port {self.port}:\n{text[-2000:]}")
