@@ -95,8 +95,9 @@ def start_redis() -> Child:
     return child
 
 
-def start_strata(block_bytes: int, capacity_bytes: int, chunk_bytes: int) -> Child:
-    """``kvstore serve``: one node whose DRAM tier holds ``capacity_bytes``."""
+def start_strata(block_bytes: int, capacity_bytes: int, chunk_bytes: int, **extra: object) -> Child:
+    """``kvstore serve``: one node whose DRAM tier holds ``capacity_bytes``; ``extra``
+    are more config flags (dotted keys with ``_`` for ``.``... as given)."""
     port = free_port()
     flags = {
         "server.port": port,
@@ -106,6 +107,8 @@ def start_strata(block_bytes: int, capacity_bytes: int, chunk_bytes: int) -> Chi
         "store.node_id": f"bench-{port}",
         "store.block_bytes": block_bytes,
         "tiers.dram.capacity_bytes": capacity_bytes,
+        "transfer.port": 0,
+        **extra,
     }
     args = [*KVSTORE, "serve", "--log-level", "WARNING"]
     args += [part for key, value in flags.items() for part in (f"--{key}", str(value))]

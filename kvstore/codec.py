@@ -13,7 +13,7 @@ from kvstore._proto.strata.v1 import admin_pb2, common_pb2
 from kvstore.errors import InvalidArgument
 from kvstore.hashing import Namespace
 from kvstore.layout import BlockSpec, KVDtype
-from kvstore.metadata.base import NodeInfo, TierCapacity
+from kvstore.metadata.base import LinkInfo, NodeInfo, TierCapacity
 from kvstore.stats import StatsSnapshot
 from kvstore.types import KEY_BYTES, BlockKey, MissReason, NamespaceId, TierKind
 
@@ -150,7 +150,16 @@ def node_to_pb(node: NodeInfo) -> admin_pb2.NodeInfo:
         started_s=node.started_s,
         heartbeat_s=node.heartbeat_s,
         degraded=node.degraded,
+        data_addresses=node.data_addresses,
     )
+    for link in node.links:
+        message.links.add(
+            peer_id=link.peer_id,
+            transport=link.transport,
+            address=link.address,
+            gbps=link.gbps,
+            rtt_us=link.rtt_us,
+        )
     for tier in node.tiers:
         message.tiers.add(
             tier=tier_to_pb(tier.tier),
@@ -172,4 +181,8 @@ def node_from_pb(message: admin_pb2.NodeInfo) -> NodeInfo:
         started_s=message.started_s,
         heartbeat_s=message.heartbeat_s,
         degraded=message.degraded,
+        data_addresses=tuple(message.data_addresses),
+        links=tuple(
+            LinkInfo(k.peer_id, k.transport, k.address, k.gbps, k.rtt_us) for k in message.links
+        ),
     )

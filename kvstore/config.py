@@ -108,6 +108,28 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferConfig:
+    enabled: bool = True
+    hosts: str = (
+        ""  # data-plane listen addresses, comma-separated (one per NIC); default: server.host
+    )
+    port: int = field(default=7602, metadata=check(lambda v: 0 <= v <= 65535, "0 to 65535"))
+    host_id: str = ""  # machine identity for choosing shm; default: the kernel's boot id
+    stripes: int = field(default=4, metadata=check(lambda v: 1 <= v <= 64, "1 to 64"))
+    threads: int = field(default=8, metadata=check(lambda v: 1 <= v <= 256, "1 to 256"))
+    timeout_s: float = field(default=10.0, metadata=positive())
+    lease_ttl_s: float = field(default=10.0, metadata=positive())
+    tls: bool = False  # also encrypt the data plane (needs tls.enabled's certificate)
+    shm: bool = True  # read same-host peers through shared memory
+    probe_bytes: int = field(default=4 * MiB, metadata=size())  # link measurement size
+    probe_interval_s: float = field(default=30.0, metadata=positive())
+
+    @property
+    def host_list(self) -> list[str]:
+        return [h.strip() for h in self.hosts.split(",") if h.strip()]
+
+
+@dataclass(frozen=True, slots=True)
 class MetadataConfig:
     backend: MetadataBackend = MetadataBackend.MEMORY
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -144,6 +166,7 @@ class Config:
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
 
     def __post_init__(self) -> None:
         for name in ("hbm", "dram", "nvme"):
@@ -154,6 +177,8 @@ class Config:
                     f"{tier.capacity_bytes} holds no block of store.block_bytes"
                     f" = {self.store.block_bytes}",
                 )
+        if self.transfer.tls and not self.tls.enabled:
+            raise ConfigError("transfer.tls", "needs tls.enabled (and its certificate)")
         if self.metadata.heartbeat_interval_s * 2 > self.metadata.node_ttl_s:
             raise ConfigError(
                 "metadata.heartbeat_interval_s",

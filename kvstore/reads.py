@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import NamedTuple
 
 from kvstore.buffers import StagingPool
 from kvstore.hashing import Namespace
@@ -22,6 +23,11 @@ from kvstore.tiers.base import ReadItem
 from kvstore.types import BlockKey, MissReason, TierKind
 
 Hit = tuple[BlockMeta, memoryview]
+
+
+class LeasedRun(NamedTuple):
+    blocks: list[BlockMeta]  # pinned, in host-memory tiers, until released
+    miss_reason: MissReason | None  # set when the run ended at a missing block
 
 
 class ReadPath:
@@ -67,6 +73,32 @@ class ReadPath:
         finally:
             await self.tiering.release(metas)
             self.staging.give(staging)
+
+    def lease(self, namespace: Namespace, keys: Sequence[BlockKey]) -> LeasedRun:
+        """Pin the leading run of blocks that sit in host memory, for a reader in another
+        process that copies them out of the shared arena itself; ``release`` unpins.
+
+        Counts hits for the leased blocks. If the run stops at a block in a slower tier,
+        that is not a miss: the reader fetches the rest another way, which counts it.
+        """
+        run = self.index.longest_run(namespace.id, keys)
+        leased: list[BlockMeta] = []
+        for meta in run.blocks:
+            if self.tiering.tiers[meta.tier].view(meta.slot) is None:
+                break
+            self.index.acquire(meta)
+            leased.append(meta)
+        complete_run = len(leased) == len(run.blocks)
+        missed = len(keys) - len(leased) if complete_run else 0
+        reason = run.miss_reason if complete_run else None
+        self.stats.record_get(namespace.id, [m.tier for m in leased], missed, reason)
+        now = time.time()
+        for meta in leased:
+            self.index.touch(meta, now)
+        return LeasedRun(leased, reason if missed else None)
+
+    async def release(self, metas: Sequence[BlockMeta]) -> None:
+        await self.tiering.release(metas)
 
     async def _read(
         self, metas: list[BlockMeta], dsts: list[memoryview] | None, staging: list[memoryview]

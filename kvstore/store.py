@@ -30,11 +30,12 @@ from kvstore.hashing import Namespace, check_key
 from kvstore.index import BlockIndex, BlockMeta
 from kvstore.policy.eviction import make_eviction_policy
 from kvstore.policy.promotion import PromotionPolicy
-from kvstore.reads import ReadPath
+from kvstore.reads import LeasedRun, ReadPath
 from kvstore.reservations import PutResult, Reservation
 from kvstore.stats import StatsSnapshot, StoreStats, TierUsage
 from kvstore.tiering import Tiering, block_meta
 from kvstore.tiers.base import Tier
+from kvstore.tiers.dram import DramTier
 from kvstore.tiers.factory import open_tiers
 from kvstore.types import BlockKey, MissReason, NamespaceId, TierKind
 from kvstore.validation import check_keys, readable, writable
@@ -249,6 +250,21 @@ class NodeStore:
             finally:
                 for view in views:
                     view.data.release()
+
+    def lease(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> LeasedRun:
+        """Pin the leading run of host-memory blocks for a reader that copies them out of
+        the shared arena itself (see ``ReadPath.lease``); ``release_lease`` unpins."""
+        namespace = self.namespace(ns_id)
+        check_keys(keys)
+        return self._reads.lease(namespace, keys)
+
+    async def release_lease(self, run: LeasedRun) -> None:
+        await self._reads.release(run.blocks)
+
+    def shared_arena(self) -> DramTier | None:
+        """The DRAM tier, whose arena other processes on the host can map."""
+        tier = self.tiering.tiers.get(TierKind.DRAM)
+        return tier if isinstance(tier, DramTier) else None
 
     # -- metadata-only queries ----------------------------------------------------------
 

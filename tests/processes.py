@@ -21,7 +21,12 @@ class ServeProcess:
     def __init__(self, **flags: str) -> None:
         self.port = int(flags.pop("server.port", free_port()))
         args = [sys.executable, "-m", "kvstore.cli", "serve", "--log-level", "WARNING"]
-        values = {"server.port": str(self.port), "server.metrics_enabled": "false", **flags}
+        values = {
+            "server.port": str(self.port),
+            "server.metrics_enabled": "false",
+            "transfer.port": "0",
+            **flags,
+        }
         for key, value in values.items():
             args += [f"--{key}", value]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}

@@ -52,6 +52,9 @@ class CallOptions:
     retries: int = 3
     backoff_s: float = 0.05
     chunk_bytes: int = 2 << 20  # data message size; under the 4 MiB default limit of any peer
+    data_plane: bool = True  # move bulk bytes over the node's data plane when it has one
+    shared_memory: bool = True  # on the node's host, read its arena directly
+    data_stripes: int = 4  # data-plane connections a transfer may spread over
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()

@@ -28,7 +28,8 @@ from kvstore._proto.strata.v1 import (
     store_pb2_grpc,
 )
 from kvstore.client.calls import CallOptions, call, open_channel
-from kvstore.errors import InvalidArgument
+from kvstore.client.fast_path import DataPlaneRoute
+from kvstore.errors import InvalidArgument, KVStoreError, ServiceUnavailable, TransferFailed
 from kvstore.hashing import Namespace, checksum
 from kvstore.metadata.base import NodeInfo
 from kvstore.reservations import PutResult
@@ -95,9 +96,32 @@ class StoreClient:
             response_deserializer=parse_get_response,
         )
         self._block_bytes: dict[NamespaceId, int] = {}
+        self._route: DataPlaneRoute | None = None
+        self._route_checked = False
 
     async def close(self) -> None:
+        await self._drop_route()
         await self._channel.close()
+
+    async def data_plane(self) -> DataPlaneRoute | None:
+        """The node's data plane as this client reaches it (None: gRPC only)."""
+        if self._route_checked or not self.options.data_plane:
+            return self._route
+        self._route_checked = True
+        try:
+            info = await self._unary(
+                "DataPlane", self._store.DataPlane, store_pb2.DataPlaneRequest()
+            )
+            if info.addresses:
+                self._route = await DataPlaneRoute.open(info, self.options)
+        except KVStoreError as exc:
+            logger.warning("data plane of %s unusable (%s); using gRPC", self.address, exc)
+        return self._route
+
+    async def _drop_route(self) -> None:
+        route, self._route = self._route, None
+        if route is not None:
+            await route.close()
 
     async def __aenter__(self) -> StoreClient:
         return self
@@ -122,6 +146,16 @@ class StoreClient:
         parent: BlockKey | None = None,
     ) -> PutResult:
         """Store one chain of blocks (each exactly the namespace's block size)."""
+        route = await self.data_plane()
+        block_bytes = self._block_bytes.get(ns_id)
+        if route is not None and block_bytes is not None:
+            views = [readable(b, block_bytes, i) for i, b in enumerate(blocks)]
+            if len(views) != len(keys):
+                raise InvalidArgument(f"{len(keys)} keys but {len(views)} blocks")
+            try:
+                return await route.put(ns_id, keys, views, parent)
+            except (TransferFailed, ServiceUnavailable) as exc:
+                await self._fall_back(exc)
         (result,) = await self._put("Put", ns_id, [Chain(keys, blocks, parent)])
         return result
 
@@ -138,6 +172,72 @@ class StoreClient:
         local_only: bool = False,
     ) -> GetResult:
         """The longest cached leading run of ``keys``; into ``buffers`` when given."""
+        route = await self.data_plane()
+        block_bytes = self._block_bytes.get(ns_id)
+        if route is not None and block_bytes is not None:
+            try:
+                return await self._get_fast(
+                    route,
+                    ns_id,
+                    keys,
+                    buffers=buffers,
+                    block_bytes=block_bytes,
+                    local_only=local_only,
+                )
+            except (TransferFailed, ServiceUnavailable) as exc:
+                await self._fall_back(exc)
+        return await self._get_grpc(ns_id, keys, buffers, local_only)
+
+    async def _get_fast(
+        self,
+        route: DataPlaneRoute,
+        ns_id: NamespaceId,
+        keys: Sequence[BlockKey],
+        *,
+        buffers: Sequence[Buffer] | None,
+        block_bytes: int,
+        local_only: bool,
+    ) -> GetResult:
+        if buffers is None:
+            arena = memoryview(bytearray(block_bytes * len(keys)))
+            dsts = [arena[i * block_bytes : (i + 1) * block_bytes] for i in range(len(keys))]
+        else:
+            if len(buffers) < len(keys):
+                raise InvalidArgument(f"{len(keys)} keys but only {len(buffers)} buffers")
+            dsts = [
+                writable(b, block_bytes, i)[:block_bytes]
+                for i, b in enumerate(buffers[: len(keys)])
+            ]
+        read = await route.get(ns_id, keys, dsts)
+        result = GetResult(
+            read.num_hits,
+            dsts[: read.num_hits],
+            read.tiers,
+            [route.node_id] * read.num_hits,
+            read.miss_reason,
+        )
+        if read.num_hits == len(keys) or local_only or not route.peer_fetch:
+            return result
+        rest = await self._get_grpc(ns_id, keys[read.num_hits :], dsts[read.num_hits :], False)
+        return GetResult(
+            result.num_hits + rest.num_hits,
+            result.blocks + rest.blocks,
+            result.tiers + rest.tiers,
+            result.node_ids + rest.node_ids,
+            rest.miss_reason,
+        )
+
+    async def _fall_back(self, exc: KVStoreError) -> None:
+        logger.warning("data plane of %s failed (%s); using gRPC", self.address, exc)
+        await self._drop_route()
+
+    async def _get_grpc(
+        self,
+        ns_id: NamespaceId,
+        keys: Sequence[BlockKey],
+        buffers: Sequence[Buffer] | None,
+        local_only: bool,
+    ) -> GetResult:
         request = store_pb2.GetRequest(namespace_id=ns_id, keys=keys, local_only=local_only)
         dsts = None if buffers is None else [buffers]
         (result,) = await self._get("Get", self._get_call, request, dsts, 1)

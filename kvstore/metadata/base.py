@@ -43,6 +43,17 @@ class TierCapacity:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkInfo:
+    """How this node reaches a peer, as measured by its transfer engine."""
+
+    peer_id: str
+    transport: str  # local, shm or tcp
+    address: str  # the data-plane address measured (tcp), or the peer's first one
+    gbps: float  # bulk read throughput of a short probe
+    rtt_us: float  # round trip of an empty request
+
+
+@dataclass(frozen=True, slots=True)
 class NodeInfo:
     """What a node announces about itself."""
 
@@ -54,6 +65,8 @@ class NodeInfo:
     heartbeat_s: float = 0.0  # wall clock of the last registration
     degraded: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    data_addresses: tuple[str, ...] = ()  # its data plane, one address per usable NIC
+    links: tuple[LinkInfo, ...] = ()  # measured paths to its peers
 
 
 class IndexChange(NamedTuple):

@@ -54,7 +54,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from kvstore.metadata.base import IndexChange, MetadataUnavailable, NodeInfo, TierCapacity
+from kvstore.metadata.base import IndexChange, LinkInfo, MetadataUnavailable, NodeInfo, TierCapacity
 from kvstore.metadata.memory import check_key, check_ttl
 from kvstore.types import BlockKey, TierKind
 
@@ -133,6 +133,8 @@ def encode_node(node: NodeInfo) -> bytes:
     """NodeInfo as compact JSON (tiers by value; floats round-trip exactly)."""
     doc = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
     doc["tiers"] = [[t.tier.value, t.capacity_bytes, t.used_bytes] for t in node.tiers]
+    doc["data_addresses"] = list(node.data_addresses)
+    doc["links"] = [[k.peer_id, k.transport, k.address, k.gbps, k.rtt_us] for k in node.links]
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -148,6 +150,11 @@ def decode_node(raw: bytes) -> NodeInfo:
         heartbeat_s=float(doc["heartbeat_s"]),
         degraded=bool(doc["degraded"]),
         labels={str(k): str(v) for k, v in doc["labels"].items()},
+        data_addresses=tuple(str(a) for a in doc.get("data_addresses", ())),
+        links=tuple(
+            LinkInfo(str(p), str(t), str(a), float(g), float(r))
+            for p, t, a, g, r in doc.get("links", ())
+        ),
     )
 
 

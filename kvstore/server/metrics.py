@@ -13,6 +13,7 @@ state on the loop thread that owns it.
     strata_demoted_blocks_total{source, target}     strata_promoted_blocks_total{source, target}
     strata_corrupted_blocks_total{tier}             strata_put_blocks_total
     strata_degraded                                 strata_rpc_duration_seconds{method, code}
+    strata_dataplane_duration_seconds{op}
 """
 
 from __future__ import annotations
@@ -136,7 +137,17 @@ class NodeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.dataplane_seconds = Histogram(
+            "strata_dataplane_duration_seconds",
+            "Data-plane request latency by operation",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self._server: asyncio.Server | None = None
+
+    def observe_dataplane(self, op: str, seconds: float) -> None:
+        self.dataplane_seconds.labels(op).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,9 +14,8 @@ TLS trust as the node's own clients.
 from __future__ import annotations
 
 import logging
-import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kvstore.client.calls import CallOptions
@@ -26,6 +25,7 @@ from kvstore.errors import CapacityExceeded, KVStoreError
 from kvstore.hashing import Namespace
 from kvstore.metadata.base import MetadataService, MetadataUnavailable, NodeInfo, TierCapacity
 from kvstore.metadata.publisher import IndexPublisher
+from kvstore.server.dataplane import NodeDataPlane, host_id_of
 from kvstore.store import NodeStore
 from kvstore.types import BlockKey, NamespaceId, TierKind
 
@@ -38,6 +38,7 @@ class PrefixHolder:
     address: str
     num_blocks: int
     tiers: list[TierKind]
+    data_addresses: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -51,14 +52,23 @@ class PeerRun:
 
 class StoreNode:
     def __init__(
-        self, config: Config, store: NodeStore, metadata: MetadataService, *, address: str
+        self,
+        config: Config,
+        store: NodeStore,
+        metadata: MetadataService,
+        *,
+        address: str,
+        observe_dataplane: Callable[[str, float], None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.metadata = metadata
         self.address = address
         self.node_id = config.store.node_id
-        self.host_id = socket.gethostname()
+        self.data_plane = (
+            NodeDataPlane(config, store, observe_dataplane) if config.transfer.enabled else None
+        )
+        self.host_id = host_id_of(config)
         self.started_s = time.time()
         self.num_peer_blocks = 0
         self.publisher = IndexPublisher(
@@ -77,6 +87,7 @@ class StoreNode:
             timeout_s=config.server.peer_timeout_s,
             retries=1,
             chunk_bytes=config.server.chunk_bytes,
+            data_plane=False,  # peers' blocks come through this node's own engine
         )
         self._peers: dict[str, StoreClient] = {}
         self._peer_namespaces: set[tuple[str, NamespaceId]] = set()
@@ -97,13 +108,21 @@ class StoreNode:
             started_s=self.started_s,
             heartbeat_s=time.time(),
             degraded=degraded,
+            data_addresses=tuple(self.data_plane.addresses) if self.data_plane else (),
+            links=tuple(self.data_plane.links.values()) if self.data_plane else (),
         )
 
     async def start(self) -> None:
+        if self.data_plane is not None:
+            await self.data_plane.start()
         await self.publisher.start()
+        if self.data_plane is not None:
+            self.data_plane.start_probing(self.nodes)
 
     async def close(self) -> None:
         await self.publisher.stop()
+        if self.data_plane is not None:
+            await self.data_plane.close()
         for peer in self._peers.values():
             await peer.close()
         await self.metadata.close()
@@ -142,24 +161,45 @@ class StoreNode:
         wanted = keys[start : start + best.num_blocks]
         try:
             peer = await self._peer(best.address, namespace)
-            result = await peer.get(namespace.id, wanted, local_only=True)
+            run = await self._read_from(best, peer, namespace, wanted)
         except KVStoreError as exc:
             logger.warning(
                 "reading %d blocks from peer %s failed: %s", len(wanted), best.node_id, exc
             )
             return None
-        if not result.num_hits:
+        if run is None:
             return None
-        self.num_peer_blocks += result.num_hits
-        run = PeerRun(best.node_id, result.blocks, result.tiers)
+        self.num_peer_blocks += len(run.blocks)
         if self.config.server.cache_peer_reads:
             await self._cache(namespace, keys, start, run)
         return run
 
+    async def _read_from(
+        self,
+        holder: PrefixHolder,
+        peer: StoreClient,
+        namespace: Namespace,
+        keys: Sequence[BlockKey],
+    ) -> PeerRun | None:
+        """Blocks from a peer: over the data plane when both have one, else gRPC."""
+        if self.data_plane is not None and holder.data_addresses:
+            transfer_peer = await self.data_plane.engine.connect(list(holder.data_addresses))
+            arena = memoryview(bytearray(len(keys) * namespace.block_bytes))
+            size = namespace.block_bytes
+            dsts = [arena[i * size : (i + 1) * size] for i in range(len(keys))]
+            read = await transfer_peer.transport.read_blocks(namespace.id, keys, dsts)
+            return (
+                PeerRun(holder.node_id, dsts[: read.num_hits], read.tiers)
+                if read.num_hits
+                else None
+            )
+        result = await peer.get(namespace.id, keys, local_only=True)
+        return PeerRun(holder.node_id, result.blocks, result.tiers) if result.num_hits else None
+
     async def _remote_holders(self, keys: Sequence[BlockKey]) -> list[PrefixHolder]:
         try:
             located = await self.metadata.locate(keys)
-            live = {n.node_id: n.address for n in await self.metadata.nodes()}
+            live = {n.node_id: n for n in await self.metadata.nodes()}
         except MetadataUnavailable:
             return []
         runs: dict[str, list[TierKind]] = {}
@@ -171,7 +211,9 @@ class StoreNode:
             for node_id in open_runs:
                 runs.setdefault(node_id, []).append(holders[node_id])
         return [
-            PrefixHolder(node_id, live[node_id], len(tiers), tiers)
+            PrefixHolder(
+                node_id, live[node_id].address, len(tiers), tiers, live[node_id].data_addresses
+            )
             for node_id, tiers in runs.items()
         ]
 

@@ -97,6 +97,7 @@ async def start_node(config: Config) -> RunningNode:
         store,
         metadata,
         address=config.server.advertise_address or f"{config.server.host}:{port}",
+        observe_dataplane=metrics.observe_dataplane if config.server.metrics_enabled else None,
     )
     return await _start(config, server, node, metrics, port)
 
@@ -112,10 +113,16 @@ async def _start(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     await server.start()
-    await node.start()
     metrics_port = None
-    if config.server.metrics_enabled:
-        metrics_port = await metrics.serve(config.server.host, config.server.metrics_port)
+    try:
+        await node.start()
+        if config.server.metrics_enabled:
+            metrics_port = await metrics.serve(config.server.host, config.server.metrics_port)
+    except BaseException:
+        await server.stop(None)
+        await metrics.close()
+        await node.close()
+        raise
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info(

@@ -134,6 +134,20 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         ns_id, keys = _decode_keys_request(request)
         return store_pb2.CountResponse(count=self.store.unpin(ns_id, keys))
 
+    @grpc_errors
+    async def DataPlane(
+        self, request: store_pb2.DataPlaneRequest, context: Context
+    ) -> store_pb2.DataPlaneResponse:
+        plane = self.node.data_plane
+        config = self.node.config
+        return store_pb2.DataPlaneResponse(
+            node_id=self.node.node_id,
+            host_id=self.node.host_id,
+            addresses=plane.addresses if plane is not None else [],
+            tls=config.transfer.tls,
+            peer_fetch=config.server.peer_fetch and config.metadata.backend.value != "memory",
+        )
+
     # -- streaming ----------------------------------------------------------------------
 
     async def _receive(
@@ -276,6 +290,7 @@ def add_to_server(servicer: StoreServicer, server: grpc.aio.Server) -> None:
         "Remove": unary("Remove", pb.KeysRequest, pb.CountResponse),
         "Pin": unary("Pin", pb.PinRequest, pb.CountResponse),
         "Unpin": unary("Unpin", pb.KeysRequest, pb.CountResponse),
+        "DataPlane": unary("DataPlane", pb.DataPlaneRequest, pb.DataPlaneResponse),
         "Put": grpc.stream_unary_rpc_method_handler(
             servicer.Put,
             request_deserializer=parse_put_request,

@@ -56,6 +56,11 @@ class DramTier(VolatileTier):
     def capacity_bytes(self) -> int:
         return self.slots.num_slots * self.slot_bytes
 
+    @property
+    def arena(self) -> memoryview:
+        """The whole arena (the transfer engine registers it as a shared segment)."""
+        return self._arena
+
     def view(self, slot: SlotId) -> memoryview:
         start = slot * self.slot_bytes
         return self._arena[start : start + self.slot_bytes]

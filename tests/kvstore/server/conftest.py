@@ -24,6 +24,7 @@ def node_config(tmp_path: Path | None = None, **overrides: str) -> Config:
         "tiers.dram.capacity_bytes": str(64 * BLOCK),
         "server.port": "0",
         "server.metrics_port": "0",
+        "transfer.port": "0",
         "server.grace_s": "1",
         "metadata.heartbeat_interval_s": "0.2",
         "metadata.node_ttl_s": "1",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from kvstore.client import StoreClient
+from kvstore.client.calls import CallOptions
 from kvstore.server.serve import RunningNode
 from tests.conftest import BLOCK, NAMESPACE, block_bytes, chain_keys
 
@@ -45,6 +46,19 @@ async def test_metrics_count_what_the_store_served(client: StoreClient, node: Ru
     assert value(body, 'strata_tier_capacity_bytes{tier="dram"}') == 64 * BLOCK
     assert value(body, "strata_put_blocks_total") == 2
     assert value(body, "strata_degraded") == 0
+    # Control over gRPC, bulk bytes over the data plane (shared memory on this host).
+    assert value(body, 'strata_rpc_duration_seconds_count{code="OK",method="DataPlane"}') == 1
+    assert value(body, 'strata_dataplane_duration_seconds_count{op="PUT_KEYS"}') == 1
+    assert value(body, 'strata_dataplane_duration_seconds_count{op="ACQUIRE"}') == 1
+
+
+async def test_rpc_latencies_on_the_grpc_path(node: RunningNode) -> None:
+    assert node.metrics_port is not None
+    async with StoreClient(node.address, CallOptions(data_plane=False)) as client:
+        ns = await client.register_namespace(NAMESPACE)
+        await client.put(ns, chain_keys(1), [block_bytes(0)])
+        await client.get(ns, chain_keys(1))
+    _, body = await scrape(node.metrics_port)
     assert value(body, 'strata_rpc_duration_seconds_count{code="OK",method="Get"}') == 1
     assert value(body, 'strata_rpc_duration_seconds_count{code="OK",method="Put"}') == 1
 

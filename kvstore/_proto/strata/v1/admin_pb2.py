@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from kvstore._proto.strata.v1 import common_pb2 as strata_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15strata/v1/admin.proto\x12\tstrata.v1\x1a\x16strata/v1/common.proto\"\x0e\n\x0cStatsRequest\"\xb0\x01\n\tTierStats\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\x12\n\nnum_blocks\x18\x04 \x01(\x04\x12\x12\n\nhit_blocks\x18\x05 \x01(\x04\x12\x16\n\x0e\x65victed_blocks\x18\x06 \x01(\x04\x12\x18\n\x10\x63orrupted_blocks\x18\x07 \x01(\x04\"J\n\tTierCount\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x0e\n\x06\x62locks\x18\x02 \x01(\x04\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\"T\n\x0bReasonCount\x12%\n\x06reason\x18\x01 \x01(\x0e\x32\x15.strata.v1.MissReason\x12\x0e\n\x06\x62locks\x18\x02 \x01(\x04\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\"\x9b\x01\n\x0eNamespaceStats\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\'\n\tnamespace\x18\x02 \x01(\x0b\x32\x14.strata.v1.Namespace\x12\"\n\x04hits\x18\x03 \x03(\x0b\x32\x14.strata.v1.TierCount\x12&\n\x06misses\x18\x04 \x03(\x0b\x32\x16.strata.v1.ReasonCount\"X\n\x04Move\x12\x1f\n\x06source\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x1f\n\x06target\x18\x02 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x0e\n\x06\x62locks\x18\x03 \x01(\x04\"\xb5\x02\n\rStatsResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12#\n\x05tiers\x18\x02 \x03(\x0b\x32\x14.strata.v1.TierStats\x12-\n\nnamespaces\x18\x03 \x03(\x0b\x32\x19.strata.v1.NamespaceStats\x12\"\n\tdemotions\x18\x04 \x03(\x0b\x32\x0f.strata.v1.Move\x12#\n\npromotions\x18\x05 \x03(\x0b\x32\x0f.strata.v1.Move\x12\x13\n\x0btorn_writes\x18\x06 \x01(\x04\x12\x1e\n\x16reservations_reclaimed\x18\x07 \x01(\x04\x12\x12\n\nput_blocks\x18\x08 \x01(\x04\x12\x10\n\x08\x64\x65graded\x18\t \x01(\x08\x12\x1b\n\x13peer_fetched_blocks\x18\n \x01(\x04\"\x0e\n\x0cNodesRequest\"Y\n\x0cTierCapacity\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\"\x9f\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07host_id\x18\x03 \x01(\t\x12&\n\x05tiers\x18\x04 \x03(\x0b\x32\x17.strata.v1.TierCapacity\x12\x11\n\tstarted_s\x18\x05 \x01(\x01\x12\x13\n\x0bheartbeat_s\x18\x06 \x01(\x01\x12\x10\n\x08\x64\x65graded\x18\x07 \x01(\x08\"3\n\rNodesResponse\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.strata.v1.NodeInfo\"A\n\x0c\x45victRequest\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x12\n\nnum_blocks\x18\x02 \x01(\r\"-\n\x0c\x46lushRequest\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\"#\n\rEvictResponse\x12\x12\n\nnum_blocks\x18\x01 \x01(\x04\"\x12\n\x10GetConfigRequest\"!\n\x11GetConfigResponse\x12\x0c\n\x04json\x18\x01 \x01(\t2\xc6\x02\n\x0c\x41\x64minService\x12:\n\x05Stats\x12\x17.strata.v1.StatsRequest\x1a\x18.strata.v1.StatsResponse\x12:\n\x05Nodes\x12\x17.strata.v1.NodesRequest\x1a\x18.strata.v1.NodesResponse\x12:\n\x05\x45vict\x12\x17.strata.v1.EvictRequest\x1a\x18.strata.v1.EvictResponse\x12:\n\x05\x46lush\x12\x17.strata.v1.FlushRequest\x1a\x18.strata.v1.EvictResponse\x12\x46\n\tGetConfig\x12\x1b.strata.v1.GetConfigRequest\x1a\x1c.strata.v1.GetConfigResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15strata/v1/admin.proto\x12\tstrata.v1\x1a\x16strata/v1/common.proto\"\x0e\n\x0cStatsRequest\"\xb0\x01\n\tTierStats\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\x12\n\nnum_blocks\x18\x04 \x01(\x04\x12\x12\n\nhit_blocks\x18\x05 \x01(\x04\x12\x16\n\x0e\x65victed_blocks\x18\x06 \x01(\x04\x12\x18\n\x10\x63orrupted_blocks\x18\x07 \x01(\x04\"J\n\tTierCount\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x0e\n\x06\x62locks\x18\x02 \x01(\x04\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\"T\n\x0bReasonCount\x12%\n\x06reason\x18\x01 \x01(\x0e\x32\x15.strata.v1.MissReason\x12\x0e\n\x06\x62locks\x18\x02 \x01(\x04\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\"\x9b\x01\n\x0eNamespaceStats\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\'\n\tnamespace\x18\x02 \x01(\x0b\x32\x14.strata.v1.Namespace\x12\"\n\x04hits\x18\x03 \x03(\x0b\x32\x14.strata.v1.TierCount\x12&\n\x06misses\x18\x04 \x03(\x0b\x32\x16.strata.v1.ReasonCount\"X\n\x04Move\x12\x1f\n\x06source\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x1f\n\x06target\x18\x02 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x0e\n\x06\x62locks\x18\x03 \x01(\x04\"\xb5\x02\n\rStatsResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12#\n\x05tiers\x18\x02 \x03(\x0b\x32\x14.strata.v1.TierStats\x12-\n\nnamespaces\x18\x03 \x03(\x0b\x32\x19.strata.v1.NamespaceStats\x12\"\n\tdemotions\x18\x04 \x03(\x0b\x32\x0f.strata.v1.Move\x12#\n\npromotions\x18\x05 \x03(\x0b\x32\x0f.strata.v1.Move\x12\x13\n\x0btorn_writes\x18\x06 \x01(\x04\x12\x1e\n\x16reservations_reclaimed\x18\x07 \x01(\x04\x12\x12\n\nput_blocks\x18\x08 \x01(\x04\x12\x10\n\x08\x64\x65graded\x18\t \x01(\x08\x12\x1b\n\x13peer_fetched_blocks\x18\n \x01(\x04\"\x0e\n\x0cNodesRequest\"Y\n\x0cTierCapacity\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\"Y\n\x04Link\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x11\n\ttransport\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04gbps\x18\x04 \x01(\x01\x12\x0e\n\x06rtt_us\x18\x05 \x01(\x01\"\xd7\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07host_id\x18\x03 \x01(\t\x12&\n\x05tiers\x18\x04 \x03(\x0b\x32\x17.strata.v1.TierCapacity\x12\x11\n\tstarted_s\x18\x05 \x01(\x01\x12\x13\n\x0bheartbeat_s\x18\x06 \x01(\x01\x12\x10\n\x08\x64\x65graded\x18\x07 \x01(\x08\x12\x16\n\x0e\x64\x61ta_addresses\x18\x08 \x03(\t\x12\x1e\n\x05links\x18\t \x03(\x0b\x32\x0f.strata.v1.Link\"3\n\rNodesResponse\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.strata.v1.NodeInfo\"A\n\x0c\x45victRequest\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x12\n\nnum_blocks\x18\x02 \x01(\r\"-\n\x0c\x46lushRequest\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\"#\n\rEvictResponse\x12\x12\n\nnum_blocks\x18\x01 \x01(\x04\"\x12\n\x10GetConfigRequest\"!\n\x11GetConfigResponse\x12\x0c\n\x04json\x18\x01 \x01(\t2\xc6\x02\n\x0c\x41\x64minService\x12:\n\x05Stats\x12\x17.strata.v1.StatsRequest\x1a\x18.strata.v1.StatsResponse\x12:\n\x05Nodes\x12\x17.strata.v1.NodesRequest\x1a\x18.strata.v1.NodesResponse\x12:\n\x05\x45vict\x12\x17.strata.v1.EvictRequest\x1a\x18.strata.v1.EvictResponse\x12:\n\x05\x46lush\x12\x17.strata.v1.FlushRequest\x1a\x18.strata.v1.EvictResponse\x12\x46\n\tGetConfig\x12\x1b.strata.v1.GetConfigRequest\x1a\x1c.strata.v1.GetConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,20 +50,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODESREQUEST']._serialized_end=991
   _globals['_TIERCAPACITY']._serialized_start=993
   _globals['_TIERCAPACITY']._serialized_end=1082
-  _globals['_NODEINFO']._serialized_start=1085
-  _globals['_NODEINFO']._serialized_end=1244
-  _globals['_NODESRESPONSE']._serialized_start=1246
-  _globals['_NODESRESPONSE']._serialized_end=1297
-  _globals['_EVICTREQUEST']._serialized_start=1299
-  _globals['_EVICTREQUEST']._serialized_end=1364
-  _globals['_FLUSHREQUEST']._serialized_start=1366
-  _globals['_FLUSHREQUEST']._serialized_end=1411
-  _globals['_EVICTRESPONSE']._serialized_start=1413
-  _globals['_EVICTRESPONSE']._serialized_end=1448
-  _globals['_GETCONFIGREQUEST']._serialized_start=1450
-  _globals['_GETCONFIGREQUEST']._serialized_end=1468
-  _globals['_GETCONFIGRESPONSE']._serialized_start=1470
-  _globals['_GETCONFIGRESPONSE']._serialized_end=1503
-  _globals['_ADMINSERVICE']._serialized_start=1506
-  _globals['_ADMINSERVICE']._serialized_end=1832
+  _globals['_LINK']._serialized_start=1084
+  _globals['_LINK']._serialized_end=1173
+  _globals['_NODEINFO']._serialized_start=1176
+  _globals['_NODEINFO']._serialized_end=1391
+  _globals['_NODESRESPONSE']._serialized_start=1393
+  _globals['_NODESRESPONSE']._serialized_end=1444
+  _globals['_EVICTREQUEST']._serialized_start=1446
+  _globals['_EVICTREQUEST']._serialized_end=1511
+  _globals['_FLUSHREQUEST']._serialized_start=1513
+  _globals['_FLUSHREQUEST']._serialized_end=1558
+  _globals['_EVICTRESPONSE']._serialized_start=1560
+  _globals['_EVICTRESPONSE']._serialized_end=1595
+  _globals['_GETCONFIGREQUEST']._serialized_start=1597
+  _globals['_GETCONFIGREQUEST']._serialized_end=1615
+  _globals['_GETCONFIGRESPONSE']._serialized_start=1617
+  _globals['_GETCONFIGRESPONSE']._serialized_end=1650
+  _globals['_ADMINSERVICE']._serialized_start=1653
+  _globals['_ADMINSERVICE']._serialized_end=1979
 # @@protoc_insertion_point(module_scope)

@@ -109,8 +109,22 @@ class TierCapacity(_message.Message):
     used_bytes: int
     def __init__(self, tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ...) -> None: ...
 
+class Link(_message.Message):
+    __slots__ = ("peer_id", "transport", "address", "gbps", "rtt_us")
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    GBPS_FIELD_NUMBER: _ClassVar[int]
+    RTT_US_FIELD_NUMBER: _ClassVar[int]
+    peer_id: str
+    transport: str
+    address: str
+    gbps: float
+    rtt_us: float
+    def __init__(self, peer_id: _Optional[str] = ..., transport: _Optional[str] = ..., address: _Optional[str] = ..., gbps: _Optional[float] = ..., rtt_us: _Optional[float] = ...) -> None: ...
+
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "address", "host_id", "tiers", "started_s", "heartbeat_s", "degraded")
+    __slots__ = ("node_id", "address", "host_id", "tiers", "started_s", "heartbeat_s", "degraded", "data_addresses", "links")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +132,8 @@ class NodeInfo(_message.Message):
     STARTED_S_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_S_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    DATA_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     host_id: str
@@ -125,7 +141,9 @@ class NodeInfo(_message.Message):
     started_s: float
     heartbeat_s: float
     degraded: bool
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., host_id: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierCapacity, _Mapping]]] = ..., started_s: _Optional[float] = ..., heartbeat_s: _Optional[float] = ..., degraded: _Optional[bool] = ...) -> None: ...
+    data_addresses: _containers.RepeatedScalarFieldContainer[str]
+    links: _containers.RepeatedCompositeFieldContainer[Link]
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., host_id: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierCapacity, _Mapping]]] = ..., started_s: _Optional[float] = ..., heartbeat_s: _Optional[float] = ..., degraded: _Optional[bool] = ..., data_addresses: _Optional[_Iterable[str]] = ..., links: _Optional[_Iterable[_Union[Link, _Mapping]]] = ...) -> None: ...
 
 class NodesResponse(_message.Message):
     __slots__ = ("nodes",)

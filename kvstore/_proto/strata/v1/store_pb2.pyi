@@ -174,3 +174,21 @@ class CountResponse(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     count: int
     def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class DataPlaneRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DataPlaneResponse(_message.Message):
+    __slots__ = ("node_id", "host_id", "addresses", "tls", "peer_fetch")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    PEER_FETCH_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    host_id: str
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    tls: bool
+    peer_fetch: bool
+    def __init__(self, node_id: _Optional[str] = ..., host_id: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., tls: _Optional[bool] = ..., peer_fetch: _Optional[bool] = ...) -> None: ...

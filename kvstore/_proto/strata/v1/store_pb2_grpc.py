@@ -84,6 +84,11 @@ class StoreServiceStub:
                 request_serializer=strata_dot_v1_dot_store__pb2.KeysRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_store__pb2.CountResponse.FromString,
                 _registered_method=True)
+        self.DataPlane = channel.unary_unary(
+                '/strata.v1.StoreService/DataPlane',
+                request_serializer=strata_dot_v1_dot_store__pb2.DataPlaneRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_store__pb2.DataPlaneResponse.FromString,
+                _registered_method=True)
 
 
 class StoreServiceServicer:
@@ -157,6 +162,13 @@ class StoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DataPlane(self, request, context):
+        """Where this node's data plane listens: clients move bulk bytes there, not here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -209,6 +221,11 @@ def add_StoreServiceServicer_to_server(servicer, server):
                     servicer.Unpin,
                     request_deserializer=strata_dot_v1_dot_store__pb2.KeysRequest.FromString,
                     response_serializer=strata_dot_v1_dot_store__pb2.CountResponse.SerializeToString,
+            ),
+            'DataPlane': grpc.unary_unary_rpc_method_handler(
+                    servicer.DataPlane,
+                    request_deserializer=strata_dot_v1_dot_store__pb2.DataPlaneRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_store__pb2.DataPlaneResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -481,6 +498,33 @@ class StoreService:
             '/strata.v1.StoreService/Unpin',
             strata_dot_v1_dot_store__pb2.KeysRequest.SerializeToString,
             strata_dot_v1_dot_store__pb2.CountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DataPlane(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.StoreService/DataPlane',
+            strata_dot_v1_dot_store__pb2.DataPlaneRequest.SerializeToString,
+            strata_dot_v1_dot_store__pb2.DataPlaneResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,265 @@
+"""The data plane's wire format: fixed little-endian headers, then raw bytes.
+
+Every request and reply starts with one header::
+
+    | magic "SD" (2) | op (1) | status (1) | request id (u32) | payload length (u64) |
+
+then ``payload length`` bytes of op-specific metadata, then (for ops that move data)
+the block or range bytes back to back, their lengths known from the metadata, so they
+are received with ``recv_into`` straight into their destination. Ops:
+
+    HELLO        token, node id                      -> OK, server node id
+    READ_KEYS    namespace id, keys                  -> hit count, block size, per hit
+                                                        (checksum, tier); then the bytes
+    READ_RANGES  segment, (offset, length)*          -> per range checksum; then the bytes
+    WRITE_RANGES segment, transfer id, layer,        <- bytes follow the request
+                 (offset, length, checksum)*         -> OK once verified and written
+    ACQUIRE      namespace id, keys, lease seconds   -> lease id, per hit (segment,
+                                                        offset, length, checksum, tier)
+    RELEASE      lease id                            (no reply: fire and forget)
+    PUT_KEYS     namespace id, parent, keys          <- the blocks follow the request
+                                                     -> stored, present, in flight
+
+A status other than OK carries a UTF-8 message as its payload.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from kvstore.types import KEY_BYTES, BlockKey, MissReason, NamespaceId, TierKind
+
+MAGIC = b"SD"
+HEADER = struct.Struct("<2sBBIQ")
+HEADER_BYTES = HEADER.size
+MAX_METADATA_BYTES = 64 << 20
+
+_TIERS = (TierKind.HBM, TierKind.DRAM, TierKind.NVME)
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_RANGE = struct.Struct("<QQ")
+_RANGE_SUM = struct.Struct("<QQQ")
+_HIT = struct.Struct("<QB")
+_LEASE_HIT = struct.Struct("<QQQB")
+
+
+class Op(enum.IntEnum):
+    HELLO = 1
+    READ_KEYS = 2
+    READ_RANGES = 3
+    WRITE_RANGES = 4
+    ACQUIRE = 5
+    RELEASE = 6
+    PUT_KEYS = 7
+
+
+class Status(enum.IntEnum):
+    OK = 0
+    DENIED = 1  # bad or missing token
+    INVALID = 2  # malformed request
+    NOT_FOUND = 3  # unknown segment or namespace
+    CORRUPTED = 4  # checksum mismatch on a write
+    ERROR = 5
+    FULL = 6  # no room: every candidate for eviction is pinned or being read
+
+
+class Header(NamedTuple):
+    op: Op
+    status: Status
+    request_id: int
+    payload_bytes: int
+
+
+class FrameError(Exception):
+    """The peer sent something that is not a frame of this protocol."""
+
+
+def pack_header(op: Op, request_id: int, payload_bytes: int, status: Status = Status.OK) -> bytes:
+    return HEADER.pack(MAGIC, op, status, request_id, payload_bytes)
+
+
+def unpack_header(raw: bytes | memoryview) -> Header:
+    magic, op, status, request_id, length = HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise FrameError("not a Strata data-plane frame")
+    if length > MAX_METADATA_BYTES:
+        raise FrameError(f"metadata of {length} bytes is over the limit")
+    try:
+        return Header(Op(op), Status(status), request_id, length)
+    except ValueError as exc:
+        raise FrameError(str(exc)) from None
+
+
+# -- payloads ---------------------------------------------------------------------------
+
+
+def pack_str(text: str) -> bytes:
+    raw = text.encode()
+    return _U32.pack(len(raw)) + raw
+
+
+def unpack_str(raw: memoryview, pos: int) -> tuple[str, int]:
+    (length,) = _U32.unpack_from(raw, pos)
+    pos += 4
+    return bytes(raw[pos : pos + length]).decode(), pos + length
+
+
+def pack_keys(ns_id: NamespaceId, keys: Sequence[BlockKey]) -> bytes:
+    return b"".join((ns_id, _U32.pack(len(keys)), *keys))
+
+
+def unpack_keys(raw: memoryview, pos: int = 0) -> tuple[NamespaceId, list[BlockKey], int]:
+    ns_id = NamespaceId(bytes(raw[pos : pos + KEY_BYTES]))
+    (count,) = _U32.unpack_from(raw, pos + KEY_BYTES)
+    pos += KEY_BYTES + 4
+    end = pos + count * KEY_BYTES
+    if end > len(raw):
+        raise FrameError("key list runs past the payload")
+    keys = [BlockKey(bytes(raw[p : p + KEY_BYTES])) for p in range(pos, end, KEY_BYTES)]
+    return ns_id, keys, end
+
+
+class Hit(NamedTuple):
+    checksum: int
+    tier: TierKind
+
+
+_REASONS = (None, *MissReason)
+
+
+def pack_hits(block_bytes: int, hits: Sequence[Hit], reason: MissReason | None) -> bytes:
+    parts = [_U32.pack(len(hits)), _U64.pack(block_bytes), bytes((_REASONS.index(reason),))]
+    parts += [_HIT.pack(h.checksum, _TIERS.index(h.tier)) for h in hits]
+    return b"".join(parts)
+
+
+def unpack_hits(raw: memoryview) -> tuple[int, list[Hit], MissReason | None]:
+    (count,) = _U32.unpack_from(raw, 0)
+    (block_bytes,) = _U64.unpack_from(raw, 4)
+    reason = _REASONS[raw[12]]
+    hits = [
+        Hit(checksum, _TIERS[tier])
+        for checksum, tier in (_HIT.unpack_from(raw, 13 + i * _HIT.size) for i in range(count))
+    ]
+    return block_bytes, hits, reason
+
+
+class Range(NamedTuple):
+    offset: int
+    length: int
+
+
+def pack_ranges(segment: str, ranges: Sequence[Range]) -> bytes:
+    return b"".join((pack_str(segment), _U32.pack(len(ranges)), *(_RANGE.pack(*r) for r in ranges)))
+
+
+def unpack_ranges(raw: memoryview) -> tuple[str, list[Range]]:
+    segment, pos = unpack_str(raw, 0)
+    (count,) = _U32.unpack_from(raw, pos)
+    pos += 4
+    return segment, [Range(*_RANGE.unpack_from(raw, pos + i * _RANGE.size)) for i in range(count)]
+
+
+def pack_checksums(checksums: Sequence[int]) -> bytes:
+    return b"".join(_U64.pack(c) for c in checksums)
+
+
+def unpack_checksums(raw: memoryview, count: int) -> list[int]:
+    return [_U64.unpack_from(raw, i * 8)[0] for i in range(count)]
+
+
+class WriteRange(NamedTuple):
+    offset: int
+    length: int
+    checksum: int
+
+
+def pack_write(segment: str, transfer_id: int, layer: int, ranges: Sequence[WriteRange]) -> bytes:
+    head = pack_str(segment) + _U64.pack(transfer_id) + _U32.pack(layer) + _U32.pack(len(ranges))
+    return head + b"".join(_RANGE_SUM.pack(*r) for r in ranges)
+
+
+def unpack_write(raw: memoryview) -> tuple[str, int, int, list[WriteRange]]:
+    segment, pos = unpack_str(raw, 0)
+    (transfer_id,) = _U64.unpack_from(raw, pos)
+    layer, count = struct.unpack_from("<II", raw, pos + 8)
+    pos += 16
+    ranges = [
+        WriteRange(*_RANGE_SUM.unpack_from(raw, pos + i * _RANGE_SUM.size)) for i in range(count)
+    ]
+    return segment, transfer_id, layer, ranges
+
+
+class LeasedBlock(NamedTuple):
+    segment: str
+    offset: int
+    length: int
+    checksum: int
+    tier: TierKind
+
+
+def pack_lease(lease_id: int, blocks: Sequence[LeasedBlock], reason: MissReason | None) -> bytes:
+    parts = [_U64.pack(lease_id), bytes((_REASONS.index(reason),)), _U32.pack(len(blocks))]
+    for b in blocks:
+        parts.append(pack_str(b.segment))
+        parts.append(_LEASE_HIT.pack(b.offset, b.length, b.checksum, _TIERS.index(b.tier)))
+    return b"".join(parts)
+
+
+def unpack_lease(raw: memoryview) -> tuple[int, list[LeasedBlock], MissReason | None]:
+    (lease_id,) = _U64.unpack_from(raw, 0)
+    reason = _REASONS[raw[8]]
+    (count,) = _U32.unpack_from(raw, 9)
+    pos, blocks = 13, []
+    for _ in range(count):
+        segment, pos = unpack_str(raw, pos)
+        offset, length, checksum, tier = _LEASE_HIT.unpack_from(raw, pos)
+        pos += _LEASE_HIT.size
+        blocks.append(LeasedBlock(segment, offset, length, checksum, _TIERS[tier]))
+    return lease_id, blocks, reason
+
+
+def pack_u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def unpack_u64(raw: memoryview, pos: int = 0) -> int:
+    value: int = _U64.unpack_from(raw, pos)[0]
+    return value
+
+
+def pack_f64(value: float) -> bytes:
+    return struct.pack("<d", value)
+
+
+def unpack_f64(raw: memoryview, pos: int) -> float:
+    value: float = struct.unpack_from("<d", raw, pos)[0]
+    return value
+
+
+_PUT_RESULT = struct.Struct("<III")
+
+
+def pack_put(ns_id: NamespaceId, keys: Sequence[BlockKey], parent: BlockKey | None) -> bytes:
+    return (b"\x01" + parent if parent is not None else b"\x00" + bytes(KEY_BYTES)) + pack_keys(
+        ns_id, keys
+    )
+
+
+def unpack_put(raw: memoryview) -> tuple[NamespaceId, list[BlockKey], BlockKey | None]:
+    has_parent = raw[0] == 1
+    parent = BlockKey(bytes(raw[1 : 1 + KEY_BYTES])) if has_parent else None
+    ns_id, keys, _ = unpack_keys(raw, 1 + KEY_BYTES)
+    return ns_id, keys, parent
+
+
+def pack_put_result(stored: int, present: int, in_flight: int) -> bytes:
+    return _PUT_RESULT.pack(stored, present, in_flight)
+
+
+def unpack_put_result(raw: memoryview) -> tuple[int, int, int]:
+    stored, present, in_flight = _PUT_RESULT.unpack_from(raw, 0)
+    return stored, present, in_flight

@@ -1,0 +1,392 @@
+"""Transports: how bytes reach a peer, behind one small protocol.
+
+    local   same process: a memory copy between registered segments (or the local store)
+    shm     same host: map the peer's shared arena and copy out of it; one small
+            round trip on the data plane pins the blocks (a lease) and says where they are
+    tcp     other hosts: the data plane; ranges striped over several pooled connections
+            and over every address of the peer; bytes land with ``recv_into``
+
+RDMA or NVLink transports would implement the same four methods: register the local
+segments with the NIC or GPU, and post one-sided reads and writes of (segment, offset,
+length) ranges instead of copying through sockets.
+
+Every block read by key is checked against its checksum on arrival; a block that does
+not match ends the run there and is never returned. Blocking socket work runs on the
+engine's worker threads, which release the GIL in every send and receive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Protocol, TypeVar
+
+from kvstore.errors import TransferFailed
+from kvstore.hashing import checksum
+from kvstore.reservations import PutResult
+from kvstore.transfer import frames
+from kvstore.transfer.connection import ConnectionPool, SharedSegmentInfo
+from kvstore.transfer.frames import Op
+from kvstore.transfer.segments import SegmentRegistry, SharedMappings
+from kvstore.types import BlockKey, MissReason, NamespaceId, TierKind
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class TransportKind(enum.Enum):
+    LOCAL = "local"
+    SHM = "shm"
+    TCP = "tcp"
+
+
+@dataclass(frozen=True, slots=True)
+class RangeRead:
+    segment: str
+    offset: int
+    dst: memoryview  # receives dst.nbytes bytes from the peer's segment at offset
+
+
+@dataclass(frozen=True, slots=True)
+class RangeWrite:
+    segment: str
+    offset: int
+    src: memoryview  # src.nbytes bytes to the peer's segment at offset
+
+
+class BlockRead(NamedTuple):
+    num_hits: int
+    tiers: list[TierKind]
+    miss_reason: MissReason | None  # why the run ended (None: every key hit)
+
+
+class Transport(Protocol):
+    kind: TransportKind
+
+    async def read_blocks(
+        self, ns_id: NamespaceId, keys: Sequence[BlockKey], dsts: Sequence[memoryview]
+    ) -> BlockRead:
+        """The peer's longest cached run of ``keys``, verified, into ``dsts``."""
+        ...
+
+    async def write_blocks(
+        self,
+        ns_id: NamespaceId,
+        keys: Sequence[BlockKey],
+        blocks: Sequence[memoryview],
+        parent: BlockKey | None,
+    ) -> PutResult:
+        """Store a chain of blocks on the peer's store (a put)."""
+        ...
+
+    async def read_ranges(self, reads: Sequence[RangeRead]) -> None: ...
+
+    async def write_ranges(
+        self, transfer_id: int, layer: int, writes: Sequence[RangeWrite]
+    ) -> None:
+        """Write ranges of the peer's segments; they count as layer ``layer`` of transfer
+        ``transfer_id`` on arrival (the peer can wait for that layer alone)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class TcpTransport:
+    kind = TransportKind.TCP
+
+    def __init__(self, pool: ConnectionPool, executor: ThreadPoolExecutor, *, stripes: int) -> None:
+        self.pool = pool
+        self._executor = executor
+        self._stripes = stripes
+
+    async def read_blocks(
+        self, ns_id: NamespaceId, keys: Sequence[BlockKey], dsts: Sequence[memoryview]
+    ) -> BlockRead:
+        return await self._run(_read_keys, self.pool, ns_id, keys, dsts)
+
+    async def write_blocks(
+        self,
+        ns_id: NamespaceId,
+        keys: Sequence[BlockKey],
+        blocks: Sequence[memoryview],
+        parent: BlockKey | None,
+    ) -> PutResult:
+        return await self._run(_put_keys, self.pool, ns_id, keys, blocks, parent)
+
+    async def read_ranges(self, reads: Sequence[RangeRead]) -> None:
+        await self._striped(_read_ranges, reads)
+
+    async def write_ranges(
+        self, transfer_id: int, layer: int, writes: Sequence[RangeWrite]
+    ) -> None:
+        def write(pool: ConnectionPool, part: Sequence[RangeWrite]) -> None:
+            _write_ranges(pool, transfer_id, layer, part)
+
+        await self._striped(write, writes)
+
+    async def acquire(
+        self, ns_id: NamespaceId, keys: Sequence[BlockKey]
+    ) -> tuple[int, list[frames.LeasedBlock], MissReason | None]:
+        """Pin the peer's host-memory run of ``keys``: (lease id, where each block is,
+        why the run ended). Release it with ``release``."""
+
+        def acquire(
+            pool: ConnectionPool,
+        ) -> tuple[int, list[frames.LeasedBlock], MissReason | None]:
+            conn = pool.take()
+            try:
+                _, body = conn.call(Op.ACQUIRE, frames.pack_keys(ns_id, keys))
+                return frames.unpack_lease(body)
+            finally:
+                pool.give(conn)
+
+        return await self._run(acquire, self.pool)
+
+    def release(self, lease_id: int) -> None:
+        """Unpin a lease without waiting (the lease's deadline covers a lost message)."""
+
+        def release(pool: ConnectionPool) -> None:
+            conn = pool.take()
+            try:
+                conn.send(Op.RELEASE, frames.pack_u64(lease_id))
+            finally:
+                pool.give(conn)
+
+        future = self._executor.submit(release, self.pool)
+        future.add_done_callback(_log_failure)
+
+    async def close(self) -> None:
+        self.pool.close()
+
+    async def _striped(
+        self, fn: Callable[[ConnectionPool, Sequence[T]], None], items: Sequence[T]
+    ) -> None:
+        groups = _split(items, self._stripes)
+        await asyncio.gather(*(self._run(fn, self.pool, group) for group in groups))
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+class ShmTransport:
+    """Same host: blocks and shared segments are copied straight out of the peer's
+    mapped memory; writes (which the peer must be told about) go over ``tcp``."""
+
+    kind = TransportKind.SHM
+
+    def __init__(
+        self, tcp: TcpTransport, shared: Sequence[SharedSegmentInfo], mappings: SharedMappings
+    ) -> None:
+        self.tcp = tcp
+        self._paths = {s.name: Path(s.path) for s in shared}
+        self._sizes = {s.name: s.size for s in shared}
+        self._mappings = mappings
+
+    def segment_size(self, name: str) -> int:
+        """Size of a segment this transport maps (0 if it does not map it)."""
+        return self._sizes.get(name, 0)
+
+    async def read_blocks(
+        self, ns_id: NamespaceId, keys: Sequence[BlockKey], dsts: Sequence[memoryview]
+    ) -> BlockRead:
+        lease_id, blocks, reason = await self.tcp.acquire(ns_id, keys)
+        try:
+            good = 0
+            for block, dst in zip(blocks, dsts, strict=False):
+                src = self._mappings.view(self._paths[block.segment])[
+                    block.offset : block.offset + block.length
+                ]
+                dst[: block.length] = src
+                if checksum(dst[: block.length]) != block.checksum:
+                    logger.warning("block %d from shared memory failed its checksum", good)
+                    break
+                good += 1
+        finally:
+            if blocks:
+                self.tcp.release(lease_id)
+        tiers = [b.tier for b in blocks[:good]]
+        if good < len(blocks):
+            return BlockRead(good, tiers, MissReason.CORRUPTED)
+        if good < len(keys) and reason is None:  # the run goes on in a slower tier
+            rest = await self.tcp.read_blocks(ns_id, keys[good:], dsts[good:])
+            return BlockRead(good + rest.num_hits, tiers + rest.tiers, rest.miss_reason)
+        return BlockRead(good, tiers, reason)
+
+    async def read_ranges(self, reads: Sequence[RangeRead]) -> None:
+        remote = [r for r in reads if r.segment not in self._paths]
+        for read in reads:
+            if read.segment in self._paths:
+                view = self._mappings.view(self._paths[read.segment])
+                read.dst[:] = view[read.offset : read.offset + read.dst.nbytes]
+        if remote:
+            await self.tcp.read_ranges(remote)
+
+    async def write_blocks(
+        self,
+        ns_id: NamespaceId,
+        keys: Sequence[BlockKey],
+        blocks: Sequence[memoryview],
+        parent: BlockKey | None,
+    ) -> PutResult:
+        return await self.tcp.write_blocks(ns_id, keys, blocks, parent)
+
+    async def write_ranges(
+        self, transfer_id: int, layer: int, writes: Sequence[RangeWrite]
+    ) -> None:
+        await self.tcp.write_ranges(transfer_id, layer, writes)
+
+    async def close(self) -> None:
+        await self.tcp.close()
+
+
+class LocalTransport:
+    """Same process: copies between this process's registered segments."""
+
+    kind = TransportKind.LOCAL
+
+    def __init__(
+        self,
+        registry: SegmentRegistry,
+        arrived: Callable[[int, int], None],
+        blocks: Transport | None,
+    ) -> None:
+        self._registry = registry
+        self._arrived = arrived
+        self._blocks = blocks
+
+    async def read_blocks(
+        self, ns_id: NamespaceId, keys: Sequence[BlockKey], dsts: Sequence[memoryview]
+    ) -> BlockRead:
+        if self._blocks is None:
+            raise TransferFailed("no store in this process to read blocks from")
+        return await self._blocks.read_blocks(ns_id, keys, dsts)
+
+    async def write_blocks(
+        self,
+        ns_id: NamespaceId,
+        keys: Sequence[BlockKey],
+        blocks: Sequence[memoryview],
+        parent: BlockKey | None,
+    ) -> PutResult:
+        if self._blocks is None:
+            raise TransferFailed("no store in this process to write blocks to")
+        return await self._blocks.write_blocks(ns_id, keys, blocks, parent)
+
+    async def read_ranges(self, reads: Sequence[RangeRead]) -> None:
+        for read in reads:
+            read.dst[:] = self._registry.get(read.segment).slice(read.offset, read.dst.nbytes)
+
+    async def write_ranges(
+        self, transfer_id: int, layer: int, writes: Sequence[RangeWrite]
+    ) -> None:
+        for write in writes:
+            self._registry.get(write.segment).slice(write.offset, write.src.nbytes)[:] = write.src
+        self._arrived(transfer_id, layer)
+
+    async def close(self) -> None:
+        return None
+
+
+# -- blocking calls, on worker threads ----------------------------------------------------
+
+
+def _read_keys(
+    pool: ConnectionPool, ns_id: NamespaceId, keys: Sequence[BlockKey], dsts: Sequence[memoryview]
+) -> BlockRead:
+    conn = pool.take()
+    try:
+        _, body = conn.call(Op.READ_KEYS, frames.pack_keys(ns_id, keys))
+        block_bytes, hits, reason = frames.unpack_hits(body)
+        if len(hits) > len(dsts):
+            conn.broken = True
+            raise TransferFailed(
+                f"data plane {conn.address}: {len(hits)} blocks for {len(dsts)} buffers"
+            )
+        for dst in dsts[: len(hits)]:
+            conn.recv_into(dst[:block_bytes])
+        good = next(
+            (
+                i
+                for i, (h, d) in enumerate(zip(hits, dsts, strict=False))
+                if checksum(d[:block_bytes]) != h.checksum
+            ),
+            len(hits),
+        )
+        if good < len(hits):
+            logger.warning(
+                "block %d from %s failed its checksum; run cut there", good, conn.address
+            )
+            reason = MissReason.CORRUPTED
+        return BlockRead(good, [h.tier for h in hits[:good]], reason)
+    finally:
+        pool.give(conn)
+
+
+def _put_keys(
+    pool: ConnectionPool,
+    ns_id: NamespaceId,
+    keys: Sequence[BlockKey],
+    blocks: Sequence[memoryview],
+    parent: BlockKey | None,
+) -> PutResult:
+    conn = pool.take()
+    try:
+        _, body = conn.call(Op.PUT_KEYS, frames.pack_put(ns_id, keys, parent), blocks)
+        return PutResult(*frames.unpack_put_result(body))
+    finally:
+        pool.give(conn)
+
+
+def _read_ranges(pool: ConnectionPool, reads: Sequence[RangeRead]) -> None:
+    by_segment: dict[str, list[RangeRead]] = {}
+    for read in reads:
+        by_segment.setdefault(read.segment, []).append(read)
+    conn = pool.take()
+    try:
+        for segment, group in by_segment.items():
+            ranges = [frames.Range(r.offset, r.dst.nbytes) for r in group]
+            _, body = conn.call(Op.READ_RANGES, frames.pack_ranges(segment, ranges))
+            sums = frames.unpack_checksums(body, len(group))
+            for read in group:
+                conn.recv_into(read.dst)
+            for read, expected in zip(group, sums, strict=True):
+                if checksum(read.dst) != expected:
+                    raise TransferFailed(
+                        f"data plane {conn.address}: a range of {segment!r} arrived corrupted"
+                    )
+    finally:
+        pool.give(conn)
+
+
+def _write_ranges(
+    pool: ConnectionPool, transfer_id: int, layer: int, writes: Sequence[RangeWrite]
+) -> None:
+    by_segment: dict[str, list[RangeWrite]] = {}
+    for write in writes:
+        by_segment.setdefault(write.segment, []).append(write)
+    conn = pool.take()
+    try:
+        for segment, group in by_segment.items():
+            ranges = [frames.WriteRange(w.offset, w.src.nbytes, checksum(w.src)) for w in group]
+            payload = frames.pack_write(segment, transfer_id, layer, ranges)
+            conn.call(Op.WRITE_RANGES, payload, [w.src for w in group])
+    finally:
+        pool.give(conn)
+
+
+def _split(items: Sequence[T], parts: int) -> list[Sequence[T]]:
+    """Contiguous groups of about equal count (ranges within a batch are alike in size)."""
+    parts = max(1, min(parts, len(items)))
+    size = -(-len(items) // parts)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _log_failure(future: Future[None]) -> None:
+    exc = None if future.cancelled() else future.exception()
+    if exc is not None:
+        logger.debug("releasing a lease failed (its deadline will): %s", exc)
