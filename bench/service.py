@@ -29,7 +29,6 @@ memory mapped (``kvstore.malloc``); ``malloc_env`` records any ``MALLOC_*`` vari
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import platform
@@ -41,6 +40,7 @@ from dataclasses import asdict, dataclass, replace
 import grpc
 import numpy as np
 import redis
+import uvloop
 from google.protobuf import __version__ as protobuf_version
 from redis._parsers import Encoder
 from redis.connection import PythonRespSerializer
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None, config: ServiceBenchConfig | None = None
     config = config or (QUICK if args.quick else ServiceBenchConfig())
     config = replace(config, seed=args.seed, chunk_bytes=args.chunk_bytes or config.chunk_bytes)
     client_malloc_tuned = keep_freed_memory()  # as `kvstore serve` does (server.tune_malloc)
-    results, settings = asyncio.run(run(config))
+    results, settings = uvloop.run(run(config))  # the event loop Strata's processes use
     settings["client_malloc_tuned"] = client_malloc_tuned
     keys = {label: config.keys_per_pass(label) for label in config.sizes}
     shown = {**asdict(config), "keys_per_pass": keys, **settings, **_versions()}

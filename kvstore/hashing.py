@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
@@ -52,14 +52,16 @@ class Namespace:
     model_id: str
     spec: BlockSpec
     salt: str = ""
+    _id: NamespaceId = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.model_id:
             raise InvalidArgument("Namespace.model_id must be a non-empty string")
+        object.__setattr__(self, "_id", namespace_id(self))  # computed once: it is hot
 
     @property
     def id(self) -> NamespaceId:
-        return namespace_id(self)
+        return self._id
 
     @property
     def block_bytes(self) -> int:
@@ -83,8 +85,8 @@ def namespace_id(namespace: Namespace) -> NamespaceId:
         namespace.salt,
     )
     parts = [_NAMESPACE_TAG]
-    for field in fields:
-        raw = field.encode("utf-8")
+    for value in fields:
+        raw = value.encode("utf-8")
         parts.append(struct.pack("<I", len(raw)))
         parts.append(raw)
     return NamespaceId(xxhash.xxh3_128_digest(b"".join(parts)))

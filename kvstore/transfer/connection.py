@@ -9,6 +9,7 @@ connection's timeout; a connection that failed is closed, never reused.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -202,6 +203,10 @@ class ConnectionPool:
     def num_open(self) -> int:
         return self._open
 
+    @property
+    def plain(self) -> bool:
+        return self._ssl is None
+
     def take(self) -> Connection:
         with self._lock:
             if self._idle:
@@ -242,3 +247,58 @@ def local_host_id() -> str:
             return f.read().strip()
     except OSError:
         return f"{socket.gethostname()}-{os.getuid()}"
+
+
+class LoopChannel:
+    """One connection driven from the event loop, for small control requests (leases).
+
+    A worker-thread hop costs about as much as the round trip itself, so pins and
+    releases for shared-memory reads go through the loop's non-blocking socket calls;
+    requests are serialized by a lock. Plain TCP only (TLS sockets are thread-driven).
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.sock = conn.sock
+        self.sock.setblocking(False)
+        self._lock = asyncio.Lock()
+        self._header = memoryview(bytearray(frames.HEADER_BYTES))
+
+    async def call(self, op: Op, payload: bytes) -> memoryview:
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            try:
+                await loop.sock_sendall(
+                    self.sock, frames.pack_header(op, 0, len(payload)) + payload
+                )
+                await self._recv_into(loop, self._header)
+                header = frames.unpack_header(self._header)
+                body = memoryview(bytearray(header.payload_bytes))
+                await self._recv_into(loop, body)
+            except (OSError, frames.FrameError) as exc:
+                self.conn.broken = True
+                raise TransferFailed(f"data plane {self.conn.address}: {exc}") from exc
+        if header.status is not Status.OK:
+            _raise_status(self.conn.address, header.status, bytes(body).decode(errors="replace"))
+        return body
+
+    async def send(self, op: Op, payload: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            try:
+                await loop.sock_sendall(
+                    self.sock, frames.pack_header(op, 0, len(payload)) + payload
+                )
+            except OSError as exc:
+                self.conn.broken = True
+                raise TransferFailed(f"data plane {self.conn.address}: {exc}") from exc
+
+    async def _recv_into(self, loop: asyncio.AbstractEventLoop, view: memoryview) -> None:
+        while view.nbytes:
+            got = await loop.sock_recv_into(self.sock, view)
+            if got == 0:
+                raise ConnectionError("the peer closed the connection")
+            view = view[got:]
+
+    def close(self) -> None:
+        self.conn.close()

@@ -21,7 +21,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol, TypeVar
@@ -30,7 +30,7 @@ from kvstore.errors import TransferFailed
 from kvstore.hashing import checksum
 from kvstore.reservations import PutResult
 from kvstore.transfer import frames
-from kvstore.transfer.connection import ConnectionPool, SharedSegmentInfo
+from kvstore.transfer.connection import ConnectionPool, LoopChannel, SharedSegmentInfo
 from kvstore.transfer.frames import Op
 from kvstore.transfer.segments import SegmentRegistry, SharedMappings
 from kvstore.types import BlockKey, MissReason, NamespaceId, TierKind
@@ -103,6 +103,8 @@ class TcpTransport:
         self.pool = pool
         self._executor = executor
         self._stripes = stripes
+        self._control: LoopChannel | None = None  # small requests, from the loop
+        self._releases: set[asyncio.Task[None]] = set()
 
     async def read_blocks(
         self, ns_id: NamespaceId, keys: Sequence[BlockKey], dsts: Sequence[memoryview]
@@ -134,33 +136,46 @@ class TcpTransport:
     ) -> tuple[int, list[frames.LeasedBlock], MissReason | None]:
         """Pin the peer's host-memory run of ``keys``: (lease id, where each block is,
         why the run ended). Release it with ``release``."""
-
-        def acquire(
-            pool: ConnectionPool,
-        ) -> tuple[int, list[frames.LeasedBlock], MissReason | None]:
-            conn = pool.take()
-            try:
-                _, body = conn.call(Op.ACQUIRE, frames.pack_keys(ns_id, keys))
-                return frames.unpack_lease(body)
-            finally:
-                pool.give(conn)
-
-        return await self._run(acquire, self.pool)
+        payload = frames.pack_keys(ns_id, keys)
+        if not self.pool.plain:  # TLS sockets are driven from worker threads
+            return frames.unpack_lease(await self._run(_call, self.pool, Op.ACQUIRE, payload))
+        channel = await self._channel()
+        return frames.unpack_lease(await channel.call(Op.ACQUIRE, payload))
 
     def release(self, lease_id: int) -> None:
         """Unpin a lease without waiting (the lease's deadline covers a lost message)."""
+        task = asyncio.get_running_loop().create_task(self._release(lease_id))
+        self._releases.add(task)
+        task.add_done_callback(self._released)
 
-        def release(pool: ConnectionPool) -> None:
-            conn = pool.take()
-            try:
-                conn.send(Op.RELEASE, frames.pack_u64(lease_id))
-            finally:
-                pool.give(conn)
+    async def _release(self, lease_id: int) -> None:
+        payload = frames.pack_u64(lease_id)
+        if not self.pool.plain:
+            await self._run(_send, self.pool, Op.RELEASE, payload)
+            return
+        channel = await self._channel()
+        await channel.send(Op.RELEASE, payload)
 
-        future = self._executor.submit(release, self.pool)
-        future.add_done_callback(_log_failure)
+    def _released(self, task: asyncio.Task[None]) -> None:
+        self._releases.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("releasing a lease failed (its deadline will): %s", task.exception())
+
+    async def _channel(self) -> LoopChannel:
+        if self._control is not None and self._control.conn.broken:
+            self.pool.give(self._control.conn)
+            self._control = None
+        if self._control is None:
+            self._control = LoopChannel(await self._run(self.pool.take))
+        return self._control
 
     async def close(self) -> None:
+        if self._releases:
+            await asyncio.gather(*list(self._releases), return_exceptions=True)
+        if self._control is not None:
+            self._control.conn.broken = True  # not reusable by threads: close it
+            self.pool.give(self._control.conn)
+            self._control = None
         self.pool.close()
 
     async def _striped(
@@ -327,6 +342,22 @@ def _read_keys(
         pool.give(conn)
 
 
+def _call(pool: ConnectionPool, op: Op, payload: bytes) -> memoryview:
+    conn = pool.take()
+    try:
+        return conn.call(op, payload)[1]
+    finally:
+        pool.give(conn)
+
+
+def _send(pool: ConnectionPool, op: Op, payload: bytes) -> None:
+    conn = pool.take()
+    try:
+        conn.send(op, payload)
+    finally:
+        pool.give(conn)
+
+
 def _put_keys(
     pool: ConnectionPool,
     ns_id: NamespaceId,
@@ -384,9 +415,3 @@ def _split(items: Sequence[T], parts: int) -> list[Sequence[T]]:
     parts = max(1, min(parts, len(items)))
     size = -(-len(items) // parts)
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _log_failure(future: Future[None]) -> None:
-    exc = None if future.cancelled() else future.exception()
-    if exc is not None:
-        logger.debug("releasing a lease failed (its deadline will): %s", exc)
