@@ -45,14 +45,25 @@ class SegmentRegistry:
 
     def __init__(self) -> None:
         self._segments: dict[str, Segment] = {}
+        self._files: dict[str, tuple[int, int]] = {}
 
     def register(self, segment: Segment) -> None:
+        """Register a segment; a shared one's file identity (inode, device) is taken now,
+        so readers can tell the file we map from another one at the same path later."""
         if segment.name in self._segments:
             raise InvalidArgument(f"segment {segment.name!r} is already registered")
         self._segments[segment.name] = segment
+        if segment.shm_path is not None:
+            st = os.stat(segment.shm_path)
+            self._files[segment.name] = (st.st_ino, st.st_dev)
+
+    def file_identity(self, name: str) -> tuple[int, int] | None:
+        """(inode, device) of a shared segment's file at registration, else None."""
+        return self._files.get(name)
 
     def unregister(self, name: str) -> None:
         self._segments.pop(name, None)
+        self._files.pop(name, None)
 
     def get(self, name: str) -> Segment:
         try:

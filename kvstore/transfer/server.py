@@ -22,10 +22,10 @@ import contextlib
 import hmac
 import itertools
 import logging
-import os
 import socket
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +105,7 @@ class DataPlaneServer:
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.addresses: list[str] = []
+        self.accepted: Counter[str] = Counter()  # connections accepted per address
 
     @property
     def num_leases(self) -> int:
@@ -122,7 +123,7 @@ class DataPlaneServer:
                 listener.setblocking(False)
                 self._listeners.append(listener)
                 port = listener.getsockname()[1]
-                self._spawn(self._accept_loop(listener))
+                self._spawn(self._accept_loop(listener, f"{host}:{port}"))
             self.addresses.append(f"{host}:{port}")
         self._spawn(self._expire_leases())
         return self.addresses
@@ -146,10 +147,11 @@ class DataPlaneServer:
 
     # -- connections ------------------------------------------------------------------
 
-    async def _accept_loop(self, listener: socket.socket) -> None:
+    async def _accept_loop(self, listener: socket.socket, address: str) -> None:
         loop = asyncio.get_running_loop()
         while True:
             sock, _ = await loop.sock_accept(listener)
+            self.accepted[address] += 1
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._spawn(self._serve(PlainConn(sock)))
@@ -199,13 +201,13 @@ class DataPlaneServer:
         inode and device, so the reader can check it maps the very same file)."""
         shared = []
         for segment in self.segments.segments():
-            if segment.shm_path is None:
+            identity = self.segments.file_identity(segment.name)
+            if segment.shm_path is None or identity is None:
                 continue
-            st = os.stat(segment.shm_path)
             shared.append(
                 frames.pack_str(segment.name)
                 + frames.pack_str(str(segment.shm_path))
-                + b"".join(frames.pack_u64(v) for v in (segment.size, st.st_ino, st.st_dev))
+                + b"".join(frames.pack_u64(v) for v in (segment.size, *identity))
             )
         head = frames.pack_str(self.node_id) + frames.pack_str(self.host_id)
         return head + frames.pack_u64(len(shared)) + b"".join(shared)
