@@ -46,6 +46,7 @@ def add_admin_parser(commands: Any) -> None:
     verbs = admin.add_subparsers(dest="verb", required=True)
     verbs.add_parser("stats", help="hit rates, tokens saved, tiers, moves")
     verbs.add_parser("nodes", help="live nodes, their tiers and heartbeats")
+    verbs.add_parser("topology", help="how each node reaches the others: transport, path, speed")
     verbs.add_parser("config", help="a node's effective configuration")
     for name, text in (
         ("lookup", "how long a prompt's prefix is cached, where"),
@@ -124,6 +125,28 @@ async def _nodes(args: argparse.Namespace, console: Console) -> None:
         print(json.dumps(rows))
     else:
         render.nodes(console, rows)
+
+
+async def _topology(args: argparse.Namespace, console: Console) -> None:
+    async with _clients(args) as clients:
+        nodes = await clients[0].nodes()
+    rows = [
+        {
+            "node_id": node.node_id,
+            "peer_id": link.peer_id,
+            "transport": link.transport,
+            "address": link.address,
+            "gbps": link.gbps,
+            "rtt_us": link.rtt_us,
+        }
+        for node in nodes
+        for link in node.links
+    ]
+    data = {n.node_id: list(n.data_addresses) for n in nodes}
+    if args.json:
+        print(json.dumps({"data_addresses": data, "links": rows}))
+    else:
+        render.topology(console, data, rows)
 
 
 async def _config(args: argparse.Namespace, console: Console) -> None:
@@ -243,6 +266,7 @@ def _pick_namespace(stats: Any, model_id: str | None, namespace_id: str | None) 
 _VERBS = {
     "stats": _stats,
     "nodes": _nodes,
+    "topology": _topology,
     "config": _config,
     "lookup": _lookup,
     "pin": _pin,

@@ -114,6 +114,28 @@ def nodes(console: Console, rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
+def topology(console: Console, data: dict[str, list[str]], links: list[dict[str, Any]]) -> None:
+    planes = Table(title="data planes", header_style="bold")
+    planes.add_column("node")
+    planes.add_column("addresses (one per NIC)")
+    for node_id, addresses in sorted(data.items()):
+        planes.add_row(node_id, ", ".join(addresses) or "(none)")
+    console.print(planes)
+    table = Table(title="links (measured by the source node)", header_style="bold")
+    for column in ("from", "to", "transport", "address", "GB/s", "round trip"):
+        table.add_column(column)
+    for link in links:
+        table.add_row(
+            link["node_id"],
+            link["peer_id"],
+            link["transport"],
+            link["address"],
+            f"{link['gbps']:.2f}",
+            f"{link['rtt_us']:.0f} µs",
+        )
+    console.print(table if links else "no links measured yet (a single node, or probes pending)")
+
+
 def lookup(console: Console, result: dict[str, Any]) -> None:
     console.print(
         f"{result['num_tokens']:,} tokens, {result['num_blocks']:,} full blocks of model"

@@ -94,6 +94,7 @@ def node_summary(node: NodeInfo, now_s: float) -> dict[str, Any]:
             {"tier": t.tier.value, "used_bytes": t.used_bytes, "capacity_bytes": t.capacity_bytes}
             for t in node.tiers
         ],
+        "data_addresses": list(node.data_addresses),
     }
 
 

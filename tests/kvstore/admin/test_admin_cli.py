@@ -65,7 +65,16 @@ def test_stats(server: ServeProcess) -> None:
 def test_nodes(server: ServeProcess) -> None:
     (node,) = admin_json(server, "nodes")  # type: ignore[misc]
     assert node["address"] == server.address and not node["degraded"]
+    assert len(node["data_addresses"]) == 1
     assert "dram" in admin(server, "nodes").stdout
+
+
+def test_topology(server: ServeProcess) -> None:
+    topology = admin_json(server, "topology")
+    assert isinstance(topology, dict)
+    (addresses,) = topology["data_addresses"].values()
+    assert addresses[0].startswith("127.0.0.1:") and topology["links"] == []  # alone
+    assert "data planes" in admin(server, "topology").stdout
 
 
 def test_lookup_pin_unpin_from_text_and_token_file(server: ServeProcess, tmp_path: Path) -> None:
