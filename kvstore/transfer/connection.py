@@ -16,7 +16,7 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kvstore.errors import (
@@ -207,6 +207,10 @@ class ConnectionPool:
     def plain(self) -> bool:
         return self._ssl is None
 
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout_s
+
     def take(self) -> Connection:
         with self._lock:
             if self._idle:
@@ -257,14 +261,22 @@ class LoopChannel:
     requests are serialized by a lock. Plain TCP only (TLS sockets are thread-driven).
     """
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, timeout_s: float) -> None:
         self.conn = conn
+        self.timeout_s = timeout_s
         self.sock = conn.sock
         self.sock.setblocking(False)
         self._lock = asyncio.Lock()
         self._header = memoryview(bytearray(frames.HEADER_BYTES))
 
-    async def call(self, op: Op, payload: bytes) -> memoryview:
+    async def call(
+        self,
+        op: Op,
+        payload: bytes,
+        receive: Callable[[memoryview], Sequence[memoryview]] | None = None,
+    ) -> memoryview:
+        """Send a request, return the reply's metadata. ``receive(metadata)`` names the
+        buffers the bytes that follow the metadata land in, if any."""
         loop = asyncio.get_running_loop()
         async with self._lock:
             try:
@@ -275,7 +287,10 @@ class LoopChannel:
                 header = frames.unpack_header(self._header)
                 body = memoryview(bytearray(header.payload_bytes))
                 await self._recv_into(loop, body)
-            except (OSError, frames.FrameError) as exc:
+                if header.status is Status.OK and receive is not None:
+                    for view in receive(body):
+                        await self._recv_into(loop, view)
+            except (OSError, frames.FrameError, TimeoutError, TransferFailed) as exc:
                 self.conn.broken = True
                 raise TransferFailed(f"data plane {self.conn.address}: {exc}") from exc
         if header.status is not Status.OK:
@@ -295,7 +310,7 @@ class LoopChannel:
 
     async def _recv_into(self, loop: asyncio.AbstractEventLoop, view: memoryview) -> None:
         while view.nbytes:
-            got = await loop.sock_recv_into(self.sock, view)
+            got = await asyncio.wait_for(loop.sock_recv_into(self.sock, view), self.timeout_s)
             if got == 0:
                 raise ConnectionError("the peer closed the connection")
             view = view[got:]

@@ -74,6 +74,9 @@ class TransferEngine:
         self._stripes = stripes
         self._allow_shm = allow_shm
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="strata-transfer")
+        self._verifier = ThreadPoolExecutor(
+            max(1, stripes // 2), thread_name_prefix="strata-verify"
+        )
         self._mappings = SharedMappings()
         self._peers: dict[tuple[str, ...], Peer] = {}
         self._connecting: dict[tuple[str, ...], asyncio.Future[Peer]] = {}
@@ -129,6 +132,7 @@ class TransferEngine:
         """Let in-flight calls (lease releases too) finish, then close every connection.
         Each call is bounded by the timeout, so this is too."""
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+        self._verifier.shutdown()
         for peer in list(self._peers.values()):
             await peer.transport.close()
         self._peers.clear()
@@ -142,7 +146,7 @@ class TransferEngine:
         conn = await loop.run_in_executor(self._executor, pool.take)
         hello = conn.hello
         pool.give(conn)
-        tcp = TcpTransport(pool, self._executor, stripes=self._stripes)
+        tcp = TcpTransport(pool, self._executor, self._verifier, stripes=self._stripes)
         transport: Transport = tcp
         if (
             hello.host_id == self.host_id

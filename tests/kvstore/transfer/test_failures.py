@@ -204,7 +204,12 @@ async def test_a_peer_killed_mid_transfer_fails_it_promptly(make_engine: EngineF
         engine = make_engine(host_id="elsewhere", timeout_s=3)  # over TCP, as from another host
         peer = await engine.connect(addresses)
         dsts = [memoryview(bytearray(big.block_bytes)) for _ in keys]
-        reading = asyncio.create_task(peer.transport.read_blocks(ns, keys, dsts))  # type: ignore[arg-type]
+
+        async def keep_reading() -> None:  # 2.5 GiB: still going when the peer dies
+            for _ in range(10):
+                await peer.transport.read_blocks(ns, keys, dsts)  # type: ignore[arg-type]
+
+        reading = asyncio.create_task(keep_reading())
         await asyncio.sleep(0.05)
         node.kill()  # SIGKILL mid-stream
         start = time.monotonic()
