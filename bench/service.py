@@ -1,4 +1,4 @@
-"""Strata's gRPC service against Redis and the raw loopback: one client, large values.
+"""Strata's store service against Redis and the raw loopback: one client, large values.
 
 Every server is a separate process on 127.0.0.1 (see ``bench.procs``); all figures are
 GB/s (1e9 bytes/s) or µs, the median of ``repeats`` rounds after one untimed warm-up round
@@ -15,16 +15,21 @@ a VM's drift over seconds hits both alike. Per size (64k, 1m, 4m bytes per value
   Server: ``--save "" --appendonly no``, ``proto-max-bulk-len`` 16 MiB.
 * ``strata_{put,get}_gbps_<size>``: ``StoreClient.put`` / ``get`` of one block per call
   (like SET/GET), gets into a caller buffer; ``..._batch<B>``: ``batch_blocks`` blocks per
-  call, as an engine sends them. ``kvstore serve`` runs DRAM-only, ``store.block_bytes``
-  = size, ``server.chunk_bytes`` = the client's ``chunk_bytes``. Strata keys are new
-  each round (removed after it); Redis keys are the same, so SET reuses warm memory.
+  call, as an engine sends them. The client moves bytes over the node's data plane: on
+  this host, gets read the node's shared DRAM arena after one small round trip that pins
+  the blocks; puts stream into reserved slots over the data plane's TCP.
+  ``strata_grpc_{put,get}_gbps_<size>``: the same single-block calls with the data plane
+  off (bytes in gRPC messages), for comparison. ``kvstore serve`` runs DRAM-only,
+  ``store.block_bytes`` = size, ``server.chunk_bytes`` = the client's ``chunk_bytes``.
+  Strata keys are new each round (removed after it); Redis keys are the same, so SET
+  reuses warm memory.
 * ``{redis,strata}_get_p50_us_1m`` / ``p99``: latency of single 1 MiB gets, round robin
   over a few resident keys. ``strata_get_vs_redis_<size>``: strata / redis get GB/s.
 
-No target here: the gRPC path is the baseline a faster data plane must beat. Its figures
-swing with glibc malloc's dynamic mmap threshold (fresh, page-faulting 1 MiB buffers or
-reused ones), so both the node (``server.tune_malloc``) and this client keep freed
-memory mapped (``kvstore.malloc``); ``malloc_env`` records any ``MALLOC_*`` variables.
+Target: ``strata_get_vs_redis_1m`` and ``_4m`` >= 1.5. The gRPC figures swing with glibc
+malloc's dynamic mmap threshold (fresh, page-faulting 1 MiB buffers or reused ones), so
+both the node (``server.tune_malloc``) and this client keep freed memory mapped
+(``kvstore.malloc``); ``malloc_env`` records any ``MALLOC_*`` variables.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from google.protobuf import __version__ as protobuf_version
 from redis._parsers import Encoder
 from redis.connection import PythonRespSerializer
 
-from bench.common import parser, progress, report
+from bench.common import Target, parser, progress, report
 from bench.procs import SocketPeer, start_redis, start_strata
 from kvstore.client.calls import CallOptions
 from kvstore.client.store_client import StoreClient
@@ -165,18 +170,29 @@ async def measure_size(
     samples: dict[str, list[float]] = defaultdict(list)
     with start_strata(size, capacity, config.chunk_bytes) as server:
         options = CallOptions(chunk_bytes=config.chunk_bytes, timeout_s=60.0)
-        async with StoreClient(f"127.0.0.1:{server.port}", options) as client:
+        grpc_options = replace(options, data_plane=False)
+        address = f"127.0.0.1:{server.port}"
+        async with (
+            StoreClient(address, options) as client,
+            StoreClient(address, grpc_options) as grpc_client,
+        ):
             ns_id = await client.register_namespace(Namespace("bench", block_spec(size)))
+            await grpc_client.register_namespace(Namespace("bench", block_spec(size)))
             for _ in range(config.repeats + 1):
                 keys = [BlockKey(rng.bytes(16)) for _ in range(num_keys)]
                 for op in ("put", "get"):
                     figure = redis_pass(redis_db, redis_keys, value, put=op == "put")
                     samples[f"redis_{op}_gbps_{label}"].append(figure)
                     tick(1)
-                for suffix, bufs in (("", blocks[:1]), (f"_batch{len(blocks)}", blocks)):
+                variants = (
+                    ("strata", client, "", blocks[:1]),
+                    ("strata", client, f"_batch{len(blocks)}", blocks),
+                    ("strata_grpc", grpc_client, "", blocks[:1]),
+                )
+                for name, user, suffix, bufs in variants:
                     for op in ("put", "get"):
-                        figure = await strata_pass(client, ns_id, keys, bufs, put=op == "put")
-                        samples[f"strata_{op}_gbps_{label}{suffix}"].append(figure)
+                        figure = await strata_pass(user, ns_id, keys, bufs, put=op == "put")
+                        samples[f"{name}_{op}_gbps_{label}{suffix}"].append(figure)
                         tick(1)
                     await client.remove(ns_id, keys)
             figures = {name: _median_after_warmup(values) for name, values in samples.items()}
@@ -219,7 +235,7 @@ async def measure_latency(
 
 async def run(config: ServiceBenchConfig) -> tuple[dict[str, float], dict[str, object]]:
     """Every figure of this benchmark, and the settings found on the way."""
-    num_passes = (config.repeats + 1) * (1 + 6 * len(config.sizes))
+    num_passes = (config.repeats + 1) * (1 + 8 * len(config.sizes))
     results: dict[str, float] = {}
     with SocketPeer() as peer, start_redis() as redis_server, progress() as bar:
         task = bar.add_task("service", total=num_passes)
@@ -255,7 +271,12 @@ def main(argv: list[str] | None = None, config: ServiceBenchConfig | None = None
     keys = {label: config.keys_per_pass(label) for label in config.sizes}
     shown = {**asdict(config), "keys_per_pass": keys, **settings, **_versions()}
     units = {k: "µs" if "_us_" in k else "x" if "_vs_" in k else "GB/s" for k in results}
-    report("service", shown, results, units=units, json_path=args.json)
+    targets = {
+        f"strata_get_vs_redis_{label}": Target(1.5)
+        for label in ("1m", "4m")
+        if f"strata_get_vs_redis_{label}" in results
+    }
+    report("service", shown, results, units=units, targets=targets, json_path=args.json)
 
 
 def _versions() -> dict[str, object]:

@@ -128,15 +128,15 @@ async def measure_size(label: str, config: TransferBenchConfig, results: dict[st
                     size * len(keys), config.rounds, read
                 )
                 if name == "tcp" and label == "64k":
-                    await latencies(peer, ns, keys, dsts, config, results)
+                    await latencies(peer, ns, keys, dsts, config=config, results=results)
             finally:
                 await engine.close()
     finally:
         child.stop()
 
 
-async def latencies(
-    peer: Peer, ns, keys, dsts, config: TransferBenchConfig, results: dict[str, float]
+async def latencies(  # type: ignore[no-untyped-def]
+    peer: Peer, ns, keys, dsts, *, config: TransferBenchConfig, results: dict[str, float]
 ) -> None:  # type: ignore[no-untyped-def]
     samples = []
     for i in range(config.latency_samples):

@@ -24,16 +24,43 @@ class ServerConn(Protocol):
 
 
 class PlainConn:
+    """Reads go through a small buffer first: one receive usually brings a request's
+    header and metadata together (one loop wake-up, not two); large reads that find the
+    buffer empty land straight in their destination."""
+
+    BUFFER_BYTES = 64 << 10
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.loop = asyncio.get_running_loop()
+        self._buffer = memoryview(bytearray(self.BUFFER_BYTES))
+        self._start = self._end = 0
 
     async def recv_into(self, view: memoryview) -> None:
+        buffered = self._end - self._start
+        if buffered:
+            take = min(buffered, view.nbytes)
+            view[:take] = self._buffer[self._start : self._start + take]
+            self._start += take
+            view = view[take:]
+        if view.nbytes and view.nbytes < self.BUFFER_BYTES:
+            await self._fill(view.nbytes)
+            return await self.recv_into(view)
         while view.nbytes:
             got = await self.loop.sock_recv_into(self.sock, view)
             if got == 0:
                 raise ConnectionError("peer closed the connection")
             view = view[got:]
+        return None
+
+    async def _fill(self, wanted: int) -> None:
+        """Receive into the empty buffer until it holds ``wanted`` bytes (or more)."""
+        self._start = self._end = 0
+        while self._end < wanted:
+            got = await self.loop.sock_recv_into(self.sock, self._buffer[self._end :])
+            if got == 0:
+                raise ConnectionError("peer closed the connection")
+            self._end += got
 
     async def send(self, parts: Sequence[bytes | memoryview]) -> None:
         small = [p for p in parts if len(p) < 65536]

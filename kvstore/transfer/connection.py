@@ -28,6 +28,7 @@ from kvstore.errors import (
     Unauthenticated,
 )
 from kvstore.transfer import frames
+from kvstore.transfer.conn import PlainConn
 from kvstore.transfer.frames import Op, Status
 
 
@@ -266,6 +267,7 @@ class LoopChannel:
         self.timeout_s = timeout_s
         self.sock = conn.sock
         self.sock.setblocking(False)
+        self._io = PlainConn(self.sock)  # buffered: header and metadata in one receive
         self._lock = asyncio.Lock()
         self._header = memoryview(bytearray(frames.HEADER_BYTES))
 
@@ -280,16 +282,11 @@ class LoopChannel:
         loop = asyncio.get_running_loop()
         async with self._lock:
             try:
-                await loop.sock_sendall(
-                    self.sock, frames.pack_header(op, 0, len(payload)) + payload
-                )
-                await self._recv_into(loop, self._header)
-                header = frames.unpack_header(self._header)
-                body = memoryview(bytearray(header.payload_bytes))
-                await self._recv_into(loop, body)
-                if header.status is Status.OK and receive is not None:
-                    for view in receive(body):
-                        await self._recv_into(loop, view)
+                async with asyncio.timeout(self.timeout_s):  # one deadline for the call
+                    await loop.sock_sendall(
+                        self.sock, frames.pack_header(op, 0, len(payload)) + payload
+                    )
+                    body, header = await self._reply(loop, receive)
             except (OSError, frames.FrameError, TimeoutError, TransferFailed) as exc:
                 self.conn.broken = True
                 raise TransferFailed(f"data plane {self.conn.address}: {exc}") from exc
@@ -297,23 +294,31 @@ class LoopChannel:
             _raise_status(self.conn.address, header.status, bytes(body).decode(errors="replace"))
         return body
 
+    async def _reply(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        receive: Callable[[memoryview], Sequence[memoryview]] | None,
+    ) -> tuple[memoryview, frames.Header]:
+        await self._io.recv_into(self._header)
+        header = frames.unpack_header(self._header)
+        body = memoryview(bytearray(header.payload_bytes))
+        await self._io.recv_into(body)
+        if header.status is Status.OK and receive is not None:
+            for view in receive(body):
+                await self._io.recv_into(view)
+        return body, header
+
     async def send(self, op: Op, payload: bytes) -> None:
         loop = asyncio.get_running_loop()
         async with self._lock:
             try:
-                await loop.sock_sendall(
-                    self.sock, frames.pack_header(op, 0, len(payload)) + payload
-                )
-            except OSError as exc:
+                async with asyncio.timeout(self.timeout_s):
+                    await loop.sock_sendall(
+                        self.sock, frames.pack_header(op, 0, len(payload)) + payload
+                    )
+            except (OSError, TimeoutError) as exc:
                 self.conn.broken = True
                 raise TransferFailed(f"data plane {self.conn.address}: {exc}") from exc
-
-    async def _recv_into(self, loop: asyncio.AbstractEventLoop, view: memoryview) -> None:
-        while view.nbytes:
-            got = await asyncio.wait_for(loop.sock_recv_into(self.sock, view), self.timeout_s)
-            if got == 0:
-                raise ConnectionError("the peer closed the connection")
-            view = view[got:]
 
     def close(self) -> None:
         self.conn.close()

@@ -14,9 +14,9 @@ are received with ``recv_into`` straight into their destination. Ops:
     READ_RANGES  segment, (offset, length)*          -> per range checksum; then the bytes
     WRITE_RANGES segment, transfer id, layer,        <- bytes follow the request
                  (offset, length, checksum)*         -> OK once verified and written
-    ACQUIRE      namespace id, keys, lease seconds   -> lease id, per hit (segment,
+    ACQUIRE      namespace id, keys, leases to end   -> lease id, per hit (segment,
                                                         offset, length, checksum, tier)
-    RELEASE      lease id                            (no reply: fire and forget)
+    RELEASE      lease ids                           (no reply: fire and forget)
     PUT_KEYS     namespace id, parent, keys          <- the blocks follow the request
                                                      -> stored, present, in flight
 
@@ -263,3 +263,14 @@ def pack_put_result(stored: int, present: int, in_flight: int) -> bytes:
 def unpack_put_result(raw: memoryview) -> tuple[int, int, int]:
     stored, present, in_flight = _PUT_RESULT.unpack_from(raw, 0)
     return stored, present, in_flight
+
+
+def pack_ids(ids: Sequence[int]) -> bytes:
+    return _U32.pack(len(ids)) + b"".join(_U64.pack(i) for i in ids)
+
+
+def unpack_ids(raw: memoryview, pos: int = 0) -> list[int]:
+    (count,) = _U32.unpack_from(raw, pos)
+    if pos + 4 + 8 * count > len(raw):
+        raise FrameError("id list runs past the payload")
+    return [_U64.unpack_from(raw, pos + 4 + 8 * i)[0] for i in range(count)]

@@ -233,7 +233,8 @@ class DataPlaneServer:
             elif header.op is Op.ACQUIRE:
                 await self._acquire(conn, header, payload)
             elif header.op is Op.RELEASE:
-                await self._release(frames.unpack_u64(payload))
+                for lease_id in frames.unpack_ids(payload):
+                    await self._release(lease_id)
             elif header.op is Op.PUT_KEYS:
                 await self._put_keys(conn, header, payload)
             else:
@@ -257,7 +258,9 @@ class DataPlaneServer:
 
     async def _acquire(self, conn: ServerConn, header: frames.Header, payload: memoryview) -> None:
         store = self._require_store()
-        ns_id, keys, _ = frames.unpack_keys(payload)
+        ns_id, keys, end = frames.unpack_keys(payload)
+        for done in frames.unpack_ids(payload, end):  # the reader's earlier leases, ended
+            await self._release(done)
         arena = store.shared_arena()
         run = store.lease(ns_id, keys) if arena is not None else LeasedRun([], None)
         lease_id = next(self._lease_ids)

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SMALL_READ_BYTES = 1 << 20  # reads up to this size go through the loop, not a worker
+RELEASE_DELAY_S = 0.002  # how long an ended lease may wait for the next acquire
 
 
 class TransportKind(enum.Enum):
@@ -120,6 +121,8 @@ class TcpTransport:
         self._stripes = stripes
         self._control: LoopChannel | None = None  # small requests, from the loop
         self._releases: set[asyncio.Task[None]] = set()
+        self._to_release: list[int] = []  # ended leases not yet told to the peer
+        self._release_timer: asyncio.TimerHandle | None = None
 
     async def read_blocks(
         self, ns_id: NamespaceId, keys: Sequence[BlockKey], dsts: Sequence[memoryview]
@@ -181,20 +184,32 @@ class TcpTransport:
     ) -> tuple[int, list[frames.LeasedBlock], MissReason | None]:
         """Pin the peer's host-memory run of ``keys``: (lease id, where each block is,
         why the run ended). Release it with ``release``."""
-        payload = frames.pack_keys(ns_id, keys)
+        done, self._to_release = self._to_release, []  # ended leases ride along
+        payload = frames.pack_keys(ns_id, keys) + frames.pack_ids(done)
         if not self.pool.plain:  # TLS sockets are driven from worker threads
             return frames.unpack_lease(await self._run(_call, self.pool, Op.ACQUIRE, payload))
         channel = await self._channel()
         return frames.unpack_lease(await channel.call(Op.ACQUIRE, payload))
 
     def release(self, lease_id: int) -> None:
-        """Unpin a lease without waiting (the lease's deadline covers a lost message)."""
-        task = asyncio.get_running_loop().create_task(self._release(lease_id))
+        """End a lease without waiting: it rides along with the next ``acquire``, or goes
+        on its own after ``RELEASE_DELAY_S`` (the lease's deadline covers a lost one)."""
+        self._to_release.append(lease_id)
+        if self._release_timer is None:
+            loop = asyncio.get_running_loop()
+            self._release_timer = loop.call_later(RELEASE_DELAY_S, self._flush_releases)
+
+    def _flush_releases(self) -> None:
+        self._release_timer = None
+        if not self._to_release:
+            return
+        ids, self._to_release = self._to_release, []
+        task = asyncio.get_running_loop().create_task(self._send_release(ids))
         self._releases.add(task)
         task.add_done_callback(self._released)
 
-    async def _release(self, lease_id: int) -> None:
-        payload = frames.pack_u64(lease_id)
+    async def _send_release(self, ids: list[int]) -> None:
+        payload = frames.pack_ids(ids)
         if not self.pool.plain:
             await self._run(_send, self.pool, Op.RELEASE, payload)
             return
@@ -204,7 +219,7 @@ class TcpTransport:
     def _released(self, task: asyncio.Task[None]) -> None:
         self._releases.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.debug("releasing a lease failed (its deadline will): %s", task.exception())
+            logger.debug("releasing leases failed (their deadline will): %s", task.exception())
 
     async def _channel(self) -> LoopChannel:
         if self._control is not None and self._control.conn.broken:
@@ -215,6 +230,9 @@ class TcpTransport:
         return self._control
 
     async def close(self) -> None:
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._flush_releases()
         if self._releases:
             await asyncio.gather(*list(self._releases), return_exceptions=True)
         if self._control is not None:
