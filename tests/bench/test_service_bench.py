@@ -26,6 +26,8 @@ PER_SIZE = [
     "strata_get_gbps_{}",
     "strata_put_gbps_{}_batch2",
     "strata_get_gbps_{}_batch2",
+    "strata_grpc_put_gbps_{}",
+    "strata_grpc_get_gbps_{}",
 ]
 LATENCY = ["redis_get_p50_us_1m", "redis_get_p99_us_1m"]
 LATENCY += ["strata_get_p50_us_1m", "strata_get_p99_us_1m"]
