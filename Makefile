@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python -m bench.tiers --quick --json bench/results/tiers.json
 	$(BIN)/python -m bench.hitrate --quick --json bench/results/hitrate.json
 	$(BIN)/python -m bench.service --quick --json bench/results/service.json
+	$(BIN)/python -m bench.transfer --quick --json bench/results/transfer.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache bench/results

@@ -75,3 +75,10 @@ def test_metadata_backends_know_nothing_of_nodes() -> None:
             if n.startswith(("kvstore.server", "kvstore.client", "kvstore.store"))
         }
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_the_transfer_engine_stands_below_server_client_and_metadata() -> None:
+    for path in modules("kvstore/transfer"):
+        banned = ("kvstore.server", "kvstore.client", "kvstore.metadata")
+        bad = {n for n in imports_of(path) if n.startswith(banned)}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"

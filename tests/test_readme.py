@@ -42,3 +42,14 @@ def test_quick_start_is_two_make_targets_and_ci_runs_the_test_one() -> None:
     assert "exec make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
     assert "\nrun: setup\n" in makefile and "\ntest: setup\n" in makefile
+
+
+def test_transfer_engine_example_runs_against_a_node() -> None:
+    from tests.processes import ServeProcess
+
+    with ServeProcess() as node:
+        code = EXAMPLES[2].replace("127.0.0.1:7600", node.address)
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+        )
+    assert result.stdout.strip() == "shm b'\\x01'"
