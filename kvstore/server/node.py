@@ -13,6 +13,8 @@ TLS trust as the node's own clients.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -90,6 +92,7 @@ class StoreNode:
             data_plane=False,  # peers' blocks come through this node's own engine
         )
         self._peers: dict[str, StoreClient] = {}
+        self._maintenance: asyncio.Task[None] | None = None
         self._peer_namespaces: set[tuple[str, NamespaceId]] = set()
 
     @property
@@ -118,8 +121,22 @@ class StoreNode:
         await self.publisher.start()
         if self.data_plane is not None:
             self.data_plane.start_probing(self.nodes)
+        self._maintenance = asyncio.create_task(self._maintain(), name="strata-maintenance")
+
+    async def _maintain(self) -> None:
+        """Reclaim abandoned reservations even when no new put comes to do it."""
+        period_s = max(0.05, min(1.0, self.config.store.reservation_timeout_s / 2))
+        while True:
+            await asyncio.sleep(period_s)
+            reclaimed = self.store.reclaim_expired()
+            if reclaimed:
+                logger.info("reclaimed %d abandoned reservations", reclaimed)
 
     async def close(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
         await self.publisher.stop()
         if self.data_plane is not None:
             await self.data_plane.close()

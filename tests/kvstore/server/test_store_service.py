@@ -144,3 +144,16 @@ async def test_health_and_reflection_are_served(node: RunningNode) -> None:
         async for response in stub.ServerReflectionInfo(iter([request])):
             services |= {s.name for s in response.list_services_response.service}
         assert {"strata.v1.StoreService", "strata.v1.AdminService"} <= services
+
+
+async def test_an_abandoned_reservation_is_reclaimed_without_new_puts(
+    make_node: NodeFactory,
+) -> None:
+    node = await make_node(**{"store.reservation_timeout_s": "0.2"})
+    store = node.node.store
+    store.register_namespace(NAMESPACE)
+    await store.reserve(NAMESPACE.id, chain_keys(2), [None, chain_keys(2)[0]])
+    assert store.stats().tiers[0].num_used_slots == 2
+    await asyncio.sleep(0.6)  # no put comes; the node's maintenance reclaims it
+    assert store.stats().tiers[0].num_used_slots == 0
+    assert store.stats().reservations_reclaimed == 1
