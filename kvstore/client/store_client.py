@@ -29,6 +29,7 @@ from kvstore._proto.strata.v1 import (
 )
 from kvstore.client.calls import CallOptions, call, open_channel
 from kvstore.client.fast_path import DataPlaneRoute
+from kvstore.client.layered import LayeredGet, LayeredPut
 from kvstore.errors import InvalidArgument, KVStoreError, ServiceUnavailable, TransferFailed
 from kvstore.hashing import Namespace, checksum
 from kvstore.metadata.base import NodeInfo
@@ -158,6 +159,28 @@ class StoreClient:
                 await self._fall_back(exc)
         (result,) = await self._put("Put", ns_id, [Chain(keys, blocks, parent)])
         return result
+
+    async def put_layered(
+        self,
+        ns_id: NamespaceId,
+        keys: Sequence[BlockKey],
+        blocks: Sequence[memoryview],
+        num_layers: int,
+        parent: BlockKey | None = None,
+    ) -> LayeredPut:
+        """A put whose layers go out one by one as they are written (``kvstore.client.layered``);
+        ``blocks`` must stay untouched until ``commit`` returns."""
+        return await LayeredPut(self, ns_id, keys, blocks, num_layers, parent=parent).open()
+
+    async def get_layered(
+        self,
+        ns_id: NamespaceId,
+        keys: Sequence[BlockKey],
+        dsts: Sequence[memoryview],
+        num_layers: int,
+    ) -> LayeredGet:
+        """A get whose hits land layer by layer in ``dsts`` (``kvstore.client.layered``)."""
+        return await LayeredGet.start(self, ns_id, keys, dsts, num_layers)
 
     async def put_many(self, ns_id: NamespaceId, chains: Sequence[Chain]) -> list[PutResult]:
         """Store several chains in one call."""

@@ -19,6 +19,12 @@ are received with ``recv_into`` straight into their destination. Ops:
     RELEASE      lease ids                           (no reply: fire and forget)
     PUT_KEYS     namespace id, parent, keys          <- the blocks follow the request
                                                      -> stored, present, in flight
+    RESERVE      namespace id, parent, keys          -> reservation id, per reserved block
+                                                        (position, arena offset); then
+                                                        WRITE_RANGES into those slots,
+                                                        layer by layer if the writer likes
+    COMMIT       reservation id                      -> stored, present, in flight
+    ABORT        reservation id                      -> OK
 
 A status other than OK carries a UTF-8 message as its payload.
 """
@@ -54,6 +60,9 @@ class Op(enum.IntEnum):
     ACQUIRE = 5
     RELEASE = 6
     PUT_KEYS = 7
+    RESERVE = 8
+    COMMIT = 9
+    ABORT = 10
 
 
 class Status(enum.IntEnum):
@@ -274,3 +283,19 @@ def unpack_ids(raw: memoryview, pos: int = 0) -> list[int]:
     if pos + 4 + 8 * count > len(raw):
         raise FrameError("id list runs past the payload")
     return [_U64.unpack_from(raw, pos + 4 + 8 * i)[0] for i in range(count)]
+
+
+_SLOT = struct.Struct("<IQ")
+
+
+def pack_reservation(reservation_id: int, slots: Sequence[tuple[int, int]]) -> bytes:
+    """``slots``: (position in the key list, byte offset in the arena) per reserved block."""
+    return (
+        _U64.pack(reservation_id) + _U32.pack(len(slots)) + b"".join(_SLOT.pack(*s) for s in slots)
+    )
+
+
+def unpack_reservation(raw: memoryview) -> tuple[int, list[tuple[int, int]]]:
+    (reservation_id,) = _U64.unpack_from(raw, 0)
+    (count,) = _U32.unpack_from(raw, 8)
+    return reservation_id, [_SLOT.unpack_from(raw, 12 + i * _SLOT.size) for i in range(count)]

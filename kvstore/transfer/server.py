@@ -33,6 +33,7 @@ from typing import Any
 from kvstore.errors import CapacityExceeded, InvalidArgument, KVStoreError, NotFound
 from kvstore.hashing import checksum
 from kvstore.reads import LeasedRun
+from kvstore.reservations import Reservation, ReservationState
 from kvstore.store import NodeStore
 from kvstore.transfer import frames
 from kvstore.transfer.conn import PlainConn, ServerConn, StreamConn
@@ -100,6 +101,8 @@ class DataPlaneServer:
         self._lease_ttl_s = lease_ttl_s
         self._observe = observe
         self._leases: dict[int, _Lease] = {}
+        self._writes: dict[int, Reservation] = {}  # open RESERVEs, by id
+        self._writable: dict[int, Reservation] = {}  # arena offset of a slot -> its writer
         self._lease_ids = itertools.count(1)
         self._servers: list[asyncio.Server] = []
         self._listeners: list[socket.socket] = []
@@ -140,6 +143,11 @@ class DataPlaneServer:
                 await task
         for lease_id in list(self._leases):
             await self._release(lease_id)
+        if self.store is not None:
+            for reservation in self._writes.values():
+                await self.store.abort(reservation)
+        self._writes.clear()
+        self._writable.clear()
 
     async def wait_layer(self, transfer_id: int, layer: int, timeout_s: float = 30.0) -> None:
         """Wait until layer ``layer`` of incoming transfer ``transfer_id`` has landed."""
@@ -237,6 +245,10 @@ class DataPlaneServer:
                     await self._release(lease_id)
             elif header.op is Op.PUT_KEYS:
                 await self._put_keys(conn, header, payload)
+            elif header.op is Op.RESERVE:
+                await self._reserve(conn, header, payload)
+            elif header.op in (Op.COMMIT, Op.ABORT):
+                await self._finish(conn, header, frames.unpack_u64(payload))
             else:
                 await _reply(
                     conn, header, Status.INVALID, f"unexpected op {header.op.name}".encode()
@@ -307,6 +319,60 @@ class DataPlaneServer:
         body = frames.pack_put_result(*result)
         await conn.send([frames.pack_header(Op.PUT_KEYS, header.request_id, len(body)), body])
 
+    async def _reserve(self, conn: ServerConn, header: frames.Header, payload: memoryview) -> None:
+        """Slots for blocks a writer fills with WRITE_RANGES (layer by layer), then COMMITs."""
+        store = self._require_store()
+        ns_id, keys, parent = frames.unpack_put(payload)
+        arena = store.shared_arena()
+        reservation = await store.reserve(ns_id, keys, [parent, *keys[:-1]] if keys else [])
+        if reservation.staged or arena is None:
+            await store.abort(reservation)
+            raise InvalidArgument("layer-wise writes need the store's DRAM tier on top")
+        reservation_id = next(self._lease_ids)
+        slots = [(b.position, b.slot * arena.slot_bytes) for b in reservation.blocks]
+        self._writes[reservation_id] = reservation
+        for _, offset in slots:
+            self._writable[offset] = reservation
+        body = frames.pack_reservation(reservation_id, slots)
+        await conn.send([frames.pack_header(Op.RESERVE, header.request_id, len(body)), body])
+
+    async def _finish(self, conn: ServerConn, header: frames.Header, reservation_id: int) -> None:
+        store = self._require_store()
+        reservation = self._writes.pop(reservation_id, None)
+        if reservation is None:
+            raise NotFound(f"no open reservation {reservation_id}")
+        self._forget_writes(reservation)
+        if header.op is Op.ABORT:
+            await store.abort(reservation)
+            await _reply(conn, header, Status.OK, b"")
+            return
+        result = await store.commit(reservation)
+        body = frames.pack_put_result(*result)
+        await conn.send([frames.pack_header(Op.COMMIT, header.request_id, len(body)), body])
+
+    def _forget_writes(self, reservation: Reservation) -> None:
+        arena = self._require_store().shared_arena()
+        if arena is not None:
+            for block in reservation.blocks:
+                self._writable.pop(block.slot * arena.slot_bytes, None)
+
+    def _check_arena_writes(self, ranges: Sequence[frames.WriteRange]) -> None:
+        """Writes into the arena may only fill slots of open reservations: never a
+        resident block, never past a block's end."""
+        arena = self._require_store().shared_arena()
+        slot_bytes = arena.slot_bytes if arena is not None else 1
+        for r in ranges:
+            start = r.offset - r.offset % slot_bytes
+            writer = self._writable.get(start)
+            if (
+                writer is None
+                or writer.state is not ReservationState.OPEN
+                or r.offset + r.length > start + writer.namespace.block_bytes
+            ):
+                raise InvalidArgument(
+                    f"arena range [{r.offset}, {r.offset + r.length}) is not in a reserved slot"
+                )
+
     async def _release(self, lease_id: int) -> None:
         lease = self._leases.pop(lease_id, None)
         if lease is not None and self.store is not None:
@@ -329,6 +395,8 @@ class DataPlaneServer:
         name, transfer_id, layer, ranges = frames.unpack_write(payload)
         try:
             segment = self.segments.get(name)
+            if name == ARENA_SEGMENT:
+                self._check_arena_writes(ranges)
             views = [segment.slice(r.offset, r.length) for r in ranges]
         except KVStoreError as exc:
             for r in ranges:  # keep the stream in step: consume the bytes that follow
@@ -339,7 +407,8 @@ class DataPlaneServer:
         if any(checksum(v) != r.checksum for v, r in zip(views, ranges, strict=True)):
             await _reply(conn, header, Status.CORRUPTED, b"a range arrived with a bad checksum")
             return
-        self.arrivals.mark(transfer_id, layer)
+        if name != ARENA_SEGMENT:  # a store write is tracked by its reservation instead
+            self.arrivals.mark(transfer_id, layer)
         await _reply(conn, header, Status.OK, b"")
 
     def _require_store(self) -> NodeStore:
@@ -351,6 +420,10 @@ class DataPlaneServer:
         while True:
             await asyncio.sleep(max(0.05, self._lease_ttl_s / 4))
             now = time.monotonic()
+            for reservation_id, reservation in list(self._writes.items()):
+                if reservation.state is not ReservationState.OPEN:  # reclaimed: writer gone
+                    del self._writes[reservation_id]
+                    self._forget_writes(reservation)
             for lease_id, lease in list(self._leases.items()):
                 if lease.deadline_s <= now:
                     logger.debug(

@@ -73,6 +73,11 @@ class BlockRead(NamedTuple):
     miss_reason: MissReason | None  # why the run ended (None: every key hit)
 
 
+class WriteSlots(NamedTuple):
+    reservation_id: int
+    slots: list[tuple[int, int]]  # (position in the key list, arena offset) per block to write
+
+
 class Transport(Protocol):
     kind: TransportKind
 
@@ -91,6 +96,15 @@ class Transport(Protocol):
     ) -> PutResult:
         """Store a chain of blocks on the peer's store (a put)."""
         ...
+
+    async def reserve(
+        self, ns_id: NamespaceId, keys: Sequence[BlockKey], parent: BlockKey | None
+    ) -> WriteSlots:
+        """Slots in the peer store's arena for the missing blocks of a chain: fill them
+        with ``write_ranges`` (segment ``dram``), then ``finish`` to commit or abort."""
+        ...
+
+    async def finish(self, reservation_id: int, *, commit: bool) -> PutResult: ...
 
     async def read_ranges(self, reads: Sequence[RangeRead]) -> None: ...
 
@@ -165,6 +179,23 @@ class TcpTransport:
     ) -> PutResult:
         return await self._run(_put_keys, self.pool, ns_id, keys, blocks, parent)
 
+    async def reserve(
+        self, ns_id: NamespaceId, keys: Sequence[BlockKey], parent: BlockKey | None
+    ) -> WriteSlots:
+        body = await self._small_call(Op.RESERVE, frames.pack_put(ns_id, keys, parent))
+        return WriteSlots(*frames.unpack_reservation(body))
+
+    async def finish(self, reservation_id: int, *, commit: bool) -> PutResult:
+        op = Op.COMMIT if commit else Op.ABORT
+        body = await self._small_call(op, frames.pack_u64(reservation_id))
+        return PutResult(*frames.unpack_put_result(body)) if commit else PutResult(0, 0, 0)
+
+    async def _small_call(self, op: Op, payload: bytes) -> memoryview:
+        if not self.pool.plain:  # TLS sockets are driven from worker threads
+            return await self._run(_call, self.pool, op, payload)
+        channel = await self._channel()
+        return await channel.call(op, payload)
+
     async def read_ranges(self, reads: Sequence[RangeRead]) -> None:
         def read(pool: ConnectionPool, part: Sequence[RangeRead]) -> None:
             _read_ranges(pool, self._verifier, part)
@@ -186,10 +217,7 @@ class TcpTransport:
         why the run ended). Release it with ``release``."""
         done, self._to_release = self._to_release, []  # ended leases ride along
         payload = frames.pack_keys(ns_id, keys) + frames.pack_ids(done)
-        if not self.pool.plain:  # TLS sockets are driven from worker threads
-            return frames.unpack_lease(await self._run(_call, self.pool, Op.ACQUIRE, payload))
-        channel = await self._channel()
-        return frames.unpack_lease(await channel.call(Op.ACQUIRE, payload))
+        return frames.unpack_lease(await self._small_call(Op.ACQUIRE, payload))
 
     def release(self, lease_id: int) -> None:
         """End a lease without waiting: it rides along with the next ``acquire``, or goes
@@ -313,6 +341,14 @@ class ShmTransport:
     ) -> PutResult:
         return await self.tcp.write_blocks(ns_id, keys, blocks, parent)
 
+    async def reserve(
+        self, ns_id: NamespaceId, keys: Sequence[BlockKey], parent: BlockKey | None
+    ) -> WriteSlots:
+        return await self.tcp.reserve(ns_id, keys, parent)
+
+    async def finish(self, reservation_id: int, *, commit: bool) -> PutResult:
+        return await self.tcp.finish(reservation_id, commit=commit)
+
     async def write_ranges(
         self, transfer_id: int, layer: int, writes: Sequence[RangeWrite]
     ) -> None:
@@ -340,9 +376,7 @@ class LocalTransport:
     async def read_blocks(
         self, ns_id: NamespaceId, keys: Sequence[BlockKey], dsts: Sequence[memoryview]
     ) -> BlockRead:
-        if self._blocks is None:
-            raise TransferFailed("no store in this process to read blocks from")
-        return await self._blocks.read_blocks(ns_id, keys, dsts)
+        return await self._store().read_blocks(ns_id, keys, dsts)
 
     async def write_blocks(
         self,
@@ -351,9 +385,20 @@ class LocalTransport:
         blocks: Sequence[memoryview],
         parent: BlockKey | None,
     ) -> PutResult:
+        return await self._store().write_blocks(ns_id, keys, blocks, parent)
+
+    async def reserve(
+        self, ns_id: NamespaceId, keys: Sequence[BlockKey], parent: BlockKey | None
+    ) -> WriteSlots:
+        return await self._store().reserve(ns_id, keys, parent)
+
+    async def finish(self, reservation_id: int, *, commit: bool) -> PutResult:
+        return await self._store().finish(reservation_id, commit=commit)
+
+    def _store(self) -> Transport:
         if self._blocks is None:
-            raise TransferFailed("no store in this process to write blocks to")
-        return await self._blocks.write_blocks(ns_id, keys, blocks, parent)
+            raise TransferFailed("no store in this process")
+        return self._blocks
 
     async def read_ranges(self, reads: Sequence[RangeRead]) -> None:
         for read in reads:
