@@ -1,0 +1,1 @@
+"""The engine's paged KV cache: pages that are, byte for byte, the store's blocks."""
