@@ -1,1 +1,8 @@
-"""Strata's bundled inference engine (model, paged KV cache, prefill and decode workers)."""
+"""Strata's bundled inference engine: a Llama-family model over a paged KV cache, with
+prefill and decode workers that read and write KV through the store."""
+
+from engine.llm import LLM, RequestOutput
+from engine.sampling import InvalidSampling, SamplingParams
+from engine.workers.requests import InvalidRequest
+
+__all__ = ["LLM", "InvalidRequest", "InvalidSampling", "RequestOutput", "SamplingParams"]

@@ -1,21 +1,36 @@
 """``kvengine``: the engine's command line.
 
-kvengine keys TEXT [--block-tokens N] [layout flags] [--json]
+kvengine generate TEXT [sampling flags] [--decode HOST:PORT] [--chat] [--json]
+    generate from TEXT: in this process (the tiny model unless --engine.model PATH),
+    or on a running decode worker
+kvengine prefill [config flags]      a prefill worker (gRPC 7610)
+kvengine decode [config flags]       a decode worker (gRPC 7620, data plane 7621)
+kvengine keys TEXT [layout flags] [--json]
     the store's block keys for TEXT under a namespace (byte-level tokens)
+
+Config flags are the ``[engine]``, ``[prefill]`` and ``[decode]`` keys of the config file
+(``--engine.model PATH``, ``--decode.prefill HOST:PORT``, ...; see ``engine.config``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import sys
+import time
 from collections.abc import Sequence
 
 from rich.console import Console
 from rich.table import Table
 
+from engine.config import add_engine_flags, engine_config_from_args
+from engine.model.tiny import MODEL_ID as TINY_MODEL_ID
+from engine.sampling import InvalidSampling, SamplingParams
 from engine.tokenizer import ByteTokenizer
-from kvstore.errors import KVStoreError
+from engine.workers.requests import InvalidRequest
+from kvstore.errors import ConfigError, KVStoreError
 from kvstore.hashing import Namespace, prefix_keys
 from kvstore.layout import BlockSpec, KVDtype
 
@@ -23,9 +38,28 @@ from kvstore.layout import BlockSpec, KVDtype
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kvengine", description="Strata engine")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="generate text from a prompt")
+    generate.add_argument("prompt", help="prompt text")
+    generate.add_argument("--decode", default="", help="a decode worker's HOST:PORT")
+    generate.add_argument("--chat", action="store_true", help="wrap as a user chat turn")
+    generate.add_argument("--max-tokens", type=int, default=64)
+    generate.add_argument("--temperature", type=float, default=0.0)
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--top-k", type=int, default=0)
+    generate.add_argument("--seed", type=int, default=None)
+    generate.add_argument("--stop", action="append", default=[], help="stop string")
+    generate.add_argument("--json", action="store_true", help="machine-readable output")
+    add_engine_flags(generate)
+
+    for role, text in (("prefill", "run a prefill worker"), ("decode", "run a decode worker")):
+        worker = commands.add_parser(role, help=text)
+        worker.add_argument("--log-level", default="INFO")
+        add_engine_flags(worker)
+
     keys = commands.add_parser("keys", help="block keys of a text, as the store names them")
     keys.add_argument("text", help="prompt text (tokenized byte by byte)")
-    keys.add_argument("--model-id", default="strata-tiny")
+    keys.add_argument("--model-id", default=TINY_MODEL_ID)
     keys.add_argument("--salt", default="", help="tenant salt")
     keys.add_argument("--block-tokens", type=int, default=16)
     keys.add_argument("--layers", type=int, default=4)
@@ -33,12 +67,97 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys.add_argument("--head-dim", type=int, default=32)
     keys.add_argument("--dtype", choices=[d.value for d in KVDtype], default="float32")
     keys.add_argument("--json", action="store_true", help="machine-readable output")
+
     args = parser.parse_args(argv)
     try:
-        return _keys(args)
-    except KVStoreError as exc:
+        if args.command == "keys":
+            return _keys(args)
+        if args.command == "generate":
+            return _generate(args)
+        return _serve(args)
+    except (KVStoreError, InvalidRequest, InvalidSampling, ConfigError) as exc:
         print(f"kvengine: {exc}", file=sys.stderr)
         return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from engine.service.serve import serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(args.command, engine_config_from_args(args)))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )
+    config = engine_config_from_args(args)
+    start = time.perf_counter()
+    result: dict[str, object]
+    if args.decode:
+        result = asyncio.run(_generate_remote(args, params, config.engine.token))
+    else:
+        from engine.llm import LLM
+
+        with LLM.from_config(config.engine) as llm:
+            if args.chat:
+                out = llm.chat([{"role": "user", "content": args.prompt}], params)
+            else:
+                out = llm.generate(args.prompt, params)[0]
+        result = {
+            "text": out.text,
+            "token_ids": out.token_ids,
+            "finish_reason": out.finish_reason,
+            "prompt_tokens": len(out.prompt_token_ids),
+            "cached_tokens": int(out.metrics.get("cached_tokens", 0)),
+        }
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        console = Console()
+        console.print(result["text"], markup=False, highlight=False)
+        num_tokens = len(result["token_ids"])  # type: ignore[arg-type]
+        console.print(
+            f"[dim]{num_tokens} tokens ({result['finish_reason']}),"
+            f" prompt {result['prompt_tokens']} tokens of which {result['cached_tokens']}"
+            f" cached, {result['seconds']} s[/dim]"
+        )
+    return 0
+
+
+async def _generate_remote(
+    args: argparse.Namespace, params: SamplingParams, token: str
+) -> dict[str, object]:
+    import grpc
+
+    from engine.service.client import DecodeClient
+
+    if args.chat:
+        raise InvalidRequest("--chat needs the model's template: drop --decode or --chat")
+    tokens: list[int] = []
+    text: list[str] = []
+    result: dict[str, object] = {}
+    async with DecodeClient(args.decode, token=token) as client:
+        try:
+            async for chunk in client.generate(args.prompt, params):
+                if not tokens and not text:
+                    result.update(
+                        prompt_tokens=chunk.prompt_tokens, cached_tokens=chunk.cached_tokens
+                    )
+                tokens.extend(chunk.token_ids)
+                text.append(chunk.text)
+                if chunk.finish_reason:
+                    result["finish_reason"] = chunk.finish_reason
+        except grpc.aio.AioRpcError as exc:
+            raise InvalidRequest(f"decode worker {args.decode}: {exc.details()}") from None
+    return {**result, "text": "".join(text), "token_ids": tokens}
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -75,7 +194,3 @@ def _keys(args: argparse.Namespace) -> int:
         f"{len(tokens)} tokens, {len(keys)} full blocks; {unkeyed} trailing tokens are not keyed"
     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

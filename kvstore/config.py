@@ -195,6 +195,10 @@ class Config:
         return values
 
 
+# sections of the shared config file that the engine's programs read, not the store
+OTHER_ROLES = ("engine", "prefill", "decode", "router")
+
+
 def load_config(
     file: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -204,7 +208,7 @@ def load_config(
     env = os.environ if env is None else env
     if file is None and env.get("STRATA_CONFIG"):
         file = Path(env["STRATA_CONFIG"])
-    return config_loader.load(Config, file=file, env=env, overrides=overrides)
+    return config_loader.load(Config, file=file, env=env, overrides=overrides, others=OTHER_ROLES)
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -24,7 +24,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,12 +66,18 @@ def load(
     file: Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, str] | None = None,
+    others: Collection[str] = (),
 ) -> T:
-    """Build ``cls`` from defaults, then ``file``, ``env`` and ``overrides`` on top."""
+    """Build ``cls`` from defaults, then ``file``, ``env`` and ``overrides`` on top.
+
+    ``others`` are top-level sections that other programs read from the same file and
+    environment: skipped here, where any other unknown key is an error."""
     layered: dict[str, Any] = {}
     if file is not None:
         layered.update(_flatten(_read_toml(file)))
     layered.update(_from_env(env or {}))
+    for key in [k for k in layered if k.split(".", 1)[0] in others]:
+        del layered[key]
     layered.update(overrides or {})
     known = dict(_fields(cls))
     for key in layered:

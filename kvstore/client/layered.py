@@ -44,7 +44,7 @@ from kvstore.transfer.transports import (
     Transport,
     WriteSlots,
 )
-from kvstore.types import BlockKey, NamespaceId
+from kvstore.types import BlockKey, NamespaceId, TierKind
 
 if TYPE_CHECKING:
     from kvstore.client.store_client import StoreClient
@@ -154,6 +154,8 @@ class LayeredPut:
 class LayeredGet:
     def __init__(self, num_layers: int) -> None:
         self.num_hits = 0
+        self.tiers: list[TierKind] = []  # where each hit was
+        self.node_ids: list[str] = []  # the node that held each hit
         self._num_layers = num_layers
         self._loading: asyncio.Future[int] | None = None  # resolves to the verified count
         self._layer_events = [asyncio.Event() for _ in range(num_layers)]
@@ -181,6 +183,8 @@ class LayeredGet:
         # the rest of the run (a slower tier, another node) arrives whole
         tail = len(leased)
         get.num_hits = tail
+        get.tiers = [b.tier for b in leased]
+        get.node_ids = [route.node_id] * tail if route is not None else []
         if tail < len(keys):
             try:
                 rest = await client.get(ns_id, keys[tail:], dsts[tail : len(keys)])
@@ -189,6 +193,8 @@ class LayeredGet:
                     lessor.release(lease_id)
                 raise
             get.num_hits += rest.num_hits
+            get.tiers += rest.tiers
+            get.node_ids += rest.node_ids
         if route is None or lessor is None or not leased:
             for event in get._layer_events:
                 event.set()

@@ -25,9 +25,13 @@ if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str, admin_token: str) -> None:
+    def __init__(
+        self, token: str, admin_token: str, *, guarded: tuple[str, ...] = (STORE_PREFIX,)
+    ) -> None:
+        """``guarded``: method prefixes that need ``token`` (besides admin calls)."""
         self._token = token.encode()
         self._admin = admin_token.encode()
+        self._guarded = guarded
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -39,7 +43,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         presented = _bearer(handler_call_details.invocation_metadata or ())
         if method.startswith(ADMIN_PREFIX):
             needed = [self._admin] if self._admin else [self._token] if self._token else []
-        elif method.startswith(STORE_PREFIX):
+        elif method.startswith(self._guarded):
             needed = [t for t in (self._token, self._admin) if t] if self._token else []
         else:
             needed = []

@@ -10,7 +10,7 @@ def test_keys_match_the_store_hashing(capsys) -> None:  # type: ignore[no-untype
     text = "You are a helpful assistant. " * 3
     assert main(["keys", text, "--block-tokens", "16", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    ns = Namespace("strata-tiny", BlockSpec(4, 2, 32, KVDtype.FLOAT32, 16))
+    ns = Namespace("strata-tiny-v1", BlockSpec(4, 2, 32, KVDtype.FLOAT32, 16))
     expected = prefix_keys(ns.id, ByteTokenizer().encode(text), 16)
     assert out["namespace_id"] == ns.id.hex()
     assert [b["key"] for b in out["blocks"]] == [k.hex() for k in expected]

@@ -1,0 +1,134 @@
+"""Putting an engine together: the model, its paged cache, its link to the store.
+
+The store is one of:
+
+- ``"embedded"``: a store node started inside this process on loopback (gRPC and data
+  plane on free ports), with a DRAM tier of ``store_bytes``. The single-machine default.
+- ``"HOST:PORT"``: a running store node (``kvstore serve``); the engine is its client.
+- ``None``: no store; prompts reuse only the worker's own prefix cache.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import torch
+
+from engine.config import ModelSection
+from engine.kv.cache import PagedKVCache
+from engine.kv.connector import StoreConnector
+from engine.model.config import ModelConfig
+from engine.model.loader import TINY_MODEL_PATH, LoadedModel, load_model
+from kvstore.client import StoreClient
+from kvstore.client.calls import CallOptions
+from kvstore.config import load_config
+from kvstore.hashing import Namespace
+from kvstore.server.serve import RunningNode, start_node
+
+EMBEDDED = "embedded"
+MiB = 1 << 20
+
+
+@dataclass
+class StoreLink:
+    connector: StoreConnector | None
+    node: RunningNode | None  # the embedded node, if this process runs one
+
+    async def close(self) -> None:
+        if self.connector is not None:
+            await self.connector.close()
+        if self.node is not None:
+            await self.node.stop(grace_s=0.5)
+
+
+def make_cache(
+    config: ModelConfig,
+    *,
+    page_tokens: int,
+    cache_bytes: int,
+    dtype: torch.dtype,
+    device: torch.device | str,
+) -> PagedKVCache:
+    page_bytes = (
+        config.num_layers
+        * 2
+        * page_tokens
+        * config.num_kv_heads
+        * config.head_dim
+        * torch.empty((), dtype=dtype).element_size()
+    )
+    num_pages = cache_bytes // page_bytes
+    if num_pages < 2:
+        raise ValueError(
+            f"a KV cache of {cache_bytes} bytes holds {num_pages} pages of {page_bytes} bytes;"
+            " give it more memory"
+        )
+    return PagedKVCache(
+        num_pages=num_pages,
+        page_tokens=page_tokens,
+        num_layers=config.num_layers,
+        num_kv_heads=config.num_kv_heads,
+        head_dim=config.head_dim,
+        dtype=dtype,
+        device=device,
+    )
+
+
+async def open_store(
+    store: str | None,
+    namespace: Namespace,
+    *,
+    store_bytes: int = 1024 * MiB,
+    token: str = "",
+    timeout_s: float = 5.0,
+) -> StoreLink:
+    if store is None:
+        return StoreLink(None, None)
+    node = None
+    address = store
+    if store == EMBEDDED:
+        config = load_config(
+            env={},
+            overrides={
+                "store.node_id": f"embedded-{uuid.uuid4().hex[:8]}",
+                "store.block_bytes": str(namespace.block_bytes),
+                "tiers.dram.capacity_bytes": str(max(store_bytes, namespace.block_bytes)),
+                "server.host": "127.0.0.1",
+                "server.port": "0",
+                "server.metrics_port": "0",
+                "transfer.port": "0",
+            },
+        )
+        node = await start_node(config)
+        address = node.address
+    client = StoreClient(address, CallOptions(token=token, timeout_s=timeout_s, retries=1))
+    return StoreLink(StoreConnector(client, namespace), node)
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """``"bfloat16"`` -> torch.bfloat16; empty or None: the checkpoint's own."""
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    return _DTYPES[name] if name else None
+
+
+def load_for(section: ModelSection) -> LoadedModel:
+    """The model a worker's config names (the tiny default when none)."""
+    if section.threads:
+        torch.set_num_threads(section.threads)
+    path = section.model_path or TINY_MODEL_PATH
+    return load_model(path, dtype=torch_dtype(section.dtype), device=section.device)
+
+
+def cache_for(section: ModelSection, loaded: LoadedModel) -> PagedKVCache:
+    return make_cache(
+        loaded.config,
+        page_tokens=section.page_tokens,
+        cache_bytes=section.kv_cache_bytes,
+        dtype=loaded.model.model.embed_tokens.weight.dtype,
+        device=section.device,
+    )

@@ -1,0 +1,96 @@
+"""The engine's settings: the ``[engine]``, ``[prefill]`` and ``[decode]`` sections of the
+one Strata config file (the store's sections are the store's). Same rules as the store's
+config: defaults < file < ``STRATA_ENGINE__MODEL``-style environment < ``--engine.model``
+flags, each validated at start with an error naming the key.
+
+Ports, chosen once for all roles on one host: the store 7600-7602, the prefill worker
+7610, the decode worker 7620 (gRPC) and 7621 (its data plane).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvstore import config_loader
+from kvstore.config_loader import check, positive, size
+
+MiB = 1 << 20
+_PORT = check(lambda v: 0 <= v <= 65535, "0 to 65535")
+_DTYPES = ("", "float32", "bfloat16", "float16")
+STORE_SECTIONS = ("store", "tiers", "server", "metadata", "auth", "tls", "transfer", "router")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSection:
+    model: str = ""  # a Hugging Face checkpoint folder; empty: the tiny built-in model
+    dtype: str = field(default="", metadata=check(lambda v: v in _DTYPES, "float32 or bfloat16"))
+    device: str = "cpu"
+    store: str = "embedded"  # "embedded", a store node's HOST:PORT, or "none"
+    store_bytes: int = field(default=512 * MiB, metadata=size())  # an embedded node's DRAM
+    kv_cache_bytes: int = field(default=256 * MiB, metadata=size())
+    page_tokens: int = field(default=16, metadata=positive())
+    chunk_tokens: int = field(default=512, metadata=positive())  # prefill chunk per prompt
+    max_batch_tokens: int = field(default=2048, metadata=positive())  # per prefill pass
+    max_batch: int = field(default=32, metadata=positive())  # requests per decode step
+    prefix_caching: bool = True
+    token: str = ""  # cluster token: the store's and the workers' data planes
+    threads: int = field(default=0, metadata=check(lambda v: v >= 0, "0 (all cores) or more"))
+
+    @property
+    def model_path(self) -> Path | None:
+        return Path(self.model) if self.model else None
+
+    @property
+    def store_address(self) -> str | None:
+        return None if self.store == "none" else self.store
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillSection:
+    host: str = "127.0.0.1"
+    port: int = field(default=7610, metadata=_PORT)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeSection:
+    host: str = "127.0.0.1"
+    port: int = field(default=7620, metadata=_PORT)
+    data_port: int = field(default=7621, metadata=_PORT)
+    prefill: str = "127.0.0.1:7610"  # prefill workers' addresses, comma-separated
+    prefill_timeout_s: float = field(default=120.0, metadata=positive())
+
+    @property
+    def prefill_addresses(self) -> list[str]:
+        return [a.strip() for a in self.prefill.split(",") if a.strip()]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    engine: ModelSection = field(default_factory=ModelSection)
+    prefill: PrefillSection = field(default_factory=PrefillSection)
+    decode: DecodeSection = field(default_factory=DecodeSection)
+
+
+def load_engine_config(
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> EngineConfig:
+    env = os.environ if env is None else env
+    if file is None and env.get("STRATA_CONFIG"):
+        file = Path(env["STRATA_CONFIG"])
+    return config_loader.load(
+        EngineConfig, file=file, env=env, overrides=overrides, others=STORE_SECTIONS
+    )
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    config_loader.add_flags(parser, EngineConfig)
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    return load_engine_config(args.config, overrides=config_loader.flag_overrides(args))

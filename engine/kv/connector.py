@@ -1,0 +1,136 @@
+"""The engine's link to the KV store, through the store client only.
+
+``load`` starts a layer-wise get of a prompt's cached blocks into pages, ``save`` a
+layer-wise put of newly computed ones. The store is an accelerator, never a dependency:
+when it cannot be reached, ``load`` says nothing is cached and ``save`` drops the blocks,
+the engine recomputes, and the stats say so (``unreachable``). After a failure the store
+is left alone for ``retry_after_s`` so that requests do not each wait out a timeout.
+
+Runs on the worker's event loop (the client is asynchronous).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from kvstore.client import StoreClient
+from kvstore.client.layered import LayeredGet, LayeredPut
+from kvstore.errors import KVStoreError
+from kvstore.hashing import Namespace
+from kvstore.types import BlockKey, NamespaceId
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ConnectorStats:
+    loaded_blocks: Counter[str] = field(default_factory=Counter)  # by tier
+    loaded_by_node: Counter[str] = field(default_factory=Counter)
+    corrupted_blocks: int = 0  # cached blocks that failed their checksum (recomputed)
+    saved_blocks: int = 0
+    save_failures: int = 0
+    unreachable: int = 0  # store calls that failed: the engine recomputed instead
+    skipped: int = 0  # store calls not tried while the store was down
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "loaded_blocks": dict(self.loaded_blocks),
+            "loaded_by_node": dict(self.loaded_by_node),
+            "corrupted_blocks": self.corrupted_blocks,
+            "saved_blocks": self.saved_blocks,
+            "save_failures": self.save_failures,
+            "unreachable": self.unreachable,
+            "skipped": self.skipped,
+        }
+
+
+class StoreConnector:
+    def __init__(
+        self, client: StoreClient, namespace: Namespace, *, retry_after_s: float = 5.0
+    ) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.stats = ConnectorStats()
+        self._retry_after_s = retry_after_s
+        self._ns_id: NamespaceId | None = None
+        self._down_until = 0.0
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    async def load(self, keys: Sequence[BlockKey], dsts: Sequence[memoryview]) -> LayeredGet | None:
+        """Start loading the cached leading run of ``keys`` into ``dsts`` (None: the
+        store is unreachable; nothing is cached as far as the engine can tell)."""
+        ns_id = await self._namespace()
+        if ns_id is None or not keys:
+            return None
+        try:
+            get = await self.client.get_layered(ns_id, keys, dsts, self.namespace.spec.num_layers)
+        except KVStoreError as exc:
+            self._down(exc)
+            return None
+        self.stats.loaded_blocks.update(t.value for t in get.tiers)
+        self.stats.loaded_by_node.update(get.node_ids)
+        return get
+
+    async def save(
+        self, keys: Sequence[BlockKey], blocks: Sequence[memoryview], parent: BlockKey | None
+    ) -> LayeredPut | None:
+        """A layer-wise put of new full blocks (None: not saved; the store is down)."""
+        ns_id = await self._namespace()
+        if ns_id is None or not keys:
+            return None
+        try:
+            return await self.client.put_layered(
+                ns_id, keys, blocks, self.namespace.spec.num_layers, parent
+            )
+        except KVStoreError as exc:
+            self._down(exc)
+            return None
+
+    async def commit(self, put: LayeredPut) -> None:
+        try:
+            result = await put.commit()
+        except KVStoreError as exc:
+            self.stats.save_failures += 1
+            self._down(exc)
+            return
+        self.stats.saved_blocks += result.num_stored
+
+    def corrupted(self, count: int) -> None:
+        self.stats.corrupted_blocks += count
+
+    def failed(self, exc: BaseException) -> None:
+        """A transfer the engine drove itself failed (e.g. mid-load)."""
+        self._down(exc)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def _namespace(self) -> NamespaceId | None:
+        if not self.available:
+            self.stats.skipped += 1
+            return None
+        if self._ns_id is None:
+            try:
+                self._ns_id = await self.client.register_namespace(self.namespace)
+            except KVStoreError as exc:
+                self._down(exc)
+                return None
+        return self._ns_id
+
+    def _down(self, exc: BaseException) -> None:
+        self.stats.unreachable += 1
+        self._ns_id = None  # a restarted store forgot it: register again
+        self._down_until = time.monotonic() + self._retry_after_s
+        logger.warning(
+            "KV store %s unreachable (%s); recomputing for %.0f s",
+            self.client.address,
+            exc,
+            self._retry_after_s,
+        )

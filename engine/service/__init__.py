@@ -1,0 +1,1 @@
+"""The engine's workers as network services (prefill and decode in separate processes)."""

@@ -1,0 +1,153 @@
+"""Running a prefill or a decode worker as its own process.
+
+``kvengine prefill``: a prefill worker behind ``PrefillService`` (port 7610), with its
+store link (``engine.store``) and a transfer engine to write KV into decode workers.
+
+``kvengine decode``: a decode worker behind ``DecodeService`` (port 7620), with a data
+plane (port 7621) on which its paged cache is the segment ``kv`` that prefill workers
+write into; it asks the prefill workers of ``decode.prefill`` to prefill each request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from engine.build import StoreLink, cache_for, load_for, open_store
+from engine.config import EngineConfig
+from engine.core import Engine
+from engine.kv.cache import PagedKVCache
+from engine.service.remote_prefill import RemotePrefill
+from engine.service.servicers import DecodeServicer, PrefillServicer
+from engine.workers.decode import DecodeWorker
+from engine.workers.prefill import PrefillWorker
+from kvstore._proto.strata.v1 import engine_pb2_grpc
+from kvstore.hashing import Namespace
+from kvstore.server.auth import AuthInterceptor
+from kvstore.transfer.connection import local_host_id
+from kvstore.transfer.engine import TransferEngine
+from kvstore.transfer.segments import Segment, SegmentRegistry
+from kvstore.transfer.server import DataPlaneServer
+
+logger = logging.getLogger(__name__)
+GUARDED = ("/strata.v1.PrefillService/", "/strata.v1.DecodeService/")
+
+
+@dataclass
+class RunningWorker:
+    role: str
+    address: str  # gRPC HOST:PORT
+    server: grpc.aio.Server
+    cache: PagedKVCache
+    data_plane: list[str] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        await self.server.stop(grace_s)
+        for close in reversed(self.closers):
+            result = close()
+            if result is not None:
+                await result
+
+
+def _grpc_server(token: str) -> grpc.aio.Server:
+    interceptors = [AuthInterceptor(token, "", guarded=GUARDED)] if token else []
+    return grpc.aio.server(interceptors=interceptors)
+
+
+async def start_prefill(config: EngineConfig) -> RunningWorker:
+    section = config.engine
+    loaded = load_for(section)
+    cache = cache_for(section, loaded)
+    namespace = Namespace(loaded.config.model_id, cache.spec)
+    store: StoreLink = await open_store(
+        section.store_address, namespace, store_bytes=section.store_bytes, token=section.token
+    )
+    transfer = TransferEngine(host_id=local_host_id(), token=section.token)
+    worker = PrefillWorker(
+        loaded.model,
+        cache,
+        loop=asyncio.get_running_loop(),
+        connector=store.connector,
+        transfer=transfer,
+        chunk_tokens=section.chunk_tokens,
+        max_batch_tokens=section.max_batch_tokens,
+        prefix_caching=section.prefix_caching,
+    ).start()
+
+    def stats() -> dict[str, object]:
+        out: dict[str, object] = {"prefill": worker.stats.as_dict()}
+        if store.connector is not None:
+            out["store"] = store.connector.stats.as_dict()
+        return out
+
+    server = _grpc_server(section.token)
+    engine_pb2_grpc.add_PrefillServiceServicer_to_server(PrefillServicer(worker, stats), server)
+    port = server.add_insecure_port(f"{config.prefill.host}:{config.prefill.port}")
+    await server.start()
+    running = RunningWorker("prefill", f"{config.prefill.host}:{port}", server, cache)
+    running.closers += [store.close, transfer.close, worker.stop]
+    return running
+
+
+async def start_decode(config: EngineConfig) -> RunningWorker:
+    section = config.engine
+    loaded = load_for(section)
+    cache = cache_for(section, loaded)
+    namespace = Namespace(loaded.config.model_id, cache.spec)
+    registry = SegmentRegistry()
+    registry.register(Segment("kv", cache.memory()))
+    data_plane = DataPlaneServer(
+        f"decode-{uuid.uuid4().hex[:8]}",
+        local_host_id(),
+        None,
+        registry,
+        tokens=(section.token,),
+    )
+    addresses = await data_plane.start([config.decode.host], config.decode.data_port)
+    prefill = RemotePrefill(
+        config.decode.prefill_addresses,
+        cache,
+        namespace,
+        addresses,
+        token=section.token,
+        timeout_s=config.decode.prefill_timeout_s,
+        landed=data_plane.arrivals.forget,
+    )
+    worker = DecodeWorker(
+        loaded.model, cache, tokenizer=loaded.tokenizer, max_batch=section.max_batch
+    ).start()
+    engine = Engine(prefill, worker, eos_token_ids=loaded.eos_token_ids)
+    server = _grpc_server(section.token)
+    engine_pb2_grpc.add_DecodeServiceServicer_to_server(
+        DecodeServicer(engine, loaded.tokenizer), server
+    )
+    port = server.add_insecure_port(f"{config.decode.host}:{config.decode.port}")
+    await server.start()
+    running = RunningWorker("decode", f"{config.decode.host}:{port}", server, cache, addresses)
+    running.closers += [data_plane.close, prefill.close, worker.stop]
+    return running
+
+
+async def serve(role: str, config: EngineConfig) -> None:
+    """Run one worker until SIGINT or SIGTERM; print one JSON line when it is up."""
+    start = start_prefill if role == "prefill" else start_decode
+    running = await start(config)
+    print(
+        json.dumps({"role": role, "address": running.address, "data_plane": running.data_plane}),
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("%s worker stopping", role)
+    await running.stop()

@@ -1,0 +1,115 @@
+"""The gRPC faces of the workers: ``PrefillService`` and ``DecodeService``.
+
+Bad requests get INVALID_ARGUMENT with a message saying what is wrong; a prefill worker
+running another model or page layout than the decode worker FAILED_PRECONDITION; a
+missing or failing peer UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from engine.core import Engine
+from engine.sampling import InvalidSampling, SamplingParams
+from engine.service.codec import params_from_pb, target_from_pb
+from engine.service.remote_prefill import PrefillUnavailable
+from engine.tokenizer import Tokenizer
+from engine.workers.prefill import PrefillWorker
+from engine.workers.requests import FinishReason, InvalidRequest
+from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
+from kvstore.errors import KVStoreError
+
+StatsFn = Callable[[], dict[str, object]]
+
+
+class PrefillServicer(engine_pb2_grpc.PrefillServiceServicer):
+    def __init__(self, worker: PrefillWorker, stats: StatsFn) -> None:
+        self.worker = worker
+        self._stats = stats
+
+    async def Prefill(
+        self, request: engine_pb2.PrefillRequest, context: grpc.aio.ServicerContext
+    ) -> engine_pb2.PrefillResponse:
+        namespace = self.worker.namespace
+        if request.namespace_id != namespace.id:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the decode worker's namespace {request.namespace_id.hex()} is not this"
+                f" prefill worker's {namespace.id.hex()} ({namespace.model_id}): model or"
+                " KV page layout differ",
+            )
+        if not request.HasField("target") or not request.target.pages:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "target: pages are required")
+        try:
+            params = params_from_pb(request.sampling)
+            result = await self.worker.prefill(
+                list(request.prompt_token_ids), params, target_from_pb(request.target)
+            )
+        except (InvalidRequest, InvalidSampling) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except KVStoreError as exc:  # the decode worker could not be reached
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"sending KV failed: {exc}")
+        return engine_pb2.PrefillResponse(
+            first_token=result.first_token,
+            cached_local_tokens=result.cached_local_tokens,
+            cached_store_tokens=result.cached_store_tokens,
+            computed_tokens=result.computed_tokens,
+            queue_s=result.queue_s,
+            compute_s=result.compute_s,
+        )
+
+    async def Stats(
+        self, request: engine_pb2.EngineStatsRequest, context: grpc.aio.ServicerContext
+    ) -> engine_pb2.EngineStatsResponse:
+        return engine_pb2.EngineStatsResponse(json=json.dumps(self._stats()))
+
+
+class DecodeServicer(engine_pb2_grpc.DecodeServiceServicer):
+    def __init__(self, engine: Engine, tokenizer: Tokenizer) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+
+    async def Generate(
+        self, request: engine_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[engine_pb2.GenerateChunk]:
+        try:
+            if request.prompt_token_ids and request.prompt:
+                raise InvalidRequest("give prompt_token_ids or prompt, not both")
+            tokens = list(request.prompt_token_ids) or self.tokenizer.encode(request.prompt)
+            params = (
+                params_from_pb(request.sampling)
+                if request.HasField("sampling")
+                else SamplingParams()
+            )
+            generation = self.engine.new_request(tokens, params, request.request_id or None)
+            generation.prefill_address = request.prefill_address
+        except (InvalidRequest, InvalidSampling) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        first = True
+        try:
+            async for event in self.engine.stream(generation):
+                if event.finish_reason is FinishReason.ERROR:
+                    await context.abort(grpc.StatusCode.INTERNAL, event.error)
+                chunk = engine_pb2.GenerateChunk(
+                    request_id=event.request_id,
+                    token_ids=event.token_ids,
+                    text=event.text,
+                    finish_reason=event.finish_reason.value if event.finish_reason else "",
+                )
+                if first:
+                    chunk.prompt_tokens = len(tokens)
+                    chunk.cached_tokens = int(generation.stats.get("cached_tokens", 0))
+                    first = False
+                yield chunk
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except PrefillUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+
+    async def Stats(
+        self, request: engine_pb2.EngineStatsRequest, context: grpc.aio.ServicerContext
+    ) -> engine_pb2.EngineStatsResponse:
+        return engine_pb2.EngineStatsResponse(json=json.dumps(self.engine.stats()))

@@ -1,0 +1,1 @@
+"""Prefill and decode workers, and what passes between them."""

@@ -1,0 +1,480 @@
+"""The prefill worker: prompts in, first tokens and KV out.
+
+For each prompt, on its own compute thread:
+
+1. split the prompt into store blocks and reuse what is cached: first this worker's own
+   prefix cache (pages shared, no copy), then the store (a layer-wise load straight into
+   fresh pages). At least the last prompt token is always computed (its logits give the
+   first output token).
+2. compute the rest in chunks of ``chunk_tokens``, several prompts per forward pass. Layer
+   i of the loaded prefix is awaited just before layer i runs, so loading overlaps compute.
+3. after layer i, send layer i of every block this chunk completed to the store (a
+   layer-wise put, committed once the prompt is done and its loads verified), and, when
+   decode runs in another process, layer i of every finished page to the decode worker's
+   pages (``KVTarget``), while layer i + 1 computes.
+4. sample the first token, remember the prompt's full pages in the prefix cache, and hand
+   the pages over: in one process the caller takes the pages themselves; otherwise they
+   have already been written to the decode worker.
+
+A cached block that fails its checksum is never used: its prompt is computed again from
+that block on. A store that cannot be reached costs nothing but the reuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar
+
+import torch
+
+from engine.kv.cache import CacheFull, PagedKVCache
+from engine.kv.connector import StoreConnector
+from engine.kv.host_pages import HostPages
+from engine.kv.prefix_cache import PrefixCache
+from engine.model.llama import LlamaForCausalLM, SeqSlice
+from engine.sampling import SamplingParams, sample
+from engine.workers.requests import InvalidRequest, KVTarget, PrefillResult, check_prompt
+from kvstore.client.layered import LayeredGet, LayeredPut, layer_slice
+from kvstore.hashing import Namespace, prefix_keys
+from kvstore.transfer.engine import Peer, TransferEngine
+from kvstore.transfer.transports import RangeWrite
+from kvstore.types import BlockKey
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class PrefillStats:
+    requests: int = 0
+    prompt_tokens: int = 0
+    computed_tokens: int = 0
+    cached_local_tokens: int = 0
+    cached_store_tokens: int = 0
+    recomputed_requests: int = 0  # a cached block failed its checksum or its load failed
+    forward_passes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Job:
+    tokens: list[int]
+    params: SamplingParams
+    target: KVTarget | None
+    future: concurrent.futures.Future[PrefillResult]
+    submitted_s: float = field(default_factory=time.perf_counter)
+    store_limit: int | None = None  # after a bad load: at most this many store blocks
+
+
+class _Put(NamedTuple):
+    first_block: int  # of the prompt
+    put: LayeredPut
+
+    @property
+    def blocks(self) -> range:
+        return range(self.first_block, self.first_block + len(self.put.keys))
+
+
+@dataclass
+class _State:
+    """A prompt being prefilled."""
+
+    job: _Job
+    keys: list[BlockKey]
+    pages: list[int]
+    host: HostPages
+    local_blocks: int
+    store_blocks: int
+    load: LayeredGet | None
+    peer: Peer | None
+    admitted_s: float
+    position: int = 0  # tokens the pages hold so far
+    pushed_pages: int = 0  # pages already written to the target
+    loading: bool = False  # its first forward pass has not yet waited for the load
+    load_failed: bool = False
+    puts: list[_Put] = field(default_factory=list)
+    pushes: list[asyncio.Future[None]] = field(default_factory=list)
+    logits: torch.Tensor | None = None
+
+    @property
+    def reused_tokens(self) -> int:
+        return (self.local_blocks + self.store_blocks) * self.host.cache.page_tokens
+
+
+class PrefillWorker:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        cache: PagedKVCache,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        connector: StoreConnector | None = None,
+        transfer: TransferEngine | None = None,
+        chunk_tokens: int = 512,
+        max_batch_tokens: int = 2048,
+        prefix_caching: bool = True,
+    ) -> None:
+        self.model = model
+        self.cache = cache
+        self.connector = connector
+        self.namespace = (
+            connector.namespace if connector else Namespace(model.config.model_id, cache.spec)
+        )
+        self.prefix = PrefixCache(cache, enabled=prefix_caching)
+        self.stats = PrefillStats()
+        self._loop = loop
+        self._transfer = transfer
+        self._chunk = chunk_tokens
+        self._batch_tokens = max_batch_tokens
+        self._pending: deque[_Job] = deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="strata-prefill", daemon=True)
+
+    # -- the worker's surface ---------------------------------------------------------
+
+    def start(self) -> PrefillWorker:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread.is_alive():
+            self._thread.join()
+        for job in self._pending:
+            job.future.set_exception(RuntimeError("prefill worker stopped"))
+        self._pending.clear()
+        self.prefix.clear()
+
+    def submit(
+        self, tokens: Sequence[int], params: SamplingParams, target: KVTarget | None = None
+    ) -> concurrent.futures.Future[PrefillResult]:
+        """Prefill ``tokens`` (thread-safe). Raises ``InvalidRequest`` for a prompt that
+        can never run; the future fails if the prefill does."""
+        config = self.model.config
+        check_prompt(
+            tokens, vocab_size=config.vocab_size, max_context=config.max_position_embeddings
+        )
+        needed = self.cache.pages_for(len(tokens))
+        if needed > self.cache.num_pages:
+            raise InvalidRequest(
+                f"prompt needs {needed} KV pages; the prefill worker's cache has"
+                f" {self.cache.num_pages}"
+            )
+        if target is not None and len(target.pages) != needed:
+            raise InvalidRequest(f"target has {len(target.pages)} pages; the prompt needs {needed}")
+        job = _Job(list(tokens), params, target, concurrent.futures.Future())
+        with self._wake:
+            if self._stopping:
+                raise RuntimeError("prefill worker stopped")
+            self._pending.append(job)
+            self._wake.notify()
+        return job.future
+
+    async def prefill(
+        self, tokens: Sequence[int], params: SamplingParams, target: KVTarget | None = None
+    ) -> PrefillResult:
+        return await asyncio.wrap_future(self.submit(tokens, params, target))
+
+    # -- the compute thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._wake:
+                while not self._pending and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+            states = self._admit_batch()
+            if not states:
+                time.sleep(0.005)  # the cache is full of running requests: wait for pages
+                continue
+            try:
+                self._prefill(states)
+            except Exception as exc:  # a bug or a device error: fail these requests only
+                logger.exception("prefill failed")
+                for state in states:
+                    self._drop(state)
+                    if not state.job.future.done():
+                        state.job.future.set_exception(exc)
+
+    def _admit_batch(self) -> list[_State]:
+        states: list[_State] = []
+        tokens = 0
+        while True:
+            with self._wake:
+                if not self._pending or (states and tokens >= self._batch_tokens):
+                    return states
+                job = self._pending.popleft()
+            try:
+                state = self._admit(job)
+            except CacheFull:
+                with self._wake:
+                    self._pending.appendleft(job)
+                return states
+            except Exception as exc:
+                job.future.set_exception(exc)
+                continue
+            states.append(state)
+            tokens += len(job.tokens) - state.reused_tokens
+
+    def _admit(self, job: _Job) -> _State:
+        page_tokens = self.cache.page_tokens
+        keys = prefix_keys(self.namespace.id, job.tokens, page_tokens)
+        reusable = (len(job.tokens) - 1) // page_tokens  # the last token is always computed
+        local = self.prefix.match(keys[:reusable])
+        try:
+            fresh = self.prefix.allocate(self.cache.pages_for(len(job.tokens)) - len(local))
+        except CacheFull:
+            self.cache.release(local)
+            raise
+        pages = local + fresh
+        host = HostPages(self.cache, pages)
+        want = keys[len(local) : reusable]
+        if job.store_limit is not None:
+            want = want[: max(0, job.store_limit - len(local))]
+        load = None
+        if self.connector is not None and want:
+            dsts = host.blocks[len(local) : len(local) + len(want)]
+            load = self._call(self.connector.load(want, dsts))
+        peer = None
+        if job.target is not None:
+            if self._transfer is None:
+                raise RuntimeError("this prefill worker has no transfer engine for KV targets")
+            peer = self._call(self._transfer.connect(job.target.addresses))
+        state = _State(
+            job,
+            keys,
+            pages,
+            host,
+            local_blocks=len(local),
+            store_blocks=load.num_hits if load else 0,
+            load=load,
+            peer=peer,
+            admitted_s=time.perf_counter(),
+        )
+        state.position = state.reused_tokens
+        state.loading = load is not None
+        return state
+
+    def _prefill(self, states: list[_State]) -> None:
+        start = time.perf_counter()
+        while active := [s for s in states if s.position < len(s.job.tokens)]:
+            budget, step = self._batch_tokens, []
+            for state in active:
+                n = min(self._chunk, len(state.job.tokens) - state.position, budget)
+                if n > 0:
+                    step.append((state, n))
+                    budget -= n
+            hooks = _StepHooks(self, step, self._open_puts(step))
+            slices = [
+                SeqSlice(
+                    torch.tensor(s.job.tokens[s.position : s.position + n]), s.position, s.pages
+                )
+                for s, n in step
+            ]
+            logits = self.model(slices, self.cache, hooks=hooks)
+            self.stats.forward_passes += 1
+            for (state, n), out in zip(step, logits, strict=True):
+                state.position += n
+                state.loading = False
+                state.pushed_pages = hooks.pushed_upto[id(state)]
+                if state.position == len(state.job.tokens):
+                    state.logits = out
+        compute_s = time.perf_counter() - start
+        for state in states:
+            self._finish(state, compute_s)
+
+    def _open_puts(self, step: Sequence[tuple[_State, int]]) -> dict[int, _Put]:
+        """Layer-wise puts of the blocks each prompt completes in this step."""
+        puts: dict[int, _Put] = {}
+        if self.connector is None:
+            return puts
+        page_tokens = self.cache.page_tokens
+        for state, n in step:
+            first, last = state.position // page_tokens, (state.position + n) // page_tokens
+            if last <= first:
+                continue
+            parent = state.keys[first - 1] if first else None
+            put = self._call(
+                self.connector.save(state.keys[first:last], state.host.blocks[first:last], parent)
+            )
+            if put is not None:
+                puts[id(state)] = _Put(first, put)
+                state.puts.append(puts[id(state)])
+        return puts
+
+    def _finish(self, state: _State, compute_s: float) -> None:
+        job = state.job
+        verified = state.store_blocks
+        if state.load is not None:
+            verified = 0 if state.load_failed else self._call(state.load.verified())
+        if verified < state.store_blocks:  # never serve what the store got wrong
+            self.stats.recomputed_requests += 1
+            if self.connector is not None:
+                self.connector.corrupted(state.store_blocks - verified)
+            self._drop(state)
+            job.store_limit = state.local_blocks + verified
+            with self._wake:
+                self._pending.appendleft(job)
+            return
+        self._commit_puts(state)
+        self._call(_gather(state.pushes))  # raises if the decode worker did not get the KV
+        state.pushes = []
+        full = len(job.tokens) // self.cache.page_tokens
+        self.prefix.insert(state.keys[:full], state.pages[:full])
+        assert state.logits is not None
+        first_token = sample(state.logits, job.params, 0)
+        reused = state.reused_tokens
+        self.stats.requests += 1
+        self.stats.prompt_tokens += len(job.tokens)
+        self.stats.computed_tokens += len(job.tokens) - reused
+        self.stats.cached_local_tokens += state.local_blocks * self.cache.page_tokens
+        self.stats.cached_store_tokens += state.store_blocks * self.cache.page_tokens
+        pages, state.pages = state.pages, []
+        if job.target is not None:
+            self.cache.release(pages)
+            pages = []
+        job.future.set_result(
+            PrefillResult(
+                first_token=first_token,
+                pages=pages,
+                num_prompt_tokens=len(job.tokens),
+                cached_local_tokens=state.local_blocks * self.cache.page_tokens,
+                cached_store_tokens=state.store_blocks * self.cache.page_tokens,
+                computed_tokens=len(job.tokens) - reused,
+                queue_s=state.admitted_s - job.submitted_s,
+                compute_s=compute_s,
+            )
+        )
+
+    def _commit_puts(self, state: _State) -> None:
+        """Commit the write-back in the background; its pages stay alive until then."""
+        connector = self.connector
+        if connector is None or not state.puts:
+            return
+        puts, state.puts = state.puts, []
+        pages = [state.pages[i] for p in puts for i in p.blocks]
+        self.cache.share(pages)
+
+        async def commit() -> None:
+            try:
+                for p in puts:
+                    await connector.commit(p.put)
+            finally:
+                self.cache.release(pages)
+
+        asyncio.run_coroutine_threadsafe(commit(), self._loop)
+
+    def _drop(self, state: _State) -> None:
+        """Undo a prompt's transfers (waiting for those still writing its pages), then
+        free its pages."""
+        for p in state.puts:
+            asyncio.run_coroutine_threadsafe(p.put.abort(), self._loop)
+        state.puts = []
+        if state.load is not None:
+            self._call(_settle(state.load.verified()))
+        self._call(_gather(state.pushes, quiet=True))
+        state.pushes = []
+        if state.pages:
+            self.cache.release(state.pages)
+            state.pages = []
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the worker's loop and wait for it (from the compute thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    # -- used by the hooks (compute thread) -------------------------------------------
+
+    def _push_layer(self, state: _State, layer: int, indices: range) -> None:
+        """Send layer ``layer`` of the state's pages at ``indices`` to its KV target."""
+        target, peer = state.job.target, state.peer
+        assert target is not None and peer is not None
+        state.host.to_host(layer, indices)
+        layers = self.cache.num_layers
+        layer_bytes = self.cache.page_bytes // layers
+        writes = [
+            RangeWrite(
+                target.segment,
+                target.pages[i] * self.cache.page_bytes + layer * layer_bytes,
+                layer_slice(state.host.blocks[i], layer, layers),
+            )
+            for i in indices
+        ]
+
+        def start() -> None:
+            state.pushes.append(
+                asyncio.ensure_future(
+                    peer.transport.write_ranges(target.transfer_id, layer, writes)
+                )
+            )
+
+        self._loop.call_soon_threadsafe(start)
+
+
+class _StepHooks:
+    """Per layer of one forward pass: wait for loads before, send KV after."""
+
+    def __init__(
+        self, worker: PrefillWorker, step: Sequence[tuple[_State, int]], puts: dict[int, _Put]
+    ) -> None:
+        self.worker = worker
+        self.step = step
+        self.puts = puts
+        page_tokens = worker.cache.page_tokens
+        self.pushed_upto: dict[int, int] = {}
+        self._push: dict[int, range] = {}
+        for state, n in step:
+            end = state.position + n
+            done = len(state.pages) if end == len(state.job.tokens) else end // page_tokens
+            self.pushed_upto[id(state)] = done
+            self._push[id(state)] = range(state.pushed_pages, done)
+
+    def before_layer(self, layer: int) -> None:
+        for state, _ in self.step:
+            if state.load is None or not state.loading or state.load_failed:
+                continue
+            try:
+                self.worker._call(state.load.layer(layer))
+            except Exception as exc:  # the load broke: recompute this prompt afterwards
+                logger.warning("loading cached KV failed (%s); recomputing", exc)
+                state.load_failed = True
+                if self.worker.connector is not None:
+                    self.worker.connector.failed(exc)
+                continue
+            start = state.local_blocks
+            state.host.to_device(layer, range(start, start + state.store_blocks))
+
+    def after_layer(self, layer: int) -> None:
+        loop = self.worker._loop
+        for state, _ in self.step:
+            put = self.puts.get(id(state))
+            if put is not None:
+                state.host.to_host(layer, put.blocks)
+                loop.call_soon_threadsafe(put.put.write_layer, layer)
+            if state.job.target is not None and self._push[id(state)]:
+                self.worker._push_layer(state, layer, self._push[id(state)])
+
+
+async def _gather(futures: Sequence[asyncio.Future[None]], *, quiet: bool = False) -> None:
+    await asyncio.gather(*futures, return_exceptions=quiet)
+
+
+async def _settle(result: Coroutine[Any, Any, int]) -> None:
+    """Wait for a transfer to end, however it ends."""
+    try:
+        await result
+    except Exception as exc:
+        logger.debug("abandoned transfer ended: %s", exc)
