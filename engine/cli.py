@@ -194,3 +194,7 @@ def _keys(args: argparse.Namespace) -> int:
         f"{len(tokens)} tokens, {len(keys)} full blocks; {unkeyed} trailing tokens are not keyed"
     )
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,6 +19,7 @@ from kvstore import config_loader
 from kvstore.config_loader import check, positive, size
 
 MiB = 1 << 20
+LOCAL = "local"
 _PORT = check(lambda v: 0 <= v <= 65535, "0 to 65535")
 _DTYPES = ("", "float32", "bfloat16", "float16")
 STORE_SECTIONS = ("store", "tiers", "server", "metadata", "auth", "tls", "transfer", "router")
@@ -60,7 +61,8 @@ class DecodeSection:
     host: str = "127.0.0.1"
     port: int = field(default=7620, metadata=_PORT)
     data_port: int = field(default=7621, metadata=_PORT)
-    prefill: str = "127.0.0.1:7610"  # prefill workers' addresses, comma-separated
+    prefill: str = "127.0.0.1:7610"  # prefill workers' addresses, comma-separated; "local":
+    # prefill in this process (colocated)
     prefill_timeout_s: float = field(default=120.0, metadata=positive())
 
     @property

@@ -131,4 +131,9 @@ class Engine:
         return tokens, "".join(pieces), reason
 
     def stats(self) -> dict[str, object]:
-        return {"prefill": self.prefill.stats(), "decode": self.decode.stats.as_dict()}
+        cache = self.decode.cache
+        return {
+            "prefill": self.prefill.stats(),
+            "decode": self.decode.stats.as_dict(),
+            "kv_pages": {"total": cache.num_pages, "free": cache.num_free},
+        }

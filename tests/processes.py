@@ -1,7 +1,8 @@
-"""Store nodes as real processes (``kvstore serve``), for tests that signal or kill them."""
+"""Store nodes and engine workers as real processes (``kvstore serve``, ``kvengine``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.procs import free_port
 
@@ -70,3 +72,52 @@ class ServeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+class EngineProcess:
+    """``kvengine prefill|decode`` in a child process; ``address`` once it is up."""
+
+    def __init__(self, role: str, **flags: str) -> None:
+        args = [sys.executable, "-m", "engine.cli", role, "--log-level", "WARNING"]
+        for key, value in flags.items():
+            args += [f"--{key}", value]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, text=True
+        )
+        self.output: list[str] = []
+        self.info = self._wait_up(timeout_s=60)
+        self.address: str = self.info["address"]
+
+    def _wait_up(self, timeout_s: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
+            if ready:
+                line = self.proc.stdout.readline()
+                self.output.append(line)
+                if line.startswith('{"role"'):
+                    info: dict[str, Any] = json.loads(line)
+                    return info
+            if self.proc.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError("kvengine did not start:\n" + "".join(self.output))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> EngineProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

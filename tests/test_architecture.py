@@ -82,3 +82,43 @@ def test_the_transfer_engine_stands_below_server_client_and_metadata() -> None:
         banned = ("kvstore.server", "kvstore.client", "kvstore.metadata")
         bad = {n for n in imports_of(path) if n.startswith(banned)}
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+STORE_INTERNALS = (
+    "kvstore.store",
+    "kvstore.tiers",
+    "kvstore.tiering",
+    "kvstore.index",
+    "kvstore.reads",
+    "kvstore.writes",
+    "kvstore.metadata",
+)
+
+
+def test_the_engine_reaches_the_store_only_through_its_client() -> None:
+    """Engines use the store client (and the transfer engine for KV hand-offs); only the
+    code that embeds a node in the engine's process may start one."""
+    for path in modules("engine"):
+        names = imports_of(path)
+        bad = {n for n in names if n.startswith(STORE_INTERNALS)}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+        if path.name != "build.py":
+            assert "kvstore.server.serve" not in names, path
+
+
+def test_the_model_knows_nothing_of_workers_services_or_the_store() -> None:
+    """The model is plain PyTorch over a paged cache (the project's errors aside)."""
+    for path in modules("engine/model"):
+        bad = {
+            n
+            for n in imports_of(path)
+            if n.startswith(("kvstore", "engine.workers", "engine.service", "grpc"))
+            and n != "kvstore.errors"
+        }
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_workers_do_not_know_their_network_faces() -> None:
+    for path in modules("engine/workers"):
+        bad = {n for n in imports_of(path) if n.startswith(("engine.service", "grpc"))}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"

@@ -53,3 +53,10 @@ def test_transfer_engine_example_runs_against_a_node() -> None:
             [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
         )
     assert result.stdout.strip() == "shm b'\\x01'"
+
+
+def test_engine_example_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", EXAMPLES[3]], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert result.stdout.splitlines() == ["8 length", "True 32"]

@@ -28,7 +28,8 @@ class DecodeClient:
         request_id: str = "",
         prefill_address: str = "",
     ) -> AsyncIterator[engine_pb2.GenerateChunk]:
-        """The generation's chunks as they stream in (raises ``grpc.aio.AioRpcError``)."""
+        """The generation's chunks as they stream in (raises ``grpc.aio.AioRpcError``).
+        Closing the iterator early cancels the generation."""
         request = engine_pb2.GenerateRequest(
             request_id=request_id,
             sampling=params_to_pb(params or SamplingParams()),
@@ -38,8 +39,12 @@ class DecodeClient:
             request.prompt = prompt
         else:
             request.prompt_token_ids.extend(prompt)
-        async for chunk in self._stub.Generate(request, metadata=self._metadata):
-            yield chunk
+        call = self._stub.Generate(request, metadata=self._metadata)
+        try:
+            async for chunk in call:
+                yield chunk
+        finally:
+            call.cancel()  # a no-op when it ended; else the worker stops generating
 
     async def stats(self) -> dict[str, Any]:
         response = await self._stub.Stats(engine_pb2.EngineStatsRequest(), metadata=self._metadata)

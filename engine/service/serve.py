@@ -6,6 +6,8 @@ store link (``engine.store``) and a transfer engine to write KV into decode work
 ``kvengine decode``: a decode worker behind ``DecodeService`` (port 7620), with a data
 plane (port 7621) on which its paged cache is the segment ``kv`` that prefill workers
 write into; it asks the prefill workers of ``decode.prefill`` to prefill each request.
+With ``decode.prefill = "local"`` it is a colocated worker instead: a prefill worker in
+the same process shares its cache (the single-machine arrangement, behind the same API).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from dataclasses import dataclass, field
 import grpc
 
 from engine.build import StoreLink, cache_for, load_for, open_store
-from engine.config import EngineConfig
-from engine.core import Engine
+from engine.config import LOCAL, EngineConfig
+from engine.core import Engine, LocalPrefill, Prefill
 from engine.kv.cache import PagedKVCache
 from engine.service.remote_prefill import RemotePrefill
 from engine.service.servicers import DecodeServicer, PrefillServicer
@@ -98,32 +100,56 @@ async def start_prefill(config: EngineConfig) -> RunningWorker:
 
 
 async def start_decode(config: EngineConfig) -> RunningWorker:
+    """A decode worker; with ``decode.prefill = "local"`` it prefills too, in this process
+    over the same cache (colocated), and needs no data plane."""
     section = config.engine
     loaded = load_for(section)
     cache = cache_for(section, loaded)
     namespace = Namespace(loaded.config.model_id, cache.spec)
-    registry = SegmentRegistry()
-    registry.register(Segment("kv", cache.memory()))
-    data_plane = DataPlaneServer(
-        f"decode-{uuid.uuid4().hex[:8]}",
-        local_host_id(),
-        None,
-        registry,
-        tokens=(section.token,),
-    )
-    addresses = await data_plane.start([config.decode.host], config.decode.data_port)
-    prefill = RemotePrefill(
-        config.decode.prefill_addresses,
-        cache,
-        namespace,
-        addresses,
-        token=section.token,
-        timeout_s=config.decode.prefill_timeout_s,
-        landed=data_plane.arrivals.forget,
-    )
+    closers: list[Callable[[], Awaitable[None] | None]] = []
+    addresses: list[str] = []
+    prefill: Prefill
+    if config.decode.prefill == LOCAL:
+        store = await open_store(
+            section.store_address, namespace, store_bytes=section.store_bytes, token=section.token
+        )
+        local = PrefillWorker(
+            loaded.model,
+            cache,
+            loop=asyncio.get_running_loop(),
+            connector=store.connector,
+            chunk_tokens=section.chunk_tokens,
+            max_batch_tokens=section.max_batch_tokens,
+            prefix_caching=section.prefix_caching,
+        ).start()
+        prefill = LocalPrefill(local)
+        closers += [store.close, local.stop]
+    else:
+        registry = SegmentRegistry()
+        registry.register(Segment("kv", cache.memory()))
+        data_plane = DataPlaneServer(
+            f"decode-{uuid.uuid4().hex[:8]}",
+            local_host_id(),
+            None,
+            registry,
+            tokens=(section.token,),
+        )
+        addresses = await data_plane.start([config.decode.host], config.decode.data_port)
+        remote = RemotePrefill(
+            config.decode.prefill_addresses,
+            cache,
+            namespace,
+            addresses,
+            token=section.token,
+            timeout_s=config.decode.prefill_timeout_s,
+            landed=data_plane.arrivals.forget,
+        )
+        prefill = remote
+        closers += [data_plane.close, remote.close]
     worker = DecodeWorker(
         loaded.model, cache, tokenizer=loaded.tokenizer, max_batch=section.max_batch
     ).start()
+    closers.append(worker.stop)
     engine = Engine(prefill, worker, eos_token_ids=loaded.eos_token_ids)
     server = _grpc_server(section.token)
     engine_pb2_grpc.add_DecodeServiceServicer_to_server(
@@ -132,7 +158,7 @@ async def start_decode(config: EngineConfig) -> RunningWorker:
     port = server.add_insecure_port(f"{config.decode.host}:{config.decode.port}")
     await server.start()
     running = RunningWorker("decode", f"{config.decode.host}:{port}", server, cache, addresses)
-    running.closers += [data_plane.close, prefill.close, worker.stop]
+    running.closers += closers
     return running
 
 
