@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from bench.procs import free_port
 from engine import LLM, InvalidRequest, InvalidSampling, SamplingParams
@@ -160,6 +161,17 @@ def test_reuse_from_another_store_node_is_exact(reference: dict[str, Any]) -> No
                 store = reader.stats()["prefill"]["store"]
     assert outs == reference
     assert store["loaded_by_node"].get(a.node_id, 0) > 0
+
+
+def test_bfloat16_reuse_from_the_store_is_exact() -> None:
+    with LLM(store=None, dtype="bfloat16", **SMALL) as ref:
+        expected = [o.token_ids for o in ref.generate(PROMPTS, SAMPLED)]
+    with LLM(dtype="bfloat16", prefix_caching=False, **SMALL) as llm:
+        assert llm.cache.dtype == torch.bfloat16
+        llm.generate(PROMPTS, SAMPLED)
+        outs = llm.generate(PROMPTS, SAMPLED)
+    assert [o.token_ids for o in outs] == expected
+    assert [o.metrics["cached_store_tokens"] for o in outs] == [192, 224, 144]
 
 
 def test_a_corrupted_cached_block_is_recomputed(reference: dict[str, Any]) -> None:
