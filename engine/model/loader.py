@@ -63,7 +63,15 @@ _SPECIAL_TOKEN_KEYS = (
 )
 _FINGERPRINT_READS, _FINGERPRINT_BYTES = 16, 4096
 
-__all__ = ["TINY_MODEL_PATH", "GenerationDefaults", "LoadedModel", "ModelLoadError", "load_model"]
+__all__ = [
+    "TINY_MODEL_PATH",
+    "GenerationDefaults",
+    "LoadedModel",
+    "LoadedTokenizer",
+    "ModelLoadError",
+    "load_model",
+    "load_tokenizer",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,20 +97,64 @@ class LoadedModel:
     generation: GenerationDefaults
 
 
+@dataclass(frozen=True, slots=True)
+class LoadedTokenizer:
+    """Everything of a checkpoint but its weights: what a router needs."""
+
+    config: ModelConfig  # config.model_id names the store namespace
+    tokenizer: Tokenizer
+    chat_template: str | None
+    special_tokens: dict[str, str]
+    eos_token_ids: tuple[int, ...]
+    generation: GenerationDefaults
+
+
 def load_default_model(
     *, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
 ) -> LoadedModel:
     """The built-in tiny model (random weights, meaningless text; see engine.model.tiny)."""
     model = tiny.build_tiny_model(dtype=dtype or torch.float32, device=device)
-    tokenizer = ByteTokenizer()
-    return LoadedModel(
-        model=model,
-        config=tiny.CONFIG,
-        tokenizer=tokenizer,
-        chat_template=tiny.CHAT_TEMPLATE,
-        special_tokens=dict(tiny.SPECIAL_TOKENS),
-        eos_token_ids=tokenizer.eos_token_ids,
-        generation=GenerationDefaults(),
+    return _with_weights(load_tokenizer(TINY_MODEL_PATH), model)
+
+
+def load_tokenizer(path: Path | str) -> LoadedTokenizer:
+    """A checkpoint folder's config, tokenizer and chat template, without the weights
+    (``TINY_MODEL_PATH``: the built-in tiny model's). Raises ``ModelLoadError``."""
+    folder = Path(path)
+    if folder == TINY_MODEL_PATH:
+        tokenizer = ByteTokenizer()
+        return LoadedTokenizer(
+            config=tiny.CONFIG,
+            tokenizer=tokenizer,
+            chat_template=tiny.CHAT_TEMPLATE,
+            special_tokens=dict(tiny.SPECIAL_TOKENS),
+            eos_token_ids=tokenizer.eos_token_ids,
+            generation=GenerationDefaults(),
+        )
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder} is not a folder")
+    config_bytes = _require(folder, "config.json").read_bytes()
+    weight_files = _weight_files(folder)
+    tokenizer_file = _require(folder, "tokenizer.json")
+    model_id = f"{folder.resolve().name}-{_digest(config_bytes, weight_files)}"
+    config = model_config_from_hf(_parse(config_bytes, folder / "config.json"), model_id=model_id)
+    tok_config = _optional_json(folder / "tokenizer_config.json")
+    generation = _optional_json(folder / "generation_config.json")
+    backend = _open_tokenizer(tokenizer_file)
+    special = {k: v for k in _SPECIAL_TOKEN_KEYS if (v := _token(tok_config.get(k))) is not None}
+    eos_ids = _eos_ids(generation, config, backend, special.get("eos_token"))
+    return LoadedTokenizer(
+        config=dataclasses.replace(config, eos_token_ids=eos_ids),
+        tokenizer=HFTokenizer(
+            backend,
+            bos_token=special.get("bos_token"),
+            eos_token_ids=eos_ids,
+            add_bos_token=tok_config.get("add_bos_token") is True,
+        ),
+        chat_template=_chat_template(folder, tok_config),
+        special_tokens=special,
+        eos_token_ids=eos_ids,
+        generation=_generation_defaults(generation),
     )
 
 
@@ -123,36 +175,23 @@ def load_model(
     folder = Path(path)
     if folder == TINY_MODEL_PATH:
         return load_default_model(dtype=dtype, device=device)
-    if not folder.is_dir():
-        raise ModelLoadError(f"{folder} is not a folder")
-    config_bytes = _require(folder, "config.json").read_bytes()
-    weight_files = _weight_files(folder)
-    tokenizer_file = _require(folder, "tokenizer.json")
-    model_id = f"{folder.resolve().name}-{_digest(config_bytes, weight_files)}"
-    config = model_config_from_hf(_parse(config_bytes, folder / "config.json"), model_id=model_id)
-    tok_config = _optional_json(folder / "tokenizer_config.json")
-    generation = _optional_json(folder / "generation_config.json")
-    backend = _open_tokenizer(tokenizer_file)
-    special = {k: v for k in _SPECIAL_TOKEN_KEYS if (v := _token(tok_config.get(k))) is not None}
-    eos_ids = _eos_ids(generation, config, backend, special.get("eos_token"))
-    config = dataclasses.replace(config, eos_token_ids=eos_ids)
-    tokenizer = HFTokenizer(
-        backend,
-        bos_token=special.get("bos_token"),
-        eos_token_ids=eos_ids,
-        add_bos_token=tok_config.get("add_bos_token") is True,
-    )
+    text = load_tokenizer(folder)
+    config = text.config
     model = _build(config, dtype or _DTYPES[config.torch_dtype], device)
-    _load_weights(model, weight_files)
-    logger.info("loaded %s (%s) from %s", model_id, config.architecture.value, folder)
+    _load_weights(model, _weight_files(folder))
+    logger.info("loaded %s (%s) from %s", config.model_id, config.architecture.value, folder)
+    return _with_weights(text, model.requires_grad_(False).eval())
+
+
+def _with_weights(text: LoadedTokenizer, model: LlamaForCausalLM) -> LoadedModel:
     return LoadedModel(
-        model=model.requires_grad_(False).eval(),
-        config=config,
-        tokenizer=tokenizer,
-        chat_template=_chat_template(folder, tok_config),
-        special_tokens=special,
-        eos_token_ids=eos_ids,
-        generation=_generation_defaults(generation),
+        model=model,
+        config=text.config,
+        tokenizer=text.tokenizer,
+        chat_template=text.chat_template,
+        special_tokens=text.special_tokens,
+        eos_token_ids=text.eos_token_ids,
+        generation=text.generation,
     )
 
 

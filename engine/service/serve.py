@@ -91,7 +91,10 @@ async def start_prefill(config: EngineConfig) -> RunningWorker:
         return out
 
     server = _grpc_server(section.token)
-    engine_pb2_grpc.add_PrefillServiceServicer_to_server(PrefillServicer(worker, stats), server)
+    client = store.connector.client if store.connector else None
+    engine_pb2_grpc.add_PrefillServiceServicer_to_server(
+        PrefillServicer(worker, stats, client), server
+    )
     port = server.add_insecure_port(f"{config.prefill.host}:{config.prefill.port}")
     await server.start()
     running = RunningWorker("prefill", f"{config.prefill.host}:{port}", server, cache)
@@ -153,7 +156,7 @@ async def start_decode(config: EngineConfig) -> RunningWorker:
     engine = Engine(prefill, worker, eos_token_ids=loaded.eos_token_ids)
     server = _grpc_server(section.token)
     engine_pb2_grpc.add_DecodeServiceServicer_to_server(
-        DecodeServicer(engine, loaded.tokenizer), server
+        DecodeServicer(engine, loaded.tokenizer, namespace), server
     )
     port = server.add_insecure_port(f"{config.decode.host}:{config.decode.port}")
     await server.start()

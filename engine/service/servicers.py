@@ -7,6 +7,7 @@ missing or failing peer UNAVAILABLE.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 
@@ -20,15 +21,40 @@ from engine.tokenizer import Tokenizer
 from engine.workers.prefill import PrefillWorker
 from engine.workers.requests import FinishReason, InvalidRequest
 from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
+from kvstore.client import StoreClient
 from kvstore.errors import KVStoreError
+from kvstore.hashing import Namespace
 
 StatsFn = Callable[[], dict[str, object]]
 
 
 class PrefillServicer(engine_pb2_grpc.PrefillServiceServicer):
-    def __init__(self, worker: PrefillWorker, stats: StatsFn) -> None:
+    def __init__(
+        self, worker: PrefillWorker, stats: StatsFn, store: StoreClient | None = None
+    ) -> None:
         self.worker = worker
         self._stats = stats
+        self._store = store
+        self._store_node_id = ""
+
+    async def Info(
+        self, request: engine_pb2.WorkerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> engine_pb2.WorkerInfo:
+        if self._store is not None and not self._store_node_id:
+            with contextlib.suppress(KVStoreError):
+                self._store_node_id = (await self._store.stats()).node_id
+        cache = self.worker.cache
+        return engine_pb2.WorkerInfo(
+            role="prefill",
+            model_id=self.worker.namespace.model_id,
+            namespace_id=self.worker.namespace.id,
+            page_tokens=cache.page_tokens,
+            store_address=self._store.address if self._store else "",
+            store_node_id=self._store_node_id,
+            kv_pages_total=cache.num_pages,
+            kv_pages_free=cache.num_free,
+            queued=self.worker.num_queued,
+        )
 
     async def Prefill(
         self, request: engine_pb2.PrefillRequest, context: grpc.aio.ServicerContext
@@ -68,9 +94,25 @@ class PrefillServicer(engine_pb2_grpc.PrefillServiceServicer):
 
 
 class DecodeServicer(engine_pb2_grpc.DecodeServiceServicer):
-    def __init__(self, engine: Engine, tokenizer: Tokenizer) -> None:
+    def __init__(self, engine: Engine, tokenizer: Tokenizer, namespace: Namespace) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
+        self.namespace = namespace
+
+    async def Info(
+        self, request: engine_pb2.WorkerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> engine_pb2.WorkerInfo:
+        decode = self.engine.decode
+        return engine_pb2.WorkerInfo(
+            role="decode",
+            model_id=self.namespace.model_id,
+            namespace_id=self.namespace.id,
+            page_tokens=decode.cache.page_tokens,
+            kv_pages_total=decode.cache.num_pages,
+            kv_pages_free=decode.cache.num_free,
+            running=decode.num_running,
+            max_batch=decode.max_batch,
+        )
 
     async def Generate(
         self, request: engine_pb2.GenerateRequest, context: grpc.aio.ServicerContext

@@ -136,6 +136,7 @@ class PrefillWorker:
         self._chunk = chunk_tokens
         self._batch_tokens = max_batch_tokens
         self._pending: deque[_Job] = deque()
+        self._active = 0  # prompts of the batch being prefilled
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="strata-prefill", daemon=True)
@@ -187,6 +188,11 @@ class PrefillWorker:
     ) -> PrefillResult:
         return await asyncio.wrap_future(self.submit(tokens, params, target))
 
+    @property
+    def num_queued(self) -> int:
+        """Prompts waiting or being prefilled."""
+        return len(self._pending) + self._active
+
     # -- the compute thread -----------------------------------------------------------
 
     def _run(self) -> None:
@@ -201,6 +207,7 @@ class PrefillWorker:
             if not states:
                 time.sleep(0.005)  # the cache is full of running requests: wait for pages
                 continue
+            self._active = len(states)
             try:
                 self._prefill(states)
             except Exception as exc:  # a bug or a device error: fail these requests only
@@ -209,6 +216,8 @@ class PrefillWorker:
                     self._drop(state)
                     if not state.job.future.done():
                         state.job.future.set_exception(exc)
+            finally:
+                self._active = 0
 
     def _admit_batch(self) -> list[_State]:
         states: list[_State] = []

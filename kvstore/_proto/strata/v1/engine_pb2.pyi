@@ -96,6 +96,36 @@ class GenerateChunk(_message.Message):
     cached_tokens: int
     def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
 
+class WorkerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerInfo(_message.Message):
+    __slots__ = ("role", "model_id", "namespace_id", "page_tokens", "store_address", "store_node_id", "kv_pages_total", "kv_pages_free", "running", "max_batch", "queued")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STORE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STORE_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    KV_PAGES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    KV_PAGES_FREE_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    model_id: str
+    namespace_id: bytes
+    page_tokens: int
+    store_address: str
+    store_node_id: str
+    kv_pages_total: int
+    kv_pages_free: int
+    running: int
+    max_batch: int
+    queued: int
+    def __init__(self, role: _Optional[str] = ..., model_id: _Optional[str] = ..., namespace_id: _Optional[bytes] = ..., page_tokens: _Optional[int] = ..., store_address: _Optional[str] = ..., store_node_id: _Optional[str] = ..., kv_pages_total: _Optional[int] = ..., kv_pages_free: _Optional[int] = ..., running: _Optional[int] = ..., max_batch: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
+
 class EngineStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -39,6 +39,11 @@ class PrefillServiceStub:
                 request_serializer=strata_dot_v1_dot_engine__pb2.PrefillRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_engine__pb2.PrefillResponse.FromString,
                 _registered_method=True)
+        self.Info = channel.unary_unary(
+                '/strata.v1.PrefillService/Info',
+                request_serializer=strata_dot_v1_dot_engine__pb2.WorkerInfoRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_engine__pb2.WorkerInfo.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/strata.v1.PrefillService/Stats',
                 request_serializer=strata_dot_v1_dot_engine__pb2.EngineStatsRequest.SerializeToString,
@@ -50,6 +55,12 @@ class PrefillServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Prefill(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Info(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -68,6 +79,11 @@ def add_PrefillServiceServicer_to_server(servicer, server):
                     servicer.Prefill,
                     request_deserializer=strata_dot_v1_dot_engine__pb2.PrefillRequest.FromString,
                     response_serializer=strata_dot_v1_dot_engine__pb2.PrefillResponse.SerializeToString,
+            ),
+            'Info': grpc.unary_unary_rpc_method_handler(
+                    servicer.Info,
+                    request_deserializer=strata_dot_v1_dot_engine__pb2.WorkerInfoRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_engine__pb2.WorkerInfo.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
@@ -102,6 +118,33 @@ class PrefillService:
             '/strata.v1.PrefillService/Prefill',
             strata_dot_v1_dot_engine__pb2.PrefillRequest.SerializeToString,
             strata_dot_v1_dot_engine__pb2.PrefillResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Info(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.PrefillService/Info',
+            strata_dot_v1_dot_engine__pb2.WorkerInfoRequest.SerializeToString,
+            strata_dot_v1_dot_engine__pb2.WorkerInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -154,6 +197,11 @@ class DecodeServiceStub:
                 request_serializer=strata_dot_v1_dot_engine__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_engine__pb2.GenerateChunk.FromString,
                 _registered_method=True)
+        self.Info = channel.unary_unary(
+                '/strata.v1.DecodeService/Info',
+                request_serializer=strata_dot_v1_dot_engine__pb2.WorkerInfoRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_engine__pb2.WorkerInfo.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/strata.v1.DecodeService/Stats',
                 request_serializer=strata_dot_v1_dot_engine__pb2.EngineStatsRequest.SerializeToString,
@@ -165,6 +213,12 @@ class DecodeServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Generate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Info(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,6 +237,11 @@ def add_DecodeServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=strata_dot_v1_dot_engine__pb2.GenerateRequest.FromString,
                     response_serializer=strata_dot_v1_dot_engine__pb2.GenerateChunk.SerializeToString,
+            ),
+            'Info': grpc.unary_unary_rpc_method_handler(
+                    servicer.Info,
+                    request_deserializer=strata_dot_v1_dot_engine__pb2.WorkerInfoRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_engine__pb2.WorkerInfo.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
@@ -217,6 +276,33 @@ class DecodeService:
             '/strata.v1.DecodeService/Generate',
             strata_dot_v1_dot_engine__pb2.GenerateRequest.SerializeToString,
             strata_dot_v1_dot_engine__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Info(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.DecodeService/Info',
+            strata_dot_v1_dot_engine__pb2.WorkerInfoRequest.SerializeToString,
+            strata_dot_v1_dot_engine__pb2.WorkerInfo.FromString,
             options,
             channel_credentials,
             insecure,
