@@ -1,5 +1,10 @@
 """``kvengine``: the engine's command line.
 
+kvengine up [--model PATH] [--port N]     the whole stack on one machine: a store node,
+                                          a prefill and a decode worker, the router and
+                                          the OpenAI-compatible endpoint (8000)
+kvengine chat [--url URL]                 a terminal chat with the endpoint
+kvengine router [config flags]            the router and endpoint alone (a cluster role)
 kvengine generate TEXT [sampling flags] [--decode HOST:PORT] [--chat] [--json]
     generate from TEXT: in this process (the tiny model unless --engine.model PATH),
     or on a running decode worker
@@ -25,7 +30,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from engine.config import add_engine_flags, engine_config_from_args
+from engine.config import add_engine_flags, engine_config_from_args, load_engine_config
 from engine.model.tiny import MODEL_ID as TINY_MODEL_ID
 from engine.sampling import InvalidSampling, SamplingParams
 from engine.tokenizer import ByteTokenizer
@@ -35,7 +40,7 @@ from kvstore.hashing import Namespace, prefix_keys
 from kvstore.layout import BlockSpec, KVDtype
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvengine", description="Strata engine")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -52,6 +57,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     generate.add_argument("--json", action="store_true", help="machine-readable output")
     add_engine_flags(generate)
 
+    up = commands.add_parser("up", help="run the whole stack on this machine")
+    up.add_argument("--model", default=None, help="a checkpoint folder (default: tiny)")
+    up.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
+    add_engine_flags(up)
+
+    chat = commands.add_parser("chat", help="chat with the endpoint in the terminal")
+    chat.add_argument("--url", default="http://127.0.0.1:8000")
+    chat.add_argument("--model", default="", help="default: the one the server lists")
+    chat.add_argument("--api-key", default="")
+    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument("--system", default="", help="a system prompt")
+
+    router = commands.add_parser("router", help="run the router and HTTP endpoint")
+    router.add_argument("--log-level", default="INFO")
+    add_engine_flags(router)
+
     for role, text in (("prefill", "run a prefill worker"), ("decode", "run a decode worker")):
         worker = commands.add_parser(role, help=text)
         worker.add_argument("--log-level", default="INFO")
@@ -67,17 +89,73 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys.add_argument("--head-dim", type=int, default=32)
     keys.add_argument("--dtype", choices=[d.value for d in KVDtype], default="float32")
     keys.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "keys":
             return _keys(args)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "up":
+            return _up(args)
+        if args.command == "chat":
+            from engine.router.chat_client import run_chat
+
+            return run_chat(
+                args.url,
+                model=args.model,
+                api_key=args.api_key,
+                max_tokens=args.max_tokens,
+                temperature=args.temperature,
+                system=args.system,
+            )
+        if args.command == "router":
+            return _router(args)
         return _serve(args)
     except (KVStoreError, InvalidRequest, InvalidSampling, ConfigError) as exc:
         print(f"kvengine: {exc}", file=sys.stderr)
         return 2
+
+
+def _up(args: argparse.Namespace) -> int:
+    from engine.router.up import run_up
+    from kvstore import config_loader
+
+    overrides = config_loader.flag_overrides(args)
+    if args.model:
+        overrides["engine.model"] = args.model
+    if args.port is not None:
+        overrides["router.port"] = str(args.port)
+    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
+    config = load_engine_config(args.config, overrides=overrides)
+    try:
+        return run_up(config, args.config, overrides)
+    except KeyboardInterrupt:
+        return 0
+    except RuntimeError as exc:
+        print(f"kvengine up: {exc}", file=sys.stderr)
+        return 1
+
+
+def _router(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from engine.router.api import create_app
+    from engine.router.service import open_router
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    config = engine_config_from_args(args)
+    app = create_app(
+        lambda: open_router(config),
+        api_key=config.router.api_key,
+        max_concurrency=config.router.max_concurrency,
+    )
+    uvicorn.run(app, host=config.router.host, port=config.router.port, log_level="warning")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

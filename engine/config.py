@@ -1,10 +1,11 @@
-"""The engine's settings: the ``[engine]``, ``[prefill]`` and ``[decode]`` sections of the
-one Strata config file (the store's sections are the store's). Same rules as the store's
+"""The engine's settings: the ``[engine]``, ``[prefill]``, ``[decode]`` and
+``[router]`` sections of the one Strata config file (the store's sections are the
+store's). Same rules as the store's
 config: defaults < file < ``STRATA_ENGINE__MODEL``-style environment < ``--engine.model``
 flags, each validated at start with an error naming the key.
 
 Ports, chosen once for all roles on one host: the store 7600-7602, the prefill worker
-7610, the decode worker 7620 (gRPC) and 7621 (its data plane).
+7610, the decode worker 7620 (gRPC) and 7621 (its data plane), the router's HTTP 8000.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ MiB = 1 << 20
 LOCAL = "local"
 _PORT = check(lambda v: 0 <= v <= 65535, "0 to 65535")
 _DTYPES = ("", "float32", "bfloat16", "float16")
-STORE_SECTIONS = ("store", "tiers", "server", "metadata", "auth", "tls", "transfer", "router")
+STORE_SECTIONS = ("store", "tiers", "server", "metadata", "auth", "tls", "transfer")
+POLICIES = ("cache_aware", "round_robin", "least_loaded", "random")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +73,39 @@ class DecodeSection:
 
 
 @dataclass(frozen=True, slots=True)
+class RouterSection:
+    host: str = "127.0.0.1"
+    port: int = field(default=8000, metadata=_PORT)  # the HTTP endpoint
+    prefill: str = "127.0.0.1:7610"  # prefill workers, comma-separated
+    decode: str = "127.0.0.1:7620"  # decode workers, comma-separated
+    policy: str = field(
+        default="cache_aware", metadata=check(lambda v: v in POLICIES, " or ".join(POLICIES))
+    )
+    ttft_slo_s: float = field(default=0.0, metadata=check(lambda v: v >= 0, "0 (none) or more"))
+    tbt_slo_s: float = field(default=0.0, metadata=check(lambda v: v >= 0, "0 (none) or more"))
+    balance_threshold: float = field(default=1.5, metadata=positive())
+    api_key: str = ""  # clients must send it as a bearer token; empty: open
+    model_name: str = ""  # what clients call the model; default: its id
+    cost_model: str = ""  # a fitted cost model (JSON); empty: profile the workers at start
+    lookup_timeout_s: float = field(default=0.02, metadata=positive())
+    health_interval_s: float = field(default=1.0, metadata=positive())
+    max_concurrency: int = field(default=256, metadata=positive())  # requests in flight
+
+    @property
+    def prefill_addresses(self) -> list[str]:
+        return [a.strip() for a in self.prefill.split(",") if a.strip()]
+
+    @property
+    def decode_addresses(self) -> list[str]:
+        return [a.strip() for a in self.decode.split(",") if a.strip()]
+
+
+@dataclass(frozen=True, slots=True)
 class EngineConfig:
     engine: ModelSection = field(default_factory=ModelSection)
     prefill: PrefillSection = field(default_factory=PrefillSection)
     decode: DecodeSection = field(default_factory=DecodeSection)
+    router: RouterSection = field(default_factory=RouterSection)
 
 
 def load_engine_config(

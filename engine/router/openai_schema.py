@@ -1,0 +1,133 @@
+"""The OpenAI-compatible request bodies the endpoint accepts, validated.
+
+Fields OpenAI defines that Strata cannot honour (``n`` > 1, penalties, log-probabilities,
+``echo``, ``suffix``) are refused with a 400 naming them rather than silently ignored;
+unknown fields are ignored, as OpenAI's clients send extras. Extensions: ``top_k``,
+``ignore_eos``, ``stop_token_ids``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_MAX_TOKENS = 512
+
+
+class Unsupported(ValueError):
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str
+    text: str = ""
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        for part in self.content:
+            if part.type != "text":
+                raise Unsupported(
+                    "messages", f"content parts of type {part.type!r} are not supported"
+                )
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class Sampling(BaseModel):
+    """Fields shared by chat and completions requests."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] = Field(default_factory=list)
+    ignore_eos: bool = False
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: bool | int | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("up to 4 non-empty stop strings")
+        return value
+
+    def check_supported(self) -> None:
+        if self.n != 1:
+            raise Unsupported("n", "n must be 1 (one choice per request)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise Unsupported(name, f"{name} is not supported; leave it at 0")
+        if self.logprobs:
+            raise Unsupported("logprobs", "logprobs are not supported")
+
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def wants_usage_chunk(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class ChatRequest(Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+    def limit(self) -> int:
+        return self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[int] | list[str] | list[list[int]]
+    echo: bool = False
+    suffix: str | None = None
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> CompletionRequest:
+        prompts = self.prompt if isinstance(self.prompt, list) else [self.prompt]
+        if prompts and not isinstance(prompts[0], int) and len(prompts) != 1:
+            raise ValueError("one prompt per request")
+        return self
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.echo:
+            raise Unsupported("echo", "echo is not supported")
+        if self.suffix:
+            raise Unsupported("suffix", "suffix is not supported")
+
+    def limit(self) -> int:
+        return self.max_tokens or DEFAULT_MAX_TOKENS
+
+    def single_prompt(self) -> str | list[int]:
+        prompt: Any = self.prompt
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+            prompt = prompt[0]
+        return prompt  # type: ignore[no-any-return]

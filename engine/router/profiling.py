@@ -1,0 +1,131 @@
+"""Fitting the router's cost model by profiling the workers at start-up.
+
+Random prompts (unique, so nothing is cached) go through a decode worker with a chosen
+prefill worker:
+
+- prefill: time to first token for a few prompt lengths, and for a prompt whose first
+  three quarters were just computed (so the prefill reuses them): samples of
+  (uncached tokens, cached tokens, seconds);
+- decode: time between tokens with 1, 2 and 4 requests generating at once: samples of
+  (batch, context tokens, seconds);
+- transfer: with prefill workers on two different store nodes, the time to first token
+  of a prompt cached on the other node only, less its predicted prefill: samples of
+  (tokens, seconds). With one node, an assumed 1 GB/s link (``ASSUMED_LINK_BPS``).
+
+Costs include the gRPC and hand-off overheads the router will see, which is the point.
+A fitted model is saved with ``CostModel.save`` and loaded with ``router.cost_model``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import statistics
+import time
+
+from engine.router.costs import CostModel
+from engine.router.workers import Worker, WorkerPool
+from engine.sampling import SamplingParams
+from engine.service.codec import params_to_pb
+from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
+
+ASSUMED_LINK_BPS = 1e9
+
+
+async def profile_costs(
+    pool: WorkerPool,
+    *,
+    vocab_size: int,
+    max_context: int,
+    kv_bytes_per_token: int,
+    token: str = "",
+    seed: int = 0,
+) -> CostModel:
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    rng = random.Random(seed)
+    decode = next(iter(pool.decode.values()))
+    prefills = list(pool.prefill.values())
+    first = prefills[0]
+
+    def prompt(n: int) -> list[int]:
+        return [rng.randrange(vocab_size) for _ in range(n)]
+
+    longest = max(64, min(1024, max_context // 2))
+    sizes = sorted({16, longest // 8, longest // 2, longest})
+    prefill_samples = []
+    for n in sizes:
+        seconds, cached = await _ttft(decode, first, prompt(n), metadata)
+        prefill_samples.append((n - cached, cached, seconds))
+    shared = prompt(longest)
+    await _ttft(decode, first, shared, metadata)
+    tail = longest // 4
+    seconds, cached = await _ttft(decode, first, shared[:-tail] + prompt(tail), metadata)
+    prefill_samples.append((longest - cached, cached, seconds))
+
+    decode_samples = []
+    for batch, length in ((1, 32), (2, longest // 2), (4, longest // 8)):  # contexts vary
+        prompts = [prompt(length) for _ in range(batch)]
+        tbt, context = await _tbt(decode, first, prompts, metadata)
+        decode_samples.append((batch, context, tbt))
+
+    transfer_samples = _assumed_transfer(kv_bytes_per_token)
+    prefill_only = CostModel.fit(prefill_samples, transfer_samples, decode_samples)
+    other = next(
+        (p for p in prefills[1:] if p.info.store_node_id != first.info.store_node_id), None
+    )
+    if other is not None:
+        transfer_samples = []
+        for n in (longest // 2, longest):
+            cached_prompt = prompt(n)
+            await _ttft(decode, first, cached_prompt, metadata)
+            seconds, cached = await _ttft(decode, other, cached_prompt, metadata)
+            moved = cached  # reused on `other` only by pulling from `first`'s node
+            transfer_samples.append(
+                (moved, max(0.0, seconds - prefill_only.prefill_s(n - moved, moved)))
+            )
+    return CostModel.fit(prefill_samples, transfer_samples, decode_samples)
+
+
+def _assumed_transfer(bytes_per_token: int) -> list[tuple[int, float]]:
+    return [(n, 0.001 + n * bytes_per_token / ASSUMED_LINK_BPS) for n in (16, 256, 4096)]
+
+
+async def _ttft(
+    decode: Worker, prefill: Worker, tokens: list[int], metadata: tuple[tuple[str, str], ...]
+) -> tuple[float, int]:
+    """Seconds to the first token of ``tokens`` and how many prompt tokens were reused."""
+    stub = engine_pb2_grpc.DecodeServiceStub(decode.channel)
+    request = engine_pb2.GenerateRequest(
+        prompt_token_ids=tokens,
+        sampling=params_to_pb(SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)),
+        prefill_address=prefill.address,
+    )
+    start = time.perf_counter()
+    async for chunk in stub.Generate(request, metadata=metadata):
+        return time.perf_counter() - start, chunk.cached_tokens
+    raise RuntimeError(f"decode worker {decode.id} sent nothing")
+
+
+async def _tbt(
+    decode: Worker,
+    prefill: Worker,
+    prompts: list[list[int]],
+    metadata: tuple[tuple[str, str], ...],
+) -> tuple[float, int]:
+    """Median seconds between tokens with ``prompts`` generating together, and their
+    mean total context."""
+    stub = engine_pb2_grpc.DecodeServiceStub(decode.channel)
+    steps = 16
+    params = params_to_pb(SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True))
+
+    async def one(tokens: list[int]) -> list[float]:
+        request = engine_pb2.GenerateRequest(
+            prompt_token_ids=tokens, sampling=params, prefill_address=prefill.address
+        )
+        arrivals = [time.perf_counter() async for _ in stub.Generate(request, metadata=metadata)]
+        return [b - a for a, b in itertools.pairwise(arrivals[1:])]
+
+    gaps = [g for run in await asyncio.gather(*(one(p) for p in prompts)) for g in run]
+    context = sum(len(p) for p in prompts) + len(prompts) * steps // 2
+    return statistics.median(gaps), context
