@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run the whole stack on this machine")
     up.add_argument("--model", default=None, help="a checkpoint folder (default: tiny)")
     up.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
+    up.add_argument("--store-port", type=int, default=7600, help="store node (0: free ports)")
     add_engine_flags(up)
 
     chat = commands.add_parser("chat", help="chat with the endpoint in the terminal")
@@ -133,7 +134,7 @@ def _up(args: argparse.Namespace) -> int:
     logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
     config = load_engine_config(args.config, overrides=overrides)
     try:
-        return run_up(config, args.config, overrides)
+        return run_up(config, args.config, overrides, store_port=args.store_port)
     except KeyboardInterrupt:
         return 0
     except RuntimeError as exc:

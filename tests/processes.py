@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,60 @@ class EngineProcess:
             self.proc.stdout.close()
 
     def __enter__(self) -> EngineProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class UpProcess:
+    """``kvengine up`` on free ports; ``url`` once it says it is up. ``stop`` sends
+    SIGINT (Ctrl-C) and waits for everything to end."""
+
+    def __init__(self, *args: str, timeout_s: float = 120) -> None:
+        self.port = free_port()
+        command = [
+            sys.executable, "-m", "engine.cli", "up", "--port", str(self.port),
+            "--store-port", "0", "--prefill.port", "0", "--decode.port", "0",
+            "--decode.data_port", "0", "--engine.kv_cache_bytes", "32MiB",
+            "--engine.store_bytes", "64MiB", *args,
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "COLUMNS": "300"}
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, text=True
+        )
+        self.output: list[str] = []
+        self.url = f"http://127.0.0.1:{self.port}"
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if select.select([self.proc.stdout], [], [], 0.1)[0]:
+                line = self.proc.stdout.readline()
+                self.output.append(line)
+                if "Strata is up at" in line:
+                    threading.Thread(target=self._drain, daemon=True).start()
+                    return
+        self.stop()
+        raise RuntimeError("kvengine up did not start:\n" + "".join(self.output))
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    def lines(self) -> str:
+        return "".join(self.output)
+
+    def stop(self, timeout_s: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait(timeout=10)
+
+    def __enter__(self) -> UpProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -5,11 +5,14 @@
     GET  /v1/models             the served model
     GET  /health                200 when a prefill and a decode worker are up, else 503
     GET  /metrics               Prometheus: TTFT, ITL, queue, hit tokens, rejections
+    GET  /stats                 the router's counters and its workers' load, as JSON
 
-Errors use OpenAI's body, ``{"error": {"message", "type", "param", "code"}}``: a
-malformed body or field 400 (naming the field), a wrong API key 401, an unknown model
-404, overload 429 with ``Retry-After``, failing workers 503. A client that disconnects
-mid-stream cancels its request; the decode worker frees its pages at its next step.
+Responses name the workers chosen for them (``X-Strata-Prefill``, ``X-Strata-Decode``; a
+streamed request retried elsewhere may have moved since). Errors use OpenAI's body,
+``{"error": {"message", "type", "param", "code"}}``: a malformed body or field 400
+(naming the field), a wrong API key 401, an unknown model 404, overload 429 with
+``Retry-After``, failing workers 503. A client that disconnects mid-stream cancels its
+request; the decode worker frees its pages at its next step.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ def create_app(
     app.middleware("http")(api.authenticate)
     app.add_api_route("/health", api.health, methods=["GET"])
     app.add_api_route("/metrics", api.metrics, methods=["GET"])
+    app.add_api_route("/stats", api.stats, methods=["GET"])
     app.add_api_route("/v1/models", api.models, methods=["GET"])
     app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"], response_model=None)
     app.add_api_route("/v1/completions", api.completions, methods=["POST"], response_model=None)
@@ -137,6 +141,22 @@ class _Api:
     async def metrics(self) -> Response:
         body = self.svc().router.metrics.render()
         return Response(body, media_type="text/plain; version=0.0.4")
+
+    async def stats(self) -> dict[str, Any]:
+        """The router's counters and what each worker last reported."""
+        router = self.svc().router
+        workers = {
+            w.id: {
+                "role": w.role,
+                "healthy": w.healthy,
+                "queued": w.info.queued,
+                "running": w.info.running,
+                "kv_pages_free": w.info.kv_pages_free,
+                "kv_pages_total": w.info.kv_pages_total,
+            }
+            for w in router.pool.workers
+        }
+        return {**router.stats(), "in_flight": self.in_flight, "reported": workers}
 
     async def models(self) -> dict[str, Any]:
         svc = self.svc()
@@ -212,21 +232,24 @@ class _Api:
         reply = Reply(svc.model_name, chat, len(tokens))
         chunks = svc.router.stream(tokens, params, reply.id, placement=placement)
         self.in_flight += 1
+        where = {"X-Strata-Prefill": placement.prefill.id, "X-Strata-Decode": placement.decode.id}
         if body.stream:
             return StreamingResponse(
                 sse(reply, chunks, self._finished, body.wants_usage_chunk()),
                 media_type="text/event-stream",
+                headers=where,
             )
         try:
             async for chunk in chunks:
                 reply.add(chunk)
+                where["X-Strata-Prefill"] = chunk.prefill  # where it ran, after any retry
         except BadRequest as exc:
             raise ApiError(400, str(exc)) from None
         except (WorkerFailed, Overloaded) as exc:
             raise ApiError(503, str(exc), kind="server_error") from None
         finally:
             self._finished()
-        return JSONResponse(reply.whole())
+        return JSONResponse(reply.whole(), headers=where)
 
     def _finished(self) -> None:
         self.in_flight -= 1

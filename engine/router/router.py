@@ -67,6 +67,7 @@ class Chunk:
     text: str
     finish_reason: str
     cached_tokens: int  # on the first chunk
+    prefill: str  # the prefill worker that served the request
 
 
 class Router:
@@ -181,7 +182,11 @@ class Router:
                 decode.context_tokens += len(chunk.token_ids)
                 self.metrics.generated_tokens.inc(len(chunk.token_ids))
                 yield Chunk(
-                    list(chunk.token_ids), chunk.text, chunk.finish_reason, chunk.cached_tokens
+                    list(chunk.token_ids),
+                    chunk.text,
+                    chunk.finish_reason,
+                    chunk.cached_tokens,
+                    prefill.id,
                 )
         except grpc.aio.AioRpcError as exc:
             details = exc.details() or exc.code().name

@@ -2,7 +2,9 @@
 
 Starts, as child processes, a store node (embedded metadata; 7600-7602), a prefill worker
 using it (7610) and a decode worker (7620, data plane 7621); then runs the router and the
-HTTP endpoint in this process (``router.port``, 8000). Prints the URL and an example
+HTTP endpoint in this process (``router.port``, 8000). The store node is the prefix cache
+(the prefill worker keeps no cache of its own unless ``--engine.prefix_caching true``), so
+``kvstore admin stats`` shows every reuse. Prints the URL and an example
 request once everything answers. Ctrl-C (or SIGTERM) stops the endpoint, then the
 children (SIGTERM, then SIGKILL after a grace period); children also die with this
 process if it is killed outright.
@@ -84,14 +86,26 @@ class Child:
                 self.proc.wait()
 
 
-def run_up(config: EngineConfig, config_file: Path | None, overrides: dict[str, str]) -> int:
+def run_up(
+    config: EngineConfig,
+    config_file: Path | None,
+    overrides: dict[str, str],
+    *,
+    store_port: int = 7600,
+) -> int:
+    """Run the stack until SIGINT or SIGTERM. ``store_port`` 0 puts the store node (and
+    its metrics and data plane) on free ports."""
     console = Console()
     children: list[Child] = []
     python = sys.executable
     common = [f"--config={config_file}"] if config_file else []
-    engine_flags = [f"--{k}={v}" for k, v in overrides.items() if k.startswith("engine.")]
+    # the store node is the cache here (so `kvstore admin stats` shows every reuse),
+    # unless asked for a first-level cache in the prefill worker too
+    engine_flags = ["--engine.prefix_caching=false"] + [
+        f"--{k}={v}" for k, v in overrides.items() if k.startswith("engine.")
+    ]
     try:
-        store_flags = _store_flags(config)
+        store_flags = _store_flags(config, store_port)
         console.print("[dim]starting the store node ...[/dim]")
         store = Child(
             "store node",
@@ -100,7 +114,7 @@ def run_up(config: EngineConfig, config_file: Path | None, overrides: dict[str, 
             60,
         )
         children.append(store)
-        store_address = f"127.0.0.1:{_flag(store_flags, 'server.port')}"
+        store_address = store.line.split("serving on ")[1].split()[0].rstrip(",")
         console.print("[dim]starting the prefill and decode workers ...[/dim]")
         prefill = Child(
             "prefill worker",
@@ -204,9 +218,9 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def _store_flags(config: EngineConfig) -> list[str]:
-    """The store node's flags: loopback ports 7600-7602, DRAM from engine.store_bytes,
-    slots the size of one KV page of the model."""
+def _store_flags(config: EngineConfig, port: int) -> list[str]:
+    """The store node's flags: loopback ports ``port`` to ``port + 2`` (7600-7602), DRAM
+    from engine.store_bytes, slots the size of one KV page of the model."""
     text = load_tokenizer(config.engine.model_path or TINY_MODEL_PATH).config
     dtype_bytes = 2 if (config.engine.dtype or text.torch_dtype) in ("bfloat16", "float16") else 4
     page = (
@@ -219,14 +233,9 @@ def _store_flags(config: EngineConfig) -> list[str]:
     )
     return [
         "--server.host=127.0.0.1",
-        "--server.port=7600",
-        "--server.metrics_port=7601",
-        "--transfer.port=7602",
+        f"--server.port={port}",
+        f"--server.metrics_port={port + 1 if port else 0}",
+        f"--transfer.port={port + 2 if port else 0}",
         f"--store.block_bytes={page}",
         f"--tiers.dram.capacity_bytes={max(config.engine.store_bytes, page)}",
     ]
-
-
-def _flag(flags: Sequence[str], key: str) -> str:
-    prefix = f"--{key}="
-    return next(f[len(prefix) :] for f in flags if f.startswith(prefix))

@@ -12,9 +12,9 @@ For each prompt, on its own compute thread:
    layer-wise put, committed once the prompt is done and its loads verified), and, when
    decode runs in another process, layer i of every finished page to the decode worker's
    pages (``KVTarget``), while layer i + 1 computes.
-4. sample the first token, remember the prompt's full pages in the prefix cache, and hand
-   the pages over: in one process the caller takes the pages themselves; otherwise they
-   have already been written to the decode worker.
+4. commit the write-back, sample the first token, remember the prompt's full pages in
+   the prefix cache, and hand the pages over: in one process the caller takes the pages
+   themselves; otherwise they have already been written to the decode worker.
 
 A cached block that fails its checksum is never used: its prompt is computed again from
 that block on. A store that cannot be reached costs nothing but the reuse.
@@ -370,22 +370,19 @@ class PrefillWorker:
         )
 
     def _commit_puts(self, state: _State) -> None:
-        """Commit the write-back in the background; its pages stay alive until then."""
+        """Commit the write-back before the first token goes out: its layers are already
+        in the store's arena, so this is one small round trip per chunk, and a router that
+        sees the first token can count on the store holding the prompt's blocks."""
         connector = self.connector
         if connector is None or not state.puts:
             return
         puts, state.puts = state.puts, []
-        pages = [state.pages[i] for p in puts for i in p.blocks]
-        self.cache.share(pages)
 
         async def commit() -> None:
-            try:
-                for p in puts:
-                    await connector.commit(p.put)
-            finally:
-                self.cache.release(pages)
+            for p in puts:
+                await connector.commit(p.put)
 
-        asyncio.run_coroutine_threadsafe(commit(), self._loop)
+        self._call(commit())
 
     def _drop(self, state: _State) -> None:
         """Undo a prompt's transfers (waiting for those still writing its pages), then

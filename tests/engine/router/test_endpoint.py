@@ -1,0 +1,192 @@
+"""``kvengine up`` in a subprocess, driven by the official ``openai`` client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.processes import ROOT, UpProcess
+
+MODEL = "strata-tiny-v1"
+SYSTEM = "You are a careful assistant. Answer briefly and never make things up. " * 3
+
+
+@pytest.fixture(scope="module")
+def up() -> Iterator[UpProcess]:
+    stack = UpProcess()
+    try:
+        yield stack
+    finally:
+        code = stack.stop()
+        assert code == 0, stack.lines()
+        assert "stopped" in stack.lines()
+
+
+@pytest.fixture
+def client(up: UpProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{up.url}/v1", api_key="unused", max_retries=0)
+
+
+def chat(client: openai.OpenAI, text: str, **kwargs: object) -> openai.types.chat.ChatCompletion:
+    return client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}],
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_models_lists_the_served_model(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == [MODEL]
+
+
+def test_chat_whole_and_streamed_agree(client: openai.OpenAI) -> None:
+    whole = chat(client, "What is a KV cache?", max_tokens=12, temperature=0)
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.usage is not None and whole.usage.completion_tokens == 12
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "What is a KV cache?"},
+        ],
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, usage, reasons = [], None, []
+    for chunk in stream:
+        for choice in chunk.choices:
+            pieces.append(choice.delta.content or "")
+            reasons.append(choice.finish_reason)
+        usage = chunk.usage or usage
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert reasons[-1] == "length" and usage is not None and usage.completion_tokens == 12
+
+
+def test_a_repeated_prefix_is_reported_as_cached(client: openai.OpenAI, up: UpProcess) -> None:
+    first = chat(client, "First question?", max_tokens=4)
+    second = chat(client, "Second question?", max_tokens=4)
+    assert first.usage is not None and second.usage is not None
+    details = second.usage.prompt_tokens_details
+    assert details is not None and (details.cached_tokens or 0) >= 192  # the system prompt
+    match = re.search(r"store node (\S+) ·", up.lines())
+    assert match is not None, up.lines()
+    stats = subprocess.run(
+        [sys.executable, "-m", "kvstore.cli", "admin", "--address", match[1], "--json", "stats"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    summary = json.loads(stats.stdout)
+    assert summary["hit_blocks"] >= 12, summary
+
+
+def test_completions_take_text_and_token_ids(client: openai.OpenAI) -> None:
+    text = client.completions.create(model=MODEL, prompt="Once upon", max_tokens=5, temperature=0)
+    ids = client.completions.create(
+        model=MODEL, prompt=list(b"Once upon"), max_tokens=5, temperature=0
+    )
+    assert text.choices[0].text == ids.choices[0].text
+    assert text.usage is not None and text.usage.prompt_tokens == 9
+    streamed = client.completions.create(
+        model=MODEL, prompt="Once upon", max_tokens=5, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == text.choices[0].text
+
+
+def test_concurrent_clients_get_what_one_client_gets(up: UpProcess) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{up.url}/v1", api_key="unused", max_retries=0)
+    prompts = [f"Question number {i}?" for i in range(8)]
+
+    async def ask(text: str) -> str:
+        reply = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": text}],
+            max_tokens=10,
+            temperature=0.9,
+            seed=5,
+        )
+        return reply.choices[0].message.content or ""
+
+    async def everything() -> tuple[list[str], list[str]]:
+        together = await asyncio.gather(*(ask(p) for p in prompts))
+        alone = [await ask(p) for p in prompts]
+        await client.close()
+        return list(together), alone
+
+    together, alone = asyncio.run(everything())
+    assert together == alone
+
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"model": MODEL}, 400, "messages"),
+        ({"model": MODEL, "messages": HI, "temperature": 5}, 400, "temperature"),
+        ({"model": MODEL, "messages": HI, "n": 2}, 400, "n"),
+        ({"model": MODEL, "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "x" * 5000}]}, 400, "messages"),
+        ({"model": "gpt-4", "messages": HI}, 404, "model"),
+    ],
+)
+def test_bad_requests_get_openai_errors(
+    up: UpProcess, body: dict[str, object], status: int, param: str
+) -> None:
+    response = httpx.post(f"{up.url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"]
+
+
+def test_malformed_json_is_a_400(up: UpProcess) -> None:
+    response = httpx.post(
+        f"{up.url}/v1/chat/completions",
+        content=b'{"model": ',
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400 and "JSON" in response.json()["error"]["message"]
+
+
+def test_a_client_leaving_mid_stream_frees_its_request(up: UpProcess) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell me everything."}],
+        "max_tokens": 1500,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{up.url}/v1/chat/completions", json=body, timeout=30) as r:
+        for n, _ in enumerate(r.iter_lines()):
+            if n >= 5:
+                break  # leave
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        stats = httpx.get(f"{up.url}/stats", timeout=10).json()
+        decode = next(w for w in stats["reported"].values() if w["role"] == "decode")
+        if decode["running"] == 0 and decode["kv_pages_free"] == decode["kv_pages_total"]:
+            break
+        time.sleep(0.2)
+    assert stats["in_flight"] == 0
+    assert decode["running"] == 0 and decode["kv_pages_free"] == decode["kv_pages_total"]
+
+
+def test_the_terminal_chat_streams_a_reply(up: UpProcess) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "chat", "--url", up.url, "--max-tokens", "6"],
+        input="Hello there\n/exit\n", capture_output=True, text=True, timeout=60, cwd=ROOT,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "assistant>" in result.stdout and "6 tokens" in result.stdout

@@ -1,0 +1,157 @@
+"""The router over real workers: cache-aware placement, overload, API keys, failover.
+
+Two prefill workers, each with its own store node (Redis metadata, so each node can
+serve the other's blocks), and one decode worker, all as processes; routers run on a
+thread of the test process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from bench.procs import free_port
+from engine.router.costs import CostModel
+from tests.engine.router.servers import RouterThread
+from tests.engine.stores import TINY_BLOCK
+from tests.processes import EngineProcess, ServeProcess
+from tests.redis_server import RedisServer
+
+MODEL = "strata-tiny-v1"
+CACHE = {"engine.kv_cache_bytes": "16MiB", "engine.prefix_caching": "false"}
+LONG = "A shared document that many requests ask about. " * 10  # 490 tokens
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    costs = tmp_path_factory.mktemp("router") / "costs.json"
+    CostModel.default().save(costs)
+    with RedisServer() as redis:
+        store = {
+            "store.block_bytes": str(TINY_BLOCK),
+            "tiers.dram.capacity_bytes": "32MiB",
+            "metadata.backend": "redis",
+            "metadata.redis_url": redis.url,
+        }
+        with (
+            ServeProcess(**store, **{"store.node_id": "node-1"}) as s1,
+            ServeProcess(**store, **{"store.node_id": "node-2"}) as s2,
+            EngineProcess(
+                "prefill", **CACHE, **{"engine.store": s1.address, "prefill.port": "0"}
+            ) as p1,
+            EngineProcess(
+                "prefill", **CACHE, **{"engine.store": s2.address, "prefill.port": "0"}
+            ) as p2,
+            EngineProcess(
+                "decode",
+                **CACHE,
+                **{
+                    "engine.store": "none",
+                    "decode.port": str(free_port()),
+                    "decode.data_port": "0",
+                    "decode.prefill": p1.address,
+                },
+            ) as d,
+        ):
+            yield {
+                "prefill": [p1, p2],
+                "decode": d,
+                "router": {
+                    "router.prefill": f"{p1.address},{p2.address}",
+                    "router.decode": d.address,
+                    "router.cost_model": str(costs),
+                },
+            }
+
+
+def ask(url: str, text: str, **extra: Any) -> httpx.Response:
+    body = {"model": MODEL, "prompt": text, "max_tokens": 2, "temperature": 0, **extra}
+    return httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+
+
+def test_cache_aware_routing_follows_the_prefix(cluster: dict[str, Any]) -> None:
+    with RouterThread(**cluster["router"]) as router:
+        first = ask(router.url, LONG + "First question?")
+        holder = first.headers["x-strata-prefill"]
+        for i in range(4):
+            again = ask(router.url, LONG + f"Question {i}?")
+            assert again.headers["x-strata-prefill"] == holder
+            assert again.json()["usage"]["prompt_tokens_details"]["cached_tokens"] >= 480
+        other = ask(router.url, "Something else entirely. " * 20)
+        assert other.status_code == 200
+        assert router.stats()["placed"] == 6
+
+
+def test_round_robin_spreads_and_pulls_from_the_other_node(cluster: dict[str, Any]) -> None:
+    text = "Another shared document, read by everyone. " * 12
+    with RouterThread(**cluster["router"], **{"router.policy": "round_robin"}) as router:
+        replies = [ask(router.url, text + "Q0?")]
+        time.sleep(1.0)  # its blocks are written back and published in the background
+        replies += [ask(router.url, text + f"Q{i}?") for i in range(1, 4)]
+    used = {r.headers["x-strata-prefill"] for r in replies}
+    assert len(used) == 2  # both prefill workers
+    cached = [r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] for r in replies]
+    assert cached[0] == 0 and all(c >= 480 for c in cached[1:]), cached
+
+
+def test_an_slo_no_placement_can_meet_is_a_429(cluster: dict[str, Any]) -> None:
+    with RouterThread(**cluster["router"], **{"router.ttft_slo_s": "0.000001"}) as router:
+        reply = ask(router.url, "hello")
+        assert reply.status_code == 429
+        assert int(reply.headers["retry-after"]) >= 1
+        assert reply.json()["error"]["type"] == "rate_limit_error"
+        assert router.stats()["rejected"] == 1
+
+
+def test_too_many_requests_in_flight_is_a_429(cluster: dict[str, Any]) -> None:
+    with RouterThread(**cluster["router"], **{"router.max_concurrency": "1"}) as router:
+        started = threading.Event()
+        body = {
+            "model": MODEL,
+            "prompt": "go on",
+            "max_tokens": 400,
+            "ignore_eos": True,
+            "stream": True,
+        }
+
+        def long_stream() -> None:
+            with httpx.stream("POST", f"{router.url}/v1/completions", json=body, timeout=60) as r:
+                for _ in r.iter_lines():
+                    started.set()
+
+        thread = threading.Thread(target=long_stream)
+        thread.start()
+        assert started.wait(30)
+        reply = ask(router.url, "me too")
+        thread.join()
+        assert reply.status_code == 429 and "retry-after" in reply.headers
+        assert ask(router.url, "now me").status_code == 200
+
+
+def test_an_api_key_is_required_when_set(cluster: dict[str, Any]) -> None:
+    with RouterThread(**cluster["router"], **{"router.api_key": "s3cret"}) as router:
+        denied = ask(router.url, "hello")
+        assert denied.status_code == 401
+        assert denied.json()["error"]["type"] == "authentication_error"
+        client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="s3cret", max_retries=0)
+        reply = client.completions.create(model=MODEL, prompt="hello", max_tokens=2)
+        assert reply.usage is not None and reply.usage.completion_tokens == 2
+        assert httpx.get(f"{router.url}/health", timeout=10).status_code == 200
+
+
+def test_a_killed_prefill_worker_is_routed_around(cluster: dict[str, Any]) -> None:
+    """Last in this module: it kills a worker."""
+    with RouterThread(**cluster["router"], **{"router.policy": "round_robin"}) as router:
+        cluster["prefill"][0].proc.kill()
+        replies = [ask(router.url, f"Are you there {i}?") for i in range(4)]
+        assert [r.status_code for r in replies] == [200] * 4
+        assert {r.headers["x-strata-prefill"] for r in replies} == {cluster["prefill"][1].address}
+        stats = router.stats()
+        workers = stats["workers"]
+        assert isinstance(workers, dict)
+        assert workers[cluster["prefill"][0].address]["healthy"] is False
