@@ -98,6 +98,7 @@ class Engine:
         request.stats.update(
             cached_tokens=result.cached_local_tokens + result.cached_store_tokens,
             cached_store_tokens=result.cached_store_tokens,
+            cached_remote_tokens=result.cached_remote_tokens,
             computed_tokens=result.computed_tokens,
             prefill_s=result.compute_s,
         )

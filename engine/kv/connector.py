@@ -58,6 +58,7 @@ class StoreConnector:
         self._retry_after_s = retry_after_s
         self._ns_id: NamespaceId | None = None
         self._down_until = 0.0
+        self.node_id = ""  # the store node this engine uses (known once reached)
 
     @property
     def available(self) -> bool:
@@ -119,6 +120,7 @@ class StoreConnector:
         if self._ns_id is None:
             try:
                 self._ns_id = await self.client.register_namespace(self.namespace)
+                self.node_id = (await self.client.stats()).node_id
             except KVStoreError as exc:
                 self._down(exc)
                 return None

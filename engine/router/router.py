@@ -68,6 +68,7 @@ class Chunk:
     finish_reason: str
     cached_tokens: int  # on the first chunk
     prefill: str  # the prefill worker that served the request
+    cached_remote_tokens: int = 0  # on the first chunk: reused from another worker's node
 
 
 class Router:
@@ -187,6 +188,7 @@ class Router:
                     chunk.finish_reason,
                     chunk.cached_tokens,
                     prefill.id,
+                    chunk.cached_remote_tokens,
                 )
         except grpc.aio.AioRpcError as exc:
             details = exc.details() or exc.code().name

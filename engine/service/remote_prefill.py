@@ -103,6 +103,7 @@ class RemotePrefill:
             num_prompt_tokens=len(request.prompt_token_ids),
             cached_local_tokens=response.cached_local_tokens,
             cached_store_tokens=response.cached_store_tokens,
+            cached_remote_tokens=response.cached_remote_tokens,
             computed_tokens=response.computed_tokens,
             queue_s=response.queue_s,
             compute_s=response.compute_s,

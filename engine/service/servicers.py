@@ -82,6 +82,7 @@ class PrefillServicer(engine_pb2_grpc.PrefillServiceServicer):
             first_token=result.first_token,
             cached_local_tokens=result.cached_local_tokens,
             cached_store_tokens=result.cached_store_tokens,
+            cached_remote_tokens=result.cached_remote_tokens,
             computed_tokens=result.computed_tokens,
             queue_s=result.queue_s,
             compute_s=result.compute_s,
@@ -144,6 +145,8 @@ class DecodeServicer(engine_pb2_grpc.DecodeServiceServicer):
                 if first:
                     chunk.prompt_tokens = len(tokens)
                     chunk.cached_tokens = int(generation.stats.get("cached_tokens", 0))
+                    remote = generation.stats.get("cached_remote_tokens", 0)
+                    chunk.cached_remote_tokens = int(remote)
                     first = False
                 yield chunk
         except InvalidRequest as exc:

@@ -94,6 +94,7 @@ class _State:
     host: HostPages
     local_blocks: int
     store_blocks: int
+    remote_blocks: int  # of the store's, served by another node
     load: LayeredGet | None
     peer: Peer | None
     admitted_s: float
@@ -270,6 +271,7 @@ class PrefillWorker:
             host,
             local_blocks=len(local),
             store_blocks=load.num_hits if load else 0,
+            remote_blocks=_remote(load, self.connector),
             load=load,
             peer=peer,
             admitted_s=time.perf_counter(),
@@ -363,6 +365,7 @@ class PrefillWorker:
                 num_prompt_tokens=len(job.tokens),
                 cached_local_tokens=state.local_blocks * self.cache.page_tokens,
                 cached_store_tokens=state.store_blocks * self.cache.page_tokens,
+                cached_remote_tokens=state.remote_blocks * self.cache.page_tokens,
                 computed_tokens=len(job.tokens) - reused,
                 queue_s=state.admitted_s - job.submitted_s,
                 compute_s=compute_s,
@@ -472,6 +475,12 @@ class _StepHooks:
                 loop.call_soon_threadsafe(put.put.write_layer, layer)
             if state.job.target is not None and self._push[id(state)]:
                 self.worker._push_layer(state, layer, self._push[id(state)])
+
+
+def _remote(load: LayeredGet | None, connector: StoreConnector | None) -> int:
+    if load is None or connector is None or not connector.node_id:
+        return 0
+    return sum(node != connector.node_id for node in load.node_ids[: load.num_hits])
 
 
 async def _gather(futures: Sequence[asyncio.Future[None]], *, quiet: bool = False) -> None:

@@ -52,6 +52,7 @@ class PrefillResult:
     cached_local_tokens: int  # reused from this worker's own cache
     cached_store_tokens: int  # loaded from the store
     computed_tokens: int
+    cached_remote_tokens: int = 0  # of the store's, served by another node than the worker's
     queue_s: float = 0.0
     compute_s: float = 0.0
 
