@@ -1,5 +1,6 @@
-# Strata: `make run` sets up and runs the store demo; `make test` sets up and runs the
-# whole suite (lint, format check, type check, tests). Both create .venv on first use.
+# Strata: `make run` sets up and runs the whole stack on this machine (kvengine up; MODEL=
+# a checkpoint folder, else the tiny built-in model); `make test` sets up and runs the whole
+# suite (lint, format check, type check, tests). Both create .venv on first use.
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -15,8 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+MODEL ?=
+
 run: setup
-	$(BIN)/kvstore demo
+	$(BIN)/kvengine up $(if $(MODEL),--model $(MODEL),)
 
 test: setup
 	$(BIN)/ruff check .

@@ -83,7 +83,7 @@ class RouterSection:
     )
     ttft_slo_s: float = field(default=0.0, metadata=check(lambda v: v >= 0, "0 (none) or more"))
     tbt_slo_s: float = field(default=0.0, metadata=check(lambda v: v >= 0, "0 (none) or more"))
-    balance_threshold: float = field(default=1.5, metadata=positive())
+    balance_threshold: float = field(default=1.25, metadata=positive())
     api_key: str = ""  # clients must send it as a bearer token; empty: open
     model_name: str = ""  # what clients call the model; default: its id
     cost_model: str = ""  # a fitted cost model (JSON); empty: profile the workers at start

@@ -122,3 +122,15 @@ def test_workers_do_not_know_their_network_faces() -> None:
     for path in modules("engine/workers"):
         bad = {n for n in imports_of(path) if n.startswith(("engine.service", "grpc"))}
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_routing_policies_are_pure() -> None:
+    for name in ("views", "policy", "baselines", "costs", "prefix_index"):
+        names = imports_of(ROOT / "engine" / "router" / f"{name}.py")
+        bad = {
+            n
+            for n in names
+            if n.split(".")[0] in ("asyncio", "grpc", "time", "socket", "httpx", "fastapi")
+            or n.startswith(("kvstore.client", "kvstore.transfer", "engine.service"))
+        }
+        assert not bad, f"engine/router/{name}.py imports {bad}"
