@@ -28,3 +28,20 @@ def test_byte_tokenizer_round_trips() -> None:
     tokenizer = ByteTokenizer()
     text = "héllo, 世界"
     assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_generate_in_process(capsys) -> None:  # type: ignore[no-untyped-def]
+    flags = ["--engine.store", "none", "--engine.kv_cache_bytes", "16MiB"]
+    assert main(["generate", "Hello", "--max-tokens", "4", "--json", *flags]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["token_ids"]) == 4 and out["finish_reason"] == "length"
+    assert out["prompt_tokens"] == 5
+    assert main(["generate", "Hello", "--chat", "--max-tokens", "2", *flags]) == 0
+    assert "2 tokens (length)" in capsys.readouterr().out
+
+
+def test_generate_refuses_bad_values(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["generate", "Hello", "--top-p", "0", "--engine.store", "none"]) == 2
+    assert "top_p" in capsys.readouterr().err
+    assert main(["generate", "Hello", "--engine.page_tokens", "0"]) == 2
+    assert "engine.page_tokens" in capsys.readouterr().err
