@@ -35,6 +35,7 @@ from engine.model.loader import TINY_MODEL_PATH, LoadedModel, load_model
 from engine.runtime import LoopThread
 from engine.sampling import SamplingParams
 from engine.workers.decode import DecodeWorker
+from engine.workers.device import Device
 from engine.workers.prefill import PrefillWorker
 from engine.workers.requests import FinishReason, InvalidRequest
 from kvstore.hashing import Namespace
@@ -98,6 +99,7 @@ class LLM:
         self._store: StoreLink = self._runtime.run(
             open_store(store, self.namespace, store_bytes=store_bytes)
         )
+        compute = Device()  # prefill and decode share it: one device, turns in order
         self.prefill_worker = PrefillWorker(
             self.loaded.model,
             self.cache,
@@ -106,9 +108,14 @@ class LLM:
             chunk_tokens=chunk_tokens,
             max_batch_tokens=max_batch_tokens,
             prefix_caching=prefix_caching,
+            device=compute,
         ).start()
         self.decode_worker = DecodeWorker(
-            self.loaded.model, self.cache, tokenizer=self.tokenizer, max_batch=max_batch
+            self.loaded.model,
+            self.cache,
+            tokenizer=self.tokenizer,
+            max_batch=max_batch,
+            device=compute,
         ).start()
         self.engine = Engine(
             LocalPrefill(self.prefill_worker),

@@ -29,6 +29,7 @@ from engine.kv.cache import PagedKVCache
 from engine.service.remote_prefill import RemotePrefill
 from engine.service.servicers import DecodeServicer, PrefillServicer
 from engine.workers.decode import DecodeWorker
+from engine.workers.device import Device
 from engine.workers.prefill import PrefillWorker
 from kvstore._proto.strata.v1 import engine_pb2_grpc
 from kvstore.hashing import Namespace
@@ -112,6 +113,7 @@ async def start_decode(config: EngineConfig) -> RunningWorker:
     closers: list[Callable[[], Awaitable[None] | None]] = []
     addresses: list[str] = []
     prefill: Prefill
+    device = Device()  # a colocated prefill worker computes on the same device
     if config.decode.prefill == LOCAL:
         store = await open_store(
             section.store_address, namespace, store_bytes=section.store_bytes, token=section.token
@@ -124,6 +126,7 @@ async def start_decode(config: EngineConfig) -> RunningWorker:
             chunk_tokens=section.chunk_tokens,
             max_batch_tokens=section.max_batch_tokens,
             prefix_caching=section.prefix_caching,
+            device=device,
         ).start()
         prefill = LocalPrefill(local)
         closers += [store.close, local.stop]
@@ -150,7 +153,11 @@ async def start_decode(config: EngineConfig) -> RunningWorker:
         prefill = remote
         closers += [data_plane.close, remote.close]
     worker = DecodeWorker(
-        loaded.model, cache, tokenizer=loaded.tokenizer, max_batch=section.max_batch
+        loaded.model,
+        cache,
+        tokenizer=loaded.tokenizer,
+        max_batch=section.max_batch,
+        device=device,
     ).start()
     closers.append(worker.stop)
     engine = Engine(prefill, worker, eos_token_ids=loaded.eos_token_ids)

@@ -26,6 +26,7 @@ from engine.kv.cache import CacheFull, PagedKVCache
 from engine.model.llama import LlamaForCausalLM, SeqSlice
 from engine.sampling import sample
 from engine.tokenizer import Detokenizer, Tokenizer
+from engine.workers.device import Device
 from engine.workers.requests import FinishReason, GenerationRequest, TokenEvent
 
 logger = logging.getLogger(__name__)
@@ -78,13 +79,16 @@ class DecodeWorker:
         *,
         tokenizer: Tokenizer | None,
         max_batch: int = 32,
+        device: Device | None = None,
     ) -> None:
+        """``device``: shared with a prefill worker of this process (colocated)."""
         self.model = model
         self.cache = cache
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.max_context = model.config.max_position_embeddings
         self.stats = DecodeStats()
+        self.device = device or Device()
         self._incoming: list[_Seq] = []
         self._cancels: set[str] = set()
         self._running: list[_Seq] = []
@@ -169,7 +173,8 @@ class DecodeWorker:
         if not ready:
             return
         slices = [SeqSlice(torch.tensor([s.generated[-1]]), s.length - 1, s.pages) for s in ready]
-        logits = self.model(slices, self.cache)
+        with self.device.turn():
+            logits = self.model(slices, self.cache)
         self.stats.steps += 1
         self.stats.batched_tokens += len(ready)
         self.stats.max_batch = max(self.stats.max_batch, len(ready))

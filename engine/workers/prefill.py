@@ -40,6 +40,7 @@ from engine.kv.host_pages import HostPages
 from engine.kv.prefix_cache import PrefixCache
 from engine.model.llama import LlamaForCausalLM, SeqSlice
 from engine.sampling import SamplingParams, sample
+from engine.workers.device import Device
 from engine.workers.requests import InvalidRequest, KVTarget, PrefillResult, check_prompt
 from kvstore.client.layered import LayeredGet, LayeredPut, layer_slice
 from kvstore.hashing import Namespace, prefix_keys
@@ -123,7 +124,9 @@ class PrefillWorker:
         chunk_tokens: int = 512,
         max_batch_tokens: int = 2048,
         prefix_caching: bool = True,
+        device: Device | None = None,
     ) -> None:
+        """``device``: shared with a decode worker of this process (colocated)."""
         self.model = model
         self.cache = cache
         self.connector = connector
@@ -132,6 +135,7 @@ class PrefillWorker:
         )
         self.prefix = PrefixCache(cache, enabled=prefix_caching)
         self.stats = PrefillStats()
+        self.device = device or Device()
         self._loop = loop
         self._transfer = transfer
         self._chunk = chunk_tokens
@@ -296,7 +300,8 @@ class PrefillWorker:
                 )
                 for s, n in step
             ]
-            logits = self.model(slices, self.cache, hooks=hooks)
+            with self.device.turn():
+                logits = self.model(slices, self.cache, hooks=hooks)
             self.stats.forward_passes += 1
             for (state, n), out in zip(step, logits, strict=True):
                 state.position += n
