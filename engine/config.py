@@ -66,6 +66,9 @@ class DecodeSection:
     prefill: str = "127.0.0.1:7610"  # prefill workers' addresses, comma-separated; "local":
     # prefill in this process (colocated)
     prefill_timeout_s: float = field(default=120.0, metadata=positive())
+    # how long a request waits for room in the KV cache (its prompt and max_tokens)
+    # before it is refused as overloaded
+    page_wait_s: float = field(default=30.0, metadata=positive())
 
     @property
     def prefill_addresses(self) -> list[str]:

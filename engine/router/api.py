@@ -245,7 +245,9 @@ class _Api:
                 where["X-Strata-Prefill"] = chunk.prefill  # where it ran, after any retry
         except BadRequest as exc:
             raise ApiError(400, str(exc)) from None
-        except (WorkerFailed, Overloaded) as exc:
+        except Overloaded as exc:  # a decode worker had no room after all
+            raise _overloaded(str(exc), exc.retry_after_s) from None
+        except WorkerFailed as exc:
             raise ApiError(503, str(exc), kind="server_error") from None
         finally:
             self._finished()

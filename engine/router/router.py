@@ -7,7 +7,8 @@ decode worker to generate with the chosen prefill worker, yielding chunks as the
 
 A worker that fails a request before its first token is marked down and the request is
 placed again without it (once), so a killed prefill worker is routed around; after the
-first token a failure ends the stream with the error.
+first token a failure ends the stream with the error. A decode worker whose KV cache has
+no room (RESOURCE_EXHAUSTED) is busy, not down: the request is ``Overloaded``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from kvstore.hashing import prefix_keys
 from kvstore.types import BlockKey, NamespaceId
 
 logger = logging.getLogger(__name__)
+DECODE_FULL_RETRY_S = 1.0  # a decode worker had no KV room: a sequence must finish first
 
 
 class Overloaded(Exception):
@@ -194,6 +196,10 @@ class Router:
             details = exc.details() or exc.code().name
             if exc.code() is grpc.StatusCode.INVALID_ARGUMENT:
                 raise BadRequest(details) from None
+            if not started and exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                self.counts["rejected"] += 1
+                self.metrics.rejections.inc()
+                raise Overloaded(details, DECODE_FULL_RETRY_S) from None
             if not started and exc.code() is grpc.StatusCode.UNAVAILABLE:
                 blamed = prefill if "prefill worker" in details else decode
                 raise _NotStarted(blamed, details) from None

@@ -1,8 +1,11 @@
 """Prefill in another process, into this process's pages (the decode worker's side).
 
-For each request: reserve pages of the decode worker's cache for the prompt, ask a
-prefill worker (``PrefillService.Prefill``) to fill them through the data plane, and
-take the pages back with the first token. Pages a prefill worker may still be writing
+For each request: reserve pages of the decode worker's cache for the whole sequence (the
+prompt and ``max_tokens``, within the context; so a running sequence never runs out of
+pages mid-stream), ask a prefill worker (``PrefillService.Prefill``) to fill the prompt's
+through the data plane, and take the pages back with the first token. When the cache
+has no room for that long (``page_wait_s``), the request is refused (``NoRoom``): the
+decode worker is busy, not broken. Pages a prefill worker may still be writing
 are never reused early: a caller that leaves mid-prefill gets its pages freed when the
 prefill answers, and a prefill that failed or timed out leaves its pages quarantined for
 a while (the worker might still be writing them) before they are freed.
@@ -29,6 +32,10 @@ class PrefillUnavailable(RuntimeError):
     """No prefill worker could prefill the request."""
 
 
+class NoRoom(RuntimeError):
+    """The decode worker's KV cache had no room for the request in time: retry later."""
+
+
 class RemotePrefill:
     def __init__(
         self,
@@ -37,6 +44,7 @@ class RemotePrefill:
         namespace: Namespace,
         data_plane: Sequence[str],
         *,
+        max_context: int,
         token: str = "",
         timeout_s: float = 120.0,
         page_wait_s: float = 30.0,
@@ -47,6 +55,7 @@ class RemotePrefill:
             raise ValueError("no prefill worker addresses")
         self.cache = cache
         self.namespace = namespace
+        self.max_context = max_context
         self._data_plane = tuple(data_plane)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout_s = timeout_s
@@ -66,14 +75,23 @@ class RemotePrefill:
         next worker in turn."""
         address = request.prefill_address or next(self._next)
         stub = self._stubs.get(address) or self._add(address)
-        pages = await self._allocate(self.cache.pages_for(len(request.prompt_token_ids)))
-        transfer_id = next(self._transfer_ids)
+        num_tokens = len(request.prompt_token_ids)
+        prompt_pages = self.cache.pages_for(num_tokens)
+        if prompt_pages > self.cache.num_pages:
+            raise InvalidRequest(
+                f"prompt needs {prompt_pages} KV pages; the decode worker's cache has"
+                f" {self.cache.num_pages}"
+            )
+        longest = min(num_tokens + request.params.max_tokens, self.max_context)
+        pages = await self._allocate(min(self.cache.pages_for(longest), self.cache.num_pages))
+        target = KVTarget(self._data_plane, tuple(pages[:prompt_pages]), next(self._transfer_ids))
+        transfer_id = target.transfer_id
         call = asyncio.ensure_future(
             stub.Prefill(
                 engine_pb2.PrefillRequest(
                     prompt_token_ids=request.prompt_token_ids,
                     sampling=params_to_pb(request.params),
-                    target=target_to_pb(KVTarget(self._data_plane, tuple(pages), transfer_id)),
+                    target=target_to_pb(target),
                     namespace_id=self.namespace.id,
                 ),
                 timeout=self._timeout_s,
@@ -123,19 +141,15 @@ class RemotePrefill:
         return self._stubs[address]
 
     async def _allocate(self, count: int) -> list[int]:
-        if count > self.cache.num_pages:
-            raise InvalidRequest(
-                f"prompt needs {count} KV pages; the decode worker's cache has"
-                f" {self.cache.num_pages}"
-            )
         deadline = time.monotonic() + self._page_wait_s
         while True:
             try:
                 return self.cache.allocate(count)
             except CacheFull:
                 if time.monotonic() > deadline:
-                    raise PrefillUnavailable(
-                        f"no room for {count} KV pages within {self._page_wait_s:g} s"
+                    raise NoRoom(
+                        f"the decode worker's KV cache had no room for {count} pages"
+                        f" within {self._page_wait_s:g} s"
                     ) from None
                 await asyncio.sleep(0.01)
 

@@ -146,8 +146,10 @@ async def start_decode(config: EngineConfig) -> RunningWorker:
             cache,
             namespace,
             addresses,
+            max_context=loaded.config.max_position_embeddings,
             token=section.token,
             timeout_s=config.decode.prefill_timeout_s,
+            page_wait_s=config.decode.page_wait_s,
             landed=data_plane.arrivals.forget,
         )
         prefill = remote

@@ -16,7 +16,7 @@ import grpc
 from engine.core import Engine
 from engine.sampling import InvalidSampling, SamplingParams
 from engine.service.codec import params_from_pb, target_from_pb
-from engine.service.remote_prefill import PrefillUnavailable
+from engine.service.remote_prefill import NoRoom, PrefillUnavailable
 from engine.tokenizer import Tokenizer
 from engine.workers.prefill import PrefillWorker
 from engine.workers.requests import FinishReason, InvalidRequest
@@ -153,6 +153,8 @@ class DecodeServicer(engine_pb2_grpc.DecodeServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except PrefillUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except NoRoom as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
 
     async def Stats(
         self, request: engine_pb2.EngineStatsRequest, context: grpc.aio.ServicerContext

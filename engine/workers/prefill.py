@@ -250,7 +250,7 @@ class PrefillWorker:
         reusable = (len(job.tokens) - 1) // page_tokens  # the last token is always computed
         local = self.prefix.match(keys[:reusable])
         try:
-            fresh = self.prefix.allocate(self.cache.pages_for(len(job.tokens)) - len(local))
+            fresh = self.prefix.allocate(self._pages_needed(job) - len(local))
         except CacheFull:
             self.cache.release(local)
             raise
@@ -283,6 +283,17 @@ class PrefillWorker:
         state.position = state.reused_tokens
         state.loading = load is not None
         return state
+
+    def _pages_needed(self, job: _Job) -> int:
+        """The prompt's pages; for pages that stay in this process (a decode worker here
+        takes them), room for the whole sequence too, so that it never runs out of pages
+        mid-stream (at most the whole cache)."""
+        if job.target is not None:
+            return self.cache.pages_for(len(job.tokens))
+        longest = min(
+            len(job.tokens) + job.params.max_tokens, self.model.config.max_position_embeddings
+        )
+        return min(self.cache.pages_for(longest), self.cache.num_pages)
 
     def _prefill(self, states: list[_State]) -> None:
         start = time.perf_counter()

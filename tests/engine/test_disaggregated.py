@@ -234,3 +234,47 @@ def test_workers_serve_a_real_checkpoint_folder(tmp_path: Path) -> None:
     ):
         tokens, text, _, _ = run(generate(decode.address, "w3 w4 w5 w6 w7", GREEDY))
     assert tokens == expected.token_ids and text == expected.text
+
+
+def test_a_full_decode_cache_refuses_new_requests_and_never_fails_running_ones(
+    cluster: dict[str, Any],
+) -> None:
+    """Each request reserves pages for its prompt and max_tokens: a second one that does
+    not fit waits ``page_wait_s``, then is refused as RESOURCE_EXHAUSTED, while the
+    first runs to its last token."""
+    with EngineProcess(
+        "decode",
+        **{
+            "engine.kv_cache_bytes": str(64 * TINY_BLOCK),  # 64 pages: 1024 tokens
+            "engine.store": "none",
+            "decode.port": str(free_port()),
+            "decode.data_port": "0",
+            "decode.prefill": cluster["prefill"].address,
+            "decode.page_wait_s": "0.3",
+        },
+    ) as small:
+        params = SamplingParams(max_tokens=600, ignore_eos=True)  # 38 pages each
+
+        async def both() -> tuple[list[int], grpc.StatusCode, str, dict[str, Any]]:
+            async with DecodeClient(small.address) as client:
+                first = client.generate(PROMPTS[0], params)
+                tokens = list((await anext(first)).token_ids)
+                try:
+                    await generate(small.address, PROMPTS[1], params)
+                    code, details = grpc.StatusCode.OK, ""
+                except grpc.aio.AioRpcError as exc:
+                    code, details = exc.code(), exc.details() or ""
+                async for chunk in first:
+                    tokens += chunk.token_ids
+                for _ in range(100):  # the worker frees the pages just after the last token
+                    stats = await client.stats()
+                    if stats["kv_pages"]["free"] == stats["kv_pages"]["total"]:
+                        break
+                    await asyncio.sleep(0.02)
+                return tokens, code, details, stats
+
+        tokens, code, details, stats = run(both())
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "no room" in details
+    assert len(tokens) == 600
+    assert stats["kv_pages"]["free"] == stats["kv_pages"]["total"]
