@@ -8,6 +8,9 @@ For each prompt, on its own compute thread:
    first output token).
 2. compute the rest in chunks of ``chunk_tokens``, several prompts per forward pass. Layer
    i of the loaded prefix is awaited just before layer i runs, so loading overlaps compute.
+   A prompt whose last chunk ran is finished (step 4) at once: a short prompt batched
+   with long ones does not wait for them; prompts that arrive meanwhile join between
+   forward passes while the batch has room.
 3. after layer i, send layer i of every block this chunk completed to the store (a
    layer-wise put, committed once the prompt is done and its loads verified), and, when
    decode runs in another process, layer i of every finished page to the decode worker's
@@ -208,7 +211,7 @@ class PrefillWorker:
                     self._wake.wait()
                 if self._stopping:
                     return
-            states = self._admit_batch()
+            states = self._admit_batch(self._batch_tokens)
             if not states:
                 time.sleep(0.005)  # the cache is full of running requests: wait for pages
                 continue
@@ -224,12 +227,14 @@ class PrefillWorker:
             finally:
                 self._active = 0
 
-    def _admit_batch(self) -> list[_State]:
+    def _admit_batch(self, budget: int) -> list[_State]:
+        """Pending prompts, up to ``budget`` tokens to compute (at least one prompt while
+        the budget is positive)."""
         states: list[_State] = []
         tokens = 0
         while True:
             with self._wake:
-                if not self._pending or (states and tokens >= self._batch_tokens):
+                if not self._pending or budget <= 0 or (states and tokens >= budget):
                     return states
                 job = self._pending.popleft()
             try:
@@ -296,8 +301,18 @@ class PrefillWorker:
         return min(self.cache.pages_for(longest), self.cache.num_pages)
 
     def _prefill(self, states: list[_State]) -> None:
-        start = time.perf_counter()
-        while active := [s for s in states if s.position < len(s.job.tokens)]:
+        """Run ``states`` to their first tokens; prompts that arrive meanwhile join
+        between forward passes while fewer than ``max_batch_tokens`` tokens are left to
+        compute (``states`` grows: whoever handles a failure sees them too)."""
+        while True:
+            active = [s for s in states if s.position < len(s.job.tokens)]
+            left = sum(len(s.job.tokens) - s.position for s in active)
+            joined = self._admit_batch(self._batch_tokens - left) if active else []
+            states += joined
+            active += joined
+            if not active:
+                return
+            self._active = len(active)
             budget, step = self._batch_tokens, []
             for state in active:
                 n = min(self._chunk, len(state.job.tokens) - state.position, budget)
@@ -314,15 +329,16 @@ class PrefillWorker:
             with self.device.turn():
                 logits = self.model(slices, self.cache, hooks=hooks)
             self.stats.forward_passes += 1
+            done = []
             for (state, n), out in zip(step, logits, strict=True):
                 state.position += n
                 state.loading = False
                 state.pushed_pages = hooks.pushed_upto[id(state)]
                 if state.position == len(state.job.tokens):
                     state.logits = out
-        compute_s = time.perf_counter() - start
-        for state in states:
-            self._finish(state, compute_s)
+                    done.append(state)
+            for state in done:  # its first token goes out now, not when the batch ends
+                self._finish(state, time.perf_counter() - state.admitted_s)
 
     def _open_puts(self, step: Sequence[tuple[_State, int]]) -> dict[int, _Put]:
         """Layer-wise puts of the blocks each prompt completes in this step."""

@@ -93,6 +93,23 @@ def test_a_batch_equals_its_prompts_one_by_one(llm: LLM) -> None:
     assert llm.stats()["decode"]["max_batch"] > 1
 
 
+def test_a_short_prompt_does_not_wait_for_a_long_one_prefilled_beside_it() -> None:
+    """Its first token goes out when its own last chunk has run, whether it was batched
+    with the long prompt or joined between the long prompt's forward passes."""
+    with LLM(store=None, prefix_caching=False, chunk_tokens=64, **SMALL) as llm:
+        order: list[str] = []
+        worker = llm.prefill_worker
+        long = worker.submit(prompt(1024, seed=8), GREEDY)  # 16 chunks
+        short = worker.submit(prompt(20, seed=9), GREEDY)
+        long.add_done_callback(lambda _: order.append("long"))
+        short.add_done_callback(lambda _: order.append("short"))
+        results = [long.result(timeout=60), short.result(timeout=60)]
+        for result in results:
+            llm.cache.release(result.pages)
+        assert order == ["short", "long"]
+        assert results[1].compute_s < results[0].compute_s
+
+
 def test_a_real_checkpoint_folder(tmp_path: Path) -> None:
     folder = write_checkpoint(tmp_path / "ckpt", {**LLAMA, "max_position_embeddings": 512})
     with LLM(folder, **SMALL) as llm:
