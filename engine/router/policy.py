@@ -16,12 +16,14 @@ instance's node keeps the pulled blocks (``replicate=True``, ``pull_from`` = hol
 
 The prefill instance with the least TTFT wins (ties: less queued work, then lower id).
 The decode instance is the healthy one with ``running < max_batch`` that minimises
-``tbt(running + 1, context_tokens + n)`` (ties: fewer running, then lower id).
+``tbt(running + 1, context_tokens + n)`` (ties: fewer running, then lower id); when every
+one is at ``max_batch``, the same choice over all healthy ones (the request waits in that
+worker's queue), unless a TBT SLO is set.
 
 Rejections (the HTTP layer answers 429 with ``Retry-After``):
 
-* a side has no healthy instance, or no healthy decode instance has room:
-  ``retry_after = 1 s`` (the router cannot predict when a sequence finishes).
+* a side has no healthy instance, or, with a TBT SLO set, no healthy decode instance
+  has room: ``retry_after = 1 s`` (the router cannot predict when a sequence finishes).
 * best TTFT > ``ttft_slo_s``: queues drain at one second per second, so instance ``p``
   meets the SLO after ``TTFT(p) - slo`` seconds if its own work (TTFT - queued) fits the
   SLO at all; ``retry_after`` = the least such wait, at least ``MIN_RETRY_AFTER_S``. If no
@@ -144,7 +146,10 @@ class CacheAware:
         self, request: RequestView, decodes: Sequence[DecodeView]
     ) -> DecodeView | None:
         """The healthy decode instance with room and the least predicted TBT, if any."""
-        candidates = [d for d in decodes if d.healthy and d.has_room]
+        healthy = [d for d in decodes if d.healthy]
+        candidates = [d for d in healthy if d.has_room]
+        if not candidates and self.tbt_slo_s is None:
+            candidates = healthy  # no SLO to keep: queue behind a full batch
         if not candidates:
             return None
         return min(candidates, key=lambda d: (self._tbt_s(request, d), d.running, d.id))

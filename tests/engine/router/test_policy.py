@@ -231,9 +231,14 @@ def test_decode_by_predicted_tbt_within_max_batch() -> None:
     d = decide(cache_aware(), request(), [PrefillView("a", 0.0)], decodes)
     assert d.decode == "fits"
     assert d.predicted_tbt_s == pytest.approx(0.01 + 4e-3 + (5_000 + N) * 1e-6)
-    full = [DecodeView("full", running=4, context_tokens=0, max_batch=4)]
-    r = cache_aware().choose(request(), [PrefillView("a", 0.0)], full, 0.0)
-    assert r == Rejection("every healthy decode instance is at max_batch", DECODE_RETRY_S)
+    full = [
+        DecodeView("busy", running=6, context_tokens=0, max_batch=4),
+        DecodeView("full", running=4, context_tokens=0, max_batch=4),
+    ]
+    queued = decide(cache_aware(), request(), [PrefillView("a", 0.0)], full)
+    assert queued.decode == "full"  # no SLO: wait behind the shorter full batch
+    strict = cache_aware(tbt_slo_s=1.0).choose(request(), [PrefillView("a", 0.0)], full, 0.0)
+    assert strict == Rejection("every healthy decode instance is at max_batch", DECODE_RETRY_S)
 
 
 # -- baselines ------------------------------------------------------------------------
