@@ -3,10 +3,10 @@ node holds.
 
 Two sources, the first that answers in time wins:
 
-1. the store itself: a ``Lookup`` to every prefill worker's store node, in parallel, each
-   answering for the whole cluster it knows (with Redis metadata, every node; with the
-   embedded one, itself), bounded by ``lookup_timeout_s``. Authoritative: it sees
-   evictions. Its answers also refresh the router's own index.
+1. the store itself: a local-scope ``Lookup`` to every prefill worker's store node, in
+   parallel, each answering for itself from its own index (no metadata round trip, no
+   publishing lag), bounded by ``lookup_timeout_s``. Authoritative: it sees evictions.
+   Its answers also refresh the router's own index.
 2. the router's own ``PrefixIndex``: which prompts it placed where. Always instant;
    it may remember blocks a node has since evicted (a prefill then simply reuses less).
 """
@@ -87,7 +87,7 @@ class GlobalView:
 
     async def _ask(self, client: StoreClient, keys: Sequence[BlockKey]) -> list[NodePrefix] | None:
         try:
-            return await client.lookup(self.namespace_id, keys)
+            return await client.lookup(self.namespace_id, keys, local=True)
         except NotFound:  # the namespace is not registered there yet: nothing cached
             return []
         except KVStoreError as exc:
