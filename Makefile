@@ -36,6 +36,8 @@ bench: setup
 	$(BIN)/python -m bench.hitrate --quick --json bench/results/hitrate.json
 	$(BIN)/python -m bench.service --quick --json bench/results/service.json
 	$(BIN)/python -m bench.transfer --quick --json bench/results/transfer.json
+	$(BIN)/python -m bench.engine --quick --json bench/results/engine.json
+	$(BIN)/python -m bench.router --quick --json bench/results/router.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache bench/results

@@ -4,6 +4,8 @@
 * ``start_strata``: ``kvstore serve`` (one store node, DRAM tier only, no metrics).
 * ``SocketPeer``: a Python process that streams as many bytes as it is asked for, the
   raw single-stream TCP limit that both services are measured against.
+* ``start_worker`` / ``wait_worker``: a ``kvengine`` prefill or decode worker, optionally
+  pinned to cores; it is up when it prints its JSON line.
 
 Invariants: no child outlives its owner. ``Child.stop`` sends SIGTERM, waits, then
 SIGKILLs; owners call it in ``finally`` (``with`` blocks); and each child runs under
@@ -14,6 +16,8 @@ node prints "serving on" to its log, the peer connects back.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
 import struct
@@ -27,6 +31,11 @@ from types import TracebackType
 
 _SCRIPT = Path(sys.executable).with_name("kvstore")  # the venv's console script
 KVSTORE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "kvstore.cli"]
+_ENGINE_SCRIPT = _SCRIPT.with_name("kvengine")
+KVENGINE = (
+    [str(_ENGINE_SCRIPT)] if _ENGINE_SCRIPT.exists() else [sys.executable, "-m", "engine.cli"]
+)
+WORKER_START_S = 180.0
 SEND_BUFFER_BYTES = 4 << 20
 _LENGTH = struct.Struct("<Q")  # a SocketPeer request: how many bytes to send; 0 = exit
 
@@ -191,3 +200,49 @@ def _send_on_request(port: int) -> None:
 
 if __name__ == "__main__":
     _send_on_request(int(sys.argv[1]))
+
+
+def start_worker(role: str, flags: dict[str, object], cpus: set[int] | None = None) -> Child:
+    """``kvengine <role>`` with ``--key value`` flags, pinned to ``cpus`` if given (before
+    its interpreter starts any thread). Not up yet: see ``wait_worker``."""
+    args = [*KVENGINE, role, "--log-level", "WARNING"]
+    args += [part for key, value in flags.items() for part in (f"--{key}", str(value))]
+    child = Child(f"engine-{role}", args)
+    if cpus is not None:
+        try:
+            pin(child.proc.pid, cpus)
+        except BaseException:
+            child.stop()
+            raise
+    return child
+
+
+def wait_worker(child: Child, cpus: set[int] | None = None) -> str:
+    """The worker's gRPC address once it is up. With ``cpus``, pins again the threads it
+    started meanwhile and checks that every one of them is pinned."""
+    child.wait_until(lambda: up_line(child) is not None, timeout_s=WORKER_START_S)
+    if cpus is not None:
+        pin(child.proc.pid, cpus)
+        for tid in os.listdir(f"/proc/{child.proc.pid}/task"):
+            if os.sched_getaffinity(int(tid)) != cpus:
+                raise RuntimeError(f"{child.name}: thread {tid} is not pinned to {cpus}")
+    return str((up_line(child) or {})["address"])
+
+
+def up_line(child: Child) -> dict[str, object] | None:
+    """The JSON line a ``kvengine`` worker prints once it is up (None: not yet)."""
+    for line in child.log.read_text(errors="replace").splitlines():
+        if line.startswith('{"role"'):
+            parsed = json.loads(line)
+            if isinstance(parsed, dict):
+                return parsed
+    return None
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of ``pid`` to ``cpus`` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:  # a thread that just ended
+            continue

@@ -11,17 +11,60 @@ snapshot of random queues and batches; after it (not timed) the router's ``index
 of the prompt for the chosen instance, as in production. Memory per indexed block is
 measured with ``tracemalloc`` on a separate index of ``memory_blocks`` blocks built the
 same way (the 16-byte key objects included: the index keeps them alive).
+
+End to end (``end_to_end``): a ``bench.cluster.LocalCluster`` (Redis, two store nodes
+each with its own prefill worker, one decode worker; each node's DRAM tier holds
+``store_share`` of the slice's working set, so placement matters and blocks on the other
+node cost a peer fetch) replays a slice of a Mooncake-format trace (``--trace``; default
+a seeded synthetic trace of the same shape, ``bench.traces.synthetic_trace``) once per
+policy, cache-aware first. Both policies start cold on the same processes: the stores are
+flushed (DRAM tier and global index emptied) before each run, and both use one cost
+model, profiled once on the cluster at start. Scaled for a CPU: each hash id is a fixed
+block of ``block_tokens`` seeded random tokens (equal ids, equal prefixes), prompts keep
+their first ``max_blocks`` ids, outputs ``min(output_length, max_output_tokens)``
+tokens, arrival times are the trace's times x ``time_scale``. Requests go to the router
+in this process (``open_router``, ``Router.stream``) at their arrival times, all
+concurrently. Per request: TTFT = ``Router.stream`` called -> its first chunk (so it
+includes the placement's store lookups); the first chunk's ``cached_tokens`` (reused from
+anywhere) and ``cached_remote_tokens`` (of those, served by the other node). Hit rates
+are token-weighted over the slice: ``hit_rate`` = cached / prompt tokens,
+``local_hit_rate`` = (cached - remote) / prompt tokens.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import functools
+import json
 import random
+import shutil
 import statistics
+import tempfile
 import time
 import tracemalloc
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, NamedTuple
 
-from bench.common import Target, console, parser, report
+import numpy as np
+
+from bench.cluster import (
+    ClusterSpec,
+    LocalCluster,
+    ModelShape,
+    PolicyRun,
+    TimedRequest,
+    fit_costs,
+    page_bytes,
+    pooled,
+    run_policy,
+)
+from bench.common import Target, console, parser, progress, report
+from bench.hitrate import TRACE_HELP
+from bench.traces import load_trace, synthetic_trace
 from engine.router.costs import CostModel
 from engine.router.policy import CacheAware
 from engine.router.prefix_index import PrefixIndex
@@ -172,30 +215,367 @@ def decision_latency(config: DecisionConfig, seed: int) -> dict[str, float]:
     }
 
 
+# -- end to end ----------------------------------------------------------------------
+
+E2E_POLICIES = ("cache_aware", "round_robin")  # run in this order
+TTFT_P90_GOAL = 0.8  # target: cache-aware TTFT p90 <= 0.8 x round robin's
+PAGE_TOKENS = 16  # the engine's KV page and store block
+TOKEN_IDS = (3, 256)  # prompt tokens come from [3, 256): not special in either model
+SYNTHETIC_BURST_MS = 3000  # the conversation trace's requests come in bursts every 3 s
+
+
+@dataclass(frozen=True, slots=True)
+class EndToEndConfig:
+    num_requests: int = 1200  # the trace's first N requests
+    block_tokens: int = 32  # tokens per trace hash id (a multiple of PAGE_TOKENS)
+    max_blocks: int = 64  # hash ids kept per prompt (its first ones)
+    max_output_tokens: int = 8
+    time_scale: float = 0.6  # arrival times x this
+    store_share: float = 0.25  # each node's DRAM tier: this share of the working set
+    lookup_timeout_s: float = 0.02  # router.lookup_timeout_s (its default)
+    tiny_model: bool = False  # the built-in tiny model instead of ModelShape()
+    pin: bool = True  # each prefill worker on a core of its own
+    peer_fetch: bool = True  # store nodes read the blocks they miss from each other
+    repeats: int = 1  # replays per policy, in ABBA order, pooled (cancels a drifting host)
+
+
+QUICK_E2E = EndToEndConfig(num_requests=300, block_tokens=16, time_scale=0.25)
+
+
+class MoreThan(Target):
+    """A figure's goal: ``key > ratio * of`` (strictly)."""
+
+    __slots__ = ()
+
+    def met(self, results: dict[str, float], key: str) -> bool:
+        return results[key] > self.ratio * (results[self.of] if self.of else 1.0)
+
+    def describe(self) -> str:
+        return f"> {self.ratio:g} x {self.of}" if self.of else f"> {self.ratio:g}"
+
+
+def trace_requests(
+    path: Path | None, config: EndToEndConfig, seed: int
+) -> tuple[str, list[TimedRequest]]:
+    """The first ``num_requests`` requests of the trace at ``path`` (None: synthetic),
+    scaled as ``config`` says; and the trace's name."""
+    if path is None:
+        trace = synthetic_trace(config.num_requests, seed)
+        times_ms, outputs = _synthetic_timings(config.num_requests, seed)
+    else:
+        trace = load_trace(path).head(config.num_requests)
+        times_ms, outputs = _file_timings(path, trace.num_requests)
+    first = min(times_ms, default=0.0)
+    requests = [
+        TimedRequest(
+            (t - first) / 1000 * config.time_scale,
+            tuple(ids[: config.max_blocks]),
+            max(1, min(out, config.max_output_tokens)),
+        )
+        for t, ids, out in zip(times_ms, trace.requests, outputs, strict=True)
+    ]
+    return trace.name, requests
+
+
+def _file_timings(path: Path, num_requests: int) -> tuple[list[float], list[int]]:
+    """``timestamp`` (ms) and ``output_length`` of a Mooncake trace's first requests."""
+    times_ms: list[float] = []
+    outputs: list[int] = []
+    with path.open() as lines:
+        for line in lines:
+            if len(times_ms) == num_requests:
+                break
+            if line.strip():
+                row = json.loads(line)
+                times_ms.append(float(row["timestamp"]))
+                outputs.append(int(row["output_length"]))
+    return times_ms, outputs
+
+
+def _synthetic_timings(num_requests: int, seed: int) -> tuple[list[float], list[int]]:
+    """Arrivals shaped like the conversation trace's: bursts of 4-16 requests every
+    ``SYNTHETIC_BURST_MS`` (about 3.3 requests a second); outputs lognormal around 330."""
+    rng = random.Random(seed + 1)
+    times_ms: list[float] = []
+    burst = 0
+    while len(times_ms) < num_requests:
+        times_ms += [float(burst * SYNTHETIC_BURST_MS)] * rng.randint(4, 16)
+        burst += 1
+    outputs = [max(1, round(rng.lognormvariate(5.8, 0.8))) for _ in range(num_requests)]
+    return times_ms[:num_requests], outputs
+
+
+class BlockTokens:
+    """Each hash id's fixed block of ``block_tokens`` tokens, drawn from a generator
+    seeded with (seed, id): equal ids give equal blocks, so requests that share leading
+    ids share a token prefix (and its store blocks), and no others do."""
+
+    def __init__(self, block_tokens: int, seed: int) -> None:
+        self.block_tokens = block_tokens
+        self.seed = seed
+        self._blocks: dict[int, list[int]] = {}
+
+    def prompt(self, hash_ids: Sequence[int]) -> list[int]:
+        tokens: list[int] = []
+        for h in hash_ids:
+            block = self._blocks.get(h)
+            if block is None:
+                rng = np.random.default_rng([self.seed, h])
+                block = [int(t) for t in rng.integers(*TOKEN_IDS, self.block_tokens)]
+                self._blocks[h] = block
+            tokens += block
+        return tokens
+
+
+def policy_figures(policy: str, run: PolicyRun) -> dict[str, float]:
+    outcomes = run.outcomes
+    prompt = sum(o.prompt_tokens for o in outcomes)
+    cached = sum(o.cached_tokens for o in outcomes)
+    remote = sum(o.remote_tokens for o in outcomes)
+    ttft_ms = np.array([o.ttft_s for o in outcomes]) * 1e3
+    busiest = max(Counter(o.prefill for o in outcomes).values())
+    num_lookups = max(1, sum(run.lookups.values()))
+    late_ms = np.array([o.late_s for o in outcomes]) * 1e3
+    return {
+        f"local_hit_rate_{policy}": (cached - remote) / prompt,
+        f"hit_rate_{policy}": cached / prompt,
+        f"ttft_p50_ms_{policy}": float(np.percentile(ttft_ms, 50)),
+        f"ttft_p90_ms_{policy}": float(np.percentile(ttft_ms, 90)),
+        f"ttft_mean_ms_{policy}": float(ttft_ms.mean()),
+        f"busiest_prefill_share_{policy}": busiest / len(outcomes),
+        f"lookup_timeout_share_{policy}": run.lookups.get("timed_out", 0) / num_lookups,
+        f"pulled_block_share_{policy}": run.pulled_blocks * PAGE_TOKENS / prompt,
+        f"send_late_p99_ms_{policy}": float(np.percentile(late_ms, 99)),
+        f"rejected_share_{policy}": sum(o.num_rejections > 0 for o in outcomes) / len(outcomes),
+        f"others_cpu_share_{policy}": run.others_cpu_share,
+    }
+
+
+class EndToEnd(NamedTuple):
+    results: dict[str, float]
+    shown: dict[str, Any]  # the set-up, for the report's config line
+    ttft_ms: dict[str, list[float]]  # per policy
+
+
+def end_to_end(config: EndToEndConfig, trace: Path | None, seed: int) -> EndToEnd:
+    """Replay the trace slice under each of ``E2E_POLICIES`` (see the module docstring)."""
+    if config.block_tokens % PAGE_TOKENS:
+        raise ValueError(f"block_tokens must be a multiple of {PAGE_TOKENS}")
+    name, requests = trace_requests(trace, config, seed)
+    blocks = BlockTokens(config.block_tokens, seed)
+    prompts = [blocks.prompt(r.hash_ids) for r in requests]
+    workdir = Path(tempfile.mkdtemp(prefix="strata-bench-router-"))
+    try:
+        model = None if config.tiny_model else ModelShape().write(workdir / "model", seed)
+        block_bytes = page_bytes(model, PAGE_TOKENS)
+        unique_ids = len({h for r in requests for h in r.hash_ids})
+        working_set = unique_ids * config.block_tokens // PAGE_TOKENS * block_bytes
+        longest = max(len(p) for p in prompts) // PAGE_TOKENS * block_bytes
+        store_bytes = max(int(config.store_share * working_set), 4 * longest)
+        spec = ClusterSpec(
+            model, block_bytes, store_bytes, pin=config.pin, peer_fetch=config.peer_fetch
+        )
+        with LocalCluster(spec) as cluster:
+            flags = {
+                **cluster.router_overrides(),
+                "engine.model": str(model or ""),
+                "router.lookup_timeout_s": str(config.lookup_timeout_s),
+            }
+            replay = _run_policies(
+                cluster,
+                flags,
+                requests,
+                prompts,
+                model=model,
+                costs_path=workdir / "costs.json",
+                repeats=config.repeats,
+            )
+            runs, costs = asyncio.run(replay)
+            pinned = [cores for cores in cluster.pinned.values()]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    results: dict[str, float] = {}
+    for policy, run in runs.items():
+        results.update(policy_figures(policy, run))
+    ratio = results["ttft_p90_ms_cache_aware"] / results["ttft_p90_ms_round_robin"]
+    results["ttft_p90_ratio"] = ratio
+    results["ttft_p90_headroom"] = TTFT_P90_GOAL / ratio
+    span_s = max(r.arrival_s for r in requests) or 1.0
+    work_s = sum(costs.prefill_s(len(p), 0) for p in prompts)
+    results["offered_load"] = work_s / (span_s * spec.num_prefills)
+    shown = {
+        "trace": name,
+        "prompt_tokens_mean": round(statistics.fmean(len(p) for p in prompts)),
+        "replay_span_s": round(span_s, 1),
+        "model": "tiny built-in" if model is None else asdict(ModelShape()),
+        "store_bytes_per_node": store_bytes,
+        "working_set_bytes": working_set,
+        "prefill_worker_cores": pinned or "not pinned",
+        "between_policies": "same processes; stores flushed (DRAM + global index)",
+        "cost_model": costs.to_dict(),
+        "predicted_prefill_ms_1k": round(costs.prefill_s(1024, 0) * 1e3, 1),
+    }
+    ttft_ms = {p: [o.ttft_s * 1e3 for o in run.outcomes] for p, run in runs.items()}
+    return EndToEnd(results, shown, ttft_ms)
+
+
+async def _run_policies(
+    cluster: LocalCluster,
+    flags: dict[str, str],
+    requests: Sequence[TimedRequest],
+    prompts: Sequence[list[int]],
+    *,
+    model: Path | None,
+    costs_path: Path,
+    repeats: int,
+) -> tuple[dict[str, PolicyRun], CostModel]:
+    """Fit the cost model, then replay under each policy ``repeats`` times (ABBA order);
+    each policy's runs pooled."""
+    console.print("profiling the cluster for the router's cost model ...")
+    costs = await fit_costs(cluster, model, costs_path)
+    runs: dict[str, list[PolicyRun]] = {p: [] for p in E2E_POLICIES}
+    order = [p for i in range(repeats) for p in E2E_POLICIES[:: 1 if i % 2 == 0 else -1]]
+    with progress() as bar:
+        for i, policy in enumerate(order):
+            task = bar.add_task(f"{policy} {i + 1}/{len(order)}", total=len(requests))
+            advance = functools.partial(bar.advance, task)
+            policy_flags = {**flags, "router.policy": policy, "router.cost_model": str(costs_path)}
+            runs[policy].append(await run_policy(cluster, policy_flags, requests, prompts, advance))
+    return {p: pooled(rs) for p, rs in runs.items()}, costs
+
+
+def plot_ttft(ttft_ms: dict[str, list[float]], path: Path, title: str) -> None:
+    """The TTFT CDF of each policy, p90 marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for policy, values in ttft_ms.items():
+        xs = np.sort(np.asarray(values))
+        ys = np.arange(1, len(xs) + 1) / len(xs)
+        p90 = float(np.percentile(xs, 90))
+        ax.step(xs, ys, where="post", label=f"{policy} (p90 {p90:,.0f} ms)")
+    ax.axhline(0.9, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("time to first token (ms)")
+    ax.set_ylabel("share of requests")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = parser(
-        "Routing decision latency over a 1M-block prefix index (16 prefill, 4 decode"
-        " instances). --quick times fewer requests."
+        "The router: decision latency over a 1M-block prefix index (16 prefill, 4 decode"
+        " instances), and end to end on a local cluster (TTFT and hit rates, cache-aware"
+        " against round-robin). --quick times fewer decisions and replays fewer, smaller"
+        " requests."
     )
-    p.add_argument("--requests", type=int, metavar="N", help="requests to time")
+    p.add_argument("--part", choices=("all", "decision", "e2e"), default="all")
+    p.add_argument("--requests", type=int, metavar="N", help="decisions to time")
     p.add_argument("--index-blocks", type=int, metavar="N", help="blocks in the prefix index")
+    _add_e2e_flags(p)
     args = p.parse_args(argv)
-    config = QUICK if args.quick else DecisionConfig()
-    if args.requests:
-        config = replace(config, num_requests=args.requests)
-    if args.index_blocks:
-        config = replace(config, index_blocks=args.index_blocks)
-    results = decision_latency(config, args.seed)
-    units = {k: "us" if k.endswith("_us") else "s" if k.endswith("_s") else "" for k in results}
-    units["index_bytes_per_block"] = "bytes"
-    targets = {"decision_budget_headroom": Target(1.0)}  # p99 <= DECISION_BUDGET_US
-    shown = {**asdict(config), "quick": args.quick, "seed": args.seed}
-    shown["decision_budget_us"] = DECISION_BUDGET_US
+    if args.block_tokens is not None and args.block_tokens % PAGE_TOKENS:
+        p.error(f"--block-tokens must be a multiple of {PAGE_TOKENS}")
+    if args.trace is not None and not args.trace.is_file():
+        p.error(f"--trace: no such file: {args.trace}")
+    shown: dict[str, Any] = {"part": args.part, "quick": args.quick, "seed": args.seed}
+    results: dict[str, float] = {}
+    targets: dict[str, Target] = {}
+    if args.part in ("all", "decision"):
+        config = QUICK if args.quick else DecisionConfig()
+        if args.requests:
+            config = replace(config, num_requests=args.requests)
+        if args.index_blocks:
+            config = replace(config, index_blocks=args.index_blocks)
+        results.update(decision_latency(config, args.seed))
+        targets["decision_budget_headroom"] = Target(1.0)  # p99 <= DECISION_BUDGET_US
+        shown.update(asdict(config), decision_budget_us=DECISION_BUDGET_US)
+    e2e = None
+    if args.part in ("all", "e2e"):
+        e2e_config = _e2e_config(args)
+        e2e = end_to_end(e2e_config, args.trace, args.seed)
+        results.update(e2e.results)
+        targets.update(E2E_TARGETS)
+        shown.update({f"e2e_{k}": v for k, v in asdict(e2e_config).items()}, **e2e.shown)
+    units = {k: _unit(k) for k in results}
     report("router", shown, results, units=units, targets=targets, json_path=args.json)
-    console.print(
-        f"decision p99 {results['decision_p99_us']:.0f} us (budget {DECISION_BUDGET_US:.0f})"
-    )
+    if "decision_p99_us" in results:
+        p99_us = results["decision_p99_us"]
+        console.print(f"decision p99 {p99_us:.0f} us (budget {DECISION_BUDGET_US:.0f})")
+    if e2e is not None:
+        _after_e2e(e2e, args.plot or (args.json.with_suffix(".png") if args.json else None))
     return results
+
+
+E2E_TARGETS: dict[str, Target] = {
+    "ttft_p90_headroom": Target(1.0),  # TTFT p90 ratio <= TTFT_P90_GOAL
+    "local_hit_rate_cache_aware": MoreThan(1.0, of="local_hit_rate_round_robin"),
+    "hit_rate_cache_aware": Target(1.0, of="hit_rate_round_robin"),
+}
+BUSY_HOST_SHARE = 0.1  # other processes using more of the cores than this: a warning
+
+
+def _after_e2e(e2e: EndToEnd, plot_path: Path | None) -> None:
+    """Warn if the host was busy meanwhile; draw the TTFT CDFs."""
+    busy = {p: e2e.results[f"others_cpu_share_{p}"] for p in E2E_POLICIES}
+    if max(busy.values()) > BUSY_HOST_SHARE:
+        shares = ", ".join(f"{p} {share:.0%}" for p, share in busy.items())
+        console.print(
+            f"[yellow]other processes used the cores during the runs ({shares}):"
+            " the TTFT comparison is unreliable; run again on a quiet host"
+        )
+    if plot_path is not None:
+        plot_ttft(e2e.ttft_ms, plot_path, f"router TTFT: {e2e.shown['trace']}")
+        console.print(f"wrote {plot_path}")
+
+
+_E2E_FLAGS: dict[str, tuple[str, type, str]] = {  # flag: (EndToEndConfig field, type, help)
+    "--e2e-requests": ("num_requests", int, "replay the trace's first N requests"),
+    "--block-tokens": ("block_tokens", int, "tokens per trace hash id (multiple of 16)"),
+    "--max-blocks": ("max_blocks", int, "hash ids kept per prompt"),
+    "--max-output-tokens": ("max_output_tokens", int, "output tokens at most"),
+    "--time-scale": ("time_scale", float, "arrival times x this"),
+    "--store-share": ("store_share", float, "a node's DRAM tier / the working set"),
+    "--lookup-timeout-s": ("lookup_timeout_s", float, "router.lookup_timeout_s"),
+    "--repeats": ("repeats", int, "replays per policy (ABBA order, pooled)"),
+}
+
+
+def _add_e2e_flags(p: argparse.ArgumentParser) -> None:
+    full, quick = EndToEndConfig(), QUICK_E2E
+    p.add_argument("--trace", type=Path, metavar="PATH", help=TRACE_HELP)
+    for flag, (name, kind, text) in _E2E_FLAGS.items():
+        defaults = f"{getattr(full, name)}; --quick {getattr(quick, name)}"
+        p.add_argument(flag, type=kind, dest=name, metavar="X", help=f"{text} ({defaults})")
+    p.add_argument("--tiny-model", action="store_true", help="the tiny built-in model")
+    p.add_argument("--no-pin", action="store_true", help="leave the prefill workers unpinned")
+    p.add_argument("--no-peer-fetch", action="store_true", help="store nodes never read peers")
+    p.add_argument("--plot", type=Path, metavar="PATH", help="TTFT CDF PNG (default: --json .png)")
+
+
+def _e2e_config(args: argparse.Namespace) -> EndToEndConfig:
+    config = QUICK_E2E if args.quick else EndToEndConfig()
+    given = {name: getattr(args, name) for name, _, _ in _E2E_FLAGS.values()}
+    config = replace(config, **{k: v for k, v in given.items() if v is not None})
+    return replace(
+        config, tiny_model=args.tiny_model, pin=not args.no_pin, peer_fetch=not args.no_peer_fetch
+    )
+
+
+def _unit(key: str) -> str:
+    if key == "index_bytes_per_block":
+        return "bytes"
+    for suffix, unit in (("_ms", "ms"), ("_us", "us"), ("_s", "s")):
+        if key.endswith(suffix) or f"{suffix}_" in key:
+            return unit
+    return ""
 
 
 if __name__ == "__main__":

@@ -18,6 +18,20 @@ from bench.procs import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def children() -> set[int]:
+    """Live child processes of this test process (from /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid() and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
 class ServeProcess:
     """``kvstore serve`` in a child process; ``address`` once it says it is serving."""
 

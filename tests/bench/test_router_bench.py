@@ -1,11 +1,15 @@
-"""The router benchmark's decision-latency section at tiny sizes."""
+"""The router benchmark at tiny sizes: the decision-latency section, and the end-to-end
+section on a real local cluster (tiny model, a dozen requests)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+
 from bench import router
+from tests.processes import children
 
 TINY = router.DecisionConfig(
     index_blocks=5_000,
@@ -34,10 +38,39 @@ def test_the_workload_is_seeded() -> None:
 
 def test_main_writes_json(tmp_path: Path) -> None:
     path = tmp_path / "router.json"
-    argv = ["--quick", "--index-blocks", "3000", "--requests", "100", "--json", str(path)]
+    argv = ["--quick", "--part", "decision", "--index-blocks", "3000", "--requests", "100"]
+    argv += ["--json", str(path)]
     results = router.main(argv)
     payload = json.loads(path.read_text())
     assert payload["benchmark"] == "router"
     assert payload["config"]["index_blocks"] == 3000
     assert payload["results"]["decision_p99_us"] == results["decision_p99_us"]
     assert set(payload["targets_met"]) == {"decision_budget_headroom"}
+
+
+@pytest.mark.slow
+def test_end_to_end_on_a_tiny_cluster(tmp_path: Path) -> None:
+    before = children()
+    path = tmp_path / "router.json"
+    argv = ["--part", "e2e", "--tiny-model", "--e2e-requests", "12", "--block-tokens", "16"]
+    argv += ["--time-scale", "0.05", "--json", str(path)]
+    results = router.main(argv)
+    payload = json.loads(path.read_text())
+    keys = {"ttft_p90_ratio", "ttft_p90_headroom"}
+    for policy in router.E2E_POLICIES:
+        keys |= {f"{f}_{policy}" for f in ("local_hit_rate", "hit_rate")}
+        keys |= {f"ttft_p{q}_ms_{policy}" for q in (50, 90)}
+    assert keys <= set(payload["results"])
+    assert payload["results"]["ttft_p90_ratio"] == results["ttft_p90_ratio"]
+    for policy in router.E2E_POLICIES:
+        assert 0 < results[f"ttft_p50_ms_{policy}"] <= results[f"ttft_p90_ms_{policy}"]
+        local, anywhere = results[f"local_hit_rate_{policy}"], results[f"hit_rate_{policy}"]
+        assert 0 <= local <= anywhere <= 1
+    assert set(payload["targets_met"]) == {
+        "ttft_p90_headroom",
+        "local_hit_rate_cache_aware",
+        "hit_rate_cache_aware",
+    }
+    assert payload["config"]["e2e_num_requests"] == 12
+    assert path.with_suffix(".png").stat().st_size > 0
+    assert children() <= before  # the cluster's processes are gone

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from bench import procs, service
+from tests.processes import children
 
 MiB = 1 << 20
 TINY = service.ServiceBenchConfig(
@@ -31,20 +31,6 @@ PER_SIZE = [
 ]
 LATENCY = ["redis_get_p50_us_1m", "redis_get_p99_us_1m"]
 LATENCY += ["strata_get_p50_us_1m", "strata_get_p99_us_1m"]
-
-
-def children() -> set[int]:
-    """Live child processes of this test process (from /proc)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == os.getpid() and fields[0] != "Z":
-                found.add(int(entry.name))
-    return found
 
 
 def test_block_specs_are_exactly_each_size() -> None:

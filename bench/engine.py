@@ -1,0 +1,539 @@
+"""The engine on this CPU: time to first token with a cached prefix, decode throughput,
+and decode latency while long prompts arrive (colocated against disaggregated).
+
+Model: a random Llama checkpoint (``engine.model.synthetic``, float32) written to a
+temporary folder, sized so that a 4k-token prefill takes over a second here
+(``prefill_s_<len>`` reports it). Every figure is a median unless it says p99.
+
+* ``ttft_ms_<len>_<cached%>``: time to first token of a ``len``-token prompt whose first
+  ``cached%`` (rounded down to whole 16-token blocks) is cached *in the store* (an
+  embedded node; the worker's own prefix cache is off). Per measurement: a fresh random
+  prompt; a "seed" prompt of the same first X tokens then one diverging block is
+  prefilled first, and its write-back to the store awaited (no page held by anything);
+  then the prompt is timed from ``PrefillWorker.submit`` to its ``PrefillResult``
+  (queue, store lookup, layer-wise load overlapped with compute, compute of the rest and
+  its own layer-wise write-back, first-token sampling). The result's
+  ``cached_store_tokens`` must equal X, else the run fails. ``ttft_speedup_<len>_<p>``
+  = ttft at 0% / ttft at p% (compute alone would give 1 / (1 - p)).
+* ``decode_tok_s_b<B>``: B prompts are prefilled, then handed to the decode worker at
+  once (``DecodeWorker.admit``); decode tokens/s = B / the median interval between one
+  request's consecutive tokens (one batched decode step each; prefill excluded). The run
+  fails unless the worker's mean batch was close to B.
+* ``itl_p99_ms_<arrangement>``: ``itl_streams`` decode streams (short prompts,
+  ``ignore_eos``) through ``DecodeClient.generate`` while 4k-token prompts (max_tokens 1)
+  arrive back to back; ITL = the gap between consecutive chunk arrivals of a stream, p99
+  over the gaps of each stream's tokens ``itl_warmup_tokens`` .. + ``itl_tokens`` (the
+  long prompts start when every stream has its warm-up tokens), median over
+  ``itl_rounds`` rounds, arrangements alternating (a VM's host may stall a vCPU for a
+  second or so: enough to own one round's p99, not the median). A token range, not a time
+  window: a decode step here costs more as the context grows, so both arrangements are
+  measured at the same context lengths. ``itl_p99_ms_idle_*``: the same with no long
+  prompts; ``itl_long_prompt_s_*``: seconds per long prompt under that load.
+  Colocated: one ``kvengine decode --decode.prefill local`` pinned to one core.
+  Disaggregated: ``kvengine prefill`` pinned to one core and ``kvengine decode`` to the
+  other (standing in for separate GPUs). Both with ``--engine.threads 1``, no store
+  (``--engine.store none``), no prefix cache. ``itl_ratio`` = disaggregated /
+  colocated. The bench process is not pinned: it shares the cores with the workers, but
+  only sends prompts and reads chunks.
+* ``cpu_jitter``, ``core_isolation``: how quiet and how separate the cores are, measured
+  just before the ITL runs (see ``cpu_check``). On a VM whose vCPUs share physical cores
+  or get descheduled by the host, ITL percentiles carry that noise, and disaggregating
+  onto two vCPUs cannot remove all the interference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, replace
+from itertools import pairwise
+from operator import le
+from pathlib import Path
+
+import numpy as np
+import torch
+import uvloop
+from rich.progress import Progress
+
+from bench.common import Target, parser, progress, report
+from bench.procs import free_port, start_worker, wait_worker
+from engine.llm import LLM
+from engine.model.synthetic import write_random_checkpoint
+from engine.sampling import SamplingParams
+from engine.service.client import DecodeClient
+from engine.workers.requests import FinishReason, TokenEvent
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class EngineBenchConfig:
+    hidden_size: int = 512
+    num_layers: int = 8
+    num_heads: int = 8  # head_dim 64
+    num_kv_heads: int = 2
+    intermediate_size: int = 1408
+    vocab_size: int = 8192
+    max_positions: int = 8192
+    prompt_lengths: tuple[int, ...] = (1024, 4096)
+    cached_percents: tuple[int, ...] = (0, 50, 90)
+    ttft_repeats: int = 5
+    decode_batches: tuple[int, ...] = (1, 8, 32)
+    decode_prompt_tokens: int = 256
+    decode_max_tokens: int = 128
+    itl_streams: int = 8
+    itl_prompt_tokens: int = 32
+    itl_long_tokens: int = 4096
+    itl_warmup_tokens: int = 8
+    itl_tokens: int = 100  # measured tokens per stream and phase
+    itl_rounds: int = 3  # loaded phases per arrangement
+    cpu_check_s: float = 2.0
+    kv_cache_bytes: int = 1024 * MiB
+    store_bytes: int = 1024 * MiB
+
+
+QUICK = EngineBenchConfig(ttft_repeats=3, decode_max_tokens=32, itl_tokens=20, itl_rounds=2)
+
+
+@dataclass(frozen=True, slots=True)
+class AtMost(Target):
+    """A figure's goal: ``key <= ratio`` (lower is better)."""
+
+    def met(self, results: dict[str, float], key: str) -> bool:
+        return results[key] <= self.ratio
+
+    def describe(self) -> str:
+        return f"<= {self.ratio:g}"
+
+
+def greedy(max_tokens: int) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+
+
+def label(num_tokens: int) -> str:
+    return f"{num_tokens // 1024}k" if num_tokens % 1024 == 0 else str(num_tokens)
+
+
+def random_tokens(rng: np.random.Generator, vocab_size: int, n: int) -> list[int]:
+    return [int(t) for t in rng.integers(3, vocab_size, n)]  # 0-2: unk, BOS, EOS
+
+
+def write_model(folder: Path, config: EngineBenchConfig, seed: int) -> Path:
+    return write_random_checkpoint(
+        folder,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        num_kv_heads=config.num_kv_heads,
+        intermediate_size=config.intermediate_size,
+        vocab_size=config.vocab_size,
+        max_position_embeddings=config.max_positions,
+        seed=seed,
+    )
+
+
+# -- time to first token --------------------------------------------------------------
+
+
+def wait_idle(llm: LLM, held_pages: int = 0, timeout_s: float = 60.0) -> None:
+    """Wait until only ``held_pages`` pages are taken: every write-back to the store has
+    committed (a write-back holds its pages until then)."""
+    deadline = time.monotonic() + timeout_s
+    while llm.cache.num_pages - llm.cache.num_free > held_pages:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the store write-back did not finish")
+        time.sleep(0.002)
+
+
+def ttft_once(llm: LLM, rng: np.random.Generator, length: int, percent: int) -> tuple[float, float]:
+    """One prompt with ``percent`` of it in the store: (TTFT s, prefill compute s)."""
+    page = llm.cache.page_tokens
+    vocab = llm.loaded.config.vocab_size
+    cached = length * percent // 100 // page * page
+    prompt = random_tokens(rng, vocab, length)
+    params = greedy(1)
+    if cached:
+        seed = prompt[:cached] + random_tokens(rng, vocab, page)
+        seed[cached] = 3 + (prompt[cached] - 3 + 1) % (vocab - 3)  # differs at token X
+        llm.cache.release(llm.prefill_worker.submit(seed, params).result().pages)
+    wait_idle(llm)
+    start = time.perf_counter()
+    result = llm.prefill_worker.submit(prompt, params).result()
+    elapsed = time.perf_counter() - start
+    llm.cache.release(result.pages)
+    if result.cached_store_tokens != cached or result.cached_local_tokens:
+        raise RuntimeError(
+            f"{length}-token prompt: {result.cached_store_tokens} tokens came from the store"
+            f" and {result.cached_local_tokens} from the worker's cache; expected {cached}"
+            " from the store"
+        )
+    return elapsed, result.compute_s
+
+
+def measure_ttft(
+    llm: LLM, rng: np.random.Generator, config: EngineBenchConfig, bar: Progress
+) -> dict[str, float]:
+    cells = [(n, p) for n in config.prompt_lengths for p in config.cached_percents]
+    task = bar.add_task("time to first token", total=config.ttft_repeats * len(cells))
+    longest = max(config.prompt_lengths)
+    ttft_once(llm, rng, longest, max(config.cached_percents))  # warm-up: untimed
+    samples: dict[tuple[int, int], list[tuple[float, float]]] = {c: [] for c in cells}
+    for _ in range(config.ttft_repeats):  # rounds outermost: drift hits every cell alike
+        for cell in cells:
+            samples[cell].append(ttft_once(llm, rng, *cell))
+            bar.advance(task)
+    results = {
+        f"ttft_ms_{n}_{p}": statistics.median(s for s, _ in got) * 1e3
+        for (n, p), got in samples.items()
+    }
+    for n in config.prompt_lengths:  # the prefill's compute alone, nothing cached
+        results[f"prefill_s_{n}"] = statistics.median(c for _, c in samples[n, 0])
+    top = max(config.cached_percents)
+    results[f"ttft_speedup_{label(longest)}_{top}"] = (
+        results[f"ttft_ms_{longest}_0"] / results[f"ttft_ms_{longest}_{top}"]
+    )
+    return results
+
+
+# -- decode throughput ----------------------------------------------------------------
+
+
+def decode_tok_s(
+    llm: LLM, rng: np.random.Generator, batch: int, config: EngineBenchConfig
+) -> float:
+    """Tokens/s of ``batch`` requests decoding together (see the module docstring)."""
+    params = greedy(config.decode_max_tokens)
+    vocab = llm.loaded.config.vocab_size
+    prompts = [random_tokens(rng, vocab, config.decode_prompt_tokens) for _ in range(batch)]
+    prefilled = [f.result() for f in [llm.prefill_worker.submit(p, params) for p in prompts]]
+    wait_idle(llm, held_pages=sum(len(r.pages) for r in prefilled))
+    requests = [llm.engine.new_request(p, params) for p in prompts]
+    lead, stamps, ends = requests[0].request_id, [], []
+    done = threading.Event()
+
+    def emit(event: TokenEvent) -> None:  # on the decode worker's thread
+        if event.request_id == lead:
+            stamps.append(time.perf_counter())
+        if event.finish_reason is not None:
+            ends.append(event)
+            if len(ends) == batch:
+                done.set()
+
+    stats = llm.decode_worker.stats
+    steps, batched = stats.steps, stats.batched_tokens
+    for request, result in zip(requests, prefilled, strict=True):
+        llm.decode_worker.admit(request, result.pages, result.first_token, emit)
+    if not done.wait(timeout=600):
+        raise RuntimeError(f"decode of batch {batch} did not finish")
+    failed = [e.error for e in ends if e.finish_reason is not FinishReason.LENGTH]
+    mean_batch = (stats.batched_tokens - batched) / max(1, stats.steps - steps)
+    if failed or mean_batch < 0.9 * batch:
+        raise RuntimeError(f"batch {batch}: mean batch {mean_batch:.1f}, errors {failed}")
+    return batch / statistics.median(np.diff(stamps))
+
+
+# -- decode latency under incoming prompts --------------------------------------------
+
+
+def start_workers(stack: ExitStack, folder: Path, config: EngineBenchConfig) -> dict[str, str]:
+    """Both arrangements' workers, all up at once (an idle worker costs no CPU): the
+    colocated one and the prefill worker on one core, the disaggregated decode worker on
+    the other. Returns each arrangement's decode address."""
+    cores = sorted(os.sched_getaffinity(0))
+    first, second = {cores[0]}, {cores[1 % len(cores)]}
+    flags: dict[str, object] = {
+        "engine.model": folder,
+        "engine.threads": 1,
+        "engine.store": "none",
+        "engine.prefix_caching": "false",
+        "engine.kv_cache_bytes": config.kv_cache_bytes,
+    }
+    decode = {**flags, "decode.port": 0, "decode.data_port": 0}
+    port = free_port()
+    colocated = stack.enter_context(
+        start_worker("decode", {**decode, "decode.prefill": "local"}, first)
+    )
+    prefill = stack.enter_context(start_worker("prefill", {**flags, "prefill.port": port}, first))
+    remote = {**decode, "decode.prefill": f"127.0.0.1:{port}"}
+    disaggregated = stack.enter_context(start_worker("decode", remote, second))
+    wait_worker(prefill, first)
+    return {
+        "colocated": wait_worker(colocated, first),
+        "disaggregated": wait_worker(disaggregated, second),
+    }
+
+
+async def long_prompt(client: DecodeClient, tokens: list[int]) -> float:
+    """Send one long prompt (max_tokens 1); its seconds from request to answer."""
+    start = time.perf_counter()
+    async for chunk in client.generate(tokens, greedy(1)):
+        if chunk.cached_tokens:
+            raise RuntimeError(f"a long prompt found {chunk.cached_tokens} tokens cached")
+    return time.perf_counter() - start
+
+
+async def long_prompts(
+    client: DecodeClient,
+    config: EngineBenchConfig,
+    rng: np.random.Generator,
+    seconds: list[float],
+    stop: asyncio.Event,
+) -> None:
+    """Long prompts back to back until ``stop`` is set (the last one is finished)."""
+    while not stop.is_set():
+        tokens = random_tokens(rng, config.vocab_size, config.itl_long_tokens)
+        seconds.append(await long_prompt(client, tokens))
+
+
+async def stream(
+    client: DecodeClient, tokens: list[int], max_tokens: int, stamps: list[float]
+) -> None:
+    async for chunk in client.generate(tokens, greedy(max_tokens)):
+        stamps.append(time.perf_counter())
+        if chunk.finish_reason:
+            raise RuntimeError(f"a decode stream ended early ({chunk.finish_reason})")
+
+
+async def phase(
+    client: DecodeClient, config: EngineBenchConfig, rng: np.random.Generator, *, load: bool
+) -> tuple[list[float], list[float]]:
+    """Fresh decode streams, with or without long prompts arriving; the gaps (ms) between
+    their tokens ``itl_warmup_tokens`` .. + ``itl_tokens``, and each long prompt's seconds."""
+    stamps: list[list[float]] = [[] for _ in range(config.itl_streams)]
+    max_tokens = config.max_positions - config.itl_prompt_tokens - 1
+    vocab, prompt_tokens = config.vocab_size, config.itl_prompt_tokens
+    streams = [
+        asyncio.create_task(stream(client, random_tokens(rng, vocab, prompt_tokens), max_tokens, s))
+        for s in stamps
+    ]
+    seconds: list[float] = []
+    stop = asyncio.Event()
+    tasks = list(streams)
+    try:
+        await until(tasks, lambda: min(map(len, stamps)) >= config.itl_warmup_tokens)
+        firsts = [len(s) for s in stamps]  # the measured gaps start here, per stream
+        if load:
+            tasks.append(asyncio.create_task(long_prompts(client, config, rng, seconds, stop)))
+        wanted = [n + config.itl_tokens for n in firsts]
+        await until(tasks, lambda: all(map(le, wanted, map(len, stamps))))
+        stop.set()
+        await cancel(streams)
+        await asyncio.gather(*tasks[len(streams) :])  # the long prompt in flight
+    finally:
+        await cancel(tasks)
+    gaps = [
+        (b - a) * 1e3
+        for s, n in zip(stamps, firsts, strict=True)
+        for a, b in pairwise(s[n - 1 : n + config.itl_tokens])
+    ]
+    return gaps, seconds
+
+
+async def until(tasks: Sequence[asyncio.Task[None]], done: Callable[[], bool]) -> None:
+    """Wait for ``done()``; raise the error of any task that ends first."""
+    while not done():
+        if ended := [t for t in tasks if t.done()]:
+            await ended[0]
+            raise RuntimeError("a load task ended early")
+        await asyncio.sleep(0.02)
+
+
+async def cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def drive(
+    addresses: dict[str, str], config: EngineBenchConfig, rng: np.random.Generator, bar: Progress
+) -> dict[str, float]:
+    """Per arrangement: a warm-up long prompt and an idle phase; then rounds of loaded
+    phases, alternating arrangements so that drift hits both alike. Each loaded figure is
+    the median over rounds of that round's percentile."""
+    task = bar.add_task("decode latency under load", total=2 * (1 + config.itl_rounds))
+    idle: dict[str, list[float]] = {}
+    loaded: dict[str, list[list[float]]] = {name: [] for name in addresses}
+    seconds: dict[str, list[float]] = {name: [] for name in addresses}
+    clients = {name: DecodeClient(address) for name, address in addresses.items()}
+    try:
+        for name, client in clients.items():
+            await long_prompt(client, random_tokens(rng, config.vocab_size, config.itl_long_tokens))
+            idle[name], _ = await phase(client, config, rng, load=False)
+            bar.advance(task)
+        for _ in range(config.itl_rounds):
+            for name, client in clients.items():
+                gaps, took = await phase(client, config, rng, load=True)
+                loaded[name].append(gaps)
+                seconds[name] += took
+                bar.advance(task)
+    finally:
+        for client in clients.values():
+            await client.close()
+    results: dict[str, float] = {}
+    for name in addresses:
+        for q in (99, 50):  # the median round: a stall of the host hits one round, not all
+            rounds = [float(np.percentile(gaps, q)) for gaps in loaded[name]]
+            results[f"itl_p{q}_ms_{name}"] = statistics.median(rounds)
+        results[f"itl_p99_ms_idle_{name}"] = float(np.percentile(idle[name], 99))
+        results[f"itl_long_prompt_s_{name}"] = statistics.median(seconds[name])
+        results[f"itl_long_prompts_{name}"] = float(len(seconds[name]))
+    results["itl_ratio"] = results["itl_p99_ms_disaggregated"] / results["itl_p99_ms_colocated"]
+    return results
+
+
+def cpu_check(seconds: float) -> dict[str, float]:
+    """How quiet and how separate this machine's cores are, from a one-thread matmul loop
+    on the last core: ``cpu_jitter`` = p99 / p50 of one matmul's time, alone (1.0: a quiet
+    machine; a VM's host taking the vCPU away shows here); ``core_isolation`` = its rate
+    while the first core runs the same loop, over its rate alone (1.0: independent cores,
+    0.5: two halves of one). The colocated/disaggregated comparison stands in for separate
+    GPUs only as far as these are near 1."""
+    cores = sorted(os.sched_getaffinity(0))
+
+    def spin(cpu: int, times: list[float], stop: threading.Event) -> None:
+        os.sched_setaffinity(0, {cpu})  # this thread only
+        torch.set_num_threads(1)
+        a, b = torch.randn(512, 512), torch.randn(512, 1408)
+        while not stop.is_set():
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+
+    def run_on(cpus: list[int]) -> list[float]:
+        times: list[list[float]] = [[] for _ in cpus]
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=spin, args=(cpu, t, stop))
+            for cpu, t in zip(cpus, times, strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(seconds)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        return times[-1]
+
+    alone = run_on(cores[-1:])
+    both = run_on(cores[:2]) if len(cores) > 1 else alone
+    return {
+        "cpu_jitter": float(np.percentile(alone, 99) / np.percentile(alone, 50)),
+        "core_isolation": len(both) / len(alone),
+    }
+
+
+def measure_itl(
+    folder: Path, config: EngineBenchConfig, rng: np.random.Generator, bar: Progress
+) -> dict[str, float]:
+    machine = cpu_check(config.cpu_check_s)
+    with ExitStack() as stack:  # stops every worker, whatever happens
+        addresses = start_workers(stack, folder, config)
+        return {**machine, **uvloop.run(drive(addresses, config, rng, bar))}
+
+
+# -- the run --------------------------------------------------------------------------
+
+
+def run(config: EngineBenchConfig, folder: Path, seed: int) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    results: dict[str, float] = {}
+    with progress() as bar:
+        with LLM(
+            folder,
+            store="embedded",
+            store_bytes=config.store_bytes,
+            kv_cache_bytes=config.kv_cache_bytes,
+            prefix_caching=False,
+        ) as llm:
+            results.update(measure_ttft(llm, rng, config, bar))
+            task = bar.add_task("decode throughput", total=len(config.decode_batches))
+            for batch in config.decode_batches:
+                results[f"decode_tok_s_b{batch}"] = decode_tok_s(llm, rng, batch, config)
+                bar.advance(task)
+        results.update(measure_itl(folder, config, rng, bar))
+    return results
+
+
+def plot(results: dict[str, float], config: EngineBenchConfig, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for n in config.prompt_lengths:
+        pcts = list(config.cached_percents)
+        left.plot(
+            pcts, [results[f"ttft_ms_{n}_{p}"] for p in pcts], "o-", label=f"{label(n)} prompt"
+        )
+    left.set_xlabel("prompt cached in the store (%)")
+    left.set_ylabel("time to first token (ms)")
+    left.set_yscale("log")
+    left.set_title("TTFT vs cached prefix")
+    left.legend()
+    names = ["colocated", "disaggregated"]
+    x = np.arange(len(names))
+    right.bar(x - 0.2, [results[f"itl_p50_ms_{k}"] for k in names], 0.4, label="p50")
+    right.bar(x + 0.2, [results[f"itl_p99_ms_{k}"] for k in names], 0.4, label="p99")
+    right.set_xticks(x, names)
+    right.set_ylabel("decode inter-token latency (ms)")
+    right.set_title("decode ITL while 4k prompts arrive")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+TARGETS: dict[str, Target] = {"ttft_speedup_4k_90": Target(4.0), "itl_ratio": AtMost(0.5)}
+
+
+def units(key: str) -> str:
+    if "_ms" in key:
+        return "ms"
+    if key.startswith("decode_tok_s"):
+        return "tok/s"
+    if key.startswith("itl_long_prompts"):
+        return ""
+    return "s" if "_s_" in key or key.endswith("_s") else "x"
+
+
+def main(argv: list[str] | None = None, config: EngineBenchConfig | None = None) -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--plot", type=Path, default=None, help="PNG path (default: next to --json)")
+    args = p.parse_args(argv)
+    config = config or (QUICK if args.quick else EngineBenchConfig())
+    with tempfile.TemporaryDirectory(prefix="strata-bench-model-") as tmp:
+        folder = write_model(Path(tmp) / "random-llama", config, args.seed)
+        results = run(config, folder, args.seed)
+    targets = {k: t for k, t in TARGETS.items() if k in results}
+    shown = {
+        **asdict(replace(config)),
+        "quick": args.quick,
+        "seed": args.seed,
+        "dtype": "float32",
+        "torch_threads": torch.get_num_threads(),
+        "cores": len(os.sched_getaffinity(0)),
+        "bench_process": "unpinned: shares the cores with the workers (it only reads chunks)",
+    }
+    shown = {k: list(v) if isinstance(v, tuple) else v for k, v in shown.items()}
+    report(
+        "engine",
+        shown,
+        results,
+        units={k: units(k) for k in results},
+        targets=targets,
+        json_path=args.json,
+    )
+    path = args.plot or (args.json.with_suffix(".png") if args.json else None)
+    if path is not None:
+        plot(results, config, path)
+
+
+if __name__ == "__main__":
+    main()
