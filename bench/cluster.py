@@ -49,7 +49,6 @@ import redis
 from bench.procs import Child, free_port, start_redis, start_strata, start_worker, wait_worker
 from engine.config import load_engine_config
 from engine.model.loader import TINY_MODEL_PATH, load_tokenizer
-from engine.model.synthetic import write_random_checkpoint
 from engine.router.costs import CostModel
 from engine.router.profiling import profile_costs
 from engine.router.router import Chunk, Overloaded, Router
@@ -67,34 +66,6 @@ KEY_PREFIX = "strata"  # the store's default metadata.key_prefix
 PAGE_TOKENS = 16  # the engine's KV page and store block
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 START_DELAY_S = 0.2  # a replay's first arrival comes this long after it starts
-
-
-@dataclass(frozen=True, slots=True)
-class ModelShape:
-    """A random Llama checkpoint (``engine.model.synthetic``, float32). The default
-    prefills 1k tokens in a few hundred ms on one core here, attention included, and its
-    KV is 2 KiB a token (one KV head), so a store holds many prompts in little memory."""
-
-    hidden_size: int = 384
-    num_layers: int = 4
-    num_heads: int = 6  # head_dim 64
-    num_kv_heads: int = 1
-    intermediate_size: int = 1024
-    vocab_size: int = 8192
-    max_positions: int = 8192
-
-    def write(self, folder: Path, seed: int) -> Path:
-        return write_random_checkpoint(
-            folder,
-            hidden_size=self.hidden_size,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            num_kv_heads=self.num_kv_heads,
-            intermediate_size=self.intermediate_size,
-            vocab_size=self.vocab_size,
-            max_position_embeddings=self.max_positions,
-            seed=seed,
-        )
 
 
 def page_bytes(model: Path | None, page_tokens: int = 16) -> int:

@@ -116,3 +116,15 @@ def _fmt(value: float) -> str:
 def chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def save_plot(fig: Any, ax: Any, title: str, path: Path) -> None:
+    """Title, grid and legend on ``ax``; ``fig`` written to ``path`` as a PNG and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

@@ -62,9 +62,9 @@ import uvloop
 from rich.progress import Progress
 
 from bench.common import Target, parser, progress, report
+from bench.models import ModelShape
 from bench.procs import free_port, start_worker, wait_worker
 from engine.llm import LLM
-from engine.model.synthetic import write_random_checkpoint
 from engine.sampling import SamplingParams
 from engine.service.client import DecodeClient
 from engine.workers.requests import FinishReason, TokenEvent
@@ -72,15 +72,14 @@ from engine.workers.requests import FinishReason, TokenEvent
 MiB = 1 << 20
 
 
+ENGINE_MODEL = ModelShape(  # a 4k prefill takes over a second here
+    hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=2, intermediate_size=1408
+)
+
+
 @dataclass(frozen=True, slots=True)
 class EngineBenchConfig:
-    hidden_size: int = 512
-    num_layers: int = 8
-    num_heads: int = 8  # head_dim 64
-    num_kv_heads: int = 2
-    intermediate_size: int = 1408
-    vocab_size: int = 8192
-    max_positions: int = 8192
+    model: ModelShape = ENGINE_MODEL
     prompt_lengths: tuple[int, ...] = (1024, 4096)
     cached_percents: tuple[int, ...] = (0, 50, 90)
     ttft_repeats: int = 5
@@ -122,20 +121,6 @@ def label(num_tokens: int) -> str:
 
 def random_tokens(rng: np.random.Generator, vocab_size: int, n: int) -> list[int]:
     return [int(t) for t in rng.integers(3, vocab_size, n)]  # 0-2: unk, BOS, EOS
-
-
-def write_model(folder: Path, config: EngineBenchConfig, seed: int) -> Path:
-    return write_random_checkpoint(
-        folder,
-        hidden_size=config.hidden_size,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        num_kv_heads=config.num_kv_heads,
-        intermediate_size=config.intermediate_size,
-        vocab_size=config.vocab_size,
-        max_position_embeddings=config.max_positions,
-        seed=seed,
-    )
 
 
 # -- time to first token --------------------------------------------------------------
@@ -287,7 +272,7 @@ async def long_prompts(
 ) -> None:
     """Long prompts back to back until ``stop`` is set (the last one is finished)."""
     while not stop.is_set():
-        tokens = random_tokens(rng, config.vocab_size, config.itl_long_tokens)
+        tokens = random_tokens(rng, config.model.vocab_size, config.itl_long_tokens)
         seconds.append(await long_prompt(client, tokens))
 
 
@@ -306,8 +291,8 @@ async def phase(
     """Fresh decode streams, with or without long prompts arriving; the gaps (ms) between
     their tokens ``itl_warmup_tokens`` .. + ``itl_tokens``, and each long prompt's seconds."""
     stamps: list[list[float]] = [[] for _ in range(config.itl_streams)]
-    max_tokens = config.max_positions - config.itl_prompt_tokens - 1
-    vocab, prompt_tokens = config.vocab_size, config.itl_prompt_tokens
+    max_tokens = config.model.max_positions - config.itl_prompt_tokens - 1
+    vocab, prompt_tokens = config.model.vocab_size, config.itl_prompt_tokens
     streams = [
         asyncio.create_task(stream(client, random_tokens(rng, vocab, prompt_tokens), max_tokens, s))
         for s in stamps
@@ -363,7 +348,9 @@ async def drive(
     clients = {name: DecodeClient(address) for name, address in addresses.items()}
     try:
         for name, client in clients.items():
-            await long_prompt(client, random_tokens(rng, config.vocab_size, config.itl_long_tokens))
+            await long_prompt(
+                client, random_tokens(rng, config.model.vocab_size, config.itl_long_tokens)
+            )
             idle[name], _ = await phase(client, config, rng, load=False)
             bar.advance(task)
         for _ in range(config.itl_rounds):
@@ -509,7 +496,7 @@ def main(argv: list[str] | None = None, config: EngineBenchConfig | None = None)
     args = p.parse_args(argv)
     config = config or (QUICK if args.quick else EngineBenchConfig())
     with tempfile.TemporaryDirectory(prefix="strata-bench-model-") as tmp:
-        folder = write_model(Path(tmp) / "random-llama", config, args.seed)
+        folder = config.model.write(Path(tmp) / "random-llama", args.seed)
         results = run(config, folder, args.seed)
     targets = {k: t for k, t in TARGETS.items() if k in results}
     shown = {

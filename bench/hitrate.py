@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 from rich.progress import Progress
 
-from bench.common import Target, console, parser, progress, report
+from bench.common import Target, console, parser, progress, report, save_plot
 from bench.traces import (
     Trace,
     belady_hit_rate,
@@ -270,12 +270,7 @@ def plot(results: dict[str, float], capacities: tuple[int, ...], path: Path, tit
     ax.set_xlabel("capacity (blocks)")
     ax.set_ylabel("prefix hit rate")
     ax.set_ylim(0, min(1.0, results["hit_rate_bound"] * 1.15 + 0.02))
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_plot(fig, ax, title, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -54,7 +54,6 @@ import numpy as np
 from bench.cluster import (
     ClusterSpec,
     LocalCluster,
-    ModelShape,
     PolicyRun,
     TimedRequest,
     fit_costs,
@@ -62,8 +61,9 @@ from bench.cluster import (
     pooled,
     run_policy,
 )
-from bench.common import Target, console, parser, progress, report
+from bench.common import Target, console, parser, progress, report, save_plot
 from bench.hitrate import TRACE_HELP
+from bench.models import ModelShape
 from bench.traces import load_trace, synthetic_trace
 from engine.router.costs import CostModel
 from engine.router.policy import CacheAware
@@ -461,12 +461,7 @@ def plot_ttft(ttft_ms: dict[str, list[float]], path: Path, title: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("time to first token (ms)")
     ax.set_ylabel("share of requests")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_plot(fig, ax, title, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

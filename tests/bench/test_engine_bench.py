@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from bench import engine
+from bench.models import ModelShape
 from engine.model.loader import load_model
 from engine.model.synthetic import write_random_checkpoint
 from tests.processes import children
 
 MiB = 1 << 20
 TINY = engine.EngineBenchConfig(
-    hidden_size=64,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    intermediate_size=128,
-    vocab_size=256,
-    max_positions=512,
+    model=ModelShape(
+        hidden_size=64,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        intermediate_size=128,
+        vocab_size=256,
+        max_positions=512,
+    ),
     prompt_lengths=(64, 128),
     cached_percents=(0, 50, 90),
     ttft_repeats=1,
@@ -37,19 +41,21 @@ TINY = engine.EngineBenchConfig(
 )
 
 
+SHAPE: dict[str, Any] = {
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "intermediate_size": 96,
+    "vocab_size": 100,
+    "max_position_embeddings": 256,
+    "seed": 3,
+    "dtype": "bfloat16",
+}
+
+
 def test_a_random_checkpoint_loads_with_its_shapes(tmp_path: Path) -> None:
-    folder = write_random_checkpoint(
-        tmp_path / "ckpt",
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=96,
-        vocab_size=100,
-        max_position_embeddings=256,
-        seed=3,
-        dtype="bfloat16",
-    )
+    folder = write_random_checkpoint(tmp_path / "ckpt", **SHAPE)
     loaded = load_model(folder)
     config = loaded.config
     assert (config.hidden_size, config.num_layers, config.head_dim) == (64, 2, 16)
@@ -59,18 +65,7 @@ def test_a_random_checkpoint_loads_with_its_shapes(tmp_path: Path) -> None:
     std = float(weights["lm_head.weight"].float().std())
     assert 0.015 < std < 0.025
     assert loaded.tokenizer.encode("w5 w7") == [5, 7]
-    again = write_random_checkpoint(
-        tmp_path / "again",
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=96,
-        vocab_size=100,
-        max_position_embeddings=256,
-        seed=3,
-        dtype="bfloat16",
-    )
+    again = write_random_checkpoint(tmp_path / "again", **SHAPE)
     same = (again / "model.safetensors").read_bytes()
     assert same == (folder / "model.safetensors").read_bytes()
 
