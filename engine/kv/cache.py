@@ -102,6 +102,12 @@ class PagedKVCache:
     def pages_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.page_tokens)
 
+    def pages_to_finish(self, num_tokens: int, max_tokens: int, max_context: int) -> int:
+        """Pages a sequence of ``num_tokens`` needs to generate up to ``max_tokens`` more
+        within ``max_context`` (what a decode admission reserves), at most the whole cache."""
+        longest = min(num_tokens + max_tokens, max_context)
+        return min(self.pages_for(longest), self.num_pages)
+
     # -- bytes --------------------------------------------------------------------------
 
     def page_tensor(self, page: int) -> torch.Tensor:

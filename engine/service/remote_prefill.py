@@ -82,8 +82,8 @@ class RemotePrefill:
                 f"prompt needs {prompt_pages} KV pages; the decode worker's cache has"
                 f" {self.cache.num_pages}"
             )
-        longest = min(num_tokens + request.params.max_tokens, self.max_context)
-        pages = await self._allocate(min(self.cache.pages_for(longest), self.cache.num_pages))
+        needed = self.cache.pages_to_finish(num_tokens, request.params.max_tokens, self.max_context)
+        pages = await self._allocate(needed)
         target = KVTarget(self._data_plane, tuple(pages[:prompt_pages]), next(self._transfer_ids))
         transfer_id = target.transfer_id
         call = asyncio.ensure_future(

@@ -32,8 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -44,75 +43,22 @@ from engine.kv.prefix_cache import PrefixCache
 from engine.model.llama import LlamaForCausalLM, SeqSlice
 from engine.sampling import SamplingParams, sample
 from engine.workers.device import Device
+from engine.workers.prefill_state import (
+    Job,
+    PrefillStats,
+    PromptState,
+    Put,
+    StepHooks,
+    remote_blocks,
+)
 from engine.workers.requests import InvalidRequest, KVTarget, PrefillResult, check_prompt
-from kvstore.client.layered import LayeredGet, LayeredPut, layer_slice
+from kvstore.client.layered import layer_slice
 from kvstore.hashing import Namespace, prefix_keys
-from kvstore.transfer.engine import Peer, TransferEngine
+from kvstore.transfer.engine import TransferEngine
 from kvstore.transfer.transports import RangeWrite
-from kvstore.types import BlockKey
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass
-class PrefillStats:
-    requests: int = 0
-    prompt_tokens: int = 0
-    computed_tokens: int = 0
-    cached_local_tokens: int = 0
-    cached_store_tokens: int = 0
-    recomputed_requests: int = 0  # a cached block failed its checksum or its load failed
-    forward_passes: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class _Job:
-    tokens: list[int]
-    params: SamplingParams
-    target: KVTarget | None
-    future: concurrent.futures.Future[PrefillResult]
-    submitted_s: float = field(default_factory=time.perf_counter)
-    store_limit: int | None = None  # after a bad load: at most this many store blocks
-
-
-class _Put(NamedTuple):
-    first_block: int  # of the prompt
-    put: LayeredPut
-
-    @property
-    def blocks(self) -> range:
-        return range(self.first_block, self.first_block + len(self.put.keys))
-
-
-@dataclass
-class _State:
-    """A prompt being prefilled."""
-
-    job: _Job
-    keys: list[BlockKey]
-    pages: list[int]
-    host: HostPages
-    local_blocks: int
-    store_blocks: int
-    remote_blocks: int  # of the store's, served by another node
-    load: LayeredGet | None
-    peer: Peer | None
-    admitted_s: float
-    position: int = 0  # tokens the pages hold so far
-    pushed_pages: int = 0  # pages already written to the target
-    loading: bool = False  # its first forward pass has not yet waited for the load
-    load_failed: bool = False
-    puts: list[_Put] = field(default_factory=list)
-    pushes: list[asyncio.Future[None]] = field(default_factory=list)
-    logits: torch.Tensor | None = None
-
-    @property
-    def reused_tokens(self) -> int:
-        return (self.local_blocks + self.store_blocks) * self.host.cache.page_tokens
 
 
 class PrefillWorker:
@@ -143,7 +89,7 @@ class PrefillWorker:
         self._transfer = transfer
         self._chunk = chunk_tokens
         self._batch_tokens = max_batch_tokens
-        self._pending: deque[_Job] = deque()
+        self._pending: deque[Job] = deque()
         self._active = 0  # prompts of the batch being prefilled
         self._wake = threading.Condition()
         self._stopping = False
@@ -183,7 +129,7 @@ class PrefillWorker:
             )
         if target is not None and len(target.pages) != needed:
             raise InvalidRequest(f"target has {len(target.pages)} pages; the prompt needs {needed}")
-        job = _Job(list(tokens), params, target, concurrent.futures.Future())
+        job = Job(list(tokens), params, target, concurrent.futures.Future())
         with self._wake:
             if self._stopping:
                 raise RuntimeError("prefill worker stopped")
@@ -227,10 +173,10 @@ class PrefillWorker:
             finally:
                 self._active = 0
 
-    def _admit_batch(self, budget: int) -> list[_State]:
+    def _admit_batch(self, budget: int) -> list[PromptState]:
         """Pending prompts, up to ``budget`` tokens to compute (at least one prompt while
         the budget is positive)."""
-        states: list[_State] = []
+        states: list[PromptState] = []
         tokens = 0
         while True:
             with self._wake:
@@ -249,7 +195,7 @@ class PrefillWorker:
             states.append(state)
             tokens += len(job.tokens) - state.reused_tokens
 
-    def _admit(self, job: _Job) -> _State:
+    def _admit(self, job: Job) -> PromptState:
         page_tokens = self.cache.page_tokens
         keys = prefix_keys(self.namespace.id, job.tokens, page_tokens)
         reusable = (len(job.tokens) - 1) // page_tokens  # the last token is always computed
@@ -273,14 +219,14 @@ class PrefillWorker:
             if self._transfer is None:
                 raise RuntimeError("this prefill worker has no transfer engine for KV targets")
             peer = self._call(self._transfer.connect(job.target.addresses))
-        state = _State(
+        state = PromptState(
             job,
             keys,
             pages,
             host,
             local_blocks=len(local),
             store_blocks=load.num_hits if load else 0,
-            remote_blocks=_remote(load, self.connector),
+            remote_blocks=remote_blocks(load, self.connector),
             load=load,
             peer=peer,
             admitted_s=time.perf_counter(),
@@ -289,18 +235,16 @@ class PrefillWorker:
         state.loading = load is not None
         return state
 
-    def _pages_needed(self, job: _Job) -> int:
+    def _pages_needed(self, job: Job) -> int:
         """The prompt's pages; for pages that stay in this process (a decode worker here
         takes them), room for the whole sequence too, so that it never runs out of pages
-        mid-stream (at most the whole cache)."""
+        mid-stream."""
         if job.target is not None:
             return self.cache.pages_for(len(job.tokens))
-        longest = min(
-            len(job.tokens) + job.params.max_tokens, self.model.config.max_position_embeddings
-        )
-        return min(self.cache.pages_for(longest), self.cache.num_pages)
+        context = self.model.config.max_position_embeddings
+        return self.cache.pages_to_finish(len(job.tokens), job.params.max_tokens, context)
 
-    def _prefill(self, states: list[_State]) -> None:
+    def _prefill(self, states: list[PromptState]) -> None:
         """Run ``states`` to their first tokens; prompts that arrive meanwhile join
         between forward passes while fewer than ``max_batch_tokens`` tokens are left to
         compute (``states`` grows: whoever handles a failure sees them too)."""
@@ -319,7 +263,7 @@ class PrefillWorker:
                 if n > 0:
                     step.append((state, n))
                     budget -= n
-            hooks = _StepHooks(self, step, self._open_puts(step))
+            hooks = StepHooks(self, step, self._open_puts(step))
             slices = [
                 SeqSlice(
                     torch.tensor(s.job.tokens[s.position : s.position + n]), s.position, s.pages
@@ -340,9 +284,9 @@ class PrefillWorker:
             for state in done:  # its first token goes out now, not when the batch ends
                 self._finish(state, time.perf_counter() - state.admitted_s)
 
-    def _open_puts(self, step: Sequence[tuple[_State, int]]) -> dict[int, _Put]:
+    def _open_puts(self, step: Sequence[tuple[PromptState, int]]) -> dict[int, Put]:
         """Layer-wise puts of the blocks each prompt completes in this step."""
-        puts: dict[int, _Put] = {}
+        puts: dict[int, Put] = {}
         if self.connector is None:
             return puts
         page_tokens = self.cache.page_tokens
@@ -355,11 +299,11 @@ class PrefillWorker:
                 self.connector.save(state.keys[first:last], state.host.blocks[first:last], parent)
             )
             if put is not None:
-                puts[id(state)] = _Put(first, put)
+                puts[id(state)] = Put(first, put)
                 state.puts.append(puts[id(state)])
         return puts
 
-    def _finish(self, state: _State, compute_s: float) -> None:
+    def _finish(self, state: PromptState, compute_s: float) -> None:
         job = state.job
         verified = state.store_blocks
         if state.load is not None:
@@ -404,7 +348,7 @@ class PrefillWorker:
             )
         )
 
-    def _commit_puts(self, state: _State) -> None:
+    def _commit_puts(self, state: PromptState) -> None:
         """Commit the write-back before the first token goes out: its layers are already
         in the store's arena, so this is one small round trip per chunk, and a router that
         sees the first token can count on the store holding the prompt's blocks."""
@@ -419,7 +363,7 @@ class PrefillWorker:
 
         self._call(commit())
 
-    def _drop(self, state: _State) -> None:
+    def _drop(self, state: PromptState) -> None:
         """Undo a prompt's transfers (waiting for those still writing its pages), then
         free its pages."""
         for p in state.puts:
@@ -439,7 +383,7 @@ class PrefillWorker:
 
     # -- used by the hooks (compute thread) -------------------------------------------
 
-    def _push_layer(self, state: _State, layer: int, indices: range) -> None:
+    def _push_layer(self, state: PromptState, layer: int, indices: range) -> None:
         """Send layer ``layer`` of the state's pages at ``indices`` to its KV target."""
         target, peer = state.job.target, state.peer
         assert target is not None and peer is not None
@@ -463,56 +407,6 @@ class PrefillWorker:
             )
 
         self._loop.call_soon_threadsafe(start)
-
-
-class _StepHooks:
-    """Per layer of one forward pass: wait for loads before, send KV after."""
-
-    def __init__(
-        self, worker: PrefillWorker, step: Sequence[tuple[_State, int]], puts: dict[int, _Put]
-    ) -> None:
-        self.worker = worker
-        self.step = step
-        self.puts = puts
-        page_tokens = worker.cache.page_tokens
-        self.pushed_upto: dict[int, int] = {}
-        self._push: dict[int, range] = {}
-        for state, n in step:
-            end = state.position + n
-            done = len(state.pages) if end == len(state.job.tokens) else end // page_tokens
-            self.pushed_upto[id(state)] = done
-            self._push[id(state)] = range(state.pushed_pages, done)
-
-    def before_layer(self, layer: int) -> None:
-        for state, _ in self.step:
-            if state.load is None or not state.loading or state.load_failed:
-                continue
-            try:
-                self.worker._call(state.load.layer(layer))
-            except Exception as exc:  # the load broke: recompute this prompt afterwards
-                logger.warning("loading cached KV failed (%s); recomputing", exc)
-                state.load_failed = True
-                if self.worker.connector is not None:
-                    self.worker.connector.failed(exc)
-                continue
-            start = state.local_blocks
-            state.host.to_device(layer, range(start, start + state.store_blocks))
-
-    def after_layer(self, layer: int) -> None:
-        loop = self.worker._loop
-        for state, _ in self.step:
-            put = self.puts.get(id(state))
-            if put is not None:
-                state.host.to_host(layer, put.blocks)
-                loop.call_soon_threadsafe(put.put.write_layer, layer)
-            if state.job.target is not None and self._push[id(state)]:
-                self.worker._push_layer(state, layer, self._push[id(state)])
-
-
-def _remote(load: LayeredGet | None, connector: StoreConnector | None) -> int:
-    if load is None or connector is None or not connector.node_id:
-        return 0
-    return sum(node != connector.node_id for node in load.node_ids[: load.num_hits])
 
 
 async def _gather(futures: Sequence[asyncio.Future[None]], *, quiet: bool = False) -> None:

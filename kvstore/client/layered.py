@@ -36,11 +36,11 @@ from kvstore.errors import InvalidArgument, KVStoreError
 from kvstore.hashing import checksum
 from kvstore.reservations import PutResult
 from kvstore.transfer import frames
+from kvstore.transfer.tcp import TcpTransport
 from kvstore.transfer.transports import (
     RangeRead,
     RangeWrite,
     ShmTransport,
-    TcpTransport,
     Transport,
     WriteSlots,
 )

@@ -27,11 +27,11 @@ from pathlib import Path
 
 from kvstore.transfer.connection import ConnectionPool, PeerHello, SharedSegmentInfo
 from kvstore.transfer.segments import SegmentRegistry, SharedMappings
+from kvstore.transfer.tcp import TcpTransport
 from kvstore.transfer.transports import (
     LocalTransport,
     RangeWrite,
     ShmTransport,
-    TcpTransport,
     Transport,
     TransportKind,
 )

@@ -7,7 +7,8 @@ import pytest
 from kvstore.client import StoreClient
 from kvstore.client.calls import CallOptions
 from kvstore.errors import InvalidArgument, KVStoreError
-from kvstore.transfer.transports import RangeWrite, TcpTransport
+from kvstore.transfer.tcp import TcpTransport
+from kvstore.transfer.transports import RangeWrite
 from tests.conftest import NAMESPACE, SPEC, block_bytes, chain_keys
 from tests.kvstore.server.conftest import NodeFactory
 
