@@ -6,19 +6,29 @@ End to end (``end_to_end``): a ``bench.cluster.LocalCluster`` (Redis, two store 
 each with its own prefill worker, one decode worker; each node's DRAM tier holds
 ``store_share`` of the slice's working set, so placement matters and blocks on the other
 node cost a peer fetch) replays a slice of a Mooncake-format trace (``--trace``; default
-a seeded synthetic trace of the same shape, ``bench.traces.synthetic_trace``) once per
-policy, cache-aware first. Both policies start cold on the same processes: the stores are
-flushed (DRAM tier and global index emptied) before each run, and both use one cost
-model, profiled once on the cluster at start. Scaled for a CPU: each hash id is a fixed
-block of ``block_tokens`` seeded random tokens (equal ids, equal prefixes), prompts keep
-their first ``max_blocks`` ids, outputs ``min(output_length, max_output_tokens)``
-tokens, arrival times are the trace's times x ``time_scale``. Requests go to the router
+a seeded synthetic trace of the same shape, ``bench.traces.synthetic_trace``)
+``repeats`` times per policy in ABBA order (cache-aware first), each policy's runs
+pooled, after one unmeasured warm-up replay of the first ``warmup_requests``. Every run
+starts cold on the same processes: the stores are flushed (DRAM tier and global index
+emptied) before it, and all use one cost model, profiled once on the cluster at start.
+Scaled for a CPU: each hash id is a fixed block of ``block_tokens`` seeded random tokens
+(equal ids, equal prefixes), prompts keep their first ``max_blocks`` ids, outputs
+``min(output_length, max_output_tokens)`` tokens, arrival times are the trace's times x
+``time_scale``. Requests go to the router
 in this process (``open_router``, ``Router.stream``) at their arrival times, all
 concurrently. Per request: TTFT = ``Router.stream`` called -> its first chunk (so it
 includes the placement's store lookups); the first chunk's ``cached_tokens`` (reused from
 anywhere) and ``cached_remote_tokens`` (of those, served by the other node). Hit rates
 are token-weighted over the slice: ``hit_rate`` = cached / prompt tokens,
 ``local_hit_rate`` = (cached - remote) / prompt tokens.
+
+Beside the measured figures, ``model_*`` figures replay the same requests through the
+same policy objects and cost model on an ideal cluster (``bench.router_model``: FIFO
+prefill instances that take exactly the predicted time, LRU nodes of the same capacity):
+``model_ttft_p90_ratio`` is the most a policy can gain at this load, so a measured ratio
+near it says the implementation loses nothing and the load, not the router, sets the
+figure. ``offered_load`` is the replay's prefill work without reuse, per the fitted cost
+model, over the prefill instances' time.
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ from bench.common import Target, console, parser, progress, report, save_plot
 from bench.hitrate import TRACE_HELP
 from bench.models import ModelShape
 from bench.router_decision import DECISION_BUDGET_US, QUICK, DecisionConfig, decision_latency
+from bench.router_model import simulate
 from bench.traces import load_trace, synthetic_trace
 from engine.router.costs import CostModel
 
@@ -75,10 +86,13 @@ class EndToEndConfig:
     tiny_model: bool = False  # the built-in tiny model instead of ModelShape()
     pin: bool = True  # each prefill worker on a core of its own
     peer_fetch: bool = True  # store nodes read the blocks they miss from each other
-    repeats: int = 1  # replays per policy, in ABBA order, pooled (cancels a drifting host)
+    repeats: int = 2  # replays per policy, in ABBA order, pooled (cancels a drifting host)
+    warmup_requests: int = 100  # replayed once, unmeasured, before the first policy
 
 
-QUICK_E2E = EndToEndConfig(num_requests=300, block_tokens=16, time_scale=0.25)
+QUICK_E2E = EndToEndConfig(
+    num_requests=300, block_tokens=16, time_scale=0.25, repeats=1, warmup_requests=40
+)
 
 
 class MoreThan(Target):
@@ -194,6 +208,7 @@ class EndToEnd(NamedTuple):
     results: dict[str, float]
     shown: dict[str, Any]  # the set-up, for the report's config line
     ttft_ms: dict[str, list[float]]  # per policy
+    model_ttft_ms: dict[str, list[float]]  # per policy, in the queueing model
 
 
 def end_to_end(config: EndToEndConfig, trace: Path | None, seed: int) -> EndToEnd:
@@ -228,6 +243,7 @@ def end_to_end(config: EndToEndConfig, trace: Path | None, seed: int) -> EndToEn
                 model=model,
                 costs_path=workdir / "costs.json",
                 repeats=config.repeats,
+                warmup=config.warmup_requests,
             )
             runs, costs = asyncio.run(replay)
             pinned = [cores for cores in cluster.pinned.values()]
@@ -242,6 +258,24 @@ def end_to_end(config: EndToEndConfig, trace: Path | None, seed: int) -> EndToEn
     span_s = max(r.arrival_s for r in requests) or 1.0
     work_s = sum(costs.prefill_s(len(p), 0) for p in prompts)
     results["offered_load"] = work_s / (span_s * spec.num_prefills)
+    capacity_blocks = store_bytes // (block_bytes * (config.block_tokens // PAGE_TOKENS))
+    model_ttft_ms: dict[str, list[float]] = {}
+    for policy in E2E_POLICIES:
+        ideal = simulate(
+            policy,
+            requests,
+            costs,
+            block_tokens=config.block_tokens,
+            capacity_blocks=capacity_blocks,
+            num_prefills=spec.num_prefills,
+            peer_fetch=config.peer_fetch,
+        )
+        results.update(ideal.figures(policy))
+        model_ttft_ms[policy] = [t * 1e3 for t in ideal.ttft_s]
+    model_ratio = (
+        results["model_ttft_p90_ms_cache_aware"] / results["model_ttft_p90_ms_round_robin"]
+    )
+    results["model_ttft_p90_ratio"] = model_ratio
     shown = {
         "trace": name,
         "prompt_tokens_mean": round(statistics.fmean(len(p) for p in prompts)),
@@ -255,7 +289,7 @@ def end_to_end(config: EndToEndConfig, trace: Path | None, seed: int) -> EndToEn
         "predicted_prefill_ms_1k": round(costs.prefill_s(1024, 0) * 1e3, 1),
     }
     ttft_ms = {p: [o.ttft_s * 1e3 for o in run.outcomes] for p, run in runs.items()}
-    return EndToEnd(results, shown, ttft_ms)
+    return EndToEnd(results, shown, ttft_ms, model_ttft_ms)
 
 
 async def _run_policies(
@@ -267,11 +301,21 @@ async def _run_policies(
     model: Path | None,
     costs_path: Path,
     repeats: int,
+    warmup: int,
 ) -> tuple[dict[str, PolicyRun], CostModel]:
-    """Fit the cost model, then replay under each policy ``repeats`` times (ABBA order);
-    each policy's runs pooled."""
+    """Fit the cost model, warm the cluster up, then replay under each policy ``repeats``
+    times (ABBA order); each policy's runs pooled.
+
+    The warm-up replays the first ``warmup`` requests under round robin, unmeasured, then
+    flushes the stores: the first replay on fresh processes is otherwise slower (memory
+    touched for the first time, kernels prepared for new shapes), whichever policy it is.
+    """
     console.print("profiling the cluster for the router's cost model ...")
     costs = await fit_costs(cluster, model, costs_path)
+    if warmup > 0:
+        console.print(f"warming up on the first {min(warmup, len(requests))} requests ...")
+        warm_flags = {**flags, "router.policy": "round_robin", "router.cost_model": str(costs_path)}
+        await run_policy(cluster, warm_flags, requests[:warmup], prompts[:warmup], lambda: None)
     runs: dict[str, list[PolicyRun]] = {p: [] for p in E2E_POLICIES}
     order = [p for i in range(repeats) for p in E2E_POLICIES[:: 1 if i % 2 == 0 else -1]]
     with progress() as bar:
@@ -283,19 +327,36 @@ async def _run_policies(
     return {p: pooled(rs) for p, rs in runs.items()}, costs
 
 
-def plot_ttft(ttft_ms: dict[str, list[float]], path: Path, title: str) -> None:
-    """The TTFT CDF of each policy, p90 marked."""
+def plot_ttft(
+    ttft_ms: dict[str, list[float]], model_ttft_ms: dict[str, list[float]], path: Path, title: str
+) -> None:
+    """The TTFT CDF of each policy, measured (solid) and in the queueing model (dashed),
+    p90 in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for policy, values in ttft_ms.items():
-        xs = np.sort(np.asarray(values))
-        ys = np.arange(1, len(xs) + 1) / len(xs)
-        p90 = float(np.percentile(xs, 90))
-        ax.step(xs, ys, where="post", label=f"{policy} (p90 {p90:,.0f} ms)")
+    for i, policy in enumerate(ttft_ms):
+        colour = f"C{i}"
+        for label, values, style in (
+            (policy, ttft_ms[policy], "-"),
+            (f"{policy}, model", model_ttft_ms.get(policy, []), "--"),
+        ):
+            if not values:
+                continue
+            xs = np.sort(np.asarray(values))
+            ys = np.arange(1, len(xs) + 1) / len(xs)
+            p90 = float(np.percentile(xs, 90))
+            ax.step(
+                xs,
+                ys,
+                where="post",
+                color=colour,
+                linestyle=style,
+                label=f"{label} (p90 {p90:,.0f} ms)",
+            )
     ax.axhline(0.9, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log")
     ax.set_xlabel("time to first token (ms)")
@@ -357,7 +418,14 @@ BUSY_HOST_SHARE = 0.1  # other processes using more of the cores than this: a wa
 
 
 def _after_e2e(e2e: EndToEnd, plot_path: Path | None) -> None:
-    """Warn if the host was busy meanwhile; draw the TTFT CDFs."""
+    """Compare the TTFT ratio with the model's; warn if the host was busy meanwhile;
+    draw the TTFT CDFs."""
+    r = e2e.results
+    console.print(
+        f"TTFT p90 cache_aware / round_robin: measured {r['ttft_p90_ratio']:.2f}, queueing"
+        f" model {r['model_ttft_p90_ratio']:.2f} (at offered load {r['offered_load']:.2f};"
+        f" goal <= {TTFT_P90_GOAL})"
+    )
     busy = {p: e2e.results[f"others_cpu_share_{p}"] for p in E2E_POLICIES}
     if max(busy.values()) > BUSY_HOST_SHARE:
         shares = ", ".join(f"{p} {share:.0%}" for p, share in busy.items())
@@ -366,7 +434,8 @@ def _after_e2e(e2e: EndToEnd, plot_path: Path | None) -> None:
             " the TTFT comparison is unreliable; run again on a quiet host"
         )
     if plot_path is not None:
-        plot_ttft(e2e.ttft_ms, plot_path, f"router TTFT: {e2e.shown['trace']}")
+        title = f"router TTFT: {e2e.shown['trace']}"
+        plot_ttft(e2e.ttft_ms, e2e.model_ttft_ms, plot_path, title)
         console.print(f"wrote {plot_path}")
 
 
@@ -379,6 +448,7 @@ _E2E_FLAGS: dict[str, tuple[str, type, str]] = {  # flag: (EndToEndConfig field,
     "--store-share": ("store_share", float, "a node's DRAM tier / the working set"),
     "--lookup-timeout-s": ("lookup_timeout_s", float, "router.lookup_timeout_s"),
     "--repeats": ("repeats", int, "replays per policy (ABBA order, pooled)"),
+    "--warmup-requests": ("warmup_requests", int, "unmeasured replay of the first N first"),
 }
 
 

@@ -53,13 +53,15 @@ def test_end_to_end_on_a_tiny_cluster(tmp_path: Path) -> None:
     before = children()
     path = tmp_path / "router.json"
     argv = ["--part", "e2e", "--tiny-model", "--e2e-requests", "12", "--block-tokens", "16"]
-    argv += ["--time-scale", "0.05", "--json", str(path)]
+    argv += ["--time-scale", "0.05", "--repeats", "1", "--warmup-requests", "4"]
+    argv += ["--json", str(path)]
     results = router.main(argv)
     payload = json.loads(path.read_text())
-    keys = {"ttft_p90_ratio", "ttft_p90_headroom"}
+    keys = {"ttft_p90_ratio", "ttft_p90_headroom", "model_ttft_p90_ratio", "offered_load"}
     for policy in router.E2E_POLICIES:
-        keys |= {f"{f}_{policy}" for f in ("local_hit_rate", "hit_rate")}
-        keys |= {f"ttft_p{q}_ms_{policy}" for q in (50, 90)}
+        for prefix in ("", "model_"):
+            keys |= {f"{prefix}{f}_{policy}" for f in ("local_hit_rate", "hit_rate")}
+            keys |= {f"{prefix}ttft_p{q}_ms_{policy}" for q in (50, 90)}
     assert keys <= set(payload["results"])
     assert payload["results"]["ttft_p90_ratio"] == results["ttft_p90_ratio"]
     for policy in router.E2E_POLICIES:
@@ -72,5 +74,6 @@ def test_end_to_end_on_a_tiny_cluster(tmp_path: Path) -> None:
         "hit_rate_cache_aware",
     }
     assert payload["config"]["e2e_num_requests"] == 12
+    assert payload["config"]["e2e_warmup_requests"] == 4
     assert path.with_suffix(".png").stat().st_size > 0
     assert children() <= before  # the cluster's processes are gone
