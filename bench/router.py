@@ -14,12 +14,12 @@ emptied) before it, and all use one cost model, profiled once on the cluster at 
 Scaled for a CPU: each hash id is a fixed block of ``block_tokens`` seeded random tokens
 (equal ids, equal prefixes), prompts keep their first ``max_blocks`` ids, outputs
 ``min(output_length, max_output_tokens)`` tokens, arrival times are the trace's times x
-``time_scale``. Requests go to the router
-in this process (``open_router``, ``Router.stream``) at their arrival times, all
-concurrently. Per request: TTFT = ``Router.stream`` called -> its first chunk (so it
-includes the placement's store lookups); the first chunk's ``cached_tokens`` (reused from
-anywhere) and ``cached_remote_tokens`` (of those, served by the other node). Hit rates
-are token-weighted over the slice: ``hit_rate`` = cached / prompt tokens,
+``time_scale``. Requests go to the router in this process (``open_router``,
+``Router.stream``) at their arrival times, all concurrently. Per request: TTFT =
+``Router.stream`` called -> its first chunk (so it includes the placement's store
+lookups); the first chunk's ``cached_tokens`` (reused from anywhere) and
+``cached_remote_tokens`` (of those, served by the other node). Hit rates are
+token-weighted over the slice: ``hit_rate`` = cached / prompt tokens,
 ``local_hit_rate`` = (cached - remote) / prompt tokens.
 
 Beside the measured figures, ``model_*`` figures replay the same requests through the
@@ -63,7 +63,7 @@ from bench.common import Target, console, parser, progress, report, save_plot
 from bench.hitrate import TRACE_HELP
 from bench.models import ModelShape
 from bench.router_decision import DECISION_BUDGET_US, QUICK, DecisionConfig, decision_latency
-from bench.router_model import simulate
+from bench.router_model import compare
 from bench.traces import load_trace, synthetic_trace
 from engine.router.costs import CostModel
 
@@ -259,23 +259,16 @@ def end_to_end(config: EndToEndConfig, trace: Path | None, seed: int) -> EndToEn
     work_s = sum(costs.prefill_s(len(p), 0) for p in prompts)
     results["offered_load"] = work_s / (span_s * spec.num_prefills)
     capacity_blocks = store_bytes // (block_bytes * (config.block_tokens // PAGE_TOKENS))
-    model_ttft_ms: dict[str, list[float]] = {}
-    for policy in E2E_POLICIES:
-        ideal = simulate(
-            policy,
-            requests,
-            costs,
-            block_tokens=config.block_tokens,
-            capacity_blocks=capacity_blocks,
-            num_prefills=spec.num_prefills,
-            peer_fetch=config.peer_fetch,
-        )
-        results.update(ideal.figures(policy))
-        model_ttft_ms[policy] = [t * 1e3 for t in ideal.ttft_s]
-    model_ratio = (
-        results["model_ttft_p90_ms_cache_aware"] / results["model_ttft_p90_ms_round_robin"]
+    model_figures, model_ttft_ms = compare(
+        E2E_POLICIES,
+        requests,
+        costs,
+        block_tokens=config.block_tokens,
+        capacity_blocks=capacity_blocks,
+        num_prefills=spec.num_prefills,
+        peer_fetch=config.peer_fetch,
     )
-    results["model_ttft_p90_ratio"] = model_ratio
+    results.update(model_figures)
     shown = {
         "trace": name,
         "prompt_tokens_mean": round(statistics.fmean(len(p) for p in prompts)),
@@ -342,10 +335,8 @@ def plot_ttft(
         colour = f"C{i}"
         for label, values, style in (
             (policy, ttft_ms[policy], "-"),
-            (f"{policy}, model", model_ttft_ms.get(policy, []), "--"),
+            (f"{policy}, model", model_ttft_ms[policy], "--"),
         ):
-            if not values:
-                continue
             xs = np.sort(np.asarray(values))
             ys = np.arange(1, len(xs) + 1) / len(xs)
             p90 = float(np.percentile(xs, 90))

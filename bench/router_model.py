@@ -109,7 +109,6 @@ def simulate(
         instance = choice.prefill
         local = prefix[instance]
         reused = _anywhere(nodes.values(), blocks[:reusable]) if peer_fetch else local
-        reused = max(reused, local)
         cached = reused * block_tokens
         work_s = costs.transfer_s((reused - local) * block_tokens) + costs.prefill_s(
             num_tokens - cached, cached
@@ -122,6 +121,39 @@ def simulate(
         local_total += local * block_tokens
         prompt_total += num_tokens
     return ModelResult(ttfts, cached_total, local_total, prompt_total)
+
+
+def compare(
+    policies: Sequence[str],
+    requests: Sequence[TimedRequest],
+    costs: CostModel,
+    *,
+    block_tokens: int,
+    capacity_blocks: int,
+    num_prefills: int = 2,
+    peer_fetch: bool = True,
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """``simulate`` each of ``policies`` (the first two compared): every policy's
+    ``model_*`` figures plus ``model_ttft_p90_ratio`` (first / second), and each policy's
+    TTFTs in ms."""
+    figures: dict[str, float] = {}
+    ttft_ms: dict[str, list[float]] = {}
+    for policy in policies:
+        result = simulate(
+            policy,
+            requests,
+            costs,
+            block_tokens=block_tokens,
+            capacity_blocks=capacity_blocks,
+            num_prefills=num_prefills,
+            peer_fetch=peer_fetch,
+        )
+        figures.update(result.figures(policy))
+        ttft_ms[policy] = [t * 1e3 for t in result.ttft_s]
+    first, second = policies[:2]
+    p90 = "model_ttft_p90_ms_{}".format
+    figures["model_ttft_p90_ratio"] = figures[p90(first)] / figures[p90(second)]
+    return figures, ttft_ms
 
 
 def _anywhere(nodes: Iterable[_Node], ids: Sequence[int]) -> int:
