@@ -90,7 +90,10 @@ def sample(logits: torch.Tensor, params: SamplingParams, step: int) -> int:
         drop = cumulative - sorted_probs > params.top_p  # keep the smallest set reaching top_p
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    # drawn on the CPU, whatever computed the logits: the same seed gives the same token on
+    # every device (a CUDA generator's stream differs from the CPU's)
     generator = torch.Generator().manual_seed(_step_seed(params.effective_seed, step))
+    probs = probs.cpu()
     return int(torch.multinomial(probs / probs.sum(), 1, generator=generator).item())
 
 
