@@ -53,6 +53,7 @@ class PagedKVCache:
         self._free = list(range(num_pages - 1, -1, -1))
         self._refs = [0] * num_pages
         self._lock = threading.Lock()
+        self._landing: torch.Tensor | None = None  # see landing_memory
         self.spec = BlockSpec(num_layers, num_kv_heads, head_dim, _kv_dtype(dtype), page_tokens)
 
     @property
@@ -122,9 +123,26 @@ class PagedKVCache:
         """One layer of a page (K then V): the block's layer byte range."""
         return _host_view(self.pages[page, layer].view(torch.uint8).reshape(-1))
 
-    def memory(self) -> memoryview:
-        """Every page as one region (to register as a transfer segment)."""
-        return _host_view(self.pages.view(torch.uint8).reshape(-1))
+    def landing_memory(self) -> memoryview:
+        """Host memory that other processes write pages into (a transfer segment), laid
+        out like ``pages``: the pages themselves on a CPU cache; on a device cache a
+        pinned host mirror of them (as large as the cache), from which ``land`` copies
+        pages to the device once they have arrived."""
+        if self.pages.device.type == "cpu":
+            return _host_view(self.pages.view(torch.uint8).reshape(-1))
+        if self._landing is None:
+            self._landing = torch.empty(self.pages.shape, dtype=self.dtype, pin_memory=True)
+        return _host_view(self._landing.view(torch.uint8).reshape(-1))
+
+    def land(self, pages: Sequence[int]) -> None:
+        """Pages written into ``landing_memory`` are complete: make them the cache's
+        (a host-to-device copy on a device cache; nothing on a CPU cache)."""
+        if self._landing is not None and pages:
+            index = torch.as_tensor(list(pages), dtype=torch.long)
+            self.pages[index.to(self.pages.device)] = self._landing[index].to(
+                self.pages.device, non_blocking=True
+            )
+            torch.cuda.current_stream(self.pages.device).synchronize()
 
     # -- what the model reads and writes -----------------------------------------------
 

@@ -115,6 +115,7 @@ class RemotePrefill:
             raise PrefillUnavailable(
                 f"prefill worker {address}: {exc.details() or exc.code().name}"
             ) from None
+        self.cache.land(target.pages)  # every layer has arrived: the answer came after them
         return PrefillResult(
             first_token=response.first_token,
             pages=pages,

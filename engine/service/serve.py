@@ -132,7 +132,7 @@ async def start_decode(config: EngineConfig) -> RunningWorker:
         closers += [store.close, local.stop]
     else:
         registry = SegmentRegistry()
-        registry.register(Segment("kv", cache.memory()))
+        registry.register(Segment("kv", cache.landing_memory()))
         data_plane = DataPlaneServer(
             f"decode-{uuid.uuid4().hex[:8]}",
             local_host_id(),
