@@ -20,7 +20,7 @@ layer i reads the cache (wait until a cached prefix's layer i has arrived),
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -120,6 +120,7 @@ class LlamaForCausalLM(nn.Module):
         device = self.model.embed_tokens.weight.device
         if self._rotary is None or self._rotary.inv_freq.device != device:
             self._rotary = Rotary(self.config, device)
+            _choose_attention_kernels(device)
         return self._rotary
 
     @torch.inference_mode()
@@ -137,6 +138,7 @@ class LlamaForCausalLM(nn.Module):
         tokens = torch.cat([s.tokens for s in seqs]).to(device)
         positions = torch.cat([torch.arange(s.start, s.start + len(s.tokens)) for s in seqs])
         slots = torch.cat([cache.slots(s.page_table, s.start, len(s.tokens)) for s in seqs])
+        slots = slots.to(cache.pages.device)  # once, not once a layer
         x = self.model.embed_tokens(tokens)
         cos, sin = self.rotary().cos_sin(positions, x.dtype)
         plan = _AttentionPlan.build(seqs, cache)
@@ -191,50 +193,93 @@ class LlamaForCausalLM(nn.Module):
 
 @dataclass
 class _AttentionPlan:
-    """Which cache slots each query attends to, worked out once per forward."""
+    """Which cache slots each query attends to, worked out once per forward.
+
+    Slot indices and masks are built on the host once and moved to the cache's device
+    once, so no layer waits on a host-to-device copy (on a GPU each such copy is a sync).
+    Masks depend on the attention window, so they are kept per window.
+    """
 
     seqs: Sequence[SeqSlice]
     context_slots: list[torch.Tensor]  # per sequence: slots of positions [0, start + n)
     decode: bool  # every sequence brings exactly one token: one batched call per layer
+    padded: torch.Tensor | None  # batched decode: [B, longest] slots, padding 0
+    _masks: dict[int | None, list[torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, seqs: Sequence[SeqSlice], cache: PagedKVCache) -> _AttentionPlan:
+        device = cache.pages.device
         context = [cache.slots(s.page_table, 0, s.start + len(s.tokens)) for s in seqs]
-        return cls(seqs, context, all(len(s.tokens) == 1 for s in seqs))
+        decode = all(len(s.tokens) == 1 for s in seqs)
+        padded = None
+        if decode and len(seqs) > 1:
+            padded = torch.zeros(len(context), max(len(c) for c in context), dtype=torch.long)
+            for row, slots in enumerate(context):
+                padded[row, : len(slots)] = slots
+            padded = padded.to(device)
+            context = []
+        else:
+            context = [c.to(device) for c in context]
+        return cls(seqs, context, decode, padded)
 
     def attend(
         self, layer: int, q: torch.Tensor, cache: PagedKVCache, window: int | None, groups: int
     ) -> torch.Tensor:
-        if self.decode and len(self.seqs) > 1:
+        if self.padded is not None:
             return self._attend_decode(layer, q, cache, window, groups)
+        masks = self._masks.get(window)
+        if masks is None:
+            masks = [
+                _mask(seq.start, len(seq.tokens), len(slots), window, q.device)
+                for seq, slots in zip(self.seqs, self.context_slots, strict=True)
+            ]
+            self._masks[window] = masks
         outs, offset = [], 0
-        for seq, slots in zip(self.seqs, self.context_slots, strict=True):
+        for seq, slots, mask in zip(self.seqs, self.context_slots, masks, strict=True):
             n = len(seq.tokens)
             k, v = cache.gather(layer, slots)  # [T, kv_heads, dim]
-            mask = _mask(seq.start, n, len(slots), window, q.device)
             outs.append(_sdpa(q[offset : offset + n], k, v, mask, groups))
             offset += n
         return torch.cat(outs)
 
+    def _decode_mask(self, window: int | None, device: torch.device) -> torch.Tensor:
+        """[B, 1, 1, longest] bool: each row's own context (within the window)."""
+        masks = self._masks.get(window)
+        if masks is None:
+            assert self.padded is not None
+            valid = torch.zeros(self.padded.shape, dtype=torch.bool)
+            for row, seq in enumerate(self.seqs):
+                length = seq.start + 1
+                valid[row, max(0, length - window) if window else 0 : length] = True
+            masks = [valid.to(device)[:, None, None, :]]
+            self._masks[window] = masks
+        return masks[0]
+
     def _attend_decode(
         self, layer: int, q: torch.Tensor, cache: PagedKVCache, window: int | None, groups: int
     ) -> torch.Tensor:
-        lengths = [len(s) for s in self.context_slots]
-        longest = max(lengths)
-        padded = torch.zeros(len(lengths), longest, dtype=torch.long)
-        valid = torch.zeros(len(lengths), longest, dtype=torch.bool)
-        for row, slots in enumerate(self.context_slots):
-            padded[row, : len(slots)] = slots
-            first = max(0, len(slots) - window) if window else 0
-            valid[row, first : len(slots)] = True
-        k, v = cache.gather(layer, padded)  # [B, T, kv_heads, dim]
+        assert self.padded is not None
+        k, v = cache.gather(layer, self.padded)  # [B, T, kv_heads, dim]
         qb = q[:, :, None, :]  # [B, heads, 1, dim]
         kb = k.transpose(1, 2).repeat_interleave(groups, dim=1)
         vb = v.transpose(1, 2).repeat_interleave(groups, dim=1)
-        mask = valid.to(q.device)[:, None, None, :]
+        mask = self._decode_mask(window, q.device)
         return F.scaled_dot_product_attention(qb, kb.to(q.dtype), vb.to(q.dtype), attn_mask=mask)[
             :, :, 0
         ]
+
+
+def _choose_attention_kernels(device: torch.device) -> None:
+    """Leave cuDNN's SDPA kernel out on CUDA devices (a process-wide torch setting).
+
+    On an H200 (torch 2.11, CUDA 13) torch picked cuDNN attention for the engine's masked
+    calls and each call spent ~10 ms of host time for ~50 us of device time (profiled by
+    ``bench.cuda --part profile``): the engine's shapes change every step (the context
+    grows), and cuDNN prepares a plan per shape. Flash, memory-efficient and math kernels
+    remain, as torch orders them.
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def _mask(start: int, n: int, total: int, window: int | None, device: torch.device) -> torch.Tensor:
