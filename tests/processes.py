@@ -18,6 +18,13 @@ from bench.procs import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment with the checkout first on the child's import path
+    (what was on ``PYTHONPATH`` stays after it)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **extra}
+
+
 def children() -> set[int]:
     """Live child processes of this test process (from /proc)."""
     found = set()
@@ -46,7 +53,7 @@ class ServeProcess:
         }
         for key, value in values.items():
             args += [f"--{key}", value]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        env = child_env()
         self.proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, text=True
         )
@@ -96,7 +103,7 @@ class EngineProcess:
         args = [sys.executable, "-m", "engine.cli", role, "--log-level", "WARNING"]
         for key, value in flags.items():
             args += [f"--{key}", value]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        env = child_env()
         self.proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, text=True
         )
@@ -150,7 +157,7 @@ class UpProcess:
             "--decode.data_port", "0", "--engine.kv_cache_bytes", "32MiB",
             "--engine.store_bytes", "64MiB", *args,
         ]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "COLUMNS": "300"}
+        env = child_env(COLUMNS="300")
         self.proc = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, text=True
         )

@@ -78,6 +78,7 @@ def greedy(model: LlamaForCausalLM, prompt: list[int], num_tokens: int) -> list[
         num_kv_heads=c.num_kv_heads,
         head_dim=c.head_dim,
         dtype=model.model.embed_tokens.weight.dtype,
+        device=model.model.embed_tokens.weight.device,
     )
     pages = cache.allocate(cache.pages_for(len(prompt) + num_tokens))
     logits = model([SeqSlice(torch.tensor(prompt), 0, pages)], cache)[0]

@@ -16,12 +16,17 @@ from bench.procs import free_port
 from engine import LLM, SamplingParams
 from engine.service.client import DecodeClient
 from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
+from tests.device import DEVICE, DTYPE
 from tests.engine.checkpoints import LLAMA, write_checkpoint
 from tests.engine.stores import TINY_BLOCK
 from tests.engine.test_llm import GREEDY, PROMPTS, SAMPLED, SMALL
 from tests.processes import EngineProcess, ServeProcess
 
-CACHE = {"engine.kv_cache_bytes": "16MiB"}
+CACHE = {
+    "engine.kv_cache_bytes": "16MiB",
+    "engine.device": DEVICE,
+    **({"engine.dtype": DTYPE} if DTYPE else {}),
+}
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,18 @@ import torch
 from bench.procs import free_port
 from engine import LLM, InvalidRequest, InvalidSampling, SamplingParams
 from engine.model.loader import load_model
+from tests.device import DEVICE, DTYPE
 from tests.engine.checkpoints import LLAMA, greedy, write_checkpoint
 from tests.engine.stores import NodeThread
 from tests.redis_server import RedisServer
 
 MiB = 1 << 20
-SMALL: dict[str, Any] = {"kv_cache_bytes": 16 * MiB, "store_bytes": 32 * MiB}
+SMALL: dict[str, Any] = {
+    "kv_cache_bytes": 16 * MiB,
+    "store_bytes": 32 * MiB,
+    "device": DEVICE,
+    **({"dtype": DTYPE} if DTYPE else {}),
+}
 GREEDY = SamplingParams(temperature=0, max_tokens=24)
 SAMPLED = SamplingParams(temperature=1.0, top_p=0.95, top_k=100, seed=11, max_tokens=24)
 
@@ -183,9 +189,10 @@ def test_reuse_from_another_store_node_is_exact(reference: dict[str, Any]) -> No
 
 
 def test_bfloat16_reuse_from_the_store_is_exact() -> None:
-    with LLM(store=None, dtype="bfloat16", **SMALL) as ref:
+    bf16 = {**SMALL, "dtype": "bfloat16"}
+    with LLM(store=None, **bf16) as ref:
         expected = [o.token_ids for o in ref.generate(PROMPTS, SAMPLED)]
-    with LLM(dtype="bfloat16", prefix_caching=False, **SMALL) as llm:
+    with LLM(prefix_caching=False, **bf16) as llm:
         assert llm.cache.dtype == torch.bfloat16
         llm.generate(PROMPTS, SAMPLED)
         outs = llm.generate(PROMPTS, SAMPLED)

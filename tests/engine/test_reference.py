@@ -35,6 +35,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from engine.kv.cache import PagedKVCache
 from engine.model.llama import LlamaForCausalLM, SeqSlice
 from engine.model.loader import LoadedModel, load_model
+from tests.device import DEVICE
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -118,12 +119,13 @@ def ref(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     _randomise(hf, seed=len(request.param))
+    hf.to(DEVICE)
     folder = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(folder, max_shard_size=shard or "50GB")
     _save_tokenizer(folder)
     if shard:
         assert (folder / "model.safetensors.index.json").is_file()
-    return Reference(request.param, hf, load_model(folder), folder)
+    return Reference(request.param, hf, load_model(folder, device=DEVICE), folder)
 
 
 def _prompt(length: int, seed: int = 1) -> torch.Tensor:
@@ -143,12 +145,13 @@ def _cache(
         num_kv_heads=c.num_kv_heads,
         head_dim=c.head_dim,
         dtype=dtype,
+        device=DEVICE,
     )
 
 
 def _hf_logits(hf: Any, tokens: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return hf(tokens[None]).logits[0].float()
+        return hf(tokens[None].to(DEVICE)).logits[0].float()
 
 
 def _chunked_logits(
@@ -180,7 +183,9 @@ def greedy(
 
 def _hf_greedy(hf: Any, prompt: torch.Tensor, num_tokens: int) -> list[int]:
     hf.generation_config.eos_token_id = None  # always 32 tokens: never stop early
-    out = hf.generate(prompt[None], do_sample=False, max_new_tokens=num_tokens, pad_token_id=0)
+    out = hf.generate(
+        prompt[None].to(DEVICE), do_sample=False, max_new_tokens=num_tokens, pad_token_id=0
+    )
     return [int(t) for t in out[0, len(prompt) :]]
 
 
@@ -213,6 +218,7 @@ def test_sliding_window_is_exercised(ref: Reference) -> None:
     window = ref.ours.config.sliding_window
     assert window == 24
     unwindowed = LlamaForCausalLM(dataclasses.replace(ref.ours.config, sliding_window=None))
+    unwindowed.to(DEVICE)
     unwindowed.load_state_dict(ref.ours.model.state_dict())
     tokens = _prompt(37)
     with_window = _chunked_logits(ref.ours.model, tokens, [])
@@ -262,7 +268,7 @@ def _alone_logits(model: LlamaForCausalLM, prompt: torch.Tensor, tokens: list[in
 
 @pytest.mark.parametrize("ref", BF16_CASES, indirect=True)
 def test_bfloat16_is_as_close_as_transformers_own(ref: Reference) -> None:
-    ours = load_model(ref.folder, dtype=torch.bfloat16)
+    ours = load_model(ref.folder, dtype=torch.bfloat16, device=DEVICE)
     assert ours.model.model.embed_tokens.weight.dtype == torch.bfloat16
     hf16 = copy.deepcopy(ref.hf).to(torch.bfloat16)
     tokens = _prompt(37)
@@ -284,7 +290,7 @@ def _check_bf16_greedy(model: LlamaForCausalLM, hf16: Any, prompt: torch.Tensor)
     tokens = greedy(model, prompt, 32, torch.bfloat16)
     full = torch.cat([prompt, torch.tensor(tokens)])
     theirs = _hf_logits(hf16, full)[len(prompt) - 1 : -1]  # their logits before each token
-    chosen = theirs.gather(1, torch.tensor(tokens)[:, None])[:, 0]
+    chosen = theirs.gather(1, torch.tensor(tokens, device=theirs.device)[:, None])[:, 0]
     assert (theirs.max(dim=1).values - chosen).max() <= 1 / 16
     agree = sum(a == b for a, b in zip(tokens, _hf_greedy(hf16, prompt, 32), strict=True))
     print(f"bf16 greedy: {agree}/32 tokens equal to transformers' generate")

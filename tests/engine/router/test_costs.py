@@ -92,6 +92,9 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     TRUE.save(path)
     assert CostModel.load(path) == TRUE
     assert CostModel.from_dict(TRUE.to_dict()) == TRUE
+    TRUE.save(path, about="measured on one GPU")  # provenance rides along, ignored
+    assert '"about": "measured on one GPU"' in path.read_text()
+    assert CostModel.load(path) == TRUE
 
 
 @pytest.mark.parametrize(
@@ -103,6 +106,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
         (json.dumps({**TRUE.to_dict(), "transfer_base_s": "fast"}), "transfer_base_s: must be a"),
         (json.dumps({**TRUE.to_dict(), "prefill_base_s": True}), "prefill_base_s: must be a"),
         (json.dumps({**TRUE.to_dict(), "prefil_base_s": 1.0}), "prefil_base_s: unknown field"),
+        (json.dumps({**TRUE.to_dict(), "about": 3}), "about: must be a string"),
     ],
 )
 def test_load_names_the_bad_field(tmp_path: Path, content: str, message: str) -> None:
