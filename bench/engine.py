@@ -161,6 +161,8 @@ def measure_ttft(
         f"ttft_ms_{n}_{p}": statistics.median(s for s, _ in got) * 1e3
         for (n, p), got in samples.items()
     }
+    for (n, p), got in samples.items():  # the prefill's compute of the uncached tokens
+        results[f"compute_ms_{n}_{p}"] = statistics.median(c for _, c in got) * 1e3
     for n in config.prompt_lengths:  # the prefill's compute alone, nothing cached
         results[f"prefill_s_{n}"] = statistics.median(c for _, c in samples[n, 0])
     top = max(config.cached_percents)

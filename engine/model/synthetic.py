@@ -46,6 +46,7 @@ def write_random_checkpoint(
     max_position_embeddings: int,
     seed: int,
     dtype: str = "float32",
+    device: str = "cpu",
 ) -> Path:
     """Write a loadable Llama checkpoint with random weights into ``folder``.
 
@@ -57,6 +58,8 @@ def write_random_checkpoint(
             ``num_attention_heads``, ``num_kv_heads`` is ``num_key_value_heads``).
         seed: seeds the weights' generator.
         dtype: "float32", "float16" or "bfloat16": the stored weights' and config's dtype.
+        device: where the random weights are drawn (a GPU draws an 8B model's in
+            seconds; the same seed gives different weights on different devices).
 
     Returns:
         ``folder``.
@@ -87,12 +90,14 @@ def write_random_checkpoint(
     }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(raw, indent=2))
-    _write_weights(folder / "model.safetensors", raw, seed, _DTYPES[dtype])
+    _write_weights(folder / "model.safetensors", raw, seed, _DTYPES[dtype], device)
     _write_tokenizer(folder / "tokenizer.json", vocab_size)
     return folder
 
 
-def _write_weights(path: Path, raw: dict[str, Any], seed: int, dtype: torch.dtype) -> None:
+def _write_weights(
+    path: Path, raw: dict[str, Any], seed: int, dtype: torch.dtype, device: str
+) -> None:
     """Stream random tensors into a safetensors file (8-byte header length, JSON header
     with each tensor's byte range, then the tensors' bytes back to back)."""
     with torch.device("meta"):  # names and shapes only: nothing is allocated
@@ -111,7 +116,7 @@ def _write_weights(path: Path, raw: dict[str, Any], seed: int, dtype: torch.dtyp
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the tensors start 8-byte aligned
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     with path.open("wb") as f:
         f.write(struct.pack("<Q", len(encoded)))
         f.write(encoded)
@@ -119,7 +124,10 @@ def _write_weights(path: Path, raw: dict[str, Any], seed: int, dtype: torch.dtyp
             if name.endswith("norm.weight"):
                 tensor = torch.ones(shape)
             else:
-                tensor = torch.empty(shape).normal_(0.0, INIT_STD, generator=generator)
+                drawn = torch.empty(shape, device=device).normal_(
+                    0.0, INIT_STD, generator=generator
+                )
+                tensor = drawn.to(dtype).cpu()
             f.write(tensor.to(dtype).contiguous().view(torch.uint8).numpy().data)
 
 

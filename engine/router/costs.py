@@ -33,6 +33,8 @@ import numpy as np
 
 from kvstore.errors import ConfigError
 
+ABOUT = "about"  # the optional provenance field of a saved cost model
+
 
 @dataclass(frozen=True, slots=True)
 class CostModel:
@@ -139,9 +141,14 @@ class CostModel:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, object], source: str = "cost model") -> CostModel:
-        """Raises ``ConfigError`` naming the first missing, unknown or invalid field."""
+        """Raises ``ConfigError`` naming the first missing, unknown or invalid field. An
+        ``about`` string (where the figures come from: machine, model, how measured) may
+        stand beside the coefficients."""
         names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(raw) - set(names))
+        about = raw.get(ABOUT, "")
+        if not isinstance(about, str):
+            raise ConfigError(f"{source}.{ABOUT}", f"must be a string, got {about!r}")
+        unknown = sorted(set(raw) - set(names) - {ABOUT})
         if unknown:
             raise ConfigError(f"{source}.{unknown[0]}", f"unknown field (fields: {names})")
         values: dict[str, float] = {}
@@ -157,8 +164,10 @@ class CostModel:
             values[name] = float(value)
         return cls(**values)
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+    def save(self, path: Path, about: str = "") -> None:
+        """Write the coefficients as JSON, with ``about`` (provenance) when given."""
+        raw: dict[str, object] = {ABOUT: about} if about else {}
+        path.write_text(json.dumps({**raw, **self.to_dict()}, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> CostModel:
