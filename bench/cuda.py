@@ -266,7 +266,8 @@ def engine_part(config: CudaBenchConfig, seed: int) -> dict[str, float]:
 def cost_model(results: dict[str, float], config: CudaBenchConfig) -> CostModel:
     """The router's cost model from the engine part's figures (see ``engine.router.costs``).
 
-    Prefill: the compute of every TTFT cell, ``(uncached, cached, s)``. Decode: one step's
+    Prefill: every TTFT cell's ``compute_ms`` (from admission on: forward passes with
+    their layer-wise loads and write-back), ``(uncached, cached, s)``. Decode: one step's
     seconds at each batch, with the context the batch held at mid-run (prompt + half the
     generated tokens a sequence), plus the long-prompt batch. Transfer: a token's KV over
     the pinned DRAM -> HBM copy the tier part measured (a hit in the local DRAM tier; no

@@ -13,7 +13,9 @@ temporary folder, sized so that a 4k-token prefill takes over a second here
   then the prompt is timed from ``PrefillWorker.submit`` to its ``PrefillResult``
   (queue, store lookup, layer-wise load overlapped with compute, compute of the rest and
   its own layer-wise write-back, first-token sampling). The result's
-  ``cached_store_tokens`` must equal X, else the run fails. ``ttft_speedup_<len>_<p>``
+  ``cached_store_tokens`` must equal X, else the run fails. ``compute_ms_<len>_<cached%>``
+  is its part from admission on (the forward passes with their layer-wise loads and
+  write-back; the queue and the store lookup left out). ``ttft_speedup_<len>_<p>``
   = ttft at 0% / ttft at p% (compute alone would give 1 / (1 - p)).
 * ``decode_tok_s_b<B>``: B prompts are prefilled, then handed to the decode worker at
   once (``DecodeWorker.admit``); decode tokens/s = B / the median interval between one

@@ -76,7 +76,9 @@ def test_main_writes_every_figure_and_leaves_no_process(tmp_path: Path) -> None:
     assert children() == before
     payload = json.loads((tmp_path / "engine.json").read_text())
     results = payload["results"]
-    expected = {f"ttft_ms_{n}_{p}" for n in (64, 128) for p in (0, 50, 90)}
+    expected = {
+        f"{f}_{n}_{p}" for f in ("ttft_ms", "compute_ms") for n in (64, 128) for p in (0, 50, 90)
+    }
     expected |= {"prefill_s_64", "prefill_s_128", "ttft_speedup_128_90"}
     expected |= {"decode_tok_s_b1", "decode_tok_s_b2", "itl_ratio"}
     expected |= {"core_isolation", "cpu_jitter"}
