@@ -60,7 +60,7 @@ async def worker(store: NodeStore, seed: int, num_ops: int) -> int:
 
 def assert_balanced(store: NodeStore) -> None:
     for usage in store.stats().tiers:
-        assert usage.num_used_slots == usage.num_blocks, usage
+        assert usage.num_used_slots == usage.num_blocks + usage.num_copies, usage
     for meta in store.index.blocks():
         assert meta.num_readers == 0 and not meta.retired_slots
 
