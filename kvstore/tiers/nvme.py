@@ -2,6 +2,7 @@
 
 ::
 
+    <data dir>/LOCK                the owner's pid; flock'ed while a node has the tier open
     <data dir>/FORMAT              {"version": 1, "slot_bytes": S, "slab_slots": K}
     <data dir>/index/              LMDB (see nvme_index): key -> record, write intents
     <data dir>/slab-00000.dat      slots 0 .. K-1      (K * S bytes, fallocate'd)
@@ -17,6 +18,10 @@ xxh3-64 checksum; a mismatch is reported to the store, which never serves the bl
 Durability is described in ``nvme_index``: committed blocks survive a kill -9 always, and
 a power loss when ``fsync`` is on.
 
+One node per directory: the tier holds an exclusive ``flock`` on ``LOCK`` from open to
+close (the kernel drops it when the process dies, even by SIGKILL), so a second node on
+the same directory fails at start naming the holder's pid instead of corrupting blocks.
+
 Disk faults (a full disk, a full LMDB map, EIO) surface as ``TierUnavailable``, never as
 raw ``lmdb`` or ``OS`` errors. A free whose index delete fails keeps its slots out of the
 pool (they still hold a record) and is retried with the next free or write, so no slot
@@ -26,6 +31,7 @@ leaks and no slot is handed out while a record still names it.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import mmap
@@ -79,7 +85,12 @@ class NvmeTier:
         self.slab_slots = max(1, slab_bytes // self.slot_bytes)
         self.fsync = fsync
         _prepare_directory(path, num_slots * self.slot_bytes)
-        self._open(num_slots, direct_io, io_threads)
+        self._lock_fd = lock_directory(path)
+        try:
+            self._open(num_slots, direct_io, io_threads)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
 
     def _open(self, num_slots: int, direct_io: bool | None, io_threads: int) -> None:
         path = self.path
@@ -162,6 +173,7 @@ class NvmeTier:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+        os.close(self._lock_fd)
 
     def _unavailable(self, exc: BaseException) -> TierUnavailable:
         return TierUnavailable(f"NVMe tier at {self.path} failed: {exc}")
@@ -286,6 +298,28 @@ def _prepare_directory(path: Path, capacity_bytes: int) -> None:
             "tiers.nvme.capacity_bytes",
             f"{capacity_bytes} bytes asked but only {free + used} available under {path}",
         )
+
+
+def lock_directory(path: Path) -> int:
+    """Take the directory's exclusive lock and record this pid in it; returns the lock's fd.
+
+    Raises:
+        ConfigError: another live process holds the directory.
+    """
+    fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(
+            "tiers.nvme.path",
+            f"{path} is in use by another store node (pid {holder}); give each node its own"
+            " directory",
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _check_format(path: Path, slot_bytes: int, slab_slots: int) -> None:
