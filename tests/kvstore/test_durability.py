@@ -190,3 +190,26 @@ async def test_sigterm_writes_dram_blocks_down_so_a_restart_keeps_them(tmp_path:
             got = await client.get(ns, keys)
             assert got.num_hits == 16 and got.tiers == [NVME] * 16
             assert [bytes(b) for b in got.blocks] == blocks
+
+
+async def test_a_full_nvme_drops_copies_when_its_own_blocks_cannot_go(
+    make_store: StoreFactory,
+) -> None:
+    store = await make_store(**{"store.promotion_min_hits": "1"})  # DRAM 8 over NVMe 16
+    chains = [chain_keys(4, start=1000 * c) for c in range(6)]
+    data = {k: block_bytes(i) for i, k in enumerate(k for c in chains for k in c)}
+    for keys in chains:
+        await store.put(NS, keys, [data[k] for k in keys])
+    await store.get_into(NS, chains[0], [bytearray(BLOCK) for _ in range(4)])
+    # chains[0] was promoted (with copies); chains[4] took NVMe room, chains[1] went.
+    assert store.lookup(NS, chains[0]).tiers == [DRAM] * 4
+    nvme_usage = store.stats().tiers[1]
+    assert (nvme_usage.num_blocks, nvme_usage.num_copies, nvme_usage.num_used_slots) == (12, 4, 16)
+    assert store.pin(NS, [k for c in chains[2:5] for k in c], ttl_s=60) == 12
+    assert await store.evict(DRAM, 4) == 4  # chains[5] needs NVMe room: only copies can go
+    assert store.lookup(NS, chains[5]).tiers == [NVME] * 4
+    assert store.lookup(NS, chains[0]).tiers == [DRAM] * 4
+    nvme_usage = store.stats().tiers[1]
+    assert (nvme_usage.num_blocks, nvme_usage.num_copies, nvme_usage.num_used_slots) == (16, 0, 16)
+    for keys in (chains[0], chains[5]):  # DRAM first: reading NVMe blocks promotes them
+        assert [await hit(store, k, data[k]) for k in keys] == [True] * 4
