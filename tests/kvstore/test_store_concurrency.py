@@ -72,7 +72,10 @@ async def test_concurrent_workload_serves_only_exact_bytes(make_store: StoreFact
     stats = store.stats()
     assert stats.demotions and stats.promotions and stats.corrupted_blocks == {}
     assert_balanced(store)
-    nvme_keys = {m.key for m in store.index.blocks() if m.tier is TierKind.NVME}
+    # On disk: blocks homed on NVMe and the NVMe copies of blocks promoted out of it.
+    nvme_keys = {
+        m.key for m in store.index.blocks() if m.tier is TierKind.NVME or m.nvme_slot is not None
+    }
     await store.close()
 
     reopened = await make_store()
