@@ -72,6 +72,7 @@ class NvmeConfig:
     direct_io: bool | None = None  # None: use O_DIRECT where the filesystem supports it
     fsync: bool = False
     io_threads: int = field(default=4, metadata=check(lambda v: 1 <= v <= 64, "1 to 64"))
+    write_through: bool = False  # every committed block also gets an NVMe copy at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,8 @@ class TiersConfig:
             raise ConfigError("tiers", "enable at least one of hbm, dram and nvme")
         if self.nvme.enabled and self.nvme.path is None:
             raise ConfigError("tiers.nvme.path", "required when tiers.nvme.enabled is true")
+        if self.nvme.write_through and not self.nvme.enabled:
+            raise ConfigError("tiers.nvme.write_through", "needs tiers.nvme.enabled = true")
 
 
 class MetadataBackend(enum.Enum):

@@ -14,7 +14,9 @@ State kept per block (``BlockMeta``) and per index::
     removals     key -> MissReason                bounded record of recent removals
 
 Invariants:
-    * a block is in exactly one tier; ``num_blocks(t)`` counts entries with ``tier == t``;
+    * a block has one home tier (``tier``, ``slot``); ``num_blocks(t)`` counts entries with
+      ``tier == t``. A block homed in a faster tier may also keep an NVMe copy
+      (``nvme_slot``): the mover's business, invisible to lookups and to eviction order;
     * ``children[p][r]`` counts the RESIDENT entries with parent ``p`` in the tier of rank r;
       a MOVING block counts nowhere (it is leaving its tier), so its parent can become a
       victim in the same ``select_victims`` call and eviction order stays exact;
@@ -72,6 +74,7 @@ class BlockMeta:
     pinned_until_s: float | None = None
     queue_token: int = 0
     retired_slots: list[tuple[TierKind, SlotId]] = field(default_factory=list)
+    nvme_slot: SlotId | None = None  # an inclusive NVMe copy while ``tier`` is faster
 
     def transition(self, new_state: BlockState) -> None:
         """Move to ``new_state``; an illegal transition is a bug and raises at once."""

@@ -21,7 +21,8 @@ class TierUsage:
     used_bytes: int
     num_slots: int
     num_used_slots: int
-    num_blocks: int
+    num_blocks: int  # blocks whose home is this tier
+    num_copies: int = 0  # NVMe only: copies of blocks whose home is a faster tier
 
 
 @dataclass(frozen=True, slots=True)

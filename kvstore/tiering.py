@@ -3,8 +3,17 @@
 This is the mechanism half of eviction: the index (with its policy) names victims, this
 module moves their bytes and keeps the invariants:
 
-* **One home.** A block lives in exactly one tier. A move copies the bytes, verifies
-  them, points the index at the new slot, and only then lets go of the old slot.
+* **One home, plus an inclusive NVMe copy.** A block lives in exactly one tier (its home:
+  ``meta.tier``/``meta.slot``, what lookups report). A block homed in a faster tier may
+  also keep a copy on NVMe (``meta.nvme_slot``, listed in ``copies``): promotion from
+  NVMe keeps the NVMe slot as that copy, write-through and the shutdown write-down make
+  one. A move copies the bytes, verifies them, points the index at the new slot, and only
+  then lets go of the old slot (unless the old slot becomes the copy).
+* **Evicting a block that has a copy is a drop, not a demotion.** No bytes move: the
+  copy becomes the home and the fast slot is freed (counted as a demotion, since the
+  block now answers from NVMe). When NVMe needs room and its own victims run out, copies
+  are dropped, oldest first (an approximation of LRU: a copy's age, not its last access);
+  their blocks stay cached in the faster tier, only no longer durable.
 * **No free under a reader.** A slot is returned to its pool only when no reader holds
   the block; otherwise it waits on the block's ``retired_slots`` and is freed when the
   last reader releases (``release``). The mover itself holds the block as a reader.
@@ -15,9 +24,13 @@ module moves their bytes and keeps the invariants:
   slowest tier drops blocks. If the slower tier cannot take them (each of its blocks is
   an ancestor of a cached block, pinned or being read; or an I/O error), the victims
   with no cached child anywhere are dropped and the others stay, so nothing is stranded.
+* **A failed tier is left alone for a while.** When a write into a tier fails (a full
+  disk), the tier is *down* for ``retry_s``: allocations in it fail at once with
+  ``TierUnavailable`` (so nothing is evicted from it for nothing), demotions skip it. One
+  warning per episode; the next write after ``retry_s`` tries again.
 
-Checksums are verified whenever bytes leave memory for disk (demotion to NVMe) and
-whenever they come back (every NVMe read).
+Checksums are verified whenever bytes leave memory for disk (demotion to NVMe, copies)
+and whenever they come back (every NVMe read).
 """
 
 from __future__ import annotations
@@ -26,13 +39,13 @@ import logging
 from collections.abc import Callable, Sequence
 
 from kvstore.buffers import StagingPool
-from kvstore.errors import CapacityExceeded, KVStoreError
+from kvstore.errors import CapacityExceeded, KVStoreError, TierUnavailable
 from kvstore.hashing import checksum
 from kvstore.index import BlockIndex, BlockMeta
 from kvstore.policy.promotion import PromotionPolicy
 from kvstore.stats import StoreStats
 from kvstore.tiers.base import BlockRecord, ReadItem, SlotRef, Tier, WriteItem
-from kvstore.types import BlockState, MissReason, SlotId, TierKind
+from kvstore.types import BlockKey, BlockState, MissReason, SlotId, TierKind
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +61,7 @@ class Tiering:
         promotion: PromotionPolicy,
         budget_blocks: int,
         clock: Callable[[], float],
+        retry_s: float = 1.0,
     ) -> None:
         self.tiers = tiers
         self.order = sorted(tiers, key=lambda t: t.rank)
@@ -57,6 +71,9 @@ class Tiering:
         self.promotion = promotion
         self.budget_blocks = budget_blocks
         self._clock = clock
+        self.retry_s = retry_s
+        self.copies: dict[BlockKey, BlockMeta] = {}  # blocks with an NVMe copy, oldest first
+        self._down_until: dict[TierKind, float] = {}
 
     @property
     def top(self) -> TierKind:
@@ -80,6 +97,11 @@ class Tiering:
                 within the budget (the rest are pinned or being read).
         """
         pool = self.tiers[tier].slots
+        if self.is_down(tier):
+            raise TierUnavailable(
+                f"tier {tier.value} is unavailable after a failed write; retrying within"
+                f" {self.retry_s:g} s"
+            )
         if count > pool.num_slots:
             raise CapacityExceeded(
                 f"{count} blocks do not fit tier {tier.value} ({pool.num_slots} slots)"
@@ -103,7 +125,14 @@ class Tiering:
             if not batch.victims:
                 break
             await self.evict(batch.victims, tier)
+        if tier is TierKind.NVME and pool.num_free < count:
+            await self.drop_copies(count - pool.num_free)
         return pool.num_free >= count
+
+    def is_down(self, tier: TierKind) -> bool:
+        """Whether a recent write into ``tier`` failed (see the module docstring)."""
+        until = self._down_until.get(tier)
+        return until is not None and self._clock() < until
 
     async def evict(self, victims: list[BlockMeta], tier: TierKind) -> None:
         """Demote ``victims`` (all in ``tier``) one tier down, or drop them from the last."""
@@ -111,6 +140,13 @@ class Tiering:
         if lower is None:
             await self.drop(victims, MissReason.EVICTED)
             return
+        if lower is TierKind.NVME:
+            backed = [meta for meta in victims if meta.nvme_slot is not None]
+            self._fall_back_to_copies(backed)
+            await self._flush_ready(backed)
+            victims = [meta for meta in victims if meta.state is BlockState.MOVING]
+            if not victims:
+                return
         for meta in victims:
             self.index.acquire(meta)
         try:
@@ -118,12 +154,26 @@ class Tiering:
             self.stats.demotions[tier, lower] += moved
         except (KVStoreError, OSError) as exc:
             # CapacityExceeded is the normal case: every block of the slower tier is an
-            # ancestor of a cached block, pinned or being read. Anything else is an error.
-            log = logger.debug if isinstance(exc, CapacityExceeded) else logger.warning
+            # ancestor of a cached block, pinned or being read; TierUnavailable from a
+            # tier already down was reported when it went down. Anything else is news.
+            quiet = isinstance(exc, CapacityExceeded) or self.is_down(lower)
+            log = logger.debug if quiet else logger.warning
             log("demotion %s -> %s failed (%s); dropping instead", tier.value, lower.value, exc)
             await self._drop_leaves(victims)
         finally:
             await self.release(victims)
+
+    def _fall_back_to_copies(self, metas: Sequence[BlockMeta]) -> None:
+        """MOVING blocks with an NVMe copy leave their tier: the copy becomes their home.
+        No bytes move; the old slots are retired (freed by the caller's flush)."""
+        for meta in metas:
+            slot, source = meta.nvme_slot, meta.tier
+            assert slot is not None and meta.state is BlockState.MOVING
+            meta.nvme_slot = None
+            self.copies.pop(meta.key, None)
+            self.retire(meta, meta.tier, meta.slot)
+            self.index.move(meta, TierKind.NVME, slot)
+            self.stats.demotions[source, TierKind.NVME] += 1
 
     async def _drop_leaves(self, victims: list[BlockMeta]) -> None:
         """Drop the victims that strand nothing; keep the others where they are.
@@ -133,7 +183,9 @@ class Tiering:
         for meta in victims:
             if meta.state is not BlockState.MOVING:
                 continue
-            if self.index.has_cached_children(meta):
+            if meta.nvme_slot is not None:
+                self._fall_back_to_copies([meta])
+            elif self.index.has_cached_children(meta):
                 self.index.abandon_move(meta)
             else:
                 await self.drop([meta], MissReason.EVICTED)
@@ -147,7 +199,25 @@ class Tiering:
                 self.stats.evictions[meta.tier] += 1
             self.index.remove(meta, reason)
             self.retire(meta, meta.tier, meta.slot)
+            self._retire_copy(meta)
         await self._flush_ready(victims)
+
+    async def drop_copies(self, count: int) -> int:
+        """Let go of up to ``count`` NVMe copies, oldest first; their blocks stay cached
+        in their faster tier. Returns how many copies went."""
+        metas: list[BlockMeta] = []
+        while self.copies and len(metas) < count:
+            meta = self.copies[next(iter(self.copies))]
+            self._retire_copy(meta)
+            metas.append(meta)
+        await self._flush_ready(metas)
+        return len(metas)
+
+    def _retire_copy(self, meta: BlockMeta) -> None:
+        if meta.nvme_slot is not None:
+            self.retire(meta, TierKind.NVME, meta.nvme_slot)
+            meta.nvme_slot = None
+        self.copies.pop(meta.key, None)
 
     # -- promotion --------------------------------------------------------------------
 
@@ -183,6 +253,72 @@ class Tiering:
             finally:
                 await self.release(metas)
 
+    # -- NVMe copies -------------------------------------------------------------------
+
+    async def write_copies(self, metas: Sequence[BlockMeta]) -> int:
+        """Give each resident block homed in a faster tier, and without one, an NVMe copy.
+
+        The blocks are held (as readers) while their bytes are copied. Returns how many
+        copies were made. All or nothing per tier of origin.
+
+        Raises:
+            TierUnavailable: the NVMe tier failed (or is down after a recent failure).
+            CapacityExceeded: NVMe could not make room.
+        """
+        todo = [
+            meta
+            for meta in metas
+            if meta.state is BlockState.RESIDENT
+            and meta.tier is not TierKind.NVME
+            and meta.nvme_slot is None
+        ]
+        made = 0
+        for tier in {meta.tier for meta in todo}:
+            group = [meta for meta in todo if meta.tier is tier]
+            for meta in group:
+                self.index.acquire(meta)
+            try:
+                made += await self._copy_down(group)
+            finally:
+                await self.release(group)
+        return made
+
+    async def _copy_down(self, metas: list[BlockMeta]) -> int:
+        made = 0
+        for meta, slot in await self._copy_to(metas, TierKind.NVME, None):
+            if meta.state is BlockState.REMOVED or meta.nvme_slot is not None:
+                await self.tiers[TierKind.NVME].free([SlotRef(slot, meta.key)])
+                continue
+            meta.nvme_slot = slot
+            self.copies[meta.key] = meta
+            made += 1
+        return made
+
+    async def write_down(self, deadline_s: float, batch_blocks: int = 64) -> int:
+        """Copy blocks held only by faster tiers down to NVMe, in index order (parents
+        before children) and in batches, until ``deadline_s`` (checked between batches).
+        Returns how many blocks got a copy; 0 without an NVMe tier under a faster one."""
+        if TierKind.NVME not in self.tiers or self.top is TierKind.NVME:
+            return 0
+        todo = [
+            meta
+            for meta in self.index.blocks()
+            if meta.tier is not TierKind.NVME and meta.nvme_slot is None
+        ]
+        made = 0
+        for start in range(0, len(todo), batch_blocks):
+            if self._clock() >= deadline_s:
+                logger.warning(
+                    "write-down stopped at its deadline: %d blocks left", len(todo) - start
+                )
+                break
+            try:
+                made += await self.write_copies(todo[start : start + batch_blocks])
+            except KVStoreError as exc:
+                logger.warning("write-down stopped after %d blocks: %s", made, exc)
+                break
+        return made
+
     # -- readers and freeing ------------------------------------------------------------
 
     async def release(self, metas: Sequence[BlockMeta]) -> None:
@@ -206,7 +342,34 @@ class Tiering:
         """Copy MOVING blocks into new slots of ``target`` and repoint the index.
 
         ``data``, when given, holds each block's verified bytes; otherwise they are read
-        from the blocks' current tier. Returns how many blocks moved.
+        from the blocks' current tier. A block leaving NVMe keeps its NVMe slot as its
+        copy. Returns how many blocks moved.
+        """
+        moved = 0
+        for meta, slot in await self._copy_to(metas, target, data):
+            if meta.state is BlockState.REMOVED:  # removed while moving: undo the copy
+                await self.tiers[target].free([SlotRef(slot, meta.key)])
+                continue
+            if meta.tier is TierKind.NVME:
+                meta.nvme_slot = meta.slot
+                self.copies[meta.key] = meta
+            else:
+                self.retire(meta, meta.tier, meta.slot)
+            self.index.move(meta, target, slot)
+            moved += 1
+        return moved
+
+    async def _copy_to(
+        self,
+        metas: list[BlockMeta],
+        target: TierKind,
+        data: Sequence[memoryview] | None,
+    ) -> list[tuple[BlockMeta, SlotId]]:
+        """Write the blocks' bytes into new slots of ``target``; (block, slot) for each
+        block written. Blocks whose bytes fail their checksum are removed on the way.
+
+        Raises:
+            TierUnavailable: the write failed (``target`` is then down for ``retry_s``).
         """
         pool = self.tiers[target].slots
         slots = await self.allocate(target, len(metas))
@@ -225,21 +388,28 @@ class Tiering:
                 kept.append((meta, slot))
             try:
                 await self.tiers[target].write(items)
-            except BaseException:
+            except BaseException as exc:
                 for _, slot in kept:
                     pool.free(slot)
+                if isinstance(exc, (KVStoreError, OSError)):
+                    self._went_down(target, exc)
                 raise
         finally:
             self.staging.give(staging)
-        moved = 0
-        for meta, slot in kept:
-            if meta.state is BlockState.REMOVED:  # removed while moving: undo the copy
-                await self.tiers[target].free([SlotRef(slot, meta.key)])
-                continue
-            self.retire(meta, meta.tier, meta.slot)
-            self.index.move(meta, target, slot)
-            moved += 1
-        return moved
+        if self._down_until.pop(target, None) is not None:
+            logger.info("tier %s takes writes again", target.value)
+        return kept
+
+    def _went_down(self, tier: TierKind, exc: BaseException) -> None:
+        if tier not in self._down_until:
+            logger.warning(
+                "tier %s failed a write (%s); it is skipped for %g s at a time until a write"
+                " succeeds",
+                tier.value,
+                exc,
+                self.retry_s,
+            )
+        self._down_until[tier] = self._clock() + self.retry_s
 
     async def _source(
         self, metas: list[BlockMeta], staging: list[memoryview]
@@ -270,17 +440,27 @@ class Tiering:
         if meta.state is not BlockState.REMOVED:
             self.index.remove(meta, MissReason.CORRUPTED)
             self.retire(meta, meta.tier, meta.slot)
+            self._retire_copy(meta)
 
     async def _flush_ready(self, metas: Sequence[BlockMeta]) -> None:
-        """Free the retired slots of blocks that no reader holds, one batch per tier."""
-        refs: dict[TierKind, list[SlotRef]] = {}
+        """Free the retired slots of blocks that no reader holds, one batch per tier.
+
+        A slot leaves ``retired_slots`` only once its tier took the free; if the tier
+        raises, the slots go back to their blocks and the next release retries them.
+        """
+        owners: dict[TierKind, list[tuple[BlockMeta, SlotId]]] = {}
         for meta in metas:
             if meta.num_readers == 0:
                 for tier, slot in meta.retired_slots:
-                    refs.setdefault(tier, []).append(SlotRef(slot, meta.key))
+                    owners.setdefault(tier, []).append((meta, slot))
                 meta.retired_slots.clear()
-        for tier, tier_refs in refs.items():
-            await self.tiers[tier].free(tier_refs)
+        for tier, owned in owners.items():
+            try:
+                await self.tiers[tier].free([SlotRef(slot, meta.key) for meta, slot in owned])
+            except (KVStoreError, OSError) as exc:
+                logger.warning("freeing %d %s slots failed: %s", len(owned), tier.value, exc)
+                for meta, slot in owned:
+                    meta.retired_slots.append((tier, slot))
 
 
 def block_meta(record: BlockRecord, tier: TierKind) -> BlockMeta:

@@ -3,9 +3,11 @@
 ``reserve`` takes slots (evicting as needed, all or nothing) and hands out the buffers
 to write: the slots themselves in a memory tier, pooled staging buffers otherwise.
 ``commit`` checksums the bytes, writes staged ones through to their tier, and inserts
-the blocks into the index, which makes them visible. ``put`` is both phases at once and
-skips the staging copy: bytes go straight from the caller's buffers to a disk or device
-tier, or are copied once into DRAM slots.
+the blocks into the index, which makes them visible. With ``write_through``, commit
+then gives the blocks an NVMe copy before it returns; if that fails, the blocks are
+removed again and the put fails (``TierUnavailable``), so a put that returned is durable.
+``put`` is both phases at once and skips the staging copy: bytes go straight from the
+caller's buffers to a disk or device tier, or are copied once into DRAM slots.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from kvstore.buffers import StagingPool
-from kvstore.errors import LeaseExpired
+from kvstore.errors import KVStoreError, LeaseExpired
 from kvstore.hashing import Namespace, checksum
 from kvstore.index import BlockIndex, BlockMeta
 from kvstore.reservations import (
@@ -27,7 +29,7 @@ from kvstore.reservations import (
 from kvstore.stats import StoreStats
 from kvstore.tiering import Tiering, block_record
 from kvstore.tiers.base import WriteItem
-from kvstore.types import BlockKey, SlotId, TierKind
+from kvstore.types import BlockKey, MissReason, SlotId, TierKind
 
 
 class WritePath:
@@ -40,6 +42,7 @@ class WritePath:
         *,
         reservation_timeout_s: float,
         clock: Callable[[], float],
+        write_through: bool = False,
     ) -> None:
         self.index = index
         self.tiering = tiering
@@ -48,6 +51,7 @@ class WritePath:
         self.reservations = ReservationTable()
         self._timeout_s = reservation_timeout_s
         self._clock = clock
+        self.write_through = write_through and TierKind.NVME in tiering.tiers
 
     async def reserve(
         self,
@@ -135,8 +139,18 @@ class WritePath:
         for meta in metas:
             self.index.insert(meta)
         self._finish(reservation, ReservationState.DONE)
+        if self.write_through:
+            await self._write_through(metas)
         self.stats.put_blocks += len(metas)
         return PutResult(len(metas), reservation.num_present, reservation.num_in_flight)
+
+    async def _write_through(self, metas: list[BlockMeta]) -> None:
+        """Copy just-committed blocks to NVMe; on failure take them out again and raise."""
+        try:
+            await self.tiering.write_copies(metas)
+        except KVStoreError:
+            await self.tiering.drop(metas, MissReason.REMOVED)
+            raise
 
     def abort(self, reservation: Reservation) -> None:
         """Give an open reservation's slots back without storing anything."""

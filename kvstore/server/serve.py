@@ -3,8 +3,10 @@
 ``start_node`` opens the store and metadata, binds the gRPC server (``server.port`` 0
 picks a free port), and returns a ``RunningNode``; ``serve`` runs one until SIGTERM or
 SIGINT, then shuts down gracefully: stop accepting, let in-flight calls finish within
-``server.grace_s``, leave the cluster, close the store. Served alongside the store and
-admin services: gRPC health checking and server reflection.
+``server.grace_s``, write blocks held only in memory down to NVMe (when NVMe is under
+them) within what is left of ``server.grace_s``, leave the cluster, close the store.
+Served alongside the store and admin services: gRPC health checking and server
+reflection.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,13 +57,18 @@ class RunningNode:
         return self.node.address
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Graceful shutdown: NOT_SERVING, drain in-flight calls, leave, close."""
+        """Graceful shutdown: NOT_SERVING, drain in-flight calls, write memory-only blocks
+        down to NVMe, leave, close; draining and the write-down share ``grace_s``."""
         grace = self.node.config.server.grace_s if grace_s is None else grace_s
+        deadline = time.monotonic() + grace
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
         await self.metrics.close()
-        await self.node.close()
+        try:
+            await self.node.store.write_down(max(0.0, deadline - time.monotonic()))
+        finally:
+            await self.node.close()
 
 
 async def start_node(config: Config) -> RunningNode:

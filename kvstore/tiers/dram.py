@@ -7,7 +7,10 @@
       ^ slot_bytes each, page-aligned when slot_bytes is a multiple of 4096
 
 The file's pages are reserved up front with ``posix_fallocate``, so a full ``/dev/shm``
-is a clean error at start instead of a SIGBUS on first touch. When CUDA is present the
+is a clean error at start instead of a SIGBUS on first touch. The owner holds an
+exclusive ``flock`` on the file for its lifetime; the kernel drops it when the owner dies
+(SIGKILL included), which is how the next node start tells a stale arena from a live one
+(``factory.remove_stale_arenas``). When CUDA is present the
 arena is registered as pinned memory so device copies run at full speed. Reads and
 writes are plain memory copies on the caller's thread: memory tiers trust RAM and do not
 verify checksums (the store checks them when bytes leave for disk).
@@ -15,6 +18,7 @@ verify checksums (the store checks them when bytes leave for disk).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import mmap
 import os
@@ -48,7 +52,7 @@ class DramTier(VolatileTier):
         self.slot_bytes = slot_bytes
         self.slots = SlotAllocator(num_slots)
         self.path = shm_dir / f"{SHM_PREFIX}{name}"
-        self._mmap = _map_arena(self.path, num_slots * slot_bytes)
+        self._mmap, self._lock_fd = _map_arena(self.path, num_slots * slot_bytes)
         self._arena = memoryview(self._mmap)
         self._pinned_addr: int | None = _pin(self._mmap) if pin_memory else None
 
@@ -89,10 +93,12 @@ class DramTier(VolatileTier):
         except BufferError:
             logger.warning("DRAM arena %s still has views; it is unmapped when they go", self.path)
         self.path.unlink(missing_ok=True)
+        os.close(self._lock_fd)
 
 
-def _map_arena(path: Path, size: int) -> mmap.mmap:
-    """Create the shared-memory file, reserve its pages and map it."""
+def _map_arena(path: Path, size: int) -> tuple[mmap.mmap, int]:
+    """Create the shared-memory file, lock it, reserve its pages and map it; returns the
+    map and the file descriptor that holds the lock."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:
@@ -102,16 +108,16 @@ def _map_arena(path: Path, size: int) -> mmap.mmap:
     except OSError as exc:
         raise TierUnavailable(f"cannot create DRAM arena {path}: {exc.strerror}") from exc
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.posix_fallocate(fd, 0, size)
-        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED), fd
     except OSError as exc:
         path.unlink(missing_ok=True)
+        os.close(fd)
         raise TierUnavailable(
             f"cannot reserve {size} bytes of shared memory at {path}: {exc.strerror}"
             " (lower tiers.dram.capacity_bytes or free space in its directory)"
         ) from exc
-    finally:
-        os.close(fd)
 
 
 def _pin(arena: mmap.mmap) -> int | None:

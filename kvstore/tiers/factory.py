@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from pathlib import Path
@@ -29,7 +30,7 @@ def open_tiers(config: Config) -> dict[TierKind, Tier]:
             )
         if tiers_config.dram.enabled:
             dram = tiers_config.dram
-            remove_stale_arenas(dram.shm_dir, store.node_id)
+            remove_stale_arenas(dram.shm_dir)
             tiers[TierKind.DRAM] = DramTier(
                 dram.capacity_bytes // slot_bytes,
                 slot_bytes,
@@ -56,13 +57,35 @@ def open_tiers(config: Config) -> dict[TierKind, Tier]:
     return tiers
 
 
-def remove_stale_arenas(shm_dir: Path, node_id: str) -> None:
-    """Unlink DRAM arenas of this node left by processes that died without closing."""
-    for path in shm_dir.glob(f"{SHM_PREFIX}{node_id}-*"):
+def remove_stale_arenas(shm_dir: Path) -> list[Path]:
+    """Unlink the DRAM arenas in ``shm_dir`` whose owners died without closing them (a
+    SIGKILL, an OOM kill), whatever their node id. Returns the paths removed.
+
+    An arena is stale when its owner's lock is free *and* the pid in its name is not a
+    live process here: the lock protects owners in other pid namespaces sharing the
+    directory, the pid check protects an owner between creating its file and locking
+    it. A reused pid keeps a stale arena until that process goes (a leak, never a
+    removal of a live arena).
+    """
+    removed = []
+    for path in shm_dir.glob(f"{SHM_PREFIX}*"):
         pid_text = path.name.rsplit("-", 1)[-1]
-        if pid_text.isdigit() and not _alive(int(pid_text)):
-            logger.info("removing stale DRAM arena %s", path)
-            path.unlink(missing_ok=True)
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # gone already, or not ours to open
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a live owner holds it
+        finally:
+            os.close(fd)
+        logger.info("removing stale DRAM arena %s", path)
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def _alive(pid: int) -> bool:

@@ -2,6 +2,7 @@
 
 ::
 
+    <data dir>/LOCK                the owner's pid; flock'ed while a node has the tier open
     <data dir>/FORMAT              {"version": 1, "slot_bytes": S, "slab_slots": K}
     <data dir>/index/              LMDB (see nvme_index): key -> record, write intents
     <data dir>/slab-00000.dat      slots 0 .. K-1      (K * S bytes, fallocate'd)
@@ -16,11 +17,21 @@ xxh3-64 checksum; a mismatch is reported to the store, which never serves the bl
 
 Durability is described in ``nvme_index``: committed blocks survive a kill -9 always, and
 a power loss when ``fsync`` is on.
+
+One node per directory: the tier holds an exclusive ``flock`` on ``LOCK`` from open to
+close (the kernel drops it when the process dies, even by SIGKILL), so a second node on
+the same directory fails at start naming the holder's pid instead of corrupting blocks.
+
+Disk faults (a full disk, a full LMDB map, EIO) surface as ``TierUnavailable``, never as
+raw ``lmdb`` or ``OS`` errors. A free whose index delete fails keeps its slots out of the
+pool (they still hold a record) and is retried with the next free or write, so no slot
+leaks and no slot is handed out while a record still names it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import mmap
@@ -32,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+import lmdb
 import numpy as np
 
 from kvstore.errors import ConfigError, TierUnavailable
@@ -73,9 +85,18 @@ class NvmeTier:
         self.slab_slots = max(1, slab_bytes // self.slot_bytes)
         self.fsync = fsync
         _prepare_directory(path, num_slots * self.slot_bytes)
+        self._lock_fd = lock_directory(path)
+        try:
+            self._open(num_slots, direct_io, io_threads)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    def _open(self, num_slots: int, direct_io: bool | None, io_threads: int) -> None:
+        path = self.path
         _check_format(path, self.slot_bytes, self.slab_slots)
         self.direct_io = _probe_direct_io(path) if direct_io is None else direct_io
-        self._index = NvmeIndex(path / "index", num_slots=num_slots, fsync=fsync)
+        self._index = NvmeIndex(path / "index", num_slots=num_slots, fsync=self.fsync)
         records, self.num_torn_writes = self._index.recover()
         self._records, dropped = _valid_records(records, num_slots)
         self._index.delete((r.key, r.slot) for r in dropped)
@@ -85,6 +106,7 @@ class NvmeTier:
         self._scratch = threading.local()
         self._pool = ThreadPoolExecutor(io_threads, thread_name_prefix="strata-nvme-io")
         self._io_threads = io_threads
+        self._unforgotten: list[SlotRef] = []  # freed, but their records could not be deleted
         if self.num_torn_writes:
             logger.warning("%s: %d torn writes found and discarded", path, self.num_torn_writes)
 
@@ -100,23 +122,48 @@ class NvmeTier:
         return Recovered(records, self._index.namespaces(), self.num_torn_writes)
 
     def save_namespace(self, namespace: Namespace) -> None:
-        self._index.save_namespace(namespace)
+        try:
+            self._index.save_namespace(namespace)
+        except lmdb.Error as exc:
+            raise self._unavailable(exc) from exc
 
     async def write(self, items: Sequence[WriteItem]) -> None:
+        if self._unforgotten:
+            await self.free([])
         records = [item.record for item in items]
-        await self._run(self._index.begin, records)
-        await self._gather(self._write_chunk, items)
-        if self.fsync:
-            await self._run(self._sync_files, {self._slab_of(r.slot) for r in records})
-        await self._run(self._index.commit, records)
+        try:
+            await self._run(self._index.begin, records)
+            await self._gather(self._write_chunk, items)
+            if self.fsync:
+                await self._run(self._sync_files, {self._slab_of(r.slot) for r in records})
+            await self._run(self._index.commit, records)
+        except (lmdb.Error, OSError) as exc:
+            # Intents left behind are counted as torn writes at the next open; the
+            # caller returns the slots to the pool.
+            raise self._unavailable(exc) from exc
 
     async def read(self, items: Sequence[ReadItem]) -> list[bool]:
         results = await self._gather(self._read_chunk, items)
         return [ok for chunk in results for ok in chunk]
 
     async def free(self, refs: Sequence[SlotRef]) -> None:
-        await self._run(self._index.delete, [(ref.key, ref.slot) for ref in refs])
-        for ref in refs:
+        """Forget the blocks and return their slots; never fails. When the index cannot
+        take the delete (a full disk), the slots stay out of the pool until it can."""
+        pending, self._unforgotten = [*self._unforgotten, *refs], []
+        if not pending:
+            return
+        try:
+            await self._run(self._index.delete, [(ref.key, ref.slot) for ref in pending])
+        except lmdb.Error as exc:
+            if len(pending) == len(refs):  # the first failure of an episode
+                logger.warning(
+                    "%s: cannot delete records (%s); slots kept until it can", self.path, exc
+                )
+            self._unforgotten.extend(pending)
+            return
+        if len(pending) > len(refs):
+            logger.info("%s: %d deferred frees done", self.path, len(pending) - len(refs))
+        for ref in pending:
             self.slots.free(ref.slot)
 
     async def close(self) -> None:
@@ -126,6 +173,10 @@ class NvmeTier:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+        os.close(self._lock_fd)
+
+    def _unavailable(self, exc: BaseException) -> TierUnavailable:
+        return TierUnavailable(f"NVMe tier at {self.path} failed: {exc}")
 
     def drop_cache(self) -> None:
         """Evict the slab files from the page cache (benchmarks measure cold reads)."""
@@ -247,6 +298,28 @@ def _prepare_directory(path: Path, capacity_bytes: int) -> None:
             "tiers.nvme.capacity_bytes",
             f"{capacity_bytes} bytes asked but only {free + used} available under {path}",
         )
+
+
+def lock_directory(path: Path) -> int:
+    """Take the directory's exclusive lock and record this pid in it; returns the lock's fd.
+
+    Raises:
+        ConfigError: another live process holds the directory.
+    """
+    fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(
+            "tiers.nvme.path",
+            f"{path} is in use by another store node (pid {holder}); give each node its own"
+            " directory",
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _check_format(path: Path, slot_bytes: int, slab_slots: int) -> None:

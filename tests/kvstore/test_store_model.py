@@ -142,7 +142,7 @@ class StoreMachine(RuleBasedStateMachine):
         reserved = sum(len(r.blocks) for r in self.reservations if r.state.value == "open")
         for usage in stats.tiers:
             held = reserved if usage.tier is self.store.tiering.top else 0
-            assert usage.num_used_slots == usage.num_blocks + held, usage
+            assert usage.num_used_slots == usage.num_blocks + usage.num_copies + held, usage
 
     @invariant()
     def lookup_agrees_with_exists(self) -> None:

@@ -1,3 +1,5 @@
+import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -5,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kvstore.config import load_config
 from kvstore.errors import ConfigError, TierUnavailable
 from kvstore.tiers.base import BlockRecord, ReadItem, WriteItem
 from kvstore.tiers.dram import DramTier
-from kvstore.tiers.factory import remove_stale_arenas
+from kvstore.tiers.factory import open_tiers, remove_stale_arenas
 from kvstore.types import BlockKey, NamespaceId, SlotId
 
 
@@ -80,5 +83,58 @@ def test_stale_arenas_of_dead_processes_are_removed(tmp_path: Path) -> None:
     other = tmp_path / f"strata-othernode-{dead.stdout.strip()}"
     for path in (stale, live, other):
         path.write_bytes(b"")
-    remove_stale_arenas(tmp_path, "node")
-    assert not stale.exists() and live.exists() and other.exists()
+    assert sorted(remove_stale_arenas(tmp_path)) == sorted([stale, other])
+    assert live.exists()
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from kvstore.tiers.dram import DramTier
+tier = DramTier(4, 4096, name=sys.argv[2], shm_dir=Path(sys.argv[1]), pin_memory=False)
+print(tier.path, flush=True)
+time.sleep(600)
+"""
+
+
+def start_holder(shm_dir: Path, name: str) -> tuple[subprocess.Popen[str], Path]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(shm_dir), name],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    return proc, Path(proc.stdout.readline().strip())
+
+
+def test_the_arena_of_a_node_killed_with_sigkill_is_removed_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    proc, arena = start_holder(tmp_path, f"othernode-{os.getpid() + 10**7}")
+    try:
+        # Its name carries a pid that is not alive here (as from another pid namespace),
+        # but its owner lives and holds the lock: it stays.
+        assert arena.exists() and remove_stale_arenas(tmp_path) == []
+    finally:
+        proc.kill()
+        proc.wait()
+    assert arena.exists()  # SIGKILL: nobody unlinked it
+    config = load_config(
+        env={},
+        overrides={
+            "store.node_id": "mine",
+            "store.block_bytes": "4KiB",
+            "tiers.dram.capacity_bytes": "64KiB",
+            "tiers.dram.shm_dir": str(tmp_path),
+            "tiers.dram.pin_memory": "false",
+        },
+    )
+    tiers = open_tiers(config)
+    try:
+        assert not arena.exists()
+        assert [p.name for p in tmp_path.iterdir()] == [f"strata-mine-{os.getpid()}"]
+    finally:
+        for tier in tiers.values():
+            asyncio.run(tier.close())

@@ -184,8 +184,11 @@ async def test_committed_blocks_survive_kill_9(tmp_path: Path) -> None:
         await store.close()
 
 
-def test_reopening_with_another_block_size_is_refused(tmp_path: Path) -> None:
-    NvmeTier(tmp_path, 4, 4096, slab_bytes=1 << 20, direct_io=None, fsync=False, io_threads=1)
+async def test_reopening_with_another_block_size_is_refused(tmp_path: Path) -> None:
+    tier = NvmeTier(
+        tmp_path, 4, 4096, slab_bytes=1 << 20, direct_io=None, fsync=False, io_threads=1
+    )
+    await tier.close()
     with pytest.raises(ConfigError, match=r"tiers\.nvme\.path.*layout"):
         NvmeTier(tmp_path, 4, 8192, slab_bytes=1 << 20, direct_io=None, fsync=False, io_threads=1)
 
@@ -245,3 +248,38 @@ async def test_a_late_free_of_an_old_slot_keeps_the_newer_record(make_store: Sto
     assert (await reopened.get_into(NS, keys, out)).num_hits == 1
     assert bytes(out[0]) == block_bytes(1)
     assert reopened.tiering.tiers[TierKind.NVME].slots.num_used == 1
+
+
+LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from kvstore.tiers.nvme import NvmeTier
+NvmeTier(Path(sys.argv[1]), 4, 4096, slab_bytes=1 << 20, direct_io=None, fsync=False,
+         io_threads=1)
+print("open", flush=True)
+time.sleep(600)
+"""
+
+
+async def test_a_second_node_on_the_same_directory_is_refused(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "open\n"
+        with pytest.raises(ConfigError, match=rf"tiers\.nvme\.path.*{tmp_path}.*pid {proc.pid}"):
+            NvmeTier(
+                tmp_path, 4, 4096, slab_bytes=1 << 20, direct_io=None, fsync=False, io_threads=1
+            )
+    finally:
+        proc.kill()
+        proc.wait()
+    # The kernel released the lock of the killed holder: the directory opens again.
+    tier = NvmeTier(
+        tmp_path, 4, 4096, slab_bytes=1 << 20, direct_io=None, fsync=False, io_threads=1
+    )
+    await tier.close()
