@@ -19,20 +19,18 @@ logger = logging.getLogger(__name__)
 def open_tiers(config: Config) -> dict[TierKind, Tier]:
     """Open every enabled tier; on failure, close the ones already opened."""
     store, tiers_config = config.store, config.tiers
-    slot_bytes = store.block_bytes
+    page_bytes = store.page_bytes
     tiers: dict[TierKind, Tier] = {}
     try:
         if tiers_config.hbm.enabled:
             hbm = tiers_config.hbm
-            tiers[TierKind.HBM] = HbmTier(
-                hbm.capacity_bytes // slot_bytes, slot_bytes, device=hbm.device
-            )
+            tiers[TierKind.HBM] = HbmTier(hbm.capacity_bytes, page_bytes, device=hbm.device)
         if tiers_config.dram.enabled:
             dram = tiers_config.dram
             remove_stale_arenas(dram.shm_dir, store.node_id)
             tiers[TierKind.DRAM] = DramTier(
-                dram.capacity_bytes // slot_bytes,
-                slot_bytes,
+                dram.capacity_bytes,
+                page_bytes,
                 name=f"{store.node_id}-{os.getpid()}",
                 shm_dir=dram.shm_dir,
                 pin_memory=dram.pin_memory,
@@ -42,8 +40,8 @@ def open_tiers(config: Config) -> dict[TierKind, Tier]:
             assert nvme.path is not None  # validated by TiersConfig
             tiers[TierKind.NVME] = NvmeTier(
                 nvme.path,
-                nvme.capacity_bytes // slot_bytes,
-                slot_bytes,
+                nvme.capacity_bytes,
+                page_bytes,
                 slab_bytes=nvme.slab_bytes,
                 direct_io=nvme.direct_io,
                 fsync=nvme.fsync,
