@@ -51,7 +51,23 @@ def open_tiers(config: Config) -> dict[TierKind, Tier]:
         for tier in tiers.values():
             _close_now(tier)
         raise
+    for kind, tier in tiers.items():
+        _warn_unused(kind, getattr(tiers_config, kind.value).capacity_bytes, tier)
     return tiers
+
+
+def _warn_unused(kind: TierKind, configured: int, tier: Tier) -> None:
+    """A tier holds whole pages: say so when the configured capacity is not a multiple."""
+    usable = tier.slots.capacity_bytes
+    if usable < configured:
+        logger.warning(
+            "tiers.%s.capacity_bytes = %d is not a multiple of its page (%d bytes, from"
+            " store.page_bytes): %d bytes are left unused",
+            kind.value,
+            configured,
+            tier.slots.page_bytes,
+            configured - usable,
+        )
 
 
 def remove_stale_arenas(shm_dir: Path, node_id: str) -> None:

@@ -230,3 +230,13 @@ async def test_a_namespace_over_the_largest_block_is_a_clear_error(
     message = str(info.value)
     assert str(2 * BLOCK) in message and str(BLOCK) in message and "store.block_bytes" in message
     assert NamespaceId(too_big.id) not in [ns.id for ns in store.namespaces()]
+
+
+async def test_a_capacity_that_is_not_whole_pages_is_reported(
+    make_store: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await make_store(**PAGES, **{"tiers.dram.capacity_bytes": str(10 * BLOCK)})
+    dram = store.stats().tiers[0]
+    assert dram.tier is TierKind.DRAM and dram.capacity_bytes == 8 * BLOCK
+    assert f"{2 * BLOCK} bytes are left unused" in caplog.text
+    assert "tiers.dram.capacity_bytes" in caplog.text
