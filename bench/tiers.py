@@ -23,6 +23,13 @@ into ``batch_blocks`` page-aligned caller buffers, reused batch after batch::
 
 A missed target means the store's own work (checksums, staging copies, LMDB commits,
 executor hops) costs as much as the bytes' trip through memory or to disk.
+
+Capacity overhead of the size classes (``stored_per_used_*``): a DRAM tier of
+``overhead_bytes`` is filled past its capacity (twice over, so eviction runs) with
+one-block chains of 32 KiB, 256 KiB, 1 MiB, 2 MiB or 5 MiB, or all five mixed (the same
+bytes of each size per round, in random order); the figure is the bytes of the resident
+blocks over the tier's capacity. Target: the stated bound, ``1 - S / page_bytes`` for
+the largest size S in the run (a page's tail is less than one slot).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import numpy as np
 
 from bench.common import Target, console, parser, progress, report
 from kvstore.buffers import aligned_blocks, aligned_buffer
-from kvstore.config import load_config
+from kvstore.config import DEFAULT_PAGE_BYTES, load_config
 from kvstore.hashing import Namespace, prefix_keys
 from kvstore.layout import BlockSpec, KVDtype
 from kvstore.store import NodeStore
@@ -64,13 +71,17 @@ class TierBenchConfig:
     io_threads: int = 4
     data_dir: Path = REPO_DIR  # a temp dir is made here: must be the real disk, not tmpfs
     seed: int = 0
+    overhead_bytes: int = 1024 * MiB  # the DRAM tier of the capacity-overhead runs
+    page_bytes: int = DEFAULT_PAGE_BYTES  # its pages (store.page_bytes)
 
     @property
     def num_blocks(self) -> int:
         return self.working_set_bytes // BLOCK_BYTES
 
 
-QUICK = TierBenchConfig(working_set_bytes=512 * MiB, repeats=3)
+QUICK = TierBenchConfig(working_set_bytes=512 * MiB, repeats=3, overhead_bytes=512 * MiB)
+KiB = 1 << 10
+OVERHEAD_SIZES = {"32k": 32 * KiB, "256k": 256 * KiB, "1m": MiB, "2m": 2 * MiB, "5m": 5 * MiB}
 
 
 Tick = Callable[[int], None]  # advances the progress bar by a number of blocks
@@ -221,6 +232,52 @@ async def _store_pass(
     return _gbps(len(keys), start)
 
 
+def spec_of(block_bytes: int) -> BlockSpec:
+    """Blocks of ``block_bytes``: 16 tokens x 2 KV heads x 64 dims x float16 a layer."""
+    return BlockSpec(block_bytes // (16 * 2 * 64 * 2 * 2), 2, 64, KVDtype.FLOAT16, 16)
+
+
+async def stored_per_used(config: TierBenchConfig, sizes: list[int]) -> float:
+    """Fill a DRAM tier twice over with one-block chains of ``sizes`` (equal bytes of each
+    per round, shuffled); bytes of the resident blocks / the tier's capacity."""
+    overrides = {
+        "store.node_id": "bench-tiers-overhead",
+        "store.block_bytes": str(max(sizes)),
+        "store.page_bytes": str(config.page_bytes),
+        "tiers.dram.capacity_bytes": str(config.overhead_bytes),
+    }
+    rng = np.random.default_rng(config.seed)
+    source = aligned_buffer(max(sizes))
+    async with await NodeStore.open(load_config(env={}, overrides=overrides)) as store:
+        namespaces = {s: store.register_namespace(Namespace(f"ns-{s}", spec_of(s))) for s in sizes}
+        round_sizes = [s for s in sizes for _ in range(-(-max(sizes) // s))]
+        written = 0
+        while written < 2 * config.overhead_bytes:
+            for size in rng.permutation(round_sizes):
+                ns_id = namespaces[int(size)]
+                tokens = rng.integers(0, 2**31 - 1, 16)
+                await store.put(ns_id, prefix_keys(ns_id, tokens, 16), [source[:size]])
+                written += int(size)
+        (dram,) = store.stats().tiers
+        return dram.stored_bytes / dram.capacity_bytes
+
+
+def overhead(config: TierBenchConfig) -> dict[str, float]:
+    """``stored_per_used_<size>`` for each size alone, and ``stored_per_used_mixed``."""
+    runs = {name: [size] for name, size in OVERHEAD_SIZES.items()}
+    runs["mixed"] = list(OVERHEAD_SIZES.values())
+    return {
+        f"stored_per_used_{n}": asyncio.run(stored_per_used(config, s)) for n, s in runs.items()
+    }
+
+
+def overhead_targets(page_bytes: int) -> dict[str, Target]:
+    """The stated bound: at least ``1 - S / page`` of a full tier holds block bytes."""
+    bound = {n: 1 - s / page_bytes for n, s in OVERHEAD_SIZES.items()}
+    bound["mixed"] = min(bound.values())
+    return {f"stored_per_used_{n}": Target(b) for n, b in bound.items()}
+
+
 def run(config: TierBenchConfig) -> tuple[dict[str, float], dict[str, object]]:
     """Every figure of this benchmark, and facts found on the way (for the config)."""
     work = make_workload(config)
@@ -242,6 +299,7 @@ def run(config: TierBenchConfig) -> tuple[dict[str, float], dict[str, object]]:
     order = ["memcpy", "dram_put", "dram_get", "odirect_write", "odirect_read"]
     order += ["odirect_write_1t", "odirect_read_1t", "nvme_put", "nvme_get"]
     results = {f"{name}_gbps": figures[f"{name}_gbps"] for name in order}
+    results.update(overhead(config))
     return results, {"raw_direct_io": raw.direct_io, "nvme_direct_io": nvme.direct_io}
 
 
@@ -260,11 +318,12 @@ def main(argv: list[str] | None = None, config: TierBenchConfig | None = None) -
         "tiers",
         {k: str(v) if isinstance(v, Path) else v for k, v in shown.items()},
         results,
-        units=dict.fromkeys(results, "GB/s"),
+        units={k: "ratio" if k.startswith("stored_per_used") else "GB/s" for k in results},
         targets={
             "dram_get_gbps": Target(0.5, "memcpy_gbps"),
             "nvme_put_gbps": Target(0.5, "odirect_write_gbps"),
             "nvme_get_gbps": Target(0.5, "odirect_read_gbps"),
+            **overhead_targets(config.page_bytes),
         },
         json_path=args.json,
     )

@@ -5,6 +5,9 @@ The store is one of:
 - ``"embedded"``: a store node started inside this process on loopback (gRPC and data
   plane on free ports), with a DRAM tier of ``store_bytes``. The single-machine default.
 - ``"HOST:PORT"``: a running store node (``kvstore serve``); the engine is its client.
+  A node that refuses the model's blocks (larger than its ``store.block_bytes``) is a
+  ``ConfigError`` here, at start-up; one that cannot be reached is not (the engine
+  recomputes until it can).
 - ``None``: no store; prompts reuse only the worker's own prefix cache.
 """
 
@@ -103,7 +106,13 @@ async def open_store(
         node = await start_node(config)
         address = node.address
     client = StoreClient(address, CallOptions(token=token, timeout_s=timeout_s, retries=1))
-    return StoreLink(StoreConnector(client, namespace), node)
+    link = StoreLink(StoreConnector(client, namespace), node)
+    try:
+        await link.connector.connect()  # type: ignore[union-attr]
+    except BaseException:
+        await link.close()
+        raise
+    return link
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -12,6 +12,11 @@ import mmap
 import numpy as np
 
 PAGE_BYTES = mmap.PAGESIZE
+ALIGN = 4096  # O_DIRECT's alignment, and the granule of tier slots
+
+
+def align_up(n: int, align: int = ALIGN) -> int:
+    return (n + align - 1) // align * align
 
 
 def aligned_buffer(nbytes: int) -> memoryview:
@@ -29,37 +34,44 @@ def aligned_blocks(num_blocks: int, block_bytes: int) -> list[memoryview]:
 
 
 class StagingPool:
-    """Reusable page-aligned buffers of one size, for bytes on their way to or from a
-    tier that has no host view (NVMe, HBM).
+    """Reusable page-aligned buffers, one free list per size (a block size rounded up to
+    whole pages), for bytes on their way to or from a tier that has no host view (NVMe,
+    HBM).
 
     Fresh anonymous pages fault on first touch (a copy into them runs at about a tenth of
     memcpy speed) and unmapping them costs as much again, so buffers are pre-touched once
-    and kept. At most ``max_bytes`` are kept; more can be taken, the excess is unmapped
-    when given back. Event-loop thread only.
+    and kept. At most ``max_bytes`` are kept over all sizes; more can be taken, the excess
+    is unmapped when given back. Event-loop thread only.
     """
 
-    def __init__(self, buffer_bytes: int, max_bytes: int) -> None:
-        self.buffer_bytes = -(-buffer_bytes // PAGE_BYTES) * PAGE_BYTES
-        self._max_buffers = max(1, max_bytes // self.buffer_bytes)
-        self._free: list[memoryview] = []
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._kept_bytes = 0
+        self._free: dict[int, list[memoryview]] = {}
 
     @property
     def num_free(self) -> int:
-        return len(self._free)
+        return sum(len(buffers) for buffers in self._free.values())
 
-    def take(self, count: int) -> list[memoryview]:
-        """``count`` buffers of ``buffer_bytes`` each (contents unspecified)."""
-        missing = count - len(self._free)
+    def take(self, count: int, nbytes: int) -> list[memoryview]:
+        """``count`` buffers of at least ``nbytes`` each (contents unspecified)."""
+        size = -(-nbytes // PAGE_BYTES) * PAGE_BYTES
+        free = self._free.setdefault(size, [])
+        missing = count - len(free)
         if missing > 0:
-            fresh = aligned_buffer(missing * self.buffer_bytes)
+            fresh = aligned_buffer(missing * size)
             np.frombuffer(fresh, dtype=np.uint8)[::PAGE_BYTES] = 0  # fault pages in now
-            step = self.buffer_bytes
-            self._free.extend(fresh[i * step : (i + 1) * step] for i in range(missing))
-        split = len(self._free) - count
-        taken = self._free[split:]
-        del self._free[split:]
+            free.extend(fresh[i * size : (i + 1) * size] for i in range(missing))
+            self._kept_bytes += missing * size
+        split = len(free) - count
+        taken = free[split:]
+        del free[split:]
+        self._kept_bytes -= count * size
         return taken
 
     def give(self, buffers: list[memoryview]) -> None:
-        room = self._max_buffers - len(self._free)
-        self._free.extend(buffers[:room])
+        for buffer in buffers:
+            if self._kept_bytes + buffer.nbytes > self._max_bytes:
+                continue
+            self._free.setdefault(buffer.nbytes, []).append(buffer)
+            self._kept_bytes += buffer.nbytes

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvstore import config_loader
+from kvstore.buffers import align_up
 from kvstore.config_loader import check, positive, size
 from kvstore.errors import ConfigError
 from kvstore.types import EvictionPolicyKind
 
 GiB = 1 << 30
 MiB = 1 << 20
+DEFAULT_PAGE_BYTES = 64 * MiB
 
 
 def _node_id_ok(value: str) -> bool:
@@ -36,7 +38,8 @@ class StoreConfig:
         default_factory=socket.gethostname,
         metadata=check(_node_id_ok, "letters, digits, '-', '_' or '.'"),
     )
-    block_bytes: int = field(default=MiB, metadata=size())
+    block_bytes: int = field(default=16 * MiB, metadata=size())  # the largest block accepted
+    page_bytes: int = field(default=DEFAULT_PAGE_BYTES, metadata=size())  # carved by size class
     eviction_policy: EvictionPolicyKind = EvictionPolicyKind.PREFIX_LRU
     promotion_min_hits: int = field(
         default=2, metadata=check(lambda v: v >= 0, "0 (never promote) or more")
@@ -172,9 +175,16 @@ class Config:
     transfer: TransferConfig = field(default_factory=TransferConfig)
 
     def __post_init__(self) -> None:
+        largest_slot = align_up(self.store.block_bytes)
+        if self.store.page_bytes < largest_slot:
+            raise ConfigError(
+                "store.page_bytes",
+                f"{self.store.page_bytes} holds no block of store.block_bytes"
+                f" = {self.store.block_bytes} (raise it, or lower store.block_bytes)",
+            )
         for name in ("hbm", "dram", "nvme"):
             tier = getattr(self.tiers, name)
-            if tier.enabled and tier.capacity_bytes < self.store.block_bytes:
+            if tier.enabled and tier.capacity_bytes < largest_slot:
                 raise ConfigError(
                     f"tiers.{name}.capacity_bytes",
                     f"{tier.capacity_bytes} holds no block of store.block_bytes"

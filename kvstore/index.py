@@ -9,8 +9,9 @@ State kept per block (``BlockMeta``) and per index::
     children     parent key -> [n_hbm, n_dram, n_nvme]
                                                   cached children per tier, kept even while
                                                   the parent itself is absent
-    queues[tier] min-heap of (priority, token, key)
-                                                  eviction candidates, updated lazily
+    queues[tier, length]  min-heap of (priority, token, key)
+                                                  eviction candidates per tier and block
+                                                  size (size class), updated lazily
     removals     key -> MissReason                bounded record of recent removals
 
 Invariants:
@@ -21,7 +22,7 @@ Invariants:
       a MOVING block counts nowhere (it is leaving its tier), so its parent can become a
       victim in the same ``select_victims`` call and eviction order stays exact;
     * a heap item is live iff its token equals its block's ``queue_token`` (0 = not queued);
-      a block has at most one live item, in the heap of its own tier;
+      a block has at most one live item, in the heap of its own tier and length;
     * a block is a *leaf* in its tier when no child is cached in that tier or a faster one,
       so prefix-aware policies never evict (or demote) a parent before its children;
     * a victim is RESIDENT, unread, unpinned and (for prefix-aware policies) a leaf.
@@ -108,10 +109,9 @@ class BlockIndex:
         self.observer: Observer | None = None
         self._entries: dict[BlockKey, BlockMeta] = {}
         self._children: dict[BlockKey, list[int]] = {}
-        self._queues: dict[TierKind, list[tuple[Priority, int, BlockKey]]] = {
-            tier: [] for tier in TIERS_FASTEST_FIRST
-        }
+        self._queues: dict[tuple[TierKind, int], list[tuple[Priority, int, BlockKey]]] = {}
         self._num_blocks = dict.fromkeys(TIERS_FASTEST_FIRST, 0)
+        self._num_bytes = dict.fromkeys(TIERS_FASTEST_FIRST, 0)
         self._removals: OrderedDict[BlockKey, MissReason] = OrderedDict()
         self._removal_record_blocks = removal_record_blocks
         self._pin_expiries: list[tuple[float, BlockKey]] = []
@@ -130,6 +130,10 @@ class BlockIndex:
     def num_blocks(self, tier: TierKind) -> int:
         return self._num_blocks[tier]
 
+    def num_bytes(self, tier: TierKind) -> int:
+        """Bytes of the blocks resident in ``tier`` (their lengths, not their slots)."""
+        return self._num_bytes[tier]
+
     def blocks(self) -> list[BlockMeta]:
         return list(self._entries.values())
 
@@ -142,7 +146,7 @@ class BlockIndex:
         meta.transition(BlockState.RESIDENT)
         self._entries[meta.key] = meta
         self._removals.pop(meta.key, None)
-        self._num_blocks[meta.tier] += 1
+        self._count_block(meta.tier, meta.length_bytes, +1)
         self._count_child(meta, meta.tier, +1)
         self._stamp(meta)
         self._enqueue_if_evictable(meta)
@@ -157,21 +161,21 @@ class BlockIndex:
             self._count_child(meta, meta.tier, -1)
         meta.transition(BlockState.REMOVED)
         del self._entries[meta.key]
-        self._num_blocks[meta.tier] -= 1
+        self._count_block(meta.tier, meta.length_bytes, -1)
         meta.queue_token = 0
         self._removals[meta.key] = reason
         self._removals.move_to_end(meta.key)
         if len(self._removals) > self._removal_record_blocks:
             self._removals.popitem(last=False)
-        self._compact_if_sparse(meta.tier)
+        self._compact_if_sparse(meta.tier, meta.length_bytes)
         if self.observer is not None:
             self.observer(meta.key, None)
 
     def move(self, meta: BlockMeta, tier: TierKind, slot: SlotId) -> None:
         """A MOVING block now lives in ``slot`` of ``tier`` (demotion or promotion)."""
         meta.transition(BlockState.RESIDENT)
-        self._num_blocks[meta.tier] -= 1
-        self._num_blocks[tier] += 1
+        self._count_block(meta.tier, meta.length_bytes, -1)
+        self._count_block(tier, meta.length_bytes, +1)
         meta.tier, meta.slot = tier, slot
         self._count_child(meta, tier, +1)
         self._enqueue_if_evictable(meta)
@@ -239,19 +243,33 @@ class BlockIndex:
     # -- eviction ---------------------------------------------------------------------
 
     def select_victims(
-        self, tier: TierKind, num_blocks: int, now_s: float, budget: int
+        self,
+        tier: TierKind,
+        num_blocks: int,
+        now_s: float,
+        budget: int,
+        length_bytes: int | None = None,
     ) -> VictimBatch:
-        """Take up to ``num_blocks`` victims out of ``tier``'s queue, doing at most ``budget``
-        heap pops. Victims come back MOVING; the caller moves (``move``), drops (``remove``)
-        or keeps (``abandon_move``) each one. Prefix-aware policies yield leaves only, but a
-        victim stops counting as its parent's child at once, so the parent may follow in
-        the same call: the order is the same as evicting one block per call.
+        """Take up to ``num_blocks`` victims out of ``tier``, doing at most ``budget`` heap
+        pops: blocks of ``length_bytes`` only (their slots are what a size class needs),
+        or of any length (the least recent first across the size classes' queues).
+        Victims come back MOVING; the caller moves (``move``), drops (``remove``) or keeps
+        (``abandon_move``) each one. Prefix-aware policies yield leaves only, but a victim
+        stops counting as its parent's child at once, so the parent may follow in the
+        same call: the order is the same as evicting one block per call.
         """
         self._expire_pins(now_s)
-        queue = self._queues[tier]
+        queues = [
+            q
+            for (t, length), q in self._queues.items()
+            if t is tier and (length_bytes is None or length == length_bytes)
+        ]
         victims: list[BlockMeta] = []
         num_examined = 0
-        while queue and len(victims) < num_blocks and num_examined < budget:
+        while len(victims) < num_blocks and num_examined < budget:
+            queue = min((q for q in queues if q), key=lambda q: q[0], default=None)
+            if queue is None:
+                break
             num_examined += 1
             priority, token, key = heapq.heappop(queue)
             meta = self._entries.get(key)
@@ -266,7 +284,45 @@ class BlockIndex:
                 continue
             self.begin_move(meta)
             victims.append(meta)
-        return VictimBatch(victims, bool(queue) and len(victims) < num_blocks, num_examined)
+        work_left = any(queues) and len(victims) < num_blocks
+        return VictimBatch(victims, work_left, num_examined)
+
+    def take_all(
+        self,
+        tier: TierKind,
+        slots: Sequence[tuple[SlotId, BlockKey]],
+        now_s: float,
+        *,
+        keep_parents: bool,
+    ) -> list[BlockMeta] | None:
+        """All the blocks in these slots of ``tier`` as victims (MOVING, children first),
+        whatever their recency, or None (nothing taken) if one of them cannot go now: a
+        slot that holds no resident block (reserved, or freed when its readers finish),
+        a block being read, moved or pinned, or, with ``keep_parents``, a block with a
+        cached child outside the set (dropping it would strand the child).
+        """
+        self._expire_pins(now_s)
+        metas = []
+        for slot, key in slots:
+            meta = self._entries.get(key)
+            if (
+                meta is None
+                or meta.tier is not tier
+                or meta.slot != slot
+                or meta.state is not BlockState.RESIDENT
+                or meta.num_readers
+                or (meta.pinned_until_s is not None and meta.pinned_until_s > now_s)
+            ):
+                return None
+            metas.append(meta)
+        ordered = _children_first(metas)
+        for meta in ordered:
+            self.begin_move(meta)
+        if keep_parents and any(self.has_cached_children(m) for m in ordered):
+            for meta in reversed(ordered):
+                self.abandon_move(meta)
+            return None
+        return ordered
 
     def is_leaf(self, meta: BlockMeta) -> bool:
         counts = self._children.get(meta.key)
@@ -312,7 +368,8 @@ class BlockIndex:
     def _push(self, meta: BlockMeta, priority: Priority) -> None:
         self._token += 1
         meta.queue_token = self._token
-        heapq.heappush(self._queues[meta.tier], (priority, self._token, meta.key))
+        queue = self._queues.setdefault((meta.tier, meta.length_bytes), [])
+        heapq.heappush(queue, (priority, self._token, meta.key))
 
     def _expire_pins(self, now_s: float) -> None:
         while self._pin_expiries and self._pin_expiries[0][0] <= now_s:
@@ -321,9 +378,13 @@ class BlockIndex:
             if meta is not None and meta.pinned_until_s == until_s:
                 self.unpin(meta)
 
-    def _compact_if_sparse(self, tier: TierKind) -> None:
+    def _count_block(self, tier: TierKind, length_bytes: int, delta: int) -> None:
+        self._num_blocks[tier] += delta
+        self._num_bytes[tier] += delta * length_bytes
+
+    def _compact_if_sparse(self, tier: TierKind, length_bytes: int) -> None:
         """Drop dead heap items once they outnumber live blocks (amortised O(1) a removal)."""
-        queue = self._queues[tier]
+        queue = self._queues.get((tier, length_bytes), [])
         if len(queue) > 4096 and len(queue) > 2 * self._num_blocks[tier]:
             live = [
                 item
@@ -331,4 +392,20 @@ class BlockIndex:
                 if (meta := self._entries.get(item[2])) is not None and meta.queue_token == item[1]
             ]
             heapq.heapify(live)
-            self._queues[tier] = live
+            self._queues[tier, length_bytes] = live
+
+
+def _children_first(metas: list[BlockMeta]) -> list[BlockMeta]:
+    """``metas`` ordered so that a block comes before its parent when both are in it."""
+    keys = {m.key: m for m in metas}
+    depth: dict[BlockKey, int] = {}
+    for meta in metas:
+        chain = []
+        node: BlockMeta | None = meta
+        while node is not None and node.key not in depth:
+            chain.append(node)
+            node = keys.get(node.parent) if node.parent is not None else None
+        base = depth[node.key] if node is not None else -1
+        for i, item in enumerate(reversed(chain)):
+            depth[item.key] = base + 1 + i
+    return sorted(metas, key=lambda m: -depth[m.key])

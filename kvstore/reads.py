@@ -117,7 +117,7 @@ class ReadPath:
             if dsts is not None:
                 dst = dsts[i]
             else:
-                (buffer,) = self.staging.take(1)
+                (buffer,) = self.staging.take(1, meta.length_bytes)
                 staging.append(buffer)
                 dst = buffer[: meta.length_bytes]
             pending.setdefault(meta.tier, []).append(

@@ -18,8 +18,9 @@ from kvstore.types import MissReason, NamespaceId, TierKind
 class TierUsage:
     tier: TierKind
     capacity_bytes: int
-    used_bytes: int
-    num_slots: int
+    used_bytes: int  # the slots in use (blocks and open reservations)
+    stored_bytes: int  # the resident blocks' own lengths
+    carved_bytes: int  # pages carved for a size class (free pages are not)
     num_used_slots: int
     num_blocks: int  # blocks whose home is this tier
     num_copies: int = 0  # NVMe only: copies of blocks whose home is a faster tier

@@ -85,7 +85,7 @@ class NodeStore:
             make_eviction_policy(config.store.eviction_policy),
             removal_record_blocks=config.store.removal_record_blocks,
         )
-        staging = StagingPool(max(t.slot_bytes for t in tiers.values()), config.store.staging_bytes)
+        staging = StagingPool(config.store.staging_bytes)
         self.tiering = Tiering(
             tiers,
             self.index,
@@ -136,10 +136,13 @@ class NodeStore:
 
     def register_namespace(self, namespace: Namespace) -> NamespaceId:
         """Accept blocks of ``namespace``; idempotent. Returns its id."""
-        if namespace.block_bytes > self.config.store.block_bytes:
+        cap = self.config.store.block_bytes
+        if namespace.block_bytes > cap:
             raise InvalidArgument(
-                f"namespace blocks are {namespace.block_bytes} bytes but store.block_bytes"
-                f" is {self.config.store.block_bytes}"
+                f"namespace {namespace.model_id!r} has blocks of {namespace.block_bytes} bytes,"
+                f" larger than this node's largest block, store.block_bytes = {cap}:"
+                f" raise store.block_bytes (and store.page_bytes) to at least"
+                f" {namespace.block_bytes}, or use fewer tokens per block"
             )
         ns_id = namespace.id
         if ns_id not in self._namespaces:
@@ -312,8 +315,7 @@ class NodeStore:
         if tier not in self.tiering.tiers:
             raise InvalidArgument(f"tier {tier.value} is not enabled")
         before = self.index.num_blocks(tier)
-        pool = self.tiering.tiers[tier].slots
-        await self.tiering.make_room(tier, min(pool.num_slots, pool.num_free + num_blocks))
+        await self.tiering.evict_blocks(tier, num_blocks)
         return before - self.index.num_blocks(tier)
 
     async def write_down(self, budget_s: float) -> int:
@@ -361,9 +363,10 @@ class NodeStore:
         pool = tier.slots
         return TierUsage(
             tier=kind,
-            capacity_bytes=pool.num_slots * tier.slot_bytes,
-            used_bytes=pool.num_used * tier.slot_bytes,
-            num_slots=pool.num_slots,
+            capacity_bytes=pool.capacity_bytes,
+            used_bytes=pool.used_bytes,
+            stored_bytes=self.index.num_bytes(kind),
+            carved_bytes=pool.carved_bytes(),
             num_used_slots=pool.num_used,
             num_blocks=self.index.num_blocks(kind),
             num_copies=len(self.tiering.copies) if kind is TierKind.NVME else 0,

@@ -17,9 +17,14 @@ module moves their bytes and keeps the invariants:
 * **No free under a reader.** A slot is returned to its pool only when no reader holds
   the block; otherwise it waits on the block's ``retired_slots`` and is freed when the
   last reader releases (``release``). The mover itself holds the block as a reader.
+* **Size classes.** Slots come from a tier's pages, each carved for one block size
+  (``tiers.slots``). Room for blocks of size S is made by evicting blocks of size S
+  (their slots are the ones that help), or, when S's class holds less than its fair
+  share of pages (``policy.pages``), by evicting every block of one page of another
+  class so the page can be re-carved; never by evicting blocks that free nothing usable.
 * **Bounded work.** ``make_room`` examines at most ``budget_blocks + 2 * needed``
-  candidates per call (a candidate touched since it was queued costs one re-queue) and
-  reports failure instead of scanning the whole tier.
+  candidates per call (a candidate touched since it was queued costs one re-queue; a
+  page examined costs its blocks) and reports failure instead of scanning the tier.
 * **Demote, don't drop.** Victims of tier T go to the next slower enabled tier; only the
   slowest tier drops blocks. If the slower tier cannot take them (each of its blocks is
   an ancestor of a cached block, pinned or being read; or an I/O error), the victims
@@ -42,6 +47,7 @@ from kvstore.buffers import StagingPool
 from kvstore.errors import CapacityExceeded, KVStoreError, TierUnavailable
 from kvstore.hashing import checksum
 from kvstore.index import BlockIndex, BlockMeta
+from kvstore.policy.pages import FairSharePages
 from kvstore.policy.promotion import PromotionPolicy
 from kvstore.stats import StoreStats
 from kvstore.tiers.base import BlockRecord, ReadItem, SlotRef, Tier, WriteItem
@@ -69,6 +75,7 @@ class Tiering:
         self.stats = stats
         self.staging = staging
         self.promotion = promotion
+        self.pages = FairSharePages()
         self.budget_blocks = budget_blocks
         self._clock = clock
         self.retry_s = retry_s
@@ -89,8 +96,11 @@ class Tiering:
 
     # -- allocation -------------------------------------------------------------------
 
-    async def allocate(self, tier: TierKind, count: int) -> list[SlotId]:
-        """``count`` slots of ``tier``, evicting as needed; all or nothing.
+    async def allocate(
+        self, tier: TierKind, length_bytes: int, owners: Sequence[BlockKey]
+    ) -> list[SlotId]:
+        """One slot of ``tier`` per owner, for blocks of ``length_bytes``, evicting as
+        needed; all or nothing.
 
         Raises:
             CapacityExceeded: the tier is too small, or too few blocks could be evicted
@@ -102,32 +112,78 @@ class Tiering:
                 f"tier {tier.value} is unavailable after a failed write; retrying within"
                 f" {self.retry_s:g} s"
             )
-        if count > pool.num_slots:
+        count = len(owners)
+        if count > pool.max_slots(length_bytes):
             raise CapacityExceeded(
-                f"{count} blocks do not fit tier {tier.value} ({pool.num_slots} slots)"
+                f"{count} blocks of {length_bytes} bytes do not fit tier {tier.value}"
+                f" ({pool.max_slots(length_bytes)} slots of that size)"
             )
-        await self.make_room(tier, count)
-        slots = pool.allocate_many(count)
+        await self.make_room(tier, length_bytes, count)
+        slots = pool.allocate(length_bytes, owners)
         if slots is None:
             raise CapacityExceeded(
-                f"tier {tier.value}: {count} slots needed, {pool.num_free} free; the other"
-                " blocks are pinned, being read or being moved"
+                f"tier {tier.value}: {count} slots of {length_bytes} bytes needed,"
+                f" {pool.available(length_bytes)} free; the other blocks are pinned,"
+                " being read or being moved"
             )
         return slots
 
-    async def make_room(self, tier: TierKind, count: int) -> bool:
-        """Evict from ``tier`` until ``count`` slots are free; False if the budget ran out."""
+    async def make_room(self, tier: TierKind, length_bytes: int, count: int) -> bool:
+        """Evict from ``tier`` until ``count`` slots for blocks of ``length_bytes`` are free:
+        blocks of that size, or a whole page of another size class when the pages policy
+        says so. False if the budget ran out."""
         pool = self.tiers[tier].slots
         budget = self.budget_blocks + 2 * count
-        while pool.num_free < count and budget > 0:
-            batch = self.index.select_victims(tier, count - pool.num_free, self._clock(), budget)
+        while pool.available(length_bytes) < count and budget > 0:
+            victims = self._page_victims(tier, length_bytes, budget)
+            if victims:
+                budget -= len(victims)
+            else:
+                needed = count - pool.available(length_bytes)
+                now = self._clock()
+                batch = self.index.select_victims(tier, needed, now, budget, length_bytes)
+                budget -= max(batch.num_examined, 1)
+                victims = batch.victims
+            if not victims:
+                break
+            await self.evict(victims, tier)
+        if tier is TierKind.NVME and pool.available(length_bytes) < count:
+            await self.drop_copies(count - pool.available(length_bytes), length_bytes)
+        return pool.available(length_bytes) >= count
+
+    async def evict_blocks(self, tier: TierKind, num_blocks: int) -> None:
+        """Push up to ``num_blocks`` blocks of any size out of ``tier``, least recent first."""
+        budget = self.budget_blocks + 2 * num_blocks
+        while num_blocks > 0 and budget > 0:
+            batch = self.index.select_victims(tier, num_blocks, self._clock(), budget)
             budget -= max(batch.num_examined, 1)
             if not batch.victims:
                 break
+            num_blocks -= len(batch.victims)
             await self.evict(batch.victims, tier)
-        if tier is TierKind.NVME and pool.num_free < count:
-            await self.drop_copies(count - pool.num_free)
-        return pool.num_free >= count
+
+    def _page_victims(
+        self, tier: TierKind, length_bytes: int, budget: int
+    ) -> list[BlockMeta] | None:
+        """Every block of one page of another size class, when ``length_bytes``'s class is
+        below its share of pages (``FairSharePages``): the donor's page with the fewest
+        blocks that can all go now. None when the class must evict its own blocks."""
+        pool = self.tiers[tier].slots
+        donor = self.pages.donor(length_bytes, pool.pages_per_class(), pool.num_pages)
+        if donor is None:
+            return None
+        slowest = self.below(tier) is None
+        for page in pool.pages_of(donor):
+            owners = pool.owners_in(page)
+            if not owners:
+                continue  # an empty page: the allocator takes it over by itself
+            victims = self.index.take_all(tier, owners, self._clock(), keep_parents=slowest)
+            if victims is not None:
+                return victims
+            budget -= len(owners)
+            if budget <= 0:
+                break
+        return None
 
     def is_down(self, tier: TierKind) -> bool:
         """Whether a recent write into ``tier`` failed (see the module docstring)."""
@@ -202,12 +258,16 @@ class Tiering:
             self._retire_copy(meta)
         await self._flush_ready(victims)
 
-    async def drop_copies(self, count: int) -> int:
-        """Let go of up to ``count`` NVMe copies, oldest first; their blocks stay cached
-        in their faster tier. Returns how many copies went."""
+    async def drop_copies(self, count: int, length_bytes: int | None = None) -> int:
+        """Let go of up to ``count`` NVMe copies (of blocks of ``length_bytes``, when
+        given: the size class that needs the slots), oldest first; their blocks stay
+        cached in their faster tier. Returns how many copies went."""
         metas: list[BlockMeta] = []
-        while self.copies and len(metas) < count:
-            meta = self.copies[next(iter(self.copies))]
+        for meta in list(self.copies.values()):
+            if len(metas) >= count:
+                break
+            if length_bytes is not None and meta.length_bytes != length_bytes:
+                continue
             self._retire_copy(meta)
             metas.append(meta)
         await self._flush_ready(metas)
@@ -372,7 +432,7 @@ class Tiering:
             TierUnavailable: the write failed (``target`` is then down for ``retry_s``).
         """
         pool = self.tiers[target].slots
-        slots = await self.allocate(target, len(metas))
+        slots = await self._allocate_for(target, metas)
         staging: list[memoryview] = []
         try:
             sources = list(data) if data is not None else await self._source(metas, staging)
@@ -411,6 +471,24 @@ class Tiering:
             )
         self._down_until[tier] = self._clock() + self.retry_s
 
+    async def _allocate_for(self, tier: TierKind, metas: list[BlockMeta]) -> list[SlotId]:
+        """A slot of ``tier`` for each block (grouped by size class); all or nothing."""
+        by_length: dict[int, list[int]] = {}
+        for i, meta in enumerate(metas):
+            by_length.setdefault(meta.length_bytes, []).append(i)
+        slots: list[SlotId | None] = [None] * len(metas)
+        try:
+            for length, positions in by_length.items():
+                got = await self.allocate(tier, length, [metas[i].key for i in positions])
+                for i, slot in zip(positions, got, strict=True):
+                    slots[i] = slot
+        except BaseException:
+            for taken in slots:
+                if taken is not None:
+                    self.tiers[tier].slots.free(taken)
+            raise
+        return [s for s in slots if s is not None]
+
     async def _source(
         self, metas: list[BlockMeta], staging: list[memoryview]
     ) -> list[memoryview | None]:
@@ -420,7 +498,8 @@ class Tiering:
         views = [tier.view(meta.slot) for meta in metas]
         if all(v is not None for v in views):
             return list(views)
-        staging.extend(self.staging.take(len(metas)))
+        for meta in metas:
+            staging.extend(self.staging.take(1, meta.length_bytes))
         items = [
             ReadItem(m.slot, m.length_bytes, m.checksum, b[: m.length_bytes])
             for m, b in zip(metas, staging, strict=True)

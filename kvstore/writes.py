@@ -81,7 +81,7 @@ class WritePath:
         claimed = [key for _, key, _ in todo]
         self.reservations.claim(claimed)
         try:
-            slots = await self.tiering.allocate(tier, len(todo)) if todo else []
+            slots = await self.tiering.allocate(tier, namespace.block_bytes, claimed)
         except BaseException:
             self.reservations.unclaim(claimed)
             raise
@@ -188,5 +188,5 @@ class WritePath:
             return [v[:block_bytes] for v in views if v is not None], False, []
         if sources is not None:
             return list(sources), True, []
-        staging = self.staging.take(len(slots))
+        staging = self.staging.take(len(slots), block_bytes)
         return [b[:block_bytes] for b in staging], True, staging

@@ -6,6 +6,10 @@ when it cannot be reached, ``load`` says nothing is cached and ``save`` drops th
 the engine recomputes, and the stats say so (``unreachable``). After a failure the store
 is left alone for ``retry_after_s`` so that requests do not each wait out a timeout.
 
+A store that answers but refuses the engine's namespace (its blocks are larger than the
+node's ``store.block_bytes``) is not "unreachable": ``connect`` raises a ``ConfigError``
+naming both sizes and the key, and the engine does not start.
+
 Runs on the worker's event loop (the client is asynchronous).
 """
 
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 
 from kvstore.client import StoreClient
 from kvstore.client.layered import LayeredGet, LayeredPut
-from kvstore.errors import KVStoreError
+from kvstore.errors import ConfigError, InvalidArgument, KVStoreError
 from kvstore.hashing import Namespace
 from kvstore.types import BlockKey, NamespaceId
 
@@ -63,6 +67,25 @@ class StoreConnector:
     @property
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
+
+    async def connect(self) -> None:
+        """Register the namespace at start-up.
+
+        Raises:
+            ConfigError: the store refused the namespace (e.g. blocks larger than its
+                ``store.block_bytes``). An unreachable store is not an error here: the
+                engine recomputes and tries again later.
+        """
+        try:
+            await self._namespace(strict=True)
+        except InvalidArgument as exc:
+            spec = self.namespace.spec
+            raise ConfigError(
+                "store.block_bytes",
+                f"the store node {self.client.address} refuses this engine's KV blocks"
+                f" ({self.namespace.block_bytes} bytes: model {self.namespace.model_id!r},"
+                f" engine.page_tokens = {spec.block_tokens}): {exc}",
+            ) from exc
 
     async def load(self, keys: Sequence[BlockKey], dsts: Sequence[memoryview]) -> LayeredGet | None:
         """Start loading the cached leading run of ``keys`` into ``dsts`` (None: the
@@ -113,7 +136,7 @@ class StoreConnector:
     async def close(self) -> None:
         await self.client.close()
 
-    async def _namespace(self) -> NamespaceId | None:
+    async def _namespace(self, *, strict: bool = False) -> NamespaceId | None:
         if not self.available:
             self.stats.skipped += 1
             return None
@@ -121,6 +144,11 @@ class StoreConnector:
             try:
                 self._ns_id = await self.client.register_namespace(self.namespace)
                 self.node_id = (await self.client.stats()).node_id
+            except InvalidArgument as exc:
+                if strict:
+                    raise  # a refusal, not an outage: the caller reports it
+                self._down(exc)
+                return None
             except KVStoreError as exc:
                 self._down(exc)
                 return None

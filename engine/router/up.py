@@ -36,6 +36,7 @@ from engine.config import EngineConfig
 from engine.model.loader import TINY_MODEL_PATH, load_tokenizer
 from engine.router.api import create_app
 from engine.router.service import open_router
+from kvstore.config import DEFAULT_PAGE_BYTES
 
 GRACE_S = 10.0
 
@@ -220,7 +221,8 @@ class _Server(uvicorn.Server):
 
 def _store_flags(config: EngineConfig, port: int) -> list[str]:
     """The store node's flags: loopback ports ``port`` to ``port + 2`` (7600-7602), DRAM
-    from engine.store_bytes, slots the size of one KV page of the model."""
+    from engine.store_bytes, its largest block one KV page of the model (pages of the
+    store's tiers at least that large)."""
     text = load_tokenizer(config.engine.model_path or TINY_MODEL_PATH).config
     dtype_bytes = 2 if (config.engine.dtype or text.torch_dtype) in ("bfloat16", "float16") else 4
     page = (
@@ -237,5 +239,6 @@ def _store_flags(config: EngineConfig, port: int) -> list[str]:
         f"--server.metrics_port={port + 1 if port else 0}",
         f"--transfer.port={port + 2 if port else 0}",
         f"--store.block_bytes={page}",
+        f"--store.page_bytes={max(DEFAULT_PAGE_BYTES, page)}",
         f"--tiers.dram.capacity_bytes={max(config.engine.store_bytes, page)}",
     ]

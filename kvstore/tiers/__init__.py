@@ -1,1 +1,1 @@
-"""Storage tiers: fixed-size slot pools in device memory, host memory and on local disk."""
+"""Storage tiers: device memory, host memory and local disk, each carved by size class."""

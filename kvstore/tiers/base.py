@@ -1,9 +1,10 @@
-"""The Tier protocol: one pool of fixed-size slots for one block size.
+"""The Tier protocol: a tier's bytes, allocated by size class (``slots.SlabAllocator``).
 
 The store owns placement (which block lives in which slot, the index, eviction); a tier
 only moves bytes in and out of its slots and, when persistent, remembers which block each
-committed slot holds. Slots are allocated and freed on the event-loop thread only; byte
-I/O may run on the tier's own executor threads.
+committed slot holds. A ``SlotId`` is the slot's byte offset in the tier; its size comes
+from the allocator (the size class of the page it is in). Slots are allocated and freed
+on the event-loop thread only; byte I/O may run on the tier's own executor threads.
 
 Checksums: persistent tiers verify a block's xxh3-64 on every read and report failures;
 memory tiers trust RAM, and the store verifies bytes when they leave memory for disk.
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from kvstore.hashing import Namespace
-from kvstore.tiers.slots import SlotAllocator
+from kvstore.tiers.slots import SlabAllocator
 from kvstore.types import BlockKey, Buffer, NamespaceId, SlotId, TierKind
 
 
@@ -59,8 +60,7 @@ class Recovered(NamedTuple):
 
 class Tier(Protocol):
     kind: TierKind
-    slot_bytes: int
-    slots: SlotAllocator
+    slots: SlabAllocator
 
     def view(self, slot: SlotId) -> memoryview | None:
         """The slot's bytes, writable and in host memory, or None if not host-addressable."""
@@ -94,7 +94,7 @@ class VolatileTier:
     """What memory tiers share: nothing survives the process, and freeing a slot is
     only returning it to the pool."""
 
-    slots: SlotAllocator
+    slots: SlabAllocator
 
     async def free(self, refs: Sequence[SlotRef]) -> None:
         for ref in refs:

@@ -1,10 +1,10 @@
-"""DRAM tier: one preallocated host arena of fixed-size slots, backed by shared memory.
+"""DRAM tier: one preallocated host arena, backed by shared memory, carved by size class.
 
 ::
 
-    /dev/shm/strata-<name>            one file, mapped MAP_SHARED by the owner and
-    | slot 0 | slot 1 | ... | slot N-1 |  (later) by other processes on the host
-      ^ slot_bytes each, page-aligned when slot_bytes is a multiple of 4096
+    /dev/shm/strata-<name>                      one file, mapped MAP_SHARED by the owner
+    | page 0 (class A) | page 1 (class B) | ...  and (later) by other processes on the host
+      ^ page_bytes each; slots 4 KiB-aligned, a slot's id is its offset (see ``slots``)
 
 The file's pages are reserved up front with ``posix_fallocate``, so a full ``/dev/shm``
 is a clean error at start instead of a SIGBUS on first touch. The owner holds an
@@ -29,7 +29,7 @@ import numpy as np
 
 from kvstore.errors import ConfigError, TierUnavailable
 from kvstore.tiers.base import ReadItem, VolatileTier, WriteItem
-from kvstore.tiers.slots import SlotAllocator
+from kvstore.tiers.slots import SlabAllocator
 from kvstore.types import SlotId, TierKind
 
 logger = logging.getLogger(__name__)
@@ -42,23 +42,22 @@ class DramTier(VolatileTier):
 
     def __init__(
         self,
-        num_slots: int,
-        slot_bytes: int,
+        capacity_bytes: int,
+        page_bytes: int,
         *,
         name: str,
         shm_dir: Path = Path("/dev/shm"),
         pin_memory: bool = True,
     ) -> None:
-        self.slot_bytes = slot_bytes
-        self.slots = SlotAllocator(num_slots)
+        self.slots = SlabAllocator(capacity_bytes, page_bytes)
         self.path = shm_dir / f"{SHM_PREFIX}{name}"
-        self._mmap, self._lock_fd = _map_arena(self.path, num_slots * slot_bytes)
+        self._mmap, self._lock_fd = _map_arena(self.path, self.slots.capacity_bytes)
         self._arena = memoryview(self._mmap)
         self._pinned_addr: int | None = _pin(self._mmap) if pin_memory else None
 
     @property
     def capacity_bytes(self) -> int:
-        return self.slots.num_slots * self.slot_bytes
+        return self.slots.capacity_bytes
 
     @property
     def arena(self) -> memoryview:
@@ -66,8 +65,7 @@ class DramTier(VolatileTier):
         return self._arena
 
     def view(self, slot: SlotId) -> memoryview:
-        start = slot * self.slot_bytes
-        return self._arena[start : start + self.slot_bytes]
+        return self._arena[slot : slot + self.slots.size_of(slot)]
 
     def array(self) -> np.ndarray:
         """The whole arena as a uint8 array (for bulk copies and for the transfer engine)."""

@@ -20,20 +20,18 @@ logger = logging.getLogger(__name__)
 def open_tiers(config: Config) -> dict[TierKind, Tier]:
     """Open every enabled tier; on failure, close the ones already opened."""
     store, tiers_config = config.store, config.tiers
-    slot_bytes = store.block_bytes
+    page_bytes = store.page_bytes
     tiers: dict[TierKind, Tier] = {}
     try:
         if tiers_config.hbm.enabled:
             hbm = tiers_config.hbm
-            tiers[TierKind.HBM] = HbmTier(
-                hbm.capacity_bytes // slot_bytes, slot_bytes, device=hbm.device
-            )
+            tiers[TierKind.HBM] = HbmTier(hbm.capacity_bytes, page_bytes, device=hbm.device)
         if tiers_config.dram.enabled:
             dram = tiers_config.dram
             remove_stale_arenas(dram.shm_dir)
             tiers[TierKind.DRAM] = DramTier(
-                dram.capacity_bytes // slot_bytes,
-                slot_bytes,
+                dram.capacity_bytes,
+                page_bytes,
                 name=f"{store.node_id}-{os.getpid()}",
                 shm_dir=dram.shm_dir,
                 pin_memory=dram.pin_memory,
@@ -43,8 +41,8 @@ def open_tiers(config: Config) -> dict[TierKind, Tier]:
             assert nvme.path is not None  # validated by TiersConfig
             tiers[TierKind.NVME] = NvmeTier(
                 nvme.path,
-                nvme.capacity_bytes // slot_bytes,
-                slot_bytes,
+                nvme.capacity_bytes,
+                page_bytes,
                 slab_bytes=nvme.slab_bytes,
                 direct_io=nvme.direct_io,
                 fsync=nvme.fsync,
@@ -54,7 +52,23 @@ def open_tiers(config: Config) -> dict[TierKind, Tier]:
         for tier in tiers.values():
             _close_now(tier)
         raise
+    for kind, tier in tiers.items():
+        _warn_unused(kind, getattr(tiers_config, kind.value).capacity_bytes, tier)
     return tiers
+
+
+def _warn_unused(kind: TierKind, configured: int, tier: Tier) -> None:
+    """A tier holds whole pages: say so when the configured capacity is not a multiple."""
+    usable = tier.slots.capacity_bytes
+    if usable < configured:
+        logger.warning(
+            "tiers.%s.capacity_bytes = %d is not a multiple of its page (%d bytes, from"
+            " store.page_bytes): %d bytes are left unused",
+            kind.value,
+            configured,
+            tier.slots.page_bytes,
+            configured - usable,
+        )
 
 
 def remove_stale_arenas(shm_dir: Path) -> list[Path]:

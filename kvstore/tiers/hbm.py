@@ -1,8 +1,9 @@
-"""HBM tier: a pool of fixed-size slots in device memory, through torch.
+"""HBM tier: a pool in device memory, through torch, carved by size class.
 
-One ``uint8`` tensor of ``num_slots * slot_bytes`` bytes on the configured CUDA device;
-a slot is a slice of it. Copies between host buffers and the pool run on a dedicated
-CUDA stream from the tier's own thread, so the event loop never waits on the device.
+One ``uint8`` tensor of ``capacity_bytes`` on the configured CUDA device; a slot is a
+slice of it at its offset (see ``slots``). Copies between host buffers and the pool run
+on a dedicated CUDA stream from the tier's own thread, so the event loop never waits on
+the device.
 On a host without CUDA, enabling this tier is a configuration error (not a silent
 fallback): the operator asked for device memory that is not there.
 """
@@ -15,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from kvstore.errors import ConfigError
 from kvstore.tiers.base import ReadItem, VolatileTier, WriteItem
-from kvstore.tiers.slots import SlotAllocator
+from kvstore.tiers.slots import SlabAllocator
 from kvstore.types import SlotId, TierKind
 
 
@@ -28,7 +29,7 @@ def cuda_available() -> bool:
 class HbmTier(VolatileTier):
     kind = TierKind.HBM
 
-    def __init__(self, num_slots: int, slot_bytes: int, *, device: str) -> None:
+    def __init__(self, capacity_bytes: int, page_bytes: int, *, device: str) -> None:
         import torch
 
         if not cuda_available():
@@ -36,24 +37,23 @@ class HbmTier(VolatileTier):
                 "tiers.hbm.enabled",
                 "the HBM tier needs a CUDA device and this host has none; set it to false",
             )
-        self.slot_bytes = slot_bytes
-        self.slots = SlotAllocator(num_slots)
+        self.slots = SlabAllocator(capacity_bytes, page_bytes)
         self.device = torch.device(device)
-        self._pool = torch.empty(num_slots * slot_bytes, dtype=torch.uint8, device=self.device)
+        size = self.slots.capacity_bytes
+        self._pool = torch.empty(size, dtype=torch.uint8, device=self.device)
         self._stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="strata-hbm-copy")
 
     @property
     def capacity_bytes(self) -> int:
-        return self.slots.num_slots * self.slot_bytes
+        return self.slots.capacity_bytes
 
     def view(self, slot: SlotId) -> None:
         return None
 
     def tensor(self, slot: SlotId):  # type: ignore[no-untyped-def]
         """The slot as a uint8 device tensor (a view into the pool)."""
-        start = slot * self.slot_bytes
-        return self._pool[start : start + self.slot_bytes]
+        return self._pool[slot : slot + self.slots.size_of(slot)]
 
     async def write(self, items: Sequence[WriteItem]) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._write, items)

@@ -1,12 +1,18 @@
-"""NVMe tier: fixed-size slots in preallocated slab files, indexed by LMDB.
+"""NVMe tier: slots by size class in preallocated slab files, indexed by LMDB.
 
 ::
 
     <data dir>/LOCK                the owner's pid; flock'ed while a node has the tier open
-    <data dir>/FORMAT              {"version": 1, "slot_bytes": S, "slab_slots": K}
+    <data dir>/FORMAT              {"version": 2, "page_bytes": P, "slab_pages": K}
     <data dir>/index/              LMDB (see nvme_index): key -> record, write intents
-    <data dir>/slab-00000.dat      slots 0 .. K-1      (K * S bytes, fallocate'd)
-    <data dir>/slab-00001.dat      slots K .. 2K-1     created when first needed
+    <data dir>/slab-00000.dat      pages 0 .. K-1      (K * P bytes, fallocate'd)
+    <data dir>/slab-00001.dat      pages K .. 2K-1     created when first needed; the
+                                                       last one only as long as the
+                                                       capacity left, so the files never
+                                                       add up to more than capacity_bytes
+
+A slot's id is its byte offset in the concatenated slab files; its size class comes from
+its page (``slots``), which a restart rebuilds from the records' offsets and lengths.
 
 Bytes move with ``os.preadv`` / ``os.pwritev`` on a dedicated, named thread pool, never on
 the event loop; a batch is split across the pool's threads. Where the filesystem supports
@@ -46,11 +52,12 @@ from typing import TypeVar
 import lmdb
 import numpy as np
 
+from kvstore.buffers import ALIGN, align_up
 from kvstore.errors import ConfigError, TierUnavailable
 from kvstore.hashing import Namespace, checksum
-from kvstore.tiers.base import BlockRecord, ReadItem, Recovered, SlotRef, WriteItem
+from kvstore.tiers.base import ReadItem, Recovered, SlotRef, WriteItem
 from kvstore.tiers.nvme_index import NvmeIndex
-from kvstore.tiers.slots import SlotAllocator
+from kvstore.tiers.slots import SlabAllocator
 from kvstore.types import SlotId, TierKind
 
 logger = logging.getLogger(__name__)
@@ -58,12 +65,7 @@ logger = logging.getLogger(__name__)
 R = TypeVar("R")
 Item = TypeVar("Item")
 
-ALIGN = 4096
-FORMAT_VERSION = 1
-
-
-def align_up(n: int, align: int = ALIGN) -> int:
-    return (n + align - 1) // align * align
+FORMAT_VERSION = 2
 
 
 class NvmeTier:
@@ -72,8 +74,8 @@ class NvmeTier:
     def __init__(
         self,
         path: Path,
-        num_slots: int,
-        slot_bytes: int,
+        capacity_bytes: int,
+        page_bytes: int,
         *,
         slab_bytes: int,
         direct_io: bool | None,
@@ -81,26 +83,37 @@ class NvmeTier:
         io_threads: int,
     ) -> None:
         self.path = path
-        self.slot_bytes = align_up(slot_bytes)
-        self.slab_slots = max(1, slab_bytes // self.slot_bytes)
         self.fsync = fsync
-        _prepare_directory(path, num_slots * self.slot_bytes)
+        _prepare_directory(path, capacity_bytes)
         self._lock_fd = lock_directory(path)
         try:
-            self._open(num_slots, direct_io, io_threads)
+            self._open(capacity_bytes, page_bytes, slab_bytes, direct_io, io_threads)
         except BaseException:
             os.close(self._lock_fd)
             raise
 
-    def _open(self, num_slots: int, direct_io: bool | None, io_threads: int) -> None:
+    def _open(
+        self,
+        capacity_bytes: int,
+        page_bytes: int,
+        slab_bytes: int,
+        direct_io: bool | None,
+        io_threads: int,
+    ) -> None:
         path = self.path
-        _check_format(path, self.slot_bytes, self.slab_slots)
+        page_bytes, slab_pages = _layout(path, capacity_bytes, page_bytes, slab_bytes)
+        self.slots = SlabAllocator(capacity_bytes, page_bytes)
+        self.slab_bytes = slab_pages * page_bytes
         self.direct_io = _probe_direct_io(path) if direct_io is None else direct_io
-        self._index = NvmeIndex(path / "index", num_slots=num_slots, fsync=self.fsync)
+        max_blocks = self.slots.capacity_bytes // ALIGN
+        self._index = NvmeIndex(path / "index", num_slots=max_blocks, fsync=self.fsync)
         records, self.num_torn_writes = self._index.recover()
-        self._records, dropped = _valid_records(records, num_slots)
-        self._index.delete((r.key, r.slot) for r in dropped)
-        self.slots = SlotAllocator(num_slots, used=(r.slot for r in self._records))
+        kept = self.slots.restore([(r.slot, r.length_bytes, r.key) for r in records])
+        self._records = [r for r, ok in zip(records, kept, strict=True) if ok]
+        dropped = [r for r, ok in zip(records, kept, strict=True) if not ok]
+        if dropped:
+            logger.warning("dropping %d NVMe blocks that do not fit the capacity", len(dropped))
+            self._index.delete((r.key, r.slot) for r in dropped)
         self._fds: dict[int, int] = {}
         self._fd_lock = threading.Lock()
         self._scratch = threading.local()
@@ -112,7 +125,7 @@ class NvmeTier:
 
     @property
     def capacity_bytes(self) -> int:
-        return self.slots.num_slots * self.slot_bytes
+        return self.slots.capacity_bytes
 
     def view(self, slot: SlotId) -> None:
         return None
@@ -204,7 +217,7 @@ class NvmeTier:
             src = memoryview(data).cast("B")
             length = align_up(src.nbytes) if self.direct_io else src.nbytes
             if self.direct_io and not _aligned(src, length):
-                bounce = self._bounce()
+                bounce = self._bounce(length)
                 bounce[: src.nbytes] = src
                 bounce[src.nbytes : length] = bytes(length - src.nbytes)
                 src = bounce
@@ -216,7 +229,7 @@ class NvmeTier:
         for slot, length, expected, dst in items:
             fd, offset = self._locate(slot)
             span = align_up(length) if self.direct_io else length
-            target = dst if not self.direct_io or _aligned(dst, span) else self._bounce()
+            target = dst if not self.direct_io or _aligned(dst, span) else self._bounce(span)
             if _pread_all(fd, target[:span], offset) < length:
                 results.append(False)
                 continue
@@ -225,21 +238,22 @@ class NvmeTier:
             results.append(checksum(dst[:length]) == expected)
         return results
 
-    def _bounce(self) -> memoryview:
-        buf = getattr(self._scratch, "buf", None)
-        if buf is None:
-            buf = self._scratch.buf = memoryview(mmap.mmap(-1, self.slot_bytes))
+    def _bounce(self, nbytes: int) -> memoryview:
+        """This thread's aligned bounce buffer, of at least ``nbytes``."""
+        buf: memoryview | None = getattr(self._scratch, "buf", None)
+        if buf is None or buf.nbytes < nbytes:
+            buf = self._scratch.buf = memoryview(mmap.mmap(-1, align_up(nbytes)))
         return buf
 
     def _locate(self, slot: SlotId) -> tuple[int, int]:
-        slab = self._slab_of(slot)
+        slab, offset = divmod(slot, self.slab_bytes)
         fd = self._fds.get(slab)
         if fd is None:
             fd = self._open_slab(slab)
-        return fd, (slot % self.slab_slots) * self.slot_bytes
+        return fd, offset
 
     def _slab_of(self, slot: SlotId) -> int:
-        return slot // self.slab_slots
+        return slot // self.slab_bytes
 
     def _open_slab(self, slab: int) -> int:
         with self._fd_lock:
@@ -248,7 +262,8 @@ class NvmeTier:
             flags = os.O_RDWR | os.O_CREAT | (os.O_DIRECT if self.direct_io else 0)
             fd = os.open(self.path / f"slab-{slab:05d}.dat", flags, 0o600)
             try:
-                os.posix_fallocate(fd, 0, self.slab_slots * self.slot_bytes)
+                size = min(self.slab_bytes, self.capacity_bytes - slab * self.slab_bytes)
+                os.posix_fallocate(fd, 0, size)
             except OSError as exc:
                 os.close(fd)
                 raise TierUnavailable(f"cannot grow {self.path}: {exc.strerror}") from exc
@@ -322,19 +337,32 @@ def lock_directory(path: Path) -> int:
     return fd
 
 
-def _check_format(path: Path, slot_bytes: int, slab_slots: int) -> None:
+def _layout(path: Path, capacity_bytes: int, page_bytes: int, slab_bytes: int) -> tuple[int, int]:
+    """(page_bytes, pages per slab file) of the directory: what its FORMAT file says, or,
+    for a new directory, the configured ones (a page no larger than the capacity), which
+    are then written down. Slot offsets depend on both, so a directory keeps its own."""
     fmt = path / "FORMAT"
-    expected = {"version": FORMAT_VERSION, "slot_bytes": slot_bytes, "slab_slots": slab_slots}
     if fmt.exists():
         found = json.loads(fmt.read_text())
-        if found != expected:
+        if found.get("version") != FORMAT_VERSION:
             raise ConfigError(
                 "tiers.nvme.path",
-                f"{path} holds blocks of layout {found}, this store uses {expected};"
-                " use another directory or the same store.block_bytes and tiers.nvme.slab_bytes",
+                f"{path} holds blocks of an older layout ({found}); this store reads layout"
+                f" version {FORMAT_VERSION}: use another directory or empty this one",
             )
-    else:
-        fmt.write_text(json.dumps(expected))
+        page_bytes, slab_pages = int(found["page_bytes"]), int(found["slab_pages"])
+        if page_bytes > capacity_bytes:
+            raise ConfigError(
+                "tiers.nvme.capacity_bytes",
+                f"{capacity_bytes} is smaller than one page ({page_bytes} bytes) of the blocks"
+                f" already in {path}: raise it, or use another directory",
+            )
+        return page_bytes, slab_pages
+    page_bytes = min(align_up(page_bytes), capacity_bytes // ALIGN * ALIGN)
+    slab_pages = max(1, slab_bytes // page_bytes)
+    layout = {"version": FORMAT_VERSION, "page_bytes": page_bytes, "slab_pages": slab_pages}
+    fmt.write_text(json.dumps(layout))
+    return page_bytes, slab_pages
 
 
 def _probe_direct_io(path: Path) -> bool:
@@ -346,21 +374,3 @@ def _probe_direct_io(path: Path) -> bool:
     os.close(fd)
     probe.unlink()
     return True
-
-
-def _valid_records(
-    records: list[BlockRecord], num_slots: int
-) -> tuple[list[BlockRecord], list[BlockRecord]]:
-    """Split records into those that fit this tier's slots (one owner per slot) and the
-    rest, which a smaller capacity than before left without a slot."""
-    seen: set[int] = set()
-    valid, dropped = [], []
-    for record in records:
-        if record.slot >= num_slots or record.slot in seen:
-            dropped.append(record)
-            continue
-        seen.add(record.slot)
-        valid.append(record)
-    if dropped:
-        logger.warning("dropping %d NVMe blocks beyond the configured capacity", len(dropped))
-    return valid, dropped

@@ -278,11 +278,8 @@ class DataPlaneServer:
         lease_id = next(self._lease_ids)
         if run.blocks:
             self._leases[lease_id] = _Lease(run, time.monotonic() + self._lease_ttl_s)
-        slot_bytes = arena.slot_bytes if arena is not None else 0
         blocks = [
-            frames.LeasedBlock(
-                ARENA_SEGMENT, m.slot * slot_bytes, m.length_bytes, m.checksum, m.tier
-            )
+            frames.LeasedBlock(ARENA_SEGMENT, m.slot, m.length_bytes, m.checksum, m.tier)
             for m in run.blocks
         ]
         body = frames.pack_lease(lease_id, blocks, run.miss_reason)
@@ -329,7 +326,7 @@ class DataPlaneServer:
             await store.abort(reservation)
             raise InvalidArgument("layer-wise writes need the store's DRAM tier on top")
         reservation_id = next(self._lease_ids)
-        slots = [(b.position, b.slot * arena.slot_bytes) for b in reservation.blocks]
+        slots = [(b.position, int(b.slot)) for b in reservation.blocks]
         self._writes[reservation_id] = reservation
         for _, offset in slots:
             self._writable[offset] = reservation
@@ -351,21 +348,19 @@ class DataPlaneServer:
         await conn.send([frames.pack_header(Op.COMMIT, header.request_id, len(body)), body])
 
     def _forget_writes(self, reservation: Reservation) -> None:
-        arena = self._require_store().shared_arena()
-        if arena is not None:
-            for block in reservation.blocks:
-                self._writable.pop(block.slot * arena.slot_bytes, None)
+        for block in reservation.blocks:
+            self._writable.pop(block.slot, None)
 
     def _check_arena_writes(self, ranges: Sequence[frames.WriteRange]) -> None:
         """Writes into the arena may only fill slots of open reservations: never a
         resident block, never past a block's end."""
         arena = self._require_store().shared_arena()
-        slot_bytes = arena.slot_bytes if arena is not None else 1
         for r in ranges:
-            start = r.offset - r.offset % slot_bytes
-            writer = self._writable.get(start)
+            start = arena.slots.slot_containing(r.offset) if arena is not None else None
+            writer = self._writable.get(start) if start is not None else None
             if (
-                writer is None
+                start is None
+                or writer is None
                 or writer.state is not ReservationState.OPEN
                 or r.offset + r.length > start + writer.namespace.block_bytes
             ):

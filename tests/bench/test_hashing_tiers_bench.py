@@ -32,12 +32,27 @@ TIER_KEYS = {
     "nvme_put_gbps",
     "nvme_get_gbps",
 }
+OVERHEAD_KEYS = {f"stored_per_used_{n}" for n in (*tiers.OVERHEAD_SIZES, "mixed")}
 
 
 def tiny_tiers(tmp_path: Path) -> tiers.TierBenchConfig:
     return tiers.TierBenchConfig(
-        working_set_bytes=8 * MiB, batch_blocks=4, repeats=1, io_threads=2, data_dir=tmp_path
+        working_set_bytes=8 * MiB,
+        batch_blocks=4,
+        repeats=1,
+        io_threads=2,
+        data_dir=tmp_path,
+        overhead_bytes=20 * MiB,
+        page_bytes=5 * MiB,
     )
+
+
+async def test_capacity_overhead_is_within_the_stated_bound(tmp_path: Path) -> None:
+    config = tiny_tiers(tmp_path)  # 4 pages of 5 MiB
+    assert await tiers.stored_per_used(config, [256 << 10]) == 1.0
+    assert await tiers.stored_per_used(config, [2 * MiB]) == 0.8  # 2 slots a page, 1 MiB tail
+    mixed = await tiers.stored_per_used(config, list(tiers.OVERHEAD_SIZES.values()))
+    assert 0.5 < mixed <= 1.0
 
 
 def test_hash_rates_are_positive_for_every_input_kind() -> None:
@@ -86,8 +101,9 @@ def test_tiers_main_writes_results_targets_and_cleans_up(tmp_path: Path) -> None
     out = tmp_path / "out"
     tiers.main(["--json", str(out / "x.json"), "--dir", str(tmp_path)], config=tiny_tiers(tmp_path))
     payload = json.loads((out / "x.json").read_text())
-    assert set(payload["results"]) == TIER_KEYS
+    assert set(payload["results"]) == TIER_KEYS | OVERHEAD_KEYS
     assert all(value > 0 for value in payload["results"].values())
-    assert set(payload["targets"]) == {"dram_get_gbps", "nvme_put_gbps", "nvme_get_gbps"}
+    targets = {"dram_get_gbps", "nvme_put_gbps", "nvme_get_gbps"} | OVERHEAD_KEYS
+    assert set(payload["targets"]) == targets
     assert {"data_fs", "raw_direct_io", "nvme_direct_io"} <= set(payload["config"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # temp dirs removed

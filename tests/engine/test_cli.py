@@ -4,6 +4,7 @@ from engine.cli import main
 from engine.tokenizer import ByteTokenizer
 from kvstore.hashing import Namespace, prefix_keys
 from kvstore.layout import BlockSpec, KVDtype
+from tests.engine.stores import TINY_BLOCK, NodeThread
 
 
 def test_keys_match_the_store_hashing(capsys) -> None:  # type: ignore[no-untyped-def]
@@ -45,3 +46,17 @@ def test_generate_refuses_bad_values(capsys) -> None:  # type: ignore[no-untyped
     assert "top_p" in capsys.readouterr().err
     assert main(["generate", "Hello", "--engine.page_tokens", "0"]) == 2
     assert "engine.page_tokens" in capsys.readouterr().err
+
+
+def test_a_store_that_refuses_the_model_blocks_stops_the_engine(capsys) -> None:  # type: ignore[no-untyped-def]
+    """Not "unreachable" and recompute forever: a configuration error, exit status 2."""
+    node = NodeThread(**{"store.block_bytes": str(TINY_BLOCK // 2)})
+    try:
+        flags = ["--engine.store", node.address, "--engine.kv_cache_bytes", "16MiB"]
+        code = main(["generate", "Hello", "--max-tokens", "1", *flags])
+    finally:
+        node.stop()
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str(TINY_BLOCK) in err and str(TINY_BLOCK // 2) in err, err
+    assert "store.block_bytes" in err and "engine.page_tokens" in err, err

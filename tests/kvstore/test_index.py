@@ -188,3 +188,50 @@ def test_moving_blocks_are_not_victims_and_illegal_transitions_raise() -> None:
         a.transition(BlockState.RESIDENT)  # REMOVED is final
     with pytest.raises(AssertionError):
         index.release(meta("x"))
+
+
+def sized(index: BlockIndex, name: str, length: int, slot: int, parent: str | None = None) -> None:
+    m = meta(name, parent)
+    m.length_bytes, m.slot = length, SlotId(slot)
+    index.insert(m)
+
+
+def names(metas: list[BlockMeta]) -> list[str]:
+    return [m.key.rstrip(b".").decode() for m in metas]
+
+
+def test_victims_of_one_block_size_or_of_any_size_in_lru_order() -> None:
+    index = BlockIndex(LRU())
+    for i, (name, length) in enumerate([("a", 4), ("B", 8), ("c", 4), ("D", 8), ("e", 4)]):
+        sized(index, name, length, slot=i)
+    small = index.select_victims(DRAM, 2, 0.0, budget=100, length_bytes=4)
+    assert names(small.victims) == ["a", "c"]
+    assert names(index.select_victims(DRAM, 5, 0.0, budget=100).victims) == ["B", "D", "e"]
+    assert index.num_bytes(DRAM) == 28
+
+
+def test_take_all_is_children_first_and_all_or_nothing() -> None:
+    index = BlockIndex(PrefixLRU())
+    sized(index, "p", 4, slot=0)
+    sized(index, "c1", 4, slot=4, parent="p")
+    sized(index, "g", 4, slot=8, parent="c1")
+    page = [(SlotId(8), key("g")), (SlotId(0), key("p")), (SlotId(4), key("c1"))]
+    taken = index.take_all(DRAM, page, 0.0, keep_parents=True)
+    assert taken is not None and names(taken) == ["g", "c1", "p"]
+    assert all(m.state is BlockState.MOVING for m in taken)
+    for m in taken:
+        index.abandon_move(m)
+    index.pin(index.get(key("c1")), until_s=10.0)  # type: ignore[arg-type]
+    assert index.take_all(DRAM, page, 0.0, keep_parents=True) is None
+    assert index.take_all(DRAM, page, 11.0, keep_parents=True) is not None  # pin expired
+
+
+def test_take_all_keeps_a_parent_whose_child_is_elsewhere_and_skips_stale_slots() -> None:
+    index = BlockIndex(PrefixLRU())
+    sized(index, "p", 4, slot=0)
+    sized(index, "c", 4, slot=4096, parent="p")  # in another page
+    assert index.take_all(DRAM, [(SlotId(0), key("p"))], 0.0, keep_parents=True) is None
+    assert index.get(key("p")).state is BlockState.RESIDENT  # type: ignore[union-attr]
+    assert index.take_all(DRAM, [(SlotId(0), key("p"))], 0.0, keep_parents=False) is not None
+    # a slot whose owner now lives elsewhere (freed when its readers finish): not taken
+    assert index.take_all(DRAM, [(SlotId(8), key("c"))], 0.0, keep_parents=False) is None

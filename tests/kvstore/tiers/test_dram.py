@@ -14,6 +14,8 @@ from kvstore.tiers.dram import DramTier
 from kvstore.tiers.factory import open_tiers, remove_stale_arenas
 from kvstore.types import BlockKey, NamespaceId, SlotId
 
+KEYS = [BlockKey(bytes([i]) * 16) for i in range(4)]
+
 
 def record(slot: int, length: int) -> BlockRecord:
     return BlockRecord(
@@ -22,14 +24,17 @@ def record(slot: int, length: int) -> BlockRecord:
 
 
 async def test_slots_are_page_aligned_views_of_one_shared_file(tmp_path: Path) -> None:
-    tier = DramTier(4, 8192, name="t1", shm_dir=tmp_path, pin_memory=False)
+    tier = DramTier(4 * 8192, 8192, name="t1", shm_dir=tmp_path, pin_memory=False)
     try:
         assert tier.path.stat().st_size == 4 * 8192
-        addresses = [np.frombuffer(tier.view(SlotId(s)), np.uint8).ctypes.data for s in range(4)]
+        slots = tier.slots.allocate(5000, KEYS)
+        assert slots == [0, 8192, 16384, 24576]
+        addresses = [np.frombuffer(tier.view(s), np.uint8).ctypes.data for s in slots]
         assert all(a % 4096 == 0 for a in addresses)
-        await tier.write([WriteItem(record(1, 5), b"hello")])
+        assert all(tier.view(s).nbytes == 8192 for s in slots)
+        await tier.write([WriteItem(record(8192, 5), b"hello")])
         out = bytearray(5)
-        assert await tier.read([ReadItem(SlotId(1), 5, 0, memoryview(out))]) == [True]
+        assert await tier.read([ReadItem(SlotId(8192), 5, 0, memoryview(out))]) == [True]
         assert out == b"hello"
     finally:
         await tier.close()
@@ -37,9 +42,10 @@ async def test_slots_are_page_aligned_views_of_one_shared_file(tmp_path: Path) -
 
 
 async def test_another_process_maps_the_arena(tmp_path: Path) -> None:
-    tier = DramTier(2, 4096, name="t2", shm_dir=tmp_path, pin_memory=False)
+    tier = DramTier(2 * 4096, 2 * 4096, name="t2", shm_dir=tmp_path, pin_memory=False)
     try:
-        tier.view(SlotId(1))[:6] = b"shared"
+        assert tier.slots.allocate(4096, KEYS[:2]) == [0, 4096]
+        tier.view(SlotId(4096))[:6] = b"shared"
         code = (
             "import mmap, sys\n"
             "f = open(sys.argv[1], 'r+b')\n"
@@ -58,15 +64,15 @@ async def test_another_process_maps_the_arena(tmp_path: Path) -> None:
 
 def test_a_full_shared_memory_directory_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(TierUnavailable, match="capacity_bytes"):
-        DramTier(1 << 20, 1 << 30, name="huge", shm_dir=tmp_path, pin_memory=False)  # 1 PiB
+        DramTier(1 << 50, 1 << 30, name="huge", shm_dir=tmp_path, pin_memory=False)  # 1 PiB
     assert not list(tmp_path.iterdir())
 
 
 async def test_a_name_in_use_is_refused(tmp_path: Path) -> None:
-    tier = DramTier(1, 4096, name="dup", shm_dir=tmp_path, pin_memory=False)
+    tier = DramTier(4096, 4096, name="dup", shm_dir=tmp_path, pin_memory=False)
     try:
         with pytest.raises(ConfigError, match="exists"):
-            DramTier(1, 4096, name="dup", shm_dir=tmp_path, pin_memory=False)
+            DramTier(4096, 4096, name="dup", shm_dir=tmp_path, pin_memory=False)
     finally:
         await tier.close()
 

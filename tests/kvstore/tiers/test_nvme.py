@@ -67,7 +67,7 @@ async def test_a_torn_write_is_detected_and_its_slot_reused(tmp_path: Path) -> N
     from kvstore.tiers.base import BlockRecord
     from kvstore.types import SlotId
 
-    index.begin([BlockRecord(keys[1], NS, keys[0], SlotId(1), BLOCK, 0, 0.0, 0.0)])
+    index.begin([BlockRecord(keys[1], NS, keys[0], SlotId(BLOCK), BLOCK, 0, 0.0, 0.0)])
     index.close()
 
     store = await NodeStore.open(config)
@@ -93,9 +93,9 @@ async def test_flipped_bytes_are_detected_and_never_served(
 
     slab = tmp_path / "nvme" / "slab-00000.dat"
     with open(slab, "r+b") as f:
-        f.seek(slot * BLOCK + 100)
+        f.seek(slot + 100)
         byte = f.read(1)
-        f.seek(slot * BLOCK + 100)
+        f.seek(slot + 100)
         f.write(bytes([byte[0] ^ 0xFF]))
 
     store = await make_store(**NVME_ONLY, **{"tiers.nvme.direct_io": direct_io})
@@ -184,13 +184,22 @@ async def test_committed_blocks_survive_kill_9(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_reopening_with_another_block_size_is_refused(tmp_path: Path) -> None:
-    tier = NvmeTier(
-        tmp_path, 4, 4096, slab_bytes=1 << 20, direct_io=None, fsync=False, io_threads=1
-    )
-    await tier.close()
-    with pytest.raises(ConfigError, match=r"tiers\.nvme\.path.*layout"):
-        NvmeTier(tmp_path, 4, 8192, slab_bytes=1 << 20, direct_io=None, fsync=False, io_threads=1)
+async def test_a_directory_keeps_its_page_size_and_an_old_layout_is_refused(
+    tmp_path: Path,
+) -> None:
+    async def page_bytes_of(page_bytes: int) -> int:
+        tier = NvmeTier(
+            tmp_path, 64 << 10, page_bytes, slab_bytes=1 << 20, direct_io=None, fsync=False,
+            io_threads=1,
+        )  # fmt: skip
+        await tier.close()
+        return tier.slots.page_bytes
+
+    assert await page_bytes_of(16 << 10) == 16 << 10
+    assert await page_bytes_of(32 << 10) == 16 << 10  # the directory's own layout
+    (tmp_path / "FORMAT").write_text('{"version": 1, "slot_bytes": 4096, "slab_slots": 4}')
+    with pytest.raises(ConfigError, match=r"tiers\.nvme\.path.*older layout"):
+        await page_bytes_of(16 << 10)
 
 
 def test_an_unwritable_or_too_small_directory_is_refused(tmp_path: Path) -> None:
@@ -198,7 +207,13 @@ def test_an_unwritable_or_too_small_directory_is_refused(tmp_path: Path) -> None
     blocker.write_text("")
     with pytest.raises(ConfigError, match=r"tiers\.nvme\.path.*not a writable directory"):
         NvmeTier(
-            blocker / "sub", 4, 4096, slab_bytes=1 << 20, direct_io=None, fsync=False, io_threads=1
+            blocker / "sub",
+            16384,
+            4096,
+            slab_bytes=1 << 20,
+            direct_io=None,
+            fsync=False,
+            io_threads=1,
         )
     with pytest.raises(ConfigError, match=r"tiers\.nvme\.capacity_bytes.*available"):
         NvmeTier(
@@ -213,11 +228,14 @@ def test_an_unwritable_or_too_small_directory_is_refused(tmp_path: Path) -> None
 
 
 async def test_a_smaller_capacity_drops_blocks_beyond_it(make_store: StoreFactory) -> None:
-    store = await make_store(**NVME_ONLY)
+    pages = {"store.page_bytes": str(4 * BLOCK)}  # NVMe: 4 pages of 4 blocks
+    store = await make_store(**NVME_ONLY, **pages)
     keys = chain_keys(12)
     await store.put(NS, keys, [block_bytes(i) for i in range(12)])
     await store.close()
-    smaller = await make_store(**NVME_ONLY, **{"tiers.nvme.capacity_bytes": str(8 * BLOCK)})
+    smaller = await make_store(
+        **NVME_ONLY, **pages, **{"tiers.nvme.capacity_bytes": str(8 * BLOCK)}
+    )
     assert len(smaller.index) == 8
     out = buffers(12)
     got = await smaller.get_into(NS, keys, out)
