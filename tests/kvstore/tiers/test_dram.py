@@ -97,7 +97,7 @@ HOLDER = """
 import sys, time
 from pathlib import Path
 from kvstore.tiers.dram import DramTier
-tier = DramTier(4, 4096, name=sys.argv[2], shm_dir=Path(sys.argv[1]), pin_memory=False)
+tier = DramTier(4 * 4096, 4096, name=sys.argv[2], shm_dir=Path(sys.argv[1]), pin_memory=False)
 print(tier.path, flush=True)
 time.sleep(600)
 """
