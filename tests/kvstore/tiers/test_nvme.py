@@ -272,7 +272,7 @@ LOCK_HOLDER = """
 import sys, time
 from pathlib import Path
 from kvstore.tiers.nvme import NvmeTier
-NvmeTier(Path(sys.argv[1]), 4, 4096, slab_bytes=1 << 20, direct_io=None, fsync=False,
+NvmeTier(Path(sys.argv[1]), 4 * 4096, 4096, slab_bytes=1 << 20, direct_io=None, fsync=False,
          io_threads=1)
 print("open", flush=True)
 time.sleep(600)
@@ -291,13 +291,19 @@ async def test_a_second_node_on_the_same_directory_is_refused(tmp_path: Path) ->
         assert proc.stdout is not None and proc.stdout.readline() == "open\n"
         with pytest.raises(ConfigError, match=rf"tiers\.nvme\.path.*{tmp_path}.*pid {proc.pid}"):
             NvmeTier(
-                tmp_path, 4, 4096, slab_bytes=1 << 20, direct_io=None, fsync=False, io_threads=1
+                tmp_path,
+                4 * 4096,
+                4096,
+                slab_bytes=1 << 20,
+                direct_io=None,
+                fsync=False,
+                io_threads=1,
             )
     finally:
         proc.kill()
         proc.wait()
     # The kernel released the lock of the killed holder: the directory opens again.
     tier = NvmeTier(
-        tmp_path, 4, 4096, slab_bytes=1 << 20, direct_io=None, fsync=False, io_threads=1
+        tmp_path, 4 * 4096, 4096, slab_bytes=1 << 20, direct_io=None, fsync=False, io_threads=1
     )
     await tier.close()
