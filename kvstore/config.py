@@ -123,6 +123,8 @@ class TransferConfig:
     shm: bool = True  # read same-host peers through shared memory
     probe_bytes: int = field(default=4 * MiB, metadata=size())  # link measurement size
     probe_interval_s: float = field(default=30.0, metadata=positive())
+    idle_timeout_s: float = field(default=300.0, metadata=positive())  # per request, idle included
+    max_connections_per_peer: int = field(default=256, metadata=positive())
 
     @property
     def host_list(self) -> list[str]:

@@ -43,6 +43,27 @@ from kvstore.transfer.segments import SegmentRegistry
 logger = logging.getLogger(__name__)
 
 ARENA_SEGMENT = "dram"
+ACCEPT_BACKOFF_S = 0.05  # pause after a failed accept (out of descriptors, say)
+MAX_DRAIN_BYTES = 1 << 30  # a refused write declaring more is hung up on, not drained
+SCRATCH_BYTES = 256 << 10
+
+
+class _RateLimitedWarning:
+    """One WARNING per ``interval_s`` for a recurring failure, with how many were quiet."""
+
+    def __init__(self, what: str, interval_s: float = 10.0) -> None:
+        self._what = what
+        self._interval_s = interval_s
+        self._last_s = -interval_s
+        self._quiet = 0
+
+    def note(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_s < self._interval_s:
+            self._quiet += 1
+            return
+        logger.warning("%s: %s (%d more since the last warning)", self._what, exc, self._quiet)
+        self._last_s, self._quiet = now, 0
 
 
 @dataclass
@@ -87,10 +108,15 @@ class DataPlaneServer:
         tokens: Sequence[str] = (),
         ssl_context: ssl.SSLContext | None = None,
         lease_ttl_s: float = 10.0,
+        idle_timeout_s: float = 300.0,
+        max_connections_per_peer: int = 256,
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
         """``tokens``: any of them admits a peer (the store and the admin token); none
-        configured means no authentication. ``observe(op, seconds)`` times each request."""
+        configured means no authentication. ``idle_timeout_s`` bounds each request, from
+        waiting for its header to its reply (an idle or stalled peer is hung up on);
+        ``max_connections_per_peer`` caps open connections per peer address.
+        ``observe(op, seconds)`` times each request."""
         self.node_id = node_id
         self.host_id = host_id
         self.store = store
@@ -99,6 +125,11 @@ class DataPlaneServer:
         self._tokens = [t.encode() for t in tokens if t]
         self._ssl = ssl_context
         self._lease_ttl_s = lease_ttl_s
+        self._idle_timeout_s = idle_timeout_s
+        self._max_per_peer = max_connections_per_peer
+        self._per_peer: Counter[str] = Counter()
+        self._accept_errors = _RateLimitedWarning("data-plane accept failed")
+        self._scratch = memoryview(bytearray(SCRATCH_BYTES))
         self._observe = observe
         self._leases: dict[int, _Lease] = {}
         self._writes: dict[int, Reservation] = {}  # open RESERVEs, by id
@@ -156,41 +187,91 @@ class DataPlaneServer:
     # -- connections ------------------------------------------------------------------
 
     async def _accept_loop(self, listener: socket.socket, address: str) -> None:
+        """Accept until closed. An accept error (out of descriptors, buffers or memory; a
+        peer that gave up in the backlog) costs a short pause, never the listener."""
         loop = asyncio.get_running_loop()
         while True:
-            sock, _ = await loop.sock_accept(listener)
+            try:
+                sock, peer = await loop.sock_accept(listener)
+            except (ConnectionAbortedError, InterruptedError):
+                continue
+            except OSError as exc:
+                if listener.fileno() < 0:
+                    return  # closed under us
+                self._accept_errors.note(exc)
+                await asyncio.sleep(ACCEPT_BACKOFF_S)
+                continue
             self.accepted[address] += 1
+            if not self._admit(peer[0]):
+                sock.close()
+                continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._spawn(self._serve(PlainConn(sock)))
+            self._spawn(self._serve(PlainConn(sock), peer[0]))
 
     async def _on_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._serve(StreamConn(reader, writer))
+        peer = str((writer.get_extra_info("peername") or ("?",))[0])
+        if not self._admit(peer):
+            writer.close()
+            return
+        await self._serve(StreamConn(reader, writer), peer)
+
+    def _admit(self, peer: str) -> bool:
+        """Count a connection from ``peer``; False when the peer is at its cap."""
+        if self._per_peer[peer] >= self._max_per_peer:
+            logger.debug("refused a connection from %s: %d open", peer, self._per_peer[peer])
+            return False
+        self._per_peer[peer] += 1
+        return True
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, conn: ServerConn) -> None:
+    async def _serve(self, conn: ServerConn, peer: str) -> None:
         header_buf = memoryview(bytearray(frames.HEADER_BYTES))
         greeted = False
         try:
             while True:
-                await conn.recv_into(header_buf)
-                header = frames.unpack_header(header_buf)
-                payload = memoryview(bytearray(header.payload_bytes))
-                await conn.recv_into(payload)
-                if not greeted:
-                    greeted = await self._hello(conn, header, payload)
+                async with asyncio.timeout(self._idle_timeout_s):
+                    header, payload = await self._receive(conn, header_buf, greeted)
                     if not greeted:
-                        return
-                    continue
-                await self._dispatch(conn, header, payload)
-        except (ConnectionError, frames.FrameError, OSError) as exc:
+                        greeted = await self._hello(conn, header, payload)
+                        if not greeted:
+                            return
+                        continue
+                    await self._dispatch(conn, header, payload)
+        except frames.FrameError as exc:
+            logger.debug("data-plane peer %s sent a malformed frame: %s", peer, exc)
+        except TimeoutError:
+            logger.debug("data-plane connection from %s idle or stalled; closed", peer)
+        except (ConnectionError, OSError) as exc:
             logger.debug("data-plane connection ended: %s", exc)
+        except Exception:
+            logger.exception("data-plane connection from %s failed", peer)
         finally:
             conn.close()
+            self._per_peer[peer] -= 1
+            if self._per_peer[peer] <= 0:
+                del self._per_peer[peer]
+
+    async def _receive(
+        self, conn: ServerConn, header_buf: memoryview, greeted: bool
+    ) -> tuple[frames.Header, memoryview]:
+        """One request's header and metadata. Before HELLO a peer may make us allocate
+        at most ``MAX_HELLO_BYTES``; a frame over its bound is answered, then dropped."""
+        await conn.recv_into(header_buf)
+        header = frames.unpack_header(header_buf)
+        limit = frames.MAX_METADATA_BYTES if greeted else frames.MAX_HELLO_BYTES
+        if header.payload_bytes > limit:
+            status = Status.INVALID if greeted else Status.DENIED
+            message = f"metadata of {header.payload_bytes} bytes; at most {limit} here"
+            await _reply(conn, header, status, message.encode())
+            raise frames.FrameError(message)
+        payload = memoryview(bytearray(header.payload_bytes))
+        await conn.recv_into(payload)
+        return header, payload
 
     async def _hello(self, conn: ServerConn, header: frames.Header, payload: memoryview) -> bool:
         if header.op is not Op.HELLO:
@@ -226,6 +307,9 @@ class DataPlaneServer:
         start = time.perf_counter()
         try:
             await self._handle(conn, header, payload)
+        except frames.FrameError as exc:  # the stream may be out of step: answer, hang up
+            await _reply(conn, header, Status.INVALID, str(exc).encode())
+            raise
         finally:
             if self._observe is not None:
                 self._observe(header.op.name, time.perf_counter() - start)
@@ -259,8 +343,8 @@ class DataPlaneServer:
     async def _read_keys(
         self, conn: ServerConn, header: frames.Header, payload: memoryview
     ) -> None:
-        store = self._require_store()
         ns_id, keys, _ = frames.unpack_keys(payload)
+        store = self._require_store()
         namespace = store.namespace(ns_id)
         async with store.read(ns_id, keys) as run:
             hits = [frames.Hit(v.checksum, v.tier) for v in run.blocks]
@@ -269,9 +353,10 @@ class DataPlaneServer:
             await conn.send([head, meta, *(v.data for v in run.blocks)])
 
     async def _acquire(self, conn: ServerConn, header: frames.Header, payload: memoryview) -> None:
-        store = self._require_store()
         ns_id, keys, end = frames.unpack_keys(payload)
-        for done in frames.unpack_ids(payload, end):  # the reader's earlier leases, ended
+        ended = frames.unpack_ids(payload, end)
+        store = self._require_store()
+        for done in ended:  # the reader's earlier leases, ended
             await self._release(done)
         arena = store.shared_arena()
         run = store.lease(ns_id, keys) if arena is not None else LeasedRun([], None)
@@ -290,18 +375,17 @@ class DataPlaneServer:
 
     async def _put_keys(self, conn: ServerConn, header: frames.Header, payload: memoryview) -> None:
         """Receive blocks straight into reserved slots (staging for a disk tier), commit."""
-        store = self._require_store()
         ns_id, keys, parent = frames.unpack_put(payload)
+        store = self._require_store()
         try:
             namespace = store.namespace(ns_id)
         except NotFound:
-            await _discard(conn, 0)  # without a namespace the length is unknown: hang up
             raise ConnectionError("put for an unknown namespace") from None
         size = namespace.block_bytes
         try:
             reservation = await store.reserve(ns_id, keys, [parent, *keys[:-1]] if keys else [])
         except KVStoreError:
-            await _discard(conn, len(keys) * size)
+            await _discard(conn, len(keys) * size, self._scratch)
             raise
         try:
             dsts: list[memoryview | None] = [None] * len(keys)
@@ -309,7 +393,7 @@ class DataPlaneServer:
                 dsts[block.position] = block.buffer
             for dst in dsts:
                 if dst is None:
-                    await _discard(conn, size)
+                    await _discard(conn, size, self._scratch)
                 else:
                     await conn.recv_into(dst[:size])
             result = await store.commit(reservation)
@@ -321,8 +405,8 @@ class DataPlaneServer:
 
     async def _reserve(self, conn: ServerConn, header: frames.Header, payload: memoryview) -> None:
         """Slots for blocks a writer fills with WRITE_RANGES (layer by layer), then COMMITs."""
-        store = self._require_store()
         ns_id, keys, parent = frames.unpack_put(payload)
+        store = self._require_store()
         arena = store.shared_arena()
         reservation = await store.reserve(ns_id, keys, [parent, *keys[:-1]] if keys else [])
         if reservation.staged or arena is None:
@@ -398,10 +482,14 @@ class DataPlaneServer:
             if name == ARENA_SEGMENT:
                 self._check_arena_writes(ranges)
             views = [segment.slice(r.offset, r.length) for r in ranges]
-        except KVStoreError as exc:
-            for r in ranges:  # keep the stream in step: consume the bytes that follow
-                await conn.recv_into(memoryview(bytearray(r.length)))
-            raise exc
+        except KVStoreError:
+            # keep the stream in step by draining what follows into a fixed buffer, unless
+            # the declared lengths are past any segment: then the peer is hung up on
+            declared = sum(r.length for r in ranges)
+            if declared > MAX_DRAIN_BYTES:
+                raise frames.FrameError(f"{declared} bytes of refused ranges") from None
+            await _discard(conn, declared, self._scratch)
+            raise
         for view in views:
             await conn.recv_into(view)
         if any(checksum(v) != r.checksum for v, r in zip(views, ranges, strict=True)):
@@ -442,9 +530,9 @@ def _status_of(exc: Exception) -> Status:
     return Status.ERROR
 
 
-async def _discard(conn: ServerConn, num_bytes: int) -> None:
-    """Read and drop ``num_bytes`` (keeps the stream in step after a refused request)."""
-    scratch = memoryview(bytearray(min(num_bytes, 1 << 20)))
+async def _discard(conn: ServerConn, num_bytes: int, scratch: memoryview) -> None:
+    """Read and drop ``num_bytes`` into ``scratch`` (keeps the stream in step after a
+    refused request without allocating what the peer declared)."""
     while num_bytes > 0:
         take = min(num_bytes, scratch.nbytes)
         await conn.recv_into(scratch[:take])
