@@ -11,7 +11,8 @@ are received with ``recv_into`` straight into their destination. Ops:
     HELLO        token, node id                      -> OK, server node id
     READ_KEYS    namespace id, keys                  -> hit count, block size, per hit
                                                         (checksum, tier); then the bytes
-    READ_RANGES  segment, (offset, length)*          -> per range checksum; then the bytes
+    READ_RANGES  segment, lease id, (offset, length)* -> per range checksum; then the bytes
+                 (the arena: only within blocks of that lease; other segments: id 0)
     WRITE_RANGES segment, transfer id, layer,        <- bytes follow the request
                  (offset, length, checksum)*         -> OK once verified and written
     ACQUIRE      namespace id, keys, leases to end   -> lease id, per hit (segment,
@@ -204,16 +205,22 @@ class Range(NamedTuple):
     length: int
 
 
-def pack_ranges(segment: str, ranges: Sequence[Range]) -> bytes:
-    return b"".join((pack_str(segment), _U32.pack(len(ranges)), *(_RANGE.pack(*r) for r in ranges)))
+def pack_ranges(segment: str, ranges: Sequence[Range], lease_id: int = 0) -> bytes:
+    head = pack_str(segment) + _U64.pack(lease_id) + _U32.pack(len(ranges))
+    return head + b"".join(_RANGE.pack(*r) for r in ranges)
 
 
 @_decoder
-def unpack_ranges(raw: memoryview) -> tuple[str, list[Range]]:
+def unpack_ranges(raw: memoryview) -> tuple[str, int, list[Range]]:
     segment, pos = unpack_str(raw, 0)
-    count = _count(raw, pos, _RANGE.size)
-    pos += 4
-    return segment, [Range(*_RANGE.unpack_from(raw, pos + i * _RANGE.size)) for i in range(count)]
+    (lease_id,) = _U64.unpack_from(raw, pos)
+    count = _count(raw, pos + 8, _RANGE.size)
+    pos += 12
+    return (
+        segment,
+        lease_id,
+        [Range(*_RANGE.unpack_from(raw, pos + i * _RANGE.size)) for i in range(count)],
+    )
 
 
 def pack_checksums(checksums: Sequence[int]) -> bytes:

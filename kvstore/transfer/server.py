@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import itertools
 import logging
+import secrets
 import socket
 import ssl
 import time
@@ -30,6 +30,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvstore.access import Access, Role
 from kvstore.errors import CapacityExceeded, InvalidArgument, KVStoreError, NotFound
 from kvstore.hashing import checksum
 from kvstore.reads import LeasedRun
@@ -38,11 +39,13 @@ from kvstore.store import NodeStore
 from kvstore.transfer import frames
 from kvstore.transfer.conn import PlainConn, ServerConn, StreamConn
 from kvstore.transfer.frames import Op, Status
+from kvstore.transfer.quotas import SlotQuota
 from kvstore.transfer.segments import SegmentRegistry
 
 logger = logging.getLogger(__name__)
 
 ARENA_SEGMENT = "dram"
+OPEN = Access()  # no tokens: every peer holds every right
 ACCEPT_BACKOFF_S = 0.05  # pause after a failed accept (out of descriptors, say)
 MAX_DRAIN_BYTES = 1 << 30  # a refused write declaring more is hung up on, not drained
 SCRATCH_BYTES = 256 << 10
@@ -66,10 +69,46 @@ class _RateLimitedWarning:
         self._last_s, self._quiet = now, 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    """One connection's identity: who it is (for quotas) and what its token allows."""
+
+    owner: int
+    role: Role
+
+
 @dataclass
 class _Lease:
     run: LeasedRun
     deadline_s: float
+    owner: int
+    spans: dict[int, int]  # arena offset of each leased block -> its length
+
+
+@dataclass
+class _Write:
+    reservation: Reservation
+    owner: int
+    num_slots: int
+
+
+# the role each op needs (kvstore.access)
+_NEEDED = {
+    Op.READ_KEYS: Role.READER,
+    Op.READ_RANGES: Role.READER,
+    Op.ACQUIRE: Role.READER,
+    Op.RELEASE: Role.READER,
+    Op.WRITE_RANGES: Role.WRITER,
+    Op.PUT_KEYS: Role.WRITER,
+    Op.RESERVE: Role.WRITER,
+    Op.COMMIT: Role.WRITER,
+    Op.ABORT: Role.WRITER,
+}
+
+
+def _new_id() -> int:
+    """A lease or reservation id: unguessable, so only its holder can use or end it."""
+    return secrets.randbits(63) + 1
 
 
 @dataclass
@@ -105,15 +144,18 @@ class DataPlaneServer:
         store: NodeStore | None,
         segments: SegmentRegistry,
         *,
-        tokens: Sequence[str] = (),
+        access: Access = OPEN,
         ssl_context: ssl.SSLContext | None = None,
         lease_ttl_s: float = 10.0,
         idle_timeout_s: float = 300.0,
         max_connections_per_peer: int = 256,
+        quota_fraction: float = 0.5,
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
-        """``tokens``: any of them admits a peer (the store and the admin token); none
-        configured means no authentication. ``idle_timeout_s`` bounds each request, from
+        """``access``: the tokens that admit a peer, and the role each grants (none
+        configured: no authentication). ``quota_fraction``: the share of the arena's
+        slots all leases together, and all RESERVEs together, may hold (one connection:
+        half of that). ``idle_timeout_s`` bounds each request, from
         waiting for its header to its reply (an idle or stalled peer is hung up on);
         ``max_connections_per_peer`` caps open connections per peer address.
         ``observe(op, seconds)`` times each request."""
@@ -122,7 +164,7 @@ class DataPlaneServer:
         self.store = store
         self.segments = segments
         self.arrivals = LayerArrivals()
-        self._tokens = [t.encode() for t in tokens if t]
+        self._access = access
         self._ssl = ssl_context
         self._lease_ttl_s = lease_ttl_s
         self._idle_timeout_s = idle_timeout_s
@@ -132,9 +174,13 @@ class DataPlaneServer:
         self._scratch = memoryview(bytearray(SCRATCH_BYTES))
         self._observe = observe
         self._leases: dict[int, _Lease] = {}
-        self._writes: dict[int, Reservation] = {}  # open RESERVEs, by id
+        self._writes: dict[int, _Write] = {}  # open RESERVEs, by id
         self._writable: dict[int, Reservation] = {}  # arena offset of a slot -> its writer
-        self._lease_ids = itertools.count(1)
+        self._owners = itertools.count(1)
+        arena = store.shared_arena() if store is not None else None
+        num_slots = arena.capacity_bytes // arena.slot_bytes if arena is not None else 0
+        self._lease_quota = SlotQuota(num_slots, quota_fraction, quota_fraction / 2)
+        self._reserve_quota = SlotQuota(num_slots, quota_fraction, quota_fraction / 2)
         self._servers: list[asyncio.Server] = []
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -174,10 +220,8 @@ class DataPlaneServer:
                 await task
         for lease_id in list(self._leases):
             await self._release(lease_id)
-        if self.store is not None:
-            for reservation in self._writes.values():
-                await self.store.abort(reservation)
-        self._writes.clear()
+        for reservation_id in list(self._writes):
+            await self._drop_write(reservation_id, abort=True)
         self._writable.clear()
 
     async def wait_layer(self, transfer_id: int, layer: int, timeout_s: float = 30.0) -> None:
@@ -231,17 +275,17 @@ class DataPlaneServer:
 
     async def _serve(self, conn: ServerConn, peer: str) -> None:
         header_buf = memoryview(bytearray(frames.HEADER_BYTES))
-        greeted = False
+        caller: _Caller | None = None
         try:
             while True:
                 async with asyncio.timeout(self._idle_timeout_s):
-                    header, payload = await self._receive(conn, header_buf, greeted)
-                    if not greeted:
-                        greeted = await self._hello(conn, header, payload)
-                        if not greeted:
+                    header, payload = await self._receive(conn, header_buf, caller is not None)
+                    if caller is None:
+                        caller = await self._hello(conn, header, payload)
+                        if caller is None:
                             return
                         continue
-                    await self._dispatch(conn, header, payload)
+                    await self._dispatch(conn, header, payload, caller)
         except frames.FrameError as exc:
             logger.debug("data-plane peer %s sent a malformed frame: %s", peer, exc)
         except TimeoutError:
@@ -273,17 +317,19 @@ class DataPlaneServer:
         await conn.recv_into(payload)
         return header, payload
 
-    async def _hello(self, conn: ServerConn, header: frames.Header, payload: memoryview) -> bool:
+    async def _hello(
+        self, conn: ServerConn, header: frames.Header, payload: memoryview
+    ) -> _Caller | None:
         if header.op is not Op.HELLO:
             await _reply(conn, header, Status.DENIED, b"say HELLO first")
-            return False
+            return None
         token, _ = frames.unpack_str(payload, 0)
-        presented = token.encode()
-        if self._tokens and not any(hmac.compare_digest(presented, t) for t in self._tokens):
+        role = self._access.role_of(token.encode() if token else None)
+        if role is None:
             await _reply(conn, header, Status.DENIED, b"invalid cluster token")
-            return False
+            return None
         await _reply(conn, header, Status.OK, self._greeting())
-        return True
+        return _Caller(next(self._owners), role)
 
     def _greeting(self) -> bytes:
         """Who we are, and the segments a reader on this host may map (with the file's
@@ -303,10 +349,18 @@ class DataPlaneServer:
 
     # -- ops --------------------------------------------------------------------------
 
-    async def _dispatch(self, conn: ServerConn, header: frames.Header, payload: memoryview) -> None:
+    async def _dispatch(
+        self, conn: ServerConn, header: frames.Header, payload: memoryview, caller: _Caller
+    ) -> None:
+        needed = _NEEDED.get(header.op)
+        if needed is not None and caller.role < needed:  # data may follow: answer, hang up
+            await _reply(
+                conn, header, Status.DENIED, f"{header.op.name} needs a writer token".encode()
+            )
+            raise ConnectionError(f"{header.op.name} refused to a {caller.role.name}")
         start = time.perf_counter()
         try:
-            await self._handle(conn, header, payload)
+            await self._handle(conn, header, payload, caller)
         except frames.FrameError as exc:  # the stream may be out of step: answer, hang up
             await _reply(conn, header, Status.INVALID, str(exc).encode())
             raise
@@ -314,7 +368,9 @@ class DataPlaneServer:
             if self._observe is not None:
                 self._observe(header.op.name, time.perf_counter() - start)
 
-    async def _handle(self, conn: ServerConn, header: frames.Header, payload: memoryview) -> None:
+    async def _handle(
+        self, conn: ServerConn, header: frames.Header, payload: memoryview, caller: _Caller
+    ) -> None:
         try:
             if header.op is Op.READ_KEYS:
                 await self._read_keys(conn, header, payload)
@@ -323,14 +379,14 @@ class DataPlaneServer:
             elif header.op is Op.WRITE_RANGES:
                 await self._write_ranges(conn, header, payload)
             elif header.op is Op.ACQUIRE:
-                await self._acquire(conn, header, payload)
+                await self._acquire(conn, header, payload, caller)
             elif header.op is Op.RELEASE:
                 for lease_id in frames.unpack_ids(payload):
                     await self._release(lease_id)
             elif header.op is Op.PUT_KEYS:
                 await self._put_keys(conn, header, payload)
             elif header.op is Op.RESERVE:
-                await self._reserve(conn, header, payload)
+                await self._reserve(conn, header, payload, caller)
             elif header.op in (Op.COMMIT, Op.ABORT):
                 await self._finish(conn, header, frames.unpack_u64(payload))
             else:
@@ -352,17 +408,21 @@ class DataPlaneServer:
             head = frames.pack_header(Op.READ_KEYS, header.request_id, len(meta))
             await conn.send([head, meta, *(v.data for v in run.blocks)])
 
-    async def _acquire(self, conn: ServerConn, header: frames.Header, payload: memoryview) -> None:
+    async def _acquire(
+        self, conn: ServerConn, header: frames.Header, payload: memoryview, caller: _Caller
+    ) -> None:
+        """Pin the host-memory run of the keys, up to the caller's quota (a shorter run is
+        a normal answer: the reader fetches the rest whole)."""
         ns_id, keys, end = frames.unpack_keys(payload)
         ended = frames.unpack_ids(payload, end)
         store = self._require_store()
         for done in ended:  # the reader's earlier leases, ended
             await self._release(done)
         arena = store.shared_arena()
-        run = store.lease(ns_id, keys) if arena is not None else LeasedRun([], None)
-        lease_id = next(self._lease_ids)
-        if run.blocks:
-            self._leases[lease_id] = _Lease(run, time.monotonic() + self._lease_ttl_s)
+        allowed = keys[: self._lease_quota.available(caller.owner)]
+        run = store.lease(ns_id, allowed) if arena is not None and allowed else None
+        run = run if run is not None else LeasedRun([], None)
+        lease_id = _new_id()
         slot_bytes = arena.slot_bytes if arena is not None else 0
         blocks = [
             frames.LeasedBlock(
@@ -370,6 +430,11 @@ class DataPlaneServer:
             )
             for m in run.blocks
         ]
+        if run.blocks:
+            spans = {b.offset: b.length for b in blocks}
+            deadline_s = time.monotonic() + self._lease_ttl_s
+            self._leases[lease_id] = _Lease(run, deadline_s, caller.owner, spans)
+            self._lease_quota.take(caller.owner, len(run.blocks))
         body = frames.pack_lease(lease_id, blocks, run.miss_reason)
         await conn.send([frames.pack_header(Op.ACQUIRE, header.request_id, len(body)), body])
 
@@ -403,18 +468,32 @@ class DataPlaneServer:
         body = frames.pack_put_result(*result)
         await conn.send([frames.pack_header(Op.PUT_KEYS, header.request_id, len(body)), body])
 
-    async def _reserve(self, conn: ServerConn, header: frames.Header, payload: memoryview) -> None:
-        """Slots for blocks a writer fills with WRITE_RANGES (layer by layer), then COMMITs."""
+    async def _reserve(
+        self, conn: ServerConn, header: frames.Header, payload: memoryview, caller: _Caller
+    ) -> None:
+        """Slots for blocks a writer fills with WRITE_RANGES (layer by layer), then COMMITs;
+        within the caller's quota, so that open reservations never hold the whole arena."""
         ns_id, keys, parent = frames.unpack_put(payload)
         store = self._require_store()
         arena = store.shared_arena()
+        if arena is None:
+            raise InvalidArgument("layer-wise writes need the store's DRAM tier on top")
+        if not self._reserve_quota.can_take(caller.owner, len(keys)):
+            raise CapacityExceeded(
+                f"{len(keys)} slots would exceed this client's share of reserved slots"
+                f" ({self._reserve_quota.available(caller.owner)} left)"
+            )
         reservation = await store.reserve(ns_id, keys, [parent, *keys[:-1]] if keys else [])
-        if reservation.staged or arena is None:
+        if reservation.staged:
             await store.abort(reservation)
             raise InvalidArgument("layer-wise writes need the store's DRAM tier on top")
-        reservation_id = next(self._lease_ids)
+        if not self._reserve_quota.can_take(caller.owner, len(reservation.blocks)):
+            await store.abort(reservation)  # others reserved meanwhile
+            raise CapacityExceeded("this client's share of reserved slots is taken")
+        self._reserve_quota.take(caller.owner, len(reservation.blocks))
+        reservation_id = _new_id()
         slots = [(b.position, b.slot * arena.slot_bytes) for b in reservation.blocks]
-        self._writes[reservation_id] = reservation
+        self._writes[reservation_id] = _Write(reservation, caller.owner, len(slots))
         for _, offset in slots:
             self._writable[offset] = reservation
         body = frames.pack_reservation(reservation_id, slots)
@@ -422,17 +501,25 @@ class DataPlaneServer:
 
     async def _finish(self, conn: ServerConn, header: frames.Header, reservation_id: int) -> None:
         store = self._require_store()
-        reservation = self._writes.pop(reservation_id, None)
-        if reservation is None:
+        write = self._writes.get(reservation_id)
+        if write is None:
             raise NotFound(f"no open reservation {reservation_id}")
-        self._forget_writes(reservation)
         if header.op is Op.ABORT:
-            await store.abort(reservation)
+            await self._drop_write(reservation_id, abort=True)
             await _reply(conn, header, Status.OK, b"")
             return
-        result = await store.commit(reservation)
+        await self._drop_write(reservation_id, abort=False)
+        result = await store.commit(write.reservation)
         body = frames.pack_put_result(*result)
         await conn.send([frames.pack_header(Op.COMMIT, header.request_id, len(body)), body])
+
+    async def _drop_write(self, reservation_id: int, *, abort: bool) -> None:
+        """Forget an open RESERVE (and give its slots back to the quota); abort it too."""
+        write = self._writes.pop(reservation_id)
+        self._forget_writes(write.reservation)
+        self._reserve_quota.give_back(write.owner, write.num_slots)
+        if abort and self.store is not None:
+            await self.store.abort(write.reservation)
 
     def _forget_writes(self, reservation: Reservation) -> None:
         arena = self._require_store().shared_arena()
@@ -459,19 +546,39 @@ class DataPlaneServer:
 
     async def _release(self, lease_id: int) -> None:
         lease = self._leases.pop(lease_id, None)
-        if lease is not None and self.store is not None:
+        if lease is None:
+            return
+        self._lease_quota.give_back(lease.owner, len(lease.run.blocks))
+        if self.store is not None:
             await self.store.release_lease(lease.run)
 
     async def _read_ranges(
         self, conn: ServerConn, header: frames.Header, payload: memoryview
     ) -> None:
-        name, ranges = frames.unpack_ranges(payload)
+        name, lease_id, ranges = frames.unpack_ranges(payload)
         segment = self.segments.get(name)
+        if name == ARENA_SEGMENT:
+            self._check_leased(lease_id, ranges)
         views = [segment.slice(r.offset, r.length) for r in ranges]
         body = frames.pack_checksums([checksum(v) for v in views])
         await conn.send(
             [frames.pack_header(Op.READ_RANGES, header.request_id, len(body)), body, *views]
         )
+
+    def _check_leased(self, lease_id: int, ranges: Sequence[frames.Range]) -> None:
+        """Ranges of the arena may be read only within blocks of a lease the caller holds
+        (its id is the capability): never free slots, never other callers' blocks."""
+        lease = self._leases.get(lease_id)
+        slot_bytes = self._require_store().shared_arena()
+        size = slot_bytes.slot_bytes if slot_bytes is not None else 1
+        for r in ranges:
+            start = r.offset - r.offset % size
+            length = lease.spans.get(start) if lease is not None else None
+            if length is None or r.offset + r.length > start + length:
+                raise InvalidArgument(
+                    f"arena range [{r.offset}, {r.offset + r.length}) is not in a block"
+                    " leased to this reader"
+                )
 
     async def _write_ranges(
         self, conn: ServerConn, header: frames.Header, payload: memoryview
@@ -508,10 +615,9 @@ class DataPlaneServer:
         while True:
             await asyncio.sleep(max(0.05, self._lease_ttl_s / 4))
             now = time.monotonic()
-            for reservation_id, reservation in list(self._writes.items()):
-                if reservation.state is not ReservationState.OPEN:  # reclaimed: writer gone
-                    del self._writes[reservation_id]
-                    self._forget_writes(reservation)
+            for reservation_id, write in list(self._writes.items()):
+                if write.reservation.state is not ReservationState.OPEN:  # reclaimed
+                    await self._drop_write(reservation_id, abort=False)
             for lease_id, lease in list(self._leases.items()):
                 if lease.deadline_s <= now:
                     logger.debug(

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kvstore.access import Access
 from kvstore.transfer import frames
 from kvstore.transfer.frames import Op, Status
 from kvstore.transfer.transports import RangeRead
@@ -73,7 +74,7 @@ def no_server_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 async def test_before_hello_a_peer_cannot_make_the_server_allocate(
     make_server: ServerFactory,
 ) -> None:
-    server = await make_server(segment("s", 64), tokens=("secret",))
+    server = await make_server(segment("s", 64), access=Access(writer_token="secret"))
     sock = _connect(server.addresses[0])
     sock.sendall(frames.pack_header(Op.HELLO, 1, frames.MAX_METADATA_BYTES))  # and no payload
     header, body = await asyncio.to_thread(_reply, sock)
