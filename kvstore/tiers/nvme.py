@@ -37,7 +37,7 @@ import numpy as np
 from kvstore.errors import ConfigError, TierUnavailable
 from kvstore.hashing import Namespace, checksum
 from kvstore.tiers.base import BlockRecord, ReadItem, Recovered, SlotRef, WriteItem
-from kvstore.tiers.nvme_index import NvmeIndex
+from kvstore.tiers.nvme_index import NvmeIndex, private_directory
 from kvstore.tiers.slots import SlotAllocator
 from kvstore.types import SlotId, TierKind
 
@@ -234,7 +234,7 @@ def _pread_all(fd: int, dst: memoryview, offset: int) -> int:
 
 def _prepare_directory(path: Path, capacity_bytes: int) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        private_directory(path)
         probe = path / ".write-probe"
         probe.write_bytes(b"x")
         probe.unlink()
@@ -262,6 +262,7 @@ def _check_format(path: Path, slot_bytes: int, slab_slots: int) -> None:
             )
     else:
         fmt.write_text(json.dumps(expected))
+        fmt.chmod(0o600)
 
 
 def _probe_direct_io(path: Path) -> bool:

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kvstore.client import StoreClient
 from kvstore.client.calls import CallOptions
 from kvstore.errors import ServiceUnavailable, Unauthenticated
+from kvstore.hashing import Namespace
 from tests.certs import self_signed
 from tests.conftest import NAMESPACE, block_bytes, chain_keys
 from tests.kvstore.server.conftest import NodeFactory
@@ -62,6 +63,17 @@ async def test_a_reader_token_reads_but_cannot_write(make_node: NodeFactory) -> 
         with pytest.raises(Unauthenticated, match="admin calls need the admin token"):
             await reader.stats()
     assert node.node.store.lookup(ns, chain_keys(2)).num_blocks == 1
+
+
+async def test_stats_show_namespace_ids_not_salts(make_node: NodeFactory) -> None:
+    node = await make_node(**TOKENS)
+    salted = Namespace(NAMESPACE.model_id, NAMESPACE.spec, salt="tenant-a-secret-salt")
+    async with StoreClient(node.address, CallOptions(token="admin-secret")) as admin:
+        ns = await admin.register_namespace(salted)
+        await admin.put(ns, chain_keys(1), [block_bytes(0)])
+        stats = await admin.stats()
+    assert [n.namespace_id for n in stats.namespaces] == [ns]
+    assert b"tenant-a-secret-salt" not in stats.SerializeToString()
 
 
 async def test_health_checks_stay_open(make_node: NodeFactory) -> None:

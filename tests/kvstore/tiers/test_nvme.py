@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -245,3 +246,16 @@ async def test_a_late_free_of_an_old_slot_keeps_the_newer_record(make_store: Sto
     assert (await reopened.get_into(NS, keys, out)).num_hits == 1
     assert bytes(out[0]) == block_bytes(1)
     assert reopened.tiering.tiers[TierKind.NVME].slots.num_used == 1
+
+
+async def test_the_tier_is_private_to_its_user(make_store: StoreFactory, tmp_path: Path) -> None:
+    """The index holds namespaces' salts: 0700 directories, 0600 files."""
+    (tmp_path / "nvme").mkdir(mode=0o755)  # an operator made it world-readable
+    store = await make_store()
+    await store.put(NAMESPACE.id, chain_keys(1), [block_bytes(0)])
+    await store.evict(TierKind.DRAM, 1)
+    paths = [tmp_path / "nvme", *(tmp_path / "nvme").rglob("*")]
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in paths}
+    assert modes and all(
+        mode == (0o700 if (tmp_path / name).is_dir() else 0o600) for name, mode in modes.items()
+    ), modes
