@@ -15,7 +15,14 @@ from kvstore.hashing import Namespace
 from kvstore.layout import BlockSpec, KVDtype
 from kvstore.metadata.base import LinkInfo, NodeInfo, TierCapacity
 from kvstore.stats import StatsSnapshot
-from kvstore.types import KEY_BYTES, BlockKey, MissReason, NamespaceId, TierKind
+from kvstore.types import (
+    KEY_BYTES,
+    MAX_KEYS_PER_REQUEST,
+    BlockKey,
+    MissReason,
+    NamespaceId,
+    TierKind,
+)
 
 _TIER_TO_PB = {
     TierKind.HBM: common_pb2.TIER_HBM,
@@ -61,6 +68,8 @@ def decode_key(raw: bytes, field: str) -> BlockKey:
 
 
 def decode_keys(raws: Sequence[bytes], field: str = "keys") -> list[BlockKey]:
+    if len(raws) > MAX_KEYS_PER_REQUEST:
+        raise InvalidArgument(f"{field}: {len(raws)} keys; at most {MAX_KEYS_PER_REQUEST}")
     return [decode_key(raw, f"{field}[{i}]") for i, raw in enumerate(raws)]
 
 

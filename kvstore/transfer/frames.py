@@ -44,14 +44,21 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, ParamSpec, TypeVar
 
-from kvstore.types import KEY_BYTES, BlockKey, MissReason, NamespaceId, TierKind
+from kvstore.types import (
+    KEY_BYTES,
+    MAX_KEYS_PER_REQUEST,
+    BlockKey,
+    MissReason,
+    NamespaceId,
+    TierKind,
+)
 
 MAGIC = b"SD"
 HEADER = struct.Struct("<2sBBIQ")
 HEADER_BYTES = HEADER.size
 MAX_METADATA_BYTES = 64 << 20
 MAX_HELLO_BYTES = 4096  # all a peer may make the server allocate before it is admitted
-MAX_KEYS = 1 << 16  # keys (or ranges, or ids) in one request
+MAX_KEYS = MAX_KEYS_PER_REQUEST  # keys (or ranges, or ids) in one request
 
 _TIERS = (TierKind.HBM, TierKind.DRAM, TierKind.NVME)
 _U32 = struct.Struct("<I")
