@@ -71,7 +71,7 @@ async def start_prefill(config: EngineConfig) -> RunningWorker:
     section = config.engine
     loaded = load_for(section)
     cache = cache_for(section, loaded)
-    namespace = Namespace(loaded.config.model_id, cache.spec)
+    namespace = Namespace(loaded.config.model_id, cache.spec, section.namespace_salt)
     store: StoreLink = await open_store(
         section.store_address, namespace, store_bytes=section.store_bytes, token=section.token
     )
@@ -111,7 +111,7 @@ async def start_decode(config: EngineConfig) -> RunningWorker:
     section = config.engine
     loaded = load_for(section)
     cache = cache_for(section, loaded)
-    namespace = Namespace(loaded.config.model_id, cache.spec)
+    namespace = Namespace(loaded.config.model_id, cache.spec, section.namespace_salt)
     closers: list[Callable[[], Awaitable[None] | None]] = []
     addresses: list[str] = []
     prefill: Prefill
