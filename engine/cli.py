@@ -152,7 +152,8 @@ def _router(args: argparse.Namespace) -> int:
     config = engine_config_from_args(args)
     app = create_app(
         lambda: open_router(config),
-        api_key=config.router.api_key,
+        api_keys=config.router.api_keys,
+        salt_by_api_key=config.router.salt_by_api_key,
         max_concurrency=config.router.max_concurrency,
     )
     uvicorn.run(app, host=config.router.host, port=config.router.port, log_level="warning")

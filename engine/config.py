@@ -11,15 +11,20 @@ Ports, chosen once for all roles on one host: the store 7600-7602, the prefill w
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvstore import config_loader
+from kvstore.config import read_secret
 from kvstore.config_loader import check, positive, size
+from kvstore.errors import ConfigError
 
 MiB = 1 << 20
+_SALT_LABEL = b"strata.engine.namespace-salt.v1"
 LOCAL = "local"
 _PORT = check(lambda v: 0 <= v <= 65535, "0 to 65535")
 _DTYPES = ("", "float32", "bfloat16", "float16")
@@ -41,6 +46,9 @@ class ModelSection:
     max_batch: int = field(default=32, metadata=positive())  # requests per decode step
     prefix_caching: bool = True
     token: str = ""  # cluster token: the store's and the workers' data planes
+    # the deployment's secret namespace salt (see namespace_salt); a file keeps it off argv
+    salt: str = ""
+    salt_file: Path | None = None
     threads: int = field(default=0, metadata=check(lambda v: v >= 0, "0 (all cores) or more"))
 
     @property
@@ -50,6 +58,20 @@ class ModelSection:
     @property
     def store_address(self) -> str | None:
         return None if self.store == "none" else self.store
+
+    @property
+    def namespace_salt(self) -> str:
+        """The salt of the engine's namespace, which makes its block keys unguessable to
+        anyone without it: ``salt``, else ``salt_file``'s first line, else derived from
+        the cluster ``token`` (every process holding it agrees; nobody else can compute
+        it), else none (``kvengine up`` sets a random one for its processes)."""
+        if self.salt:
+            return self.salt
+        if self.salt_file is not None:
+            return read_secret(self.salt_file, "engine.salt_file")
+        if self.token:
+            return hmac.new(self.token.encode(), _SALT_LABEL, hashlib.sha256).hexdigest()
+        return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +110,8 @@ class RouterSection:
     tbt_slo_s: float = field(default=0.0, metadata=check(lambda v: v >= 0, "0 (none) or more"))
     balance_threshold: float = field(default=1.25, metadata=positive())
     api_key: str = ""  # clients must send it as a bearer token; empty: open
+    api_keys_file: Path | None = None  # more keys, one per line (one per tenant)
+    salt_by_api_key: bool = False  # each API key reuses only its own requests' KV
     model_name: str = ""  # what clients call the model; default: its id
     cost_model: str = ""  # a fitted cost model (JSON); empty: profile the workers at start
     lookup_timeout_s: float = field(default=0.02, metadata=positive())
@@ -97,6 +121,18 @@ class RouterSection:
     @property
     def prefill_addresses(self) -> list[str]:
         return [a.strip() for a in self.prefill.split(",") if a.strip()]
+
+    @property
+    def api_keys(self) -> tuple[str, ...]:
+        """``api_key`` and the lines of ``api_keys_file`` (empty: the API is open)."""
+        keys = [self.api_key] if self.api_key else []
+        if self.api_keys_file is not None:
+            try:
+                lines = self.api_keys_file.read_text().splitlines()
+            except OSError as exc:
+                raise ConfigError("router.api_keys_file", f"cannot read it: {exc}") from None
+            keys += [line.strip() for line in lines if line.strip()]
+        return tuple(keys)
 
     @property
     def decode_addresses(self) -> list[str]:

@@ -45,7 +45,9 @@ class LocalPrefill:
         self.worker = worker
 
     async def prefill(self, request: GenerationRequest) -> PrefillResult:
-        future = self.worker.submit(request.prompt_token_ids, request.params)
+        future = self.worker.submit(
+            request.prompt_token_ids, request.params, cache_salt=request.cache_salt
+        )
         try:
             return await asyncio.shield(asyncio.wrap_future(future))
         except asyncio.CancelledError:  # the caller left: free the pages when they come

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kvstore.config import add_config_flags, config_from_args
-from kvstore.config_loader import as_dict, env_name
+from kvstore.config_loader import env_name
 from kvstore.errors import KVStoreError
 
 
@@ -91,7 +91,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    values = as_dict(config_from_args(args))
+    values = config_from_args(args).redacted()  # tokens and passwords never printed
     if args.json:
         print(json.dumps(values, indent=2))
         return 0

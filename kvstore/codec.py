@@ -15,7 +15,14 @@ from kvstore.hashing import Namespace
 from kvstore.layout import BlockSpec, KVDtype
 from kvstore.metadata.base import LinkInfo, NodeInfo, TierCapacity
 from kvstore.stats import StatsSnapshot
-from kvstore.types import KEY_BYTES, BlockKey, MissReason, NamespaceId, TierKind
+from kvstore.types import (
+    KEY_BYTES,
+    MAX_KEYS_PER_REQUEST,
+    BlockKey,
+    MissReason,
+    NamespaceId,
+    TierKind,
+)
 
 _TIER_TO_PB = {
     TierKind.HBM: common_pb2.TIER_HBM,
@@ -61,6 +68,8 @@ def decode_key(raw: bytes, field: str) -> BlockKey:
 
 
 def decode_keys(raws: Sequence[bytes], field: str = "keys") -> list[BlockKey]:
+    if len(raws) > MAX_KEYS_PER_REQUEST:
+        raise InvalidArgument(f"{field}: {len(raws)} keys; at most {MAX_KEYS_PER_REQUEST}")
     return [decode_key(raw, f"{field}[{i}]") for i, raw in enumerate(raws)]
 
 
@@ -74,7 +83,9 @@ def decode_namespace_id(raw: bytes) -> NamespaceId:
     return NamespaceId(raw)
 
 
-def namespace_to_pb(namespace: Namespace) -> common_pb2.Namespace:
+def namespace_to_pb(namespace: Namespace, *, with_salt: bool = True) -> common_pb2.Namespace:
+    """``with_salt=False`` for anything a node sends out: a salt never leaves the node
+    (it is what makes the namespace's keys unguessable; the namespace id names it)."""
     spec = namespace.spec
     return common_pb2.Namespace(
         model_id=namespace.model_id,
@@ -83,7 +94,7 @@ def namespace_to_pb(namespace: Namespace) -> common_pb2.Namespace:
         head_dim=spec.head_dim,
         dtype=spec.dtype.value,
         block_tokens=spec.block_tokens,
-        salt=namespace.salt,
+        salt=namespace.salt if with_salt else "",
     )
 
 
@@ -128,7 +139,7 @@ def stats_to_pb(
     for ns in stats.namespaces:
         entry = response.namespaces.add(namespace_id=ns.namespace_id)
         if ns.namespace_id in by_id:
-            entry.namespace.CopyFrom(namespace_to_pb(by_id[ns.namespace_id]))
+            entry.namespace.CopyFrom(namespace_to_pb(by_id[ns.namespace_id], with_salt=False))
         for tier, blocks in ns.hit_blocks.items():
             entry.hits.add(tier=tier_to_pb(tier), blocks=blocks, tokens=ns.hit_tokens[tier])
         for reason, blocks in ns.miss_blocks.items():

@@ -16,8 +16,10 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from kvstore import config_loader
+from kvstore.access import Access
 from kvstore.buffers import align_up
 from kvstore.config_loader import check, positive, size
 from kvstore.errors import ConfigError
@@ -129,6 +131,8 @@ class TransferConfig:
     shm: bool = True  # read same-host peers through shared memory
     probe_bytes: int = field(default=4 * MiB, metadata=size())  # link measurement size
     probe_interval_s: float = field(default=30.0, metadata=positive())
+    idle_timeout_s: float = field(default=300.0, metadata=positive())  # per request, idle included
+    max_connections_per_peer: int = field(default=256, metadata=positive())
 
     @property
     def host_list(self) -> list[str]:
@@ -148,8 +152,51 @@ class MetadataConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    token: str = ""  # empty: no authentication for store calls
-    admin_token: str = ""  # empty: admin calls need no token (or the store token if set)
+    """Tokens (see ``kvstore.access`` for what each grants). Each may instead come from
+    a file (``*_file``: its first line) or the environment (``STRATA_AUTH__TOKEN``), so
+    that it never appears on a command line. A writer or reader token needs an admin
+    token of its own: no store token ever grants admin powers."""
+
+    token: str = ""  # writer: prefill workers, engines, peers; empty: store calls are open
+    admin_token: str = ""  # admin calls; empty: only allowed when no other token is set
+    reader_token: str = ""  # read-only store calls (needs token too)
+    token_file: Path | None = None
+    admin_token_file: Path | None = None
+    reader_token_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("token", "admin_token", "reader_token"):
+            file = getattr(self, f"{name}_file")
+            if file is not None:
+                if getattr(self, name):
+                    raise ConfigError(f"auth.{name}_file", f"set auth.{name} or this, not both")
+                object.__setattr__(self, name, read_secret(file, f"auth.{name}_file"))
+        if (self.token or self.reader_token) and not self.admin_token:
+            raise ConfigError(
+                "auth.admin_token",
+                "required when auth.token or auth.reader_token is set"
+                " (a store token must not grant admin powers)",
+            )
+        if self.reader_token and not self.token:
+            raise ConfigError("auth.reader_token", "needs auth.token (the writers') as well")
+        tokens = [t for t in (self.token, self.admin_token, self.reader_token) if t]
+        if len(set(tokens)) < len(tokens):
+            raise ConfigError("auth", "token, admin_token and reader_token must differ")
+
+    @property
+    def access(self) -> Access:
+        return Access(self.admin_token, self.token, self.reader_token)
+
+
+def read_secret(file: Path, key: str) -> str:
+    """The first line of ``file``, stripped (a token or a salt kept out of argv)."""
+    try:
+        secret = file.read_text().splitlines()[0].strip() if file.stat().st_size else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(key, f"cannot read {file}: {exc}") from None
+    if not secret:
+        raise ConfigError(key, f"{file} is empty")
+    return secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +250,25 @@ class Config:
         values = config_loader.as_dict(self)
         auth = values["auth"]
         assert isinstance(auth, dict)
-        for name in ("token", "admin_token"):
+        for name in ("token", "admin_token", "reader_token"):
             auth[name] = "<set>" if auth[name] else ""
+        metadata = values["metadata"]
+        assert isinstance(metadata, dict)
+        metadata["redis_url"] = redact_url(str(metadata["redis_url"]))
         return values
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced (``redis://:secret@host`` -> ``redis://:***@host``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # sections of the shared config file that the engine's programs read, not the store

@@ -4,7 +4,8 @@ A block key names a *prefix*, not a chunk::
 
     root    = xxh3_128("strata.root.v1" ‖ namespace_id)
     key[i]  = xxh3_128(key[i-1] ‖ namespace_id ‖ tokens[i*B:(i+1)*B] as little-endian int32)
-    key[-1] = root
+    key[-1] = root, or with a per-request cache salt (vLLM's ``cache_salt``):
+    key[-1] = xxh3_128("strata.root.v1" ‖ namespace_id ‖ "strata.cache_salt.v1" ‖ salt)
 
 so ``key[i]`` is useful only if ``key[0..i-1]`` are reachable too. Only full blocks are
 keyed; a trailing partial block has no key. Everything here is a pure function of its
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 _NAMESPACE_TAG = b"strata.ns.v1"
 _ROOT_TAG = b"strata.root.v1"
+_CACHE_SALT_TAG = b"strata.cache_salt.v1"
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
@@ -92,9 +94,15 @@ def namespace_id(namespace: Namespace) -> NamespaceId:
     return NamespaceId(xxhash.xxh3_128_digest(b"".join(parts)))
 
 
-def root_key(ns_id: NamespaceId) -> BlockKey:
-    """The fixed parent of every namespace's first block (``key[-1]``)."""
-    return BlockKey(xxhash.xxh3_128_digest(_ROOT_TAG + ns_id))
+def root_key(ns_id: NamespaceId, cache_salt: str = "") -> BlockKey:
+    """The fixed parent of every namespace's first block (``key[-1]``); a non-empty
+    ``cache_salt`` gives another root, so its requests share blocks only with requests
+    of the same salt (and nobody without the salt can compute their keys)."""
+    if not cache_salt:
+        return BlockKey(xxhash.xxh3_128_digest(_ROOT_TAG + ns_id))
+    salt = cache_salt.encode("utf-8")
+    raw = b"".join((_ROOT_TAG, ns_id, _CACHE_SALT_TAG, struct.pack("<I", len(salt)), salt))
+    return BlockKey(xxhash.xxh3_128_digest(raw))
 
 
 def prefix_keys(
@@ -102,6 +110,7 @@ def prefix_keys(
     tokens: Tokens,
     block_tokens: int,
     parent: BlockKey | None = None,
+    cache_salt: str = "",
 ) -> list[BlockKey]:
     """Chained keys of every full block of ``tokens``.
 
@@ -111,6 +120,7 @@ def prefix_keys(
         block_tokens: Tokens per block (``B``).
         parent: Key of the block just before ``tokens[0]``, to extend a chain; ``None``
             means ``tokens`` starts the sequence.
+        cache_salt: A request's cache salt (see ``root_key``); only for a new sequence.
 
     Returns:
         ``len(tokens) // block_tokens`` keys; a trailing partial block is not keyed.
@@ -121,7 +131,7 @@ def prefix_keys(
     check_key(ns_id, "namespace id")
     if block_tokens <= 0:
         raise InvalidArgument(f"block_tokens must be positive, got {block_tokens}")
-    prev = root_key(ns_id) if parent is None else check_key(parent, "parent key")
+    prev = root_key(ns_id, cache_salt) if parent is None else check_key(parent, "parent key")
     data = _as_int32_le(tokens)
     step = 4 * block_tokens
     keys: list[BlockKey] = []

@@ -23,6 +23,7 @@ SlotId = NewType("SlotId", int)
 """Index of a fixed-size slot inside one tier's pool."""
 
 KEY_BYTES = 16
+MAX_KEYS_PER_REQUEST = 1 << 16  # keys in one request (1 MiB): bounds one call's work
 
 __all__ = [
     "KEY_BYTES",

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from google.protobuf.message import DecodeError
+
 from kvstore._proto.strata.v1 import store_pb2
 
 DATA_TAG = 0x12
@@ -25,6 +27,14 @@ class Data(NamedTuple):
     """A received data message: a view of the bytes gRPC handed over."""
 
     data: memoryview
+
+
+class Malformed(NamedTuple):
+    """A request that is neither a data message nor a valid protobuf message (say, one
+    cut short). The deserializer hands it on rather than raising, so that the servicer
+    answers INVALID_ARGUMENT instead of gRPC answering INTERNAL."""
+
+    reason: str
 
 
 def _varint(value: int) -> bytes:
@@ -48,6 +58,8 @@ def _data_view(raw: bytes) -> memoryview | None:
     length = shift = 0
     pos = 1
     while True:
+        if pos >= len(raw) or shift > 63:
+            return None  # a cut-off length: protobuf decides (and refuses)
         byte = raw[pos]
         length |= (byte & 0x7F) << shift
         pos += 1
@@ -69,6 +81,11 @@ def parse_get_response(raw: bytes) -> Data | store_pb2.GetResponse:
     return Data(view) if view is not None else store_pb2.GetResponse.FromString(raw)
 
 
-def parse_put_request(raw: bytes) -> Data | store_pb2.PutRequest:
+def parse_put_request(raw: bytes) -> Data | store_pb2.PutRequest | Malformed:
     view = _data_view(raw)
-    return Data(view) if view is not None else store_pb2.PutRequest.FromString(raw)
+    if view is not None:
+        return Data(view)
+    try:
+        return store_pb2.PutRequest.FromString(raw)
+    except DecodeError as exc:
+        return Malformed(f"data: a malformed or truncated message ({exc})")

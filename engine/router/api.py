@@ -17,8 +17,10 @@ request; the decode worker frees its pages at its next step.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -58,11 +60,14 @@ class ApiError(Exception):
 def create_app(
     open_service: Callable[[], Awaitable[RouterService]],
     *,
-    api_key: str = "",
+    api_keys: Sequence[str] = (),
+    salt_by_api_key: bool = False,
     max_concurrency: int = 256,
 ) -> FastAPI:
-    """The app; ``open_service`` builds the router on the server's own event loop."""
-    api = _Api(open_service, api_key, max_concurrency)
+    """The app; ``open_service`` builds the router on the server's own event loop.
+    ``api_keys``: any of them admits a client (none: the API is open);
+    ``salt_by_api_key``: requests reuse KV only from requests with the same key."""
+    api = _Api(open_service, api_keys, max_concurrency, salt_by_api_key)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,11 +107,13 @@ class _Api:
     def __init__(
         self,
         open_service: Callable[[], Awaitable[RouterService]],
-        api_key: str,
+        api_keys: Sequence[str],
         max_concurrency: int,
+        salt_by_api_key: bool,
     ) -> None:
         self.open_service = open_service
-        self.api_key = api_key
+        self.api_keys = [k.encode() for k in api_keys if k]
+        self.salt_by_api_key = salt_by_api_key
         self.max_concurrency = max_concurrency
         self.in_flight = 0
         self.service: RouterService | None = None
@@ -117,8 +124,14 @@ class _Api:
         return self.service
 
     async def authenticate(self, request: Request, call_next: Any) -> Response:
-        guarded = self.api_key and request.url.path.startswith("/v1/")
-        if guarded and request.headers.get("authorization", "") != f"Bearer {self.api_key}":
+        """Admit a request with one of the API keys (compared in constant time, every key
+        each time); remember which, for salting by key."""
+        guarded = self.api_keys and request.url.path.startswith("/v1/")
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        raw = presented.strip().encode() if scheme.lower() == "bearer" else b""
+        matched = [hmac.compare_digest(raw, key) for key in self.api_keys]
+        request.state.api_key = raw if any(matched) else b""
+        if guarded and not any(matched):
             return ApiError(
                 401,
                 "a valid API key is required (Authorization: Bearer KEY)",
@@ -168,7 +181,7 @@ class _Api:
         }
         return {"object": "list", "data": [entry]}
 
-    async def chat(self, body: ChatRequest) -> Response:
+    async def chat(self, body: ChatRequest, request: Request) -> Response:
         svc = self._check(body)
         try:
             messages = [{"role": m.role, "content": m.text()} for m in body.messages]
@@ -182,13 +195,13 @@ class _Api:
             raise ApiError(400, str(exc), param=exc.param) from None
         except ChatTemplateError as exc:
             raise ApiError(400, str(exc), param="messages") from None
-        return await self._generate(svc, body, tokens, chat=True)
+        return await self._generate(svc, body, tokens, chat=True, api_key=_api_key(request))
 
-    async def completions(self, body: CompletionRequest) -> Response:
+    async def completions(self, body: CompletionRequest, request: Request) -> Response:
         svc = self._check(body)
         prompt = body.single_prompt()
         tokens = svc.model.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
-        return await self._generate(svc, body, list(tokens), chat=False)
+        return await self._generate(svc, body, list(tokens), chat=False, api_key=_api_key(request))
 
     def _check(self, body: Sampling) -> RouterService:
         svc = self.svc()
@@ -212,6 +225,7 @@ class _Api:
         tokens: list[int],
         *,
         chat: bool,
+        api_key: bytes = b"",
     ) -> Response:
         config = svc.model.config
         try:
@@ -225,8 +239,9 @@ class _Api:
             raise ApiError(400, str(exc), param=str(exc).split(":")[0]) from None
         if self.in_flight >= self.max_concurrency:
             raise _overloaded(f"{self.max_concurrency} requests in flight", 1.0)
+        salt = self._cache_salt(body, api_key)
         try:
-            placement = await svc.router.place(tokens, params.max_tokens)
+            placement = await svc.router.place(tokens, params.max_tokens, cache_salt=salt)
         except Overloaded as exc:
             raise _overloaded(str(exc), exc.retry_after_s) from None
         reply = Reply(svc.model_name, chat, len(tokens))
@@ -255,6 +270,19 @@ class _Api:
 
     def _finished(self) -> None:
         self.in_flight -= 1
+
+    def _cache_salt(self, body: ChatRequest | CompletionRequest, api_key: bytes) -> str:
+        """The request's cache salt: its ``cache_salt`` field, under its API key's digest
+        when salting by key (the key itself never leaves the router)."""
+        salt = body.cache_salt or ""
+        if self.salt_by_api_key and api_key:
+            return hashlib.sha256(b"strata.api-key.v1" + api_key).hexdigest()[:32] + "/" + salt
+        return salt
+
+
+def _api_key(request: Request) -> bytes:
+    key: bytes = getattr(request.state, "api_key", b"")
+    return key
 
 
 def _params(

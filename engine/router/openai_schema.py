@@ -65,6 +65,8 @@ class Sampling(BaseModel):
     stop: str | list[str] | None = None
     stop_token_ids: list[int] = Field(default_factory=list)
     ignore_eos: bool = False
+    # vLLM's: KV is reused only between requests with the same salt (tenant isolation)
+    cache_salt: str | None = Field(default=None, min_length=1, max_length=256)
     n: int = 1
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0

@@ -61,6 +61,7 @@ class Placement:
     decode: Worker
     prefill_s: float  # the prefill work this placement adds to its worker's queue
     decided_s: float  # when it was decided (perf_counter)
+    cache_salt: str = ""  # the request's: its keys, and the workers', start from it
 
 
 @dataclass
@@ -97,10 +98,14 @@ class Router:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     async def place(
-        self, tokens: list[int], max_tokens: int, exclude: Sequence[str] = ()
+        self,
+        tokens: list[int],
+        max_tokens: int,
+        exclude: Sequence[str] = (),
+        cache_salt: str = "",
     ) -> Placement:
         start = time.perf_counter()
-        keys = prefix_keys(self.namespace_id, tokens, self.block_tokens)
+        keys = prefix_keys(self.namespace_id, tokens, self.block_tokens, cache_salt=cache_salt)
         prefix = await self.view.prefix_blocks(keys)
         request = RequestView(len(tokens), self.block_tokens, prefix, max_tokens)
         prefills = [v for v in self.pool.prefill_views() if v.id not in exclude]
@@ -117,7 +122,7 @@ class Router:
         self.counts["placed"] += 1
         self.counts["pulled_blocks"] += choice.pulled_blocks
         self.metrics.queue.observe(prefill.queued_s)
-        return Placement(tokens, keys, choice, prefill, decode, prefill_s, start)
+        return Placement(tokens, keys, choice, prefill, decode, prefill_s, start, cache_salt)
 
     async def stream(
         self,
@@ -125,11 +130,12 @@ class Router:
         params: SamplingParams,
         request_id: str = "",
         placement: Placement | None = None,
+        cache_salt: str = "",
     ) -> AsyncIterator[Chunk]:
         """Run a request where ``placement`` says (placing it first if not given);
         retries once elsewhere if a worker fails before the first token. Raises
         ``Overloaded``, ``BadRequest`` or ``WorkerFailed``."""
-        placement = placement or await self.place(tokens, params.max_tokens)
+        placement = placement or await self.place(tokens, params.max_tokens, cache_salt=cache_salt)
         tried: list[str] = []
         while True:
             try:
@@ -143,7 +149,9 @@ class Router:
                 self.counts["retried"] += 1
                 if len(tried) > 1:
                     raise WorkerFailed(str(exc)) from None
-                placement = await self.place(tokens, params.max_tokens, exclude=tried)
+                placement = await self.place(
+                    tokens, params.max_tokens, exclude=tried, cache_salt=placement.cache_salt
+                )
 
     async def _run(
         self, placement: Placement, params: SamplingParams, request_id: str
@@ -161,6 +169,7 @@ class Router:
                 prompt_token_ids=placement.tokens,
                 sampling=params_to_pb(params),
                 prefill_address=prefill.address,
+                cache_salt=placement.cache_salt,
             ),
             metadata=self._metadata,
         )

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -99,6 +100,8 @@ def run_up(
     console = Console()
     children: list[Child] = []
     python = sys.executable
+    if not config.engine.namespace_salt:  # one secret salt for this run's processes,
+        os.environ["STRATA_ENGINE__SALT"] = secrets.token_hex(16)  # inherited, not on argv
     common = [f"--config={config_file}"] if config_file else []
     # the store node is the cache here (so `kvstore admin stats` shows every reuse),
     # unless asked for a first-level cache in the prefill worker too
@@ -172,7 +175,8 @@ def _serve_http(config: EngineConfig, console: Console, store_address: str) -> i
     section = config.router
     app = create_app(
         lambda: open_router(config),
-        api_key=section.api_key,
+        api_keys=section.api_keys,
+        salt_by_api_key=section.salt_by_api_key,
         max_concurrency=section.max_concurrency,
     )
     server = _Server(uvicorn.Config(app, host=section.host, port=section.port, log_level="warning"))

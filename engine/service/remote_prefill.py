@@ -93,6 +93,7 @@ class RemotePrefill:
                     sampling=params_to_pb(request.params),
                     target=target_to_pb(target),
                     namespace_id=self.namespace.id,
+                    cache_salt=request.cache_salt,
                 ),
                 timeout=self._timeout_s,
                 metadata=self._metadata,

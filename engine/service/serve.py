@@ -32,6 +32,7 @@ from engine.workers.decode import DecodeWorker
 from engine.workers.device import Device
 from engine.workers.prefill import PrefillWorker
 from kvstore._proto.strata.v1 import engine_pb2_grpc
+from kvstore.access import Access
 from kvstore.hashing import Namespace
 from kvstore.server.auth import AuthInterceptor
 from kvstore.transfer.connection import local_host_id
@@ -61,7 +62,8 @@ class RunningWorker:
 
 
 def _grpc_server(token: str) -> grpc.aio.Server:
-    interceptors = [AuthInterceptor(token, "", guarded=GUARDED)] if token else []
+    access = Access(writer_token=token)
+    interceptors = [AuthInterceptor(access, guarded=GUARDED)] if token else []
     return grpc.aio.server(interceptors=interceptors)
 
 
@@ -69,7 +71,7 @@ async def start_prefill(config: EngineConfig) -> RunningWorker:
     section = config.engine
     loaded = load_for(section)
     cache = cache_for(section, loaded)
-    namespace = Namespace(loaded.config.model_id, cache.spec)
+    namespace = Namespace(loaded.config.model_id, cache.spec, section.namespace_salt)
     store: StoreLink = await open_store(
         section.store_address, namespace, store_bytes=section.store_bytes, token=section.token
     )
@@ -109,7 +111,7 @@ async def start_decode(config: EngineConfig) -> RunningWorker:
     section = config.engine
     loaded = load_for(section)
     cache = cache_for(section, loaded)
-    namespace = Namespace(loaded.config.model_id, cache.spec)
+    namespace = Namespace(loaded.config.model_id, cache.spec, section.namespace_salt)
     closers: list[Callable[[], Awaitable[None] | None]] = []
     addresses: list[str] = []
     prefill: Prefill
@@ -138,7 +140,7 @@ async def start_decode(config: EngineConfig) -> RunningWorker:
             local_host_id(),
             None,
             registry,
-            tokens=(section.token,),
+            access=Access(writer_token=section.token),
         )
         addresses = await data_plane.start([config.decode.host], config.decode.data_port)
         remote = RemotePrefill(

@@ -72,7 +72,10 @@ class PrefillServicer(engine_pb2_grpc.PrefillServiceServicer):
         try:
             params = params_from_pb(request.sampling)
             result = await self.worker.prefill(
-                list(request.prompt_token_ids), params, target_from_pb(request.target)
+                list(request.prompt_token_ids),
+                params,
+                target_from_pb(request.target),
+                cache_salt=request.cache_salt,
             )
         except (InvalidRequest, InvalidSampling) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -129,6 +132,7 @@ class DecodeServicer(engine_pb2_grpc.DecodeServiceServicer):
             )
             generation = self.engine.new_request(tokens, params, request.request_id or None)
             generation.prefill_address = request.prefill_address
+            generation.cache_salt = request.cache_salt
         except (InvalidRequest, InvalidSampling) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         first = True

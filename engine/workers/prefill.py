@@ -113,7 +113,11 @@ class PrefillWorker:
         self.prefix.clear()
 
     def submit(
-        self, tokens: Sequence[int], params: SamplingParams, target: KVTarget | None = None
+        self,
+        tokens: Sequence[int],
+        params: SamplingParams,
+        target: KVTarget | None = None,
+        cache_salt: str = "",
     ) -> concurrent.futures.Future[PrefillResult]:
         """Prefill ``tokens`` (thread-safe). Raises ``InvalidRequest`` for a prompt that
         can never run; the future fails if the prefill does."""
@@ -129,7 +133,7 @@ class PrefillWorker:
             )
         if target is not None and len(target.pages) != needed:
             raise InvalidRequest(f"target has {len(target.pages)} pages; the prompt needs {needed}")
-        job = Job(list(tokens), params, target, concurrent.futures.Future())
+        job = Job(list(tokens), params, target, concurrent.futures.Future(), cache_salt=cache_salt)
         with self._wake:
             if self._stopping:
                 raise RuntimeError("prefill worker stopped")
@@ -138,9 +142,13 @@ class PrefillWorker:
         return job.future
 
     async def prefill(
-        self, tokens: Sequence[int], params: SamplingParams, target: KVTarget | None = None
+        self,
+        tokens: Sequence[int],
+        params: SamplingParams,
+        target: KVTarget | None = None,
+        cache_salt: str = "",
     ) -> PrefillResult:
-        return await asyncio.wrap_future(self.submit(tokens, params, target))
+        return await asyncio.wrap_future(self.submit(tokens, params, target, cache_salt))
 
     @property
     def num_queued(self) -> int:
@@ -197,7 +205,7 @@ class PrefillWorker:
 
     def _admit(self, job: Job) -> PromptState:
         page_tokens = self.cache.page_tokens
-        keys = prefix_keys(self.namespace.id, job.tokens, page_tokens)
+        keys = prefix_keys(self.namespace.id, job.tokens, page_tokens, cache_salt=job.cache_salt)
         reusable = (len(job.tokens) - 1) // page_tokens  # the last token is always computed
         local = self.prefix.match(keys[:reusable])
         try:

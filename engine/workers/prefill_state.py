@@ -50,6 +50,7 @@ class Job:
     future: concurrent.futures.Future[PrefillResult]
     submitted_s: float = field(default_factory=time.perf_counter)
     store_limit: int | None = None  # after a bad load: at most this many store blocks
+    cache_salt: str = ""  # its keys' root (kvstore.hashing.root_key)
 
 
 class Put(NamedTuple):

@@ -75,4 +75,5 @@ class GenerationRequest:
     params: SamplingParams
     eos_token_ids: tuple[int, ...] = ()
     prefill_address: str = ""  # a remote prefill worker chosen for it ("": any)
+    cache_salt: str = ""  # reuse KV only from requests with the same salt
     stats: dict[str, float] = field(default_factory=dict)

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.console import Console
 
@@ -30,9 +30,9 @@ from kvstore.admin.summary import cluster_summary, node_summary, stats_summary
 from kvstore.client.calls import CallOptions
 from kvstore.client.store_client import StoreClient
 from kvstore.errors import InvalidArgument, KVStoreError, NotFound
-from kvstore.hashing import Namespace, prefix_keys
+from kvstore.hashing import prefix_keys
 from kvstore.metadata.redis import RedisMetadata
-from kvstore.types import BlockKey, TierKind
+from kvstore.types import BlockKey, NamespaceId, TierKind
 
 
 def add_admin_parser(commands: Any) -> None:
@@ -219,12 +219,19 @@ async def _top(args: argparse.Namespace, console: Console) -> None:
         await render.top(console, sample, args.interval, args.count)
 
 
+class _Picked(NamedTuple):
+    """A namespace as Stats reports it: by id (its salt never leaves the node)."""
+
+    id: NamespaceId
+    model_id: str
+    block_tokens: int
+
+
 async def _prompt_keys(
     args: argparse.Namespace, client: StoreClient
-) -> tuple[Namespace, list[BlockKey], int]:
+) -> tuple[_Picked, list[BlockKey], int]:
     tokens = _read_tokens(args)
     namespace = _pick_namespace(await client.stats(), args.model_id, args.namespace_id)
-    await client.register_namespace(namespace)
     return namespace, prefix_keys(namespace.id, tokens, namespace.block_tokens), len(tokens)
 
 
@@ -244,11 +251,11 @@ def _read_tokens(args: argparse.Namespace) -> list[int]:
         raise InvalidArgument(f"--tokens: {args.tokens} is not a list of integers") from exc
 
 
-def _pick_namespace(stats: Any, model_id: str | None, namespace_id: str | None) -> Namespace:
-    from kvstore import codec
-
+def _pick_namespace(stats: Any, model_id: str | None, namespace_id: str | None) -> _Picked:
     known = [
-        codec.namespace_from_pb(ns.namespace) for ns in stats.namespaces if ns.namespace.model_id
+        _Picked(NamespaceId(ns.namespace_id), ns.namespace.model_id, ns.namespace.block_tokens)
+        for ns in stats.namespaces
+        if ns.namespace.model_id
     ]
     matches = [
         ns

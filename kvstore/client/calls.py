@@ -90,13 +90,28 @@ async def call(
     for number in range(tries):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise DeadlineExceeded(f"{what}: no answer within {options.timeout_s:g} s")
+            raise _late(what, options)
         try:
-            return await attempt(remaining)
+            async with asyncio.timeout(remaining):  # a backstop: gRPC's deadline comes first
+                return await attempt(remaining)
+        except TimeoutError:
+            raise _late(what, options) from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # our caller cancelled: let it go
+                raise
+            raise _late(what, options) from None  # gRPC cancelled the call at its deadline
         except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.CANCELLED and time.monotonic() >= deadline:
+                raise _late(what, options) from None
             retryable = exc.code() is grpc.StatusCode.UNAVAILABLE and number + 1 < tries
             if not retryable:
                 raise to_store_error(exc, what) from None
         pause = min(options.backoff_s * 2**number, 1.0) * random.uniform(0.5, 1.0)
         await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
     raise ServiceUnavailable(f"{what}: unavailable after {tries} attempts")
+
+
+def _late(what: str, options: CallOptions) -> DeadlineExceeded:
+    """The one error an expired deadline surfaces as, however the call noticed."""
+    return DeadlineExceeded(f"{what}: no answer within {options.timeout_s:g} s")

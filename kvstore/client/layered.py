@@ -222,6 +222,7 @@ class LayeredGet:
                         b.segment,
                         b.offset + layer * (b.length // self._num_layers),
                         layer_slice(dst[: b.length], layer, self._num_layers),
+                        lease_id,
                     )
                     for b, dst in zip(leased, dsts, strict=False)
                 ]

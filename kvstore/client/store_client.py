@@ -31,7 +31,7 @@ from kvstore.client.calls import CallOptions, call, open_channel
 from kvstore.client.fast_path import DataPlaneRoute
 from kvstore.client.layered import LayeredGet, LayeredPut
 from kvstore.errors import InvalidArgument, KVStoreError, ServiceUnavailable, TransferFailed
-from kvstore.hashing import Namespace, checksum
+from kvstore.hashing import Namespace, check_key, checksum
 from kvstore.metadata.base import NodeInfo
 from kvstore.reservations import PutResult
 from kvstore.streams import BlockAssembler, chunks
@@ -195,6 +195,8 @@ class StoreClient:
         local_only: bool = False,
     ) -> GetResult:
         """The longest cached leading run of ``keys``; into ``buffers`` when given."""
+        for i, key in enumerate(keys):  # the same message on every path
+            check_key(key, f"keys[{i}]:")
         route = await self.data_plane()
         block_bytes = self._block_bytes.get(ns_id)
         if route is not None and block_bytes is not None:

@@ -1,22 +1,28 @@
-"""Bearer-token authentication, as a server interceptor.
+"""Bearer-token authentication and rights, as a server interceptor.
 
-Clients send ``authorization: Bearer <token>`` metadata. With ``auth.token`` set, store
-calls need it (or the admin token); with ``auth.admin_token`` set, admin calls need
-exactly that. No token -> UNAUTHENTICATED; a valid store token on an admin call ->
+Clients send ``authorization: Bearer <token>`` metadata; ``kvstore.access`` says which
+role a token grants. Admin calls need the admin role, store calls that change what is
+stored (``WRITE_METHODS``) the writer role, other store calls the reader role. No
+token where one is needed -> UNAUTHENTICATED; a valid token whose role is too low ->
 PERMISSION_DENIED. Health checks and reflection stay open, for orchestrators and tools.
 Tokens are compared in constant time.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
+from kvstore.access import Access, Role
+
 ADMIN_PREFIX = "/strata.v1.AdminService/"
 STORE_PREFIX = "/strata.v1.StoreService/"
+WRITE_METHODS = frozenset(
+    STORE_PREFIX + name
+    for name in ("RegisterNamespace", "Put", "BatchPut", "Remove", "Pin", "Unpin")
+)
 
 
 if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not
@@ -26,12 +32,24 @@ if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
-        self, token: str, admin_token: str, *, guarded: tuple[str, ...] = (STORE_PREFIX,)
+        self,
+        access: Access,
+        *,
+        guarded: tuple[str, ...] = (STORE_PREFIX,),
+        write_methods: frozenset[str] = WRITE_METHODS,
     ) -> None:
-        """``guarded``: method prefixes that need ``token`` (besides admin calls)."""
-        self._token = token.encode()
-        self._admin = admin_token.encode()
+        """``guarded``: method prefixes that need at least the reader role (besides admin
+        calls); ``write_methods``: guarded methods that need the writer role."""
+        self._access = access
         self._guarded = guarded
+        self._writes = write_methods
+
+    def needed(self, method: str) -> Role | None:
+        if method.startswith(ADMIN_PREFIX):
+            return Role.ADMIN
+        if method.startswith(self._guarded):
+            return Role.WRITER if method in self._writes else Role.READER
+        return None
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -39,25 +57,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method or ""
+        needed = self.needed(handler_call_details.method or "")
+        if needed is None:
+            return handler
         presented = _bearer(handler_call_details.invocation_metadata or ())
-        if method.startswith(ADMIN_PREFIX):
-            needed = [self._admin] if self._admin else [self._token] if self._token else []
-        elif method.startswith(self._guarded):
-            needed = [t for t in (self._token, self._admin) if t] if self._token else []
-        else:
-            needed = []
-        if not needed or any(
-            presented is not None and hmac.compare_digest(presented, t) for t in needed
-        ):
+        role = self._access.role_of(presented)
+        if role is not None and role >= needed:
             return handler
         if presented is None:
             return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, "missing bearer token")
-        if method.startswith(ADMIN_PREFIX) and hmac.compare_digest(presented, self._token or b"\0"):
-            return _deny(
-                handler, grpc.StatusCode.PERMISSION_DENIED, "admin calls need the admin token"
-            )
-        return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token")
+        if not self._access.is_valid(presented):
+            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, "invalid bearer token")
+        what = {
+            Role.ADMIN: "admin calls need the admin token",
+            Role.WRITER: "writes need a writer token",
+        }
+        return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, what.get(needed, "not allowed"))
 
 
 def _bearer(metadata: Any) -> bytes | None:

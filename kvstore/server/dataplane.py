@@ -59,9 +59,11 @@ class NodeDataPlane:
             self.host_id,
             store,
             self.registry,
-            tokens=(config.auth.token, config.auth.admin_token),
+            access=config.auth.access,
             ssl_context=_server_ssl(config),
             lease_ttl_s=config.transfer.lease_ttl_s,
+            idle_timeout_s=config.transfer.idle_timeout_s,
+            max_connections_per_peer=config.transfer.max_connections_per_peer,
             observe=observe,
         )
         self.engine = TransferEngine(

@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kvstore._proto.strata.v1 import admin_pb2, admin_pb2_grpc, store_pb2
+from kvstore.access import Role
 from kvstore.client.calls import MAX_MESSAGE_BYTES
 from kvstore.config import Config
 from kvstore.errors import ConfigError
@@ -165,8 +166,8 @@ def _interceptors(config: Config, metrics: NodeMetrics | None) -> list[grpc.aio.
     """Auth first: it sees every call and may deny it; metrics time what runs (and cache
     one timed handler per method, which is only safe behind auth)."""
     interceptors: list[grpc.aio.ServerInterceptor] = []
-    if config.auth.token or config.auth.admin_token:
-        interceptors.append(AuthInterceptor(config.auth.token, config.auth.admin_token))
+    if config.auth.access.anonymous is not Role.ADMIN:
+        interceptors.append(AuthInterceptor(config.auth.access))
     if metrics is not None and config.server.metrics_enabled:
         interceptors.append(MetricsInterceptor(metrics))
     return interceptors

@@ -23,8 +23,8 @@ from kvstore.reservations import PutResult, Reservation
 from kvstore.server.errors import grpc_errors
 from kvstore.server.node import StoreNode
 from kvstore.streams import BlockAssembler, chunks
-from kvstore.types import BlockKey, NamespaceId
-from kvstore.wire import Data, encode_data, parse_put_request, serialize
+from kvstore.types import MAX_KEYS_PER_REQUEST, BlockKey, NamespaceId
+from kvstore.wire import Data, Malformed, encode_data, parse_put_request, serialize
 
 Context = grpc.aio.ServicerContext
 
@@ -47,14 +47,14 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
 
     @grpc_errors
     async def Put(
-        self, requests: AsyncIterator[store_pb2.PutRequest | Data], context: Context
+        self, requests: AsyncIterator[store_pb2.PutRequest | Data | Malformed], context: Context
     ) -> store_pb2.PutResponse:
         (result,) = await self._receive(requests, max_chains=1)
         return _put_response(result)
 
     @grpc_errors
     async def BatchPut(
-        self, requests: AsyncIterator[store_pb2.PutRequest | Data], context: Context
+        self, requests: AsyncIterator[store_pb2.PutRequest | Data | Malformed], context: Context
     ) -> store_pb2.BatchPutResponse:
         results = await self._receive(requests, max_chains=None)
         return store_pb2.BatchPutResponse(results=[_put_response(r) for r in results])
@@ -73,6 +73,9 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         self, request: store_pb2.BatchGetRequest, context: Context
     ) -> AsyncIterator[store_pb2.GetResponse | bytes]:
         ns_id = codec.decode_namespace_id(request.namespace_id)
+        num_keys = sum(len(kl.keys) for kl in request.lists)
+        if num_keys > MAX_KEYS_PER_REQUEST:
+            raise InvalidArgument(f"lists: {num_keys} keys in all; at most {MAX_KEYS_PER_REQUEST}")
         lists = [
             codec.decode_keys(kl.keys, f"lists[{i}].keys") for i, kl in enumerate(request.lists)
         ]
@@ -151,12 +154,16 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
     # -- streaming ----------------------------------------------------------------------
 
     async def _receive(
-        self, requests: AsyncIterator[store_pb2.PutRequest | Data], max_chains: int | None
+        self,
+        requests: AsyncIterator[store_pb2.PutRequest | Data | Malformed],
+        max_chains: int | None,
     ) -> list[PutResult]:
         results: list[PutResult] = []
         current: _IncomingChain | None = None
         try:
             async for message in requests:
+                if isinstance(message, Malformed):
+                    raise InvalidArgument(message.reason)
                 if isinstance(message, Data):
                     if current is None:
                         raise InvalidArgument("data: sent before a header")
@@ -243,7 +250,7 @@ class _IncomingChain:
 DRAIN_LIMIT_BYTES = 256 << 20
 
 
-async def _drain(requests: AsyncIterator[store_pb2.PutRequest | Data]) -> None:
+async def _drain(requests: AsyncIterator[store_pb2.PutRequest | Data | Malformed]) -> None:
     """Read what the client is still sending before failing its put.
 
     A grpc.aio client that is still writing when the server's status arrives can report
@@ -253,6 +260,8 @@ async def _drain(requests: AsyncIterator[store_pb2.PutRequest | Data]) -> None:
     """
     drained = 0
     async for message in requests:
+        if isinstance(message, Malformed):
+            continue
         drained += len(message.data) if isinstance(message, Data) else message.ByteSize()
         if drained > DRAIN_LIMIT_BYTES:
             return

@@ -56,7 +56,7 @@ from kvstore.buffers import ALIGN, align_up
 from kvstore.errors import ConfigError, TierUnavailable
 from kvstore.hashing import Namespace, checksum
 from kvstore.tiers.base import ReadItem, Recovered, SlotRef, WriteItem
-from kvstore.tiers.nvme_index import NvmeIndex
+from kvstore.tiers.nvme_index import NvmeIndex, private_directory
 from kvstore.tiers.slots import SlabAllocator
 from kvstore.types import SlotId, TierKind
 
@@ -300,7 +300,7 @@ def _pread_all(fd: int, dst: memoryview, offset: int) -> int:
 
 def _prepare_directory(path: Path, capacity_bytes: int) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        private_directory(path)
         probe = path / ".write-probe"
         probe.write_bytes(b"x")
         probe.unlink()
@@ -362,6 +362,7 @@ def _layout(path: Path, capacity_bytes: int, page_bytes: int, slab_bytes: int) -
     slab_pages = max(1, slab_bytes // page_bytes)
     layout = {"version": FORMAT_VERSION, "page_bytes": page_bytes, "slab_pages": slab_pages}
     fmt.write_text(json.dumps(layout))
+    fmt.chmod(0o600)
     return page_bytes, slab_pages
 
 

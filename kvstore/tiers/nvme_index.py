@@ -17,8 +17,10 @@ loss; with it on, data is fdatasync'ed before (3) and LMDB syncs every commit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -36,13 +38,29 @@ _RECORD = struct.Struct("<QQQ16s16s?dd")
 _SLOT = struct.Struct("<Q")
 
 
+def private_directory(path: Path) -> None:
+    """Create ``path`` (and its parents) and make it 0700: the tier's slabs and index are
+    this user's alone (parents that already exist are left as they are)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
 class NvmeIndex:
     def __init__(self, path: Path, *, num_slots: int, fsync: bool) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        private_directory(path)
         map_size = max(256 << 20, num_slots * 1024)
         self._env = lmdb.open(
-            str(path), map_size=map_size, max_dbs=4, sync=fsync, metasync=fsync, lock=True
+            str(path),
+            map_size=map_size,
+            max_dbs=4,
+            sync=fsync,
+            metasync=fsync,
+            lock=True,
+            mode=0o600,  # it holds namespaces' salts: for this user only
         )
+        for name in ("data.mdb", "lock.mdb"):  # also when an older version created them
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(path / name, 0o600)
         self._blocks = self._env.open_db(b"blocks")
         self._pending = self._env.open_db(b"pending")
         self._namespaces = self._env.open_db(b"namespaces")

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import select
 import socket
 import ssl
 import threading
@@ -159,6 +160,15 @@ class Connection:
             self.broken = True
             raise
 
+    def alive(self) -> bool:
+        """False when the peer closed this idle connection (or sent what no request
+        asked for): one zero-timeout poll (TLS sockets may hold buffered bytes; trusted)."""
+        if not self.plain:
+            return True
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        return not poller.poll(0)  # readable while idle: end of stream, or bytes nobody asked for
+
     def close(self) -> None:
         self.broken = True
         with contextlib.suppress(OSError):
@@ -214,8 +224,12 @@ class ConnectionPool:
 
     def take(self) -> Connection:
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
+            while self._idle:
+                conn = self._idle.pop()
+                if conn.alive():
+                    return conn
+                conn.close()  # the server hung up on it while idle (its idle timeout)
+                self._open -= 1
             address = self.addresses[next(self._next)]
             self._open += 1
         try:

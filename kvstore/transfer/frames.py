@@ -11,7 +11,8 @@ are received with ``recv_into`` straight into their destination. Ops:
     HELLO        token, node id                      -> OK, server node id
     READ_KEYS    namespace id, keys                  -> hit count, block size, per hit
                                                         (checksum, tier); then the bytes
-    READ_RANGES  segment, (offset, length)*          -> per range checksum; then the bytes
+    READ_RANGES  segment, lease id, (offset, length)* -> per range checksum; then the bytes
+                 (the arena: only within blocks of that lease; other segments: id 0)
     WRITE_RANGES segment, transfer id, layer,        <- bytes follow the request
                  (offset, length, checksum)*         -> OK once verified and written
     ACQUIRE      namespace id, keys, leases to end   -> lease id, per hit (segment,
@@ -27,21 +28,37 @@ are received with ``recv_into`` straight into their destination. Ops:
     ABORT        reservation id                      -> OK
 
 A status other than OK carries a UTF-8 message as its payload.
+
+Decoding never trusts a count or a length: every ``unpack_*`` checks what it reads
+against the bytes it was given and raises ``FrameError`` (never ``struct.error``,
+``IndexError`` or ``UnicodeDecodeError``) for anything malformed, so a server answers a
+hostile peer with INVALID and hangs up, and no loop runs for a count the payload cannot
+hold.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import struct
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, ParamSpec, TypeVar
 
-from kvstore.types import KEY_BYTES, BlockKey, MissReason, NamespaceId, TierKind
+from kvstore.types import (
+    KEY_BYTES,
+    MAX_KEYS_PER_REQUEST,
+    BlockKey,
+    MissReason,
+    NamespaceId,
+    TierKind,
+)
 
 MAGIC = b"SD"
 HEADER = struct.Struct("<2sBBIQ")
 HEADER_BYTES = HEADER.size
 MAX_METADATA_BYTES = 64 << 20
+MAX_HELLO_BYTES = 4096  # all a peer may make the server allocate before it is admitted
+MAX_KEYS = MAX_KEYS_PER_REQUEST  # keys (or ranges, or ids) in one request
 
 _TIERS = (TierKind.HBM, TierKind.DRAM, TierKind.NVME)
 _U32 = struct.Struct("<I")
@@ -86,6 +103,35 @@ class FrameError(Exception):
     """The peer sent something that is not a frame of this protocol."""
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _decoder(unpack: Callable[P, R]) -> Callable[P, R]:
+    """Any malformation found while decoding becomes a ``FrameError``."""
+
+    @functools.wraps(unpack)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return unpack(*args, **kwargs)
+        except (struct.error, IndexError, UnicodeDecodeError, ValueError) as exc:
+            what = unpack.__name__.removeprefix("unpack_")
+            raise FrameError(f"malformed {what}: {exc}") from None
+
+    return wrapper
+
+
+def _count(raw: memoryview, pos: int, item_bytes: int, first: int | None = None) -> int:
+    """A u32 count at ``pos`` of items of at least ``item_bytes`` each that must fit in
+    the payload from ``first`` (default: right after the count)."""
+    (count,) = _U32.unpack_from(raw, pos)
+    if count > MAX_KEYS:
+        raise FrameError(f"{count} items in one request; at most {MAX_KEYS}")
+    if (pos + 4 if first is None else first) + count * item_bytes > len(raw):
+        raise FrameError(f"a list of {count} items runs past the payload")
+    return int(count)
+
+
 def pack_header(op: Op, request_id: int, payload_bytes: int, status: Status = Status.OK) -> bytes:
     return HEADER.pack(MAGIC, op, status, request_id, payload_bytes)
 
@@ -110,9 +156,12 @@ def pack_str(text: str) -> bytes:
     return _U32.pack(len(raw)) + raw
 
 
+@_decoder
 def unpack_str(raw: memoryview, pos: int) -> tuple[str, int]:
     (length,) = _U32.unpack_from(raw, pos)
     pos += 4
+    if pos + length > len(raw):
+        raise FrameError("a string runs past the payload")
     return bytes(raw[pos : pos + length]).decode(), pos + length
 
 
@@ -120,13 +169,14 @@ def pack_keys(ns_id: NamespaceId, keys: Sequence[BlockKey]) -> bytes:
     return b"".join((ns_id, _U32.pack(len(keys)), *keys))
 
 
+@_decoder
 def unpack_keys(raw: memoryview, pos: int = 0) -> tuple[NamespaceId, list[BlockKey], int]:
+    if pos + KEY_BYTES > len(raw):
+        raise FrameError("namespace id runs past the payload")
     ns_id = NamespaceId(bytes(raw[pos : pos + KEY_BYTES]))
-    (count,) = _U32.unpack_from(raw, pos + KEY_BYTES)
+    count = _count(raw, pos + KEY_BYTES, KEY_BYTES)
     pos += KEY_BYTES + 4
     end = pos + count * KEY_BYTES
-    if end > len(raw):
-        raise FrameError("key list runs past the payload")
     keys = [BlockKey(bytes(raw[p : p + KEY_BYTES])) for p in range(pos, end, KEY_BYTES)]
     return ns_id, keys, end
 
@@ -145,8 +195,9 @@ def pack_hits(block_bytes: int, hits: Sequence[Hit], reason: MissReason | None) 
     return b"".join(parts)
 
 
+@_decoder
 def unpack_hits(raw: memoryview) -> tuple[int, list[Hit], MissReason | None]:
-    (count,) = _U32.unpack_from(raw, 0)
+    count = _count(raw, 0, _HIT.size, first=13)
     (block_bytes,) = _U64.unpack_from(raw, 4)
     reason = _REASONS[raw[12]]
     hits = [
@@ -161,22 +212,32 @@ class Range(NamedTuple):
     length: int
 
 
-def pack_ranges(segment: str, ranges: Sequence[Range]) -> bytes:
-    return b"".join((pack_str(segment), _U32.pack(len(ranges)), *(_RANGE.pack(*r) for r in ranges)))
+def pack_ranges(segment: str, ranges: Sequence[Range], lease_id: int = 0) -> bytes:
+    head = pack_str(segment) + _U64.pack(lease_id) + _U32.pack(len(ranges))
+    return head + b"".join(_RANGE.pack(*r) for r in ranges)
 
 
-def unpack_ranges(raw: memoryview) -> tuple[str, list[Range]]:
+@_decoder
+def unpack_ranges(raw: memoryview) -> tuple[str, int, list[Range]]:
     segment, pos = unpack_str(raw, 0)
-    (count,) = _U32.unpack_from(raw, pos)
-    pos += 4
-    return segment, [Range(*_RANGE.unpack_from(raw, pos + i * _RANGE.size)) for i in range(count)]
+    (lease_id,) = _U64.unpack_from(raw, pos)
+    count = _count(raw, pos + 8, _RANGE.size)
+    pos += 12
+    return (
+        segment,
+        lease_id,
+        [Range(*_RANGE.unpack_from(raw, pos + i * _RANGE.size)) for i in range(count)],
+    )
 
 
 def pack_checksums(checksums: Sequence[int]) -> bytes:
     return b"".join(_U64.pack(c) for c in checksums)
 
 
+@_decoder
 def unpack_checksums(raw: memoryview, count: int) -> list[int]:
+    if 8 * count > len(raw):
+        raise FrameError(f"{count} checksums run past the payload")
     return [_U64.unpack_from(raw, i * 8)[0] for i in range(count)]
 
 
@@ -191,10 +252,12 @@ def pack_write(segment: str, transfer_id: int, layer: int, ranges: Sequence[Writ
     return head + b"".join(_RANGE_SUM.pack(*r) for r in ranges)
 
 
+@_decoder
 def unpack_write(raw: memoryview) -> tuple[str, int, int, list[WriteRange]]:
     segment, pos = unpack_str(raw, 0)
     (transfer_id,) = _U64.unpack_from(raw, pos)
-    layer, count = struct.unpack_from("<II", raw, pos + 8)
+    (layer,) = _U32.unpack_from(raw, pos + 8)
+    count = _count(raw, pos + 12, _RANGE_SUM.size)
     pos += 16
     ranges = [
         WriteRange(*_RANGE_SUM.unpack_from(raw, pos + i * _RANGE_SUM.size)) for i in range(count)
@@ -218,10 +281,11 @@ def pack_lease(lease_id: int, blocks: Sequence[LeasedBlock], reason: MissReason 
     return b"".join(parts)
 
 
+@_decoder
 def unpack_lease(raw: memoryview) -> tuple[int, list[LeasedBlock], MissReason | None]:
     (lease_id,) = _U64.unpack_from(raw, 0)
     reason = _REASONS[raw[8]]
-    (count,) = _U32.unpack_from(raw, 9)
+    count = _count(raw, 9, 4 + _LEASE_HIT.size)
     pos, blocks = 13, []
     for _ in range(count):
         segment, pos = unpack_str(raw, pos)
@@ -235,6 +299,7 @@ def pack_u64(value: int) -> bytes:
     return _U64.pack(value)
 
 
+@_decoder
 def unpack_u64(raw: memoryview, pos: int = 0) -> int:
     value: int = _U64.unpack_from(raw, pos)[0]
     return value
@@ -244,6 +309,7 @@ def pack_f64(value: float) -> bytes:
     return struct.pack("<d", value)
 
 
+@_decoder
 def unpack_f64(raw: memoryview, pos: int) -> float:
     value: float = struct.unpack_from("<d", raw, pos)[0]
     return value
@@ -258,7 +324,10 @@ def pack_put(ns_id: NamespaceId, keys: Sequence[BlockKey], parent: BlockKey | No
     )
 
 
+@_decoder
 def unpack_put(raw: memoryview) -> tuple[NamespaceId, list[BlockKey], BlockKey | None]:
+    if raw[0] not in (0, 1):
+        raise FrameError("the parent flag must be 0 or 1")
     has_parent = raw[0] == 1
     parent = BlockKey(bytes(raw[1 : 1 + KEY_BYTES])) if has_parent else None
     ns_id, keys, _ = unpack_keys(raw, 1 + KEY_BYTES)
@@ -269,6 +338,7 @@ def pack_put_result(stored: int, present: int, in_flight: int) -> bytes:
     return _PUT_RESULT.pack(stored, present, in_flight)
 
 
+@_decoder
 def unpack_put_result(raw: memoryview) -> tuple[int, int, int]:
     stored, present, in_flight = _PUT_RESULT.unpack_from(raw, 0)
     return stored, present, in_flight
@@ -278,10 +348,9 @@ def pack_ids(ids: Sequence[int]) -> bytes:
     return _U32.pack(len(ids)) + b"".join(_U64.pack(i) for i in ids)
 
 
+@_decoder
 def unpack_ids(raw: memoryview, pos: int = 0) -> list[int]:
-    (count,) = _U32.unpack_from(raw, pos)
-    if pos + 4 + 8 * count > len(raw):
-        raise FrameError("id list runs past the payload")
+    count = _count(raw, pos, 8)
     return [_U64.unpack_from(raw, pos + 4 + 8 * i)[0] for i in range(count)]
 
 
@@ -295,7 +364,8 @@ def pack_reservation(reservation_id: int, slots: Sequence[tuple[int, int]]) -> b
     )
 
 
+@_decoder
 def unpack_reservation(raw: memoryview) -> tuple[int, list[tuple[int, int]]]:
     (reservation_id,) = _U64.unpack_from(raw, 0)
-    (count,) = _U32.unpack_from(raw, 8)
+    count = _count(raw, 8, _SLOT.size)
     return reservation_id, [_SLOT.unpack_from(raw, 12 + i * _SLOT.size) for i in range(count)]

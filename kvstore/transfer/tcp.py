@@ -265,14 +265,14 @@ def _put_keys(
 def _read_ranges(
     pool: ConnectionPool, verifier: ThreadPoolExecutor, reads: Sequence[RangeRead]
 ) -> None:
-    by_segment: dict[str, list[RangeRead]] = {}
+    by_segment: dict[tuple[str, int], list[RangeRead]] = {}
     for read in reads:
-        by_segment.setdefault(read.segment, []).append(read)
+        by_segment.setdefault((read.segment, read.lease_id), []).append(read)
     conn = pool.take()
     try:
-        for segment, group in by_segment.items():
+        for (segment, lease_id), group in by_segment.items():
             ranges = [frames.Range(r.offset, r.dst.nbytes) for r in group]
-            _, body = conn.call(Op.READ_RANGES, frames.pack_ranges(segment, ranges))
+            _, body = conn.call(Op.READ_RANGES, frames.pack_ranges(segment, ranges, lease_id))
             sums = frames.unpack_checksums(body, len(group))
             if not all(_receive_verified(conn, [r.dst for r in group], sums, verifier)):
                 raise TransferFailed(

@@ -51,6 +51,7 @@ class RangeRead:
     segment: str
     offset: int
     dst: memoryview  # receives dst.nbytes bytes from the peer's segment at offset
+    lease_id: int = 0  # the lease covering the range (needed for the peer's arena)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from kvstore.cli import main
 from kvstore.config import Config, add_config_flags, config_from_args, load_config
 from kvstore.config_loader import as_dict, env_name, parse_size
 from kvstore.errors import ConfigError
@@ -93,3 +94,44 @@ def test_sizes_and_names() -> None:
     assert parse_size("2 GB") == 2 << 30
     assert env_name("tiers.dram.capacity_bytes") == "STRATA_TIERS__DRAM__CAPACITY_BYTES"
     assert as_dict(load_config(env={}))["store"]["eviction_policy"] == "prefix_lru"
+
+
+def test_a_store_token_needs_an_admin_token_of_its_own() -> None:
+    with pytest.raises(ConfigError, match=r"auth\.admin_token.*must not grant admin"):
+        load_config(env={}, overrides={"auth.token": "store-secret"})
+    with pytest.raises(ConfigError, match="must differ"):
+        load_config(env={}, overrides={"auth.token": "same", "auth.admin_token": "same"})
+    with pytest.raises(ConfigError, match=r"auth\.reader_token.*needs auth\.token"):
+        load_config(env={}, overrides={"auth.reader_token": "r", "auth.admin_token": "a"})
+
+
+def test_tokens_come_from_files_or_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("from-file\n")
+    env = {
+        "STRATA_AUTH__ADMIN_TOKEN": "from-env",
+        "STRATA_AUTH__TOKEN_FILE": str(tmp_path / "token"),
+    }
+    config = load_config(env=env)
+    assert (config.auth.token, config.auth.admin_token) == ("from-file", "from-env")
+    with pytest.raises(ConfigError, match=r"auth\.token_file.*cannot read"):
+        load_config(env={**env, "STRATA_AUTH__TOKEN_FILE": str(tmp_path / "missing")})
+
+
+def test_secrets_are_never_shown() -> None:
+    config = load_config(
+        env={},
+        overrides={
+            "auth.token": "store-secret",
+            "auth.admin_token": "admin-secret",
+            "metadata.redis_url": "redis://user:hunter2@10.0.0.3:6379/0",
+        },
+    )
+    shown = str(config.redacted())
+    assert "store-secret" not in shown and "admin-secret" not in shown
+    assert "hunter2" not in shown and "redis://user:***@10.0.0.3:6379/0" in shown
+
+
+def test_kvstore_config_masks_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--json", "--auth.token", "s3cret", "--auth.admin_token", "adm1n"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "adm1n" not in out and '"<set>"' in out

@@ -125,3 +125,19 @@ def test_keys_are_the_same_in_another_process_with_another_hash_seed() -> None:
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
         )
         assert out.stdout.split() == GOLDEN_KEYS
+
+
+def test_a_cache_salt_gives_its_requests_a_chain_of_their_own() -> None:
+    tokens = list(range(48))
+    plain = prefix_keys(NS.id, tokens, 16)
+    assert prefix_keys(NS.id, tokens, 16, cache_salt="") == plain  # unchanged without one
+    a = prefix_keys(NS.id, tokens, 16, cache_salt="tenant-a")
+    assert a == prefix_keys(NS.id, tokens, 16, cache_salt="tenant-a")
+    assert not set(a) & set(plain)
+    assert not set(a) & set(prefix_keys(NS.id, tokens, 16, cache_salt="tenant-b"))
+    salt = b"tenant-a"
+    root = xxhash.xxh3_128_digest(
+        b"strata.root.v1" + NS.id + b"strata.cache_salt.v1" + struct.pack("<I", len(salt)) + salt
+    )
+    assert root_key(NS.id, "tenant-a") == root
+    assert a[0] == xxhash.xxh3_128_digest(root + NS.id + struct.pack("<16i", *tokens[:16]))

@@ -27,7 +27,8 @@ class RouterThread:
         )
         app = create_app(
             lambda: open_router(config, wait_s=30),
-            api_key=config.router.api_key,
+            api_keys=config.router.api_keys,
+            salt_by_api_key=config.router.salt_by_api_key,
             max_concurrency=config.router.max_concurrency,
         )
         self.server = uvicorn.Server(

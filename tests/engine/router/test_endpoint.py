@@ -14,6 +14,11 @@ import httpx
 import openai
 import pytest
 
+from engine.model.tiny import MODEL_ID
+from kvstore.client import StoreClient
+from kvstore.client.calls import CallOptions
+from kvstore.hashing import Namespace, prefix_keys
+from kvstore.layout import BlockSpec, KVDtype
 from tests.processes import ROOT, UpProcess
 
 MODEL = "strata-tiny-v1"
@@ -87,6 +92,44 @@ def test_a_repeated_prefix_is_reported_as_cached(client: openai.OpenAI, up: UpPr
     )  # fmt: skip
     summary = json.loads(stats.stdout)
     assert summary["hit_blocks"] >= 12, summary
+
+
+def _cached(client: openai.OpenAI, prompt: str | list[int], salt: str | None = None) -> int:
+    extra = {"cache_salt": salt} if salt is not None else None
+    reply = client.completions.create(model=MODEL, prompt=prompt, max_tokens=1, extra_body=extra)
+    assert reply.usage is not None and reply.usage.prompt_tokens_details is not None
+    return reply.usage.prompt_tokens_details.cached_tokens or 0
+
+
+def test_kv_planted_under_computable_keys_is_never_reused(
+    client: openai.OpenAI, up: UpProcess
+) -> None:
+    """An outsider computes the block keys of a prompt in the model's public namespace
+    and plants KV under them first; the deployment's namespace has a secret salt, so
+    the prompt reuses none of it."""
+    tokens = list(range(40, 104))  # 64 byte-level tokens: 3 reusable blocks of 16
+    spec = BlockSpec(4, 2, 32, KVDtype.FLOAT32, 16)  # the tiny model's pages
+    match = re.search(r"store node (\S+) ·", up.lines())
+    assert match is not None
+
+    async def plant() -> None:
+        async with StoreClient(match[1], CallOptions()) as store:
+            ns = await store.register_namespace(Namespace(MODEL_ID, spec))
+            keys = prefix_keys(ns, tokens, spec.block_tokens)
+            await store.put(ns, keys, [bytes([7]) * spec.block_bytes] * len(keys))
+
+    asyncio.run(plant())
+    assert _cached(client, tokens) == 0
+
+
+def test_cache_salt_separates_tenants(client: openai.OpenAI) -> None:
+    """vLLM's cache_salt: a prompt reuses KV only from requests with the same salt, so
+    one tenant cannot learn another's prompt from cached_tokens."""
+    prompt = "A tenant's private system prompt, block after block. " * 3
+    assert _cached(client, prompt, "tenant-a") == 0
+    assert _cached(client, prompt, "tenant-b") == 0  # a right guess, another salt
+    assert _cached(client, prompt) == 0
+    assert _cached(client, prompt, "tenant-a") >= 128
 
 
 def test_completions_take_text_and_token_ids(client: openai.OpenAI) -> None:

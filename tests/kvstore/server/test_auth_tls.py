@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kvstore.client import StoreClient
 from kvstore.client.calls import CallOptions
 from kvstore.errors import ServiceUnavailable, Unauthenticated
+from kvstore.hashing import Namespace
 from tests.certs import self_signed
 from tests.conftest import NAMESPACE, block_bytes, chain_keys
 from tests.kvstore.server.conftest import NodeFactory
@@ -39,7 +40,40 @@ async def test_admin_calls_need_the_admin_token(make_node: NodeFactory) -> None:
         assert (await admin.stats()).node_id == node.node.node_id
         await admin.register_namespace(NAMESPACE)  # the admin token works for store calls too
         config = await admin.config()
-        assert config["auth"] == {"token": "<set>", "admin_token": "<set>"}  # never the secrets
+        auth = config["auth"]
+        assert (auth["token"], auth["admin_token"], auth["reader_token"]) == ("<set>", "<set>", "")
+
+
+async def test_a_reader_token_reads_but_cannot_write(make_node: NodeFactory) -> None:
+    node = await make_node(**TOKENS, **{"auth.reader_token": "reader-secret"})
+    async with StoreClient(node.address, CallOptions(token="store-secret")) as writer:
+        ns = await writer.register_namespace(NAMESPACE)
+        await writer.put(ns, chain_keys(1), [block_bytes(0)])
+    options = CallOptions(token="reader-secret", retries=0)
+    async with StoreClient(node.address, options) as reader:
+        assert (await reader.get(ns, chain_keys(2))).num_hits == 1
+        assert [p.num_blocks for p in await reader.lookup(ns, chain_keys(2))] == [1]
+        for write in (
+            reader.register_namespace(NAMESPACE),
+            reader.remove(ns, chain_keys(1)),
+            reader.pin(ns, chain_keys(1), ttl_s=5),
+        ):
+            with pytest.raises(Unauthenticated, match="need a writer token"):
+                await write
+        with pytest.raises(Unauthenticated, match="admin calls need the admin token"):
+            await reader.stats()
+    assert node.node.store.lookup(ns, chain_keys(2)).num_blocks == 1
+
+
+async def test_stats_show_namespace_ids_not_salts(make_node: NodeFactory) -> None:
+    node = await make_node(**TOKENS)
+    salted = Namespace(NAMESPACE.model_id, NAMESPACE.spec, salt="tenant-a-secret-salt")
+    async with StoreClient(node.address, CallOptions(token="admin-secret")) as admin:
+        ns = await admin.register_namespace(salted)
+        await admin.put(ns, chain_keys(1), [block_bytes(0)])
+        stats = await admin.stats()
+    assert [n.namespace_id for n in stats.namespaces] == [ns]
+    assert b"tenant-a-secret-salt" not in stats.SerializeToString()
 
 
 async def test_health_checks_stay_open(make_node: NodeFactory) -> None:

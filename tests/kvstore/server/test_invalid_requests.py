@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from kvstore import codec
 from kvstore._proto.strata.v1 import admin_pb2, admin_pb2_grpc, store_pb2, store_pb2_grpc
 from kvstore.server.serve import RunningNode, start_node
+from kvstore.types import MAX_KEYS_PER_REQUEST
 from tests.conftest import NAMESPACE, block_bytes, chain_keys
 from tests.kvstore.server.conftest import node_config
 
@@ -78,6 +79,27 @@ def invalid_requests() -> st.SearchStrategy[tuple[str, object, str]]:
         st.just(("Put", [store_pb2.PutRequest(data=b"x")], "data")),
         st.just(("Put", [store_pb2.PutRequest()], "part")),
         st.just(("Put", [], "header")),
+        st.sampled_from([b"\x12", b"\x12\xff", b"\x12\x05ab", b"\x0a\x09"]).map(
+            lambda raw: ("RawPut", raw, "data")  # hand-framed data messages cut short
+        ),
+        st.integers(MAX_KEYS_PER_REQUEST + 1, MAX_KEYS_PER_REQUEST + 3).map(
+            lambda n: (
+                "Lookup",
+                store_pb2.LookupRequest(namespace_id=NS, keys=[b"k" * 16] * n),
+                "keys",
+            )
+        ),
+        st.just(
+            (
+                "BatchGet",
+                store_pb2.BatchGetRequest(
+                    namespace_id=NS,
+                    lists=[store_pb2.KeyList(keys=[b"k" * 16] * (MAX_KEYS_PER_REQUEST // 2 + 1))]
+                    * 2,
+                ),
+                "lists",
+            )
+        ),
     )
 
 
@@ -103,8 +125,16 @@ async def _call(channel: grpc.aio.Channel, method: str, request: object) -> grpc
             await admin.Evict(request, timeout=5)
         elif method == "Put":
             await store.Put(iter(request), timeout=5)  # type: ignore[call-overload]
-        elif method == "Get":
-            async for _ in store.Get(request, timeout=5):
+        elif method == "RawPut":  # a valid header, then raw bytes as the next message
+            header = _put(chain_keys(1), [])[0].SerializeToString()
+            raw_put = channel.stream_unary(
+                "/strata.v1.StoreService/Put",
+                request_serializer=lambda b: b,
+                response_deserializer=store_pb2.PutResponse.FromString,
+            )
+            await raw_put(iter([header, request]), timeout=5)
+        elif method in ("Get", "BatchGet"):
+            async for _ in getattr(store, method)(request, timeout=5):
                 pass
         else:
             await getattr(store, method)(request, timeout=5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -307,3 +308,16 @@ async def test_a_second_node_on_the_same_directory_is_refused(tmp_path: Path) ->
         tmp_path, 4 * 4096, 4096, slab_bytes=1 << 20, direct_io=None, fsync=False, io_threads=1
     )
     await tier.close()
+
+
+async def test_the_tier_is_private_to_its_user(make_store: StoreFactory, tmp_path: Path) -> None:
+    """The index holds namespaces' salts: 0700 directories, 0600 files."""
+    (tmp_path / "nvme").mkdir(mode=0o755)  # an operator made it world-readable
+    store = await make_store()
+    await store.put(NAMESPACE.id, chain_keys(1), [block_bytes(0)])
+    await store.evict(TierKind.DRAM, 1)
+    paths = [tmp_path / "nvme", *(tmp_path / "nvme").rglob("*")]
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in paths}
+    assert modes and all(
+        mode == (0o700 if (tmp_path / name).is_dir() else 0o600) for name, mode in modes.items()
+    ), modes

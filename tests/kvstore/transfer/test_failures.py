@@ -100,7 +100,7 @@ async def test_a_corrupted_range_is_detected(fake_peer, make_engine: EngineFacto
         greet(sock)
         while True:
             header, body = read_request(sock)
-            _, ranges = frames.unpack_ranges(memoryview(body))
+            _, _, ranges = frames.unpack_ranges(memoryview(body))
             data = b"".join(bytes(r.length) for r in ranges)
             sums = frames.pack_checksums([checksum(b"\x01" * r.length) for r in ranges])  # lies
             sock.sendall(

@@ -26,7 +26,8 @@ def test_payloads_round_trip() -> None:
     raw = frames.pack_hits(4096, hits, MissReason.EVICTED)
     assert frames.unpack_hits(memoryview(raw)) == (4096, hits, MissReason.EVICTED)
     ranges = [frames.Range(0, 10), frames.Range(4096, 3)]
-    assert frames.unpack_ranges(memoryview(frames.pack_ranges("dram", ranges))) == ("dram", ranges)
+    raw = frames.pack_ranges("dram", ranges, 5)
+    assert frames.unpack_ranges(memoryview(raw)) == ("dram", 5, ranges)
     writes = [frames.WriteRange(1, 2, 3)]
     assert frames.unpack_write(memoryview(frames.pack_write("kv", 9, 31, writes))) == (
         "kv",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kvstore.access import Access
 from kvstore.errors import InvalidArgument, NotFound, TransferFailed, Unauthenticated
 from kvstore.transfer.segments import SegmentRegistry
 from kvstore.transfer.transports import RangeRead, RangeWrite, TransportKind
@@ -208,7 +209,9 @@ async def test_a_consumer_waits_for_a_layer_not_yet_sent(
 
 
 async def test_tokens_admit_peers(make_server: ServerFactory, make_engine: EngineFactory) -> None:
-    server = await make_server(segment("s", 16), tokens=("store-token", "admin-token"))
+    server = await make_server(
+        segment("s", 16), access=Access(admin_token="admin-token", writer_token="store-token")
+    )
     with pytest.raises(Unauthenticated, match="invalid cluster token"):
         await make_engine(token="wrong").connect(server.addresses)
     with pytest.raises(Unauthenticated):
