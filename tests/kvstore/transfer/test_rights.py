@@ -67,9 +67,8 @@ async def test_a_lease_opens_its_blocks_and_nothing_else(
     await lessor.read_ranges([RangeRead(ARENA_SEGMENT, block.offset, dst, lease_id)])
     assert bytes(dst) == block_bytes(0)
     other = next(m.slot for m in store.index.blocks() if m.key == keys[1])
-    slot_bytes = store.shared_arena().slot_bytes  # type: ignore[union-attr]
     for read in (
-        RangeRead(ARENA_SEGMENT, other * slot_bytes, dst, lease_id),  # not this lease's
+        RangeRead(ARENA_SEGMENT, other, dst, lease_id),  # not this lease's (a slot is an offset)
         RangeRead(ARENA_SEGMENT, block.offset, dst, lease_id + 1),  # someone else's id
         RangeRead(ARENA_SEGMENT, block.offset + 8, dst, lease_id),  # runs past the block
     ):
