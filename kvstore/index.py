@@ -211,6 +211,16 @@ class BlockIndex:
         meta.pinned_until_s = until_s
         heapq.heappush(self._pin_expiries, (until_s, meta.key))
 
+    def num_pinned(self, now_s: float) -> int:
+        """Blocks under an admin pin that has not expired at ``now_s`` (O(pins))."""
+        return sum(
+            1
+            for until_s, key in self._pin_expiries
+            if until_s > now_s
+            and (meta := self._entries.get(key)) is not None
+            and meta.pinned_until_s == until_s
+        )
+
     def unpin(self, meta: BlockMeta) -> None:
         meta.pinned_until_s = None
         self._enqueue_if_evictable(meta)

@@ -25,6 +25,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def Stats(
         self, request: admin_pb2.StatsRequest, context: Context
     ) -> admin_pb2.StatsResponse:
+        return self._stats()
+
+    @grpc_errors
+    async def ResetStats(
+        self, request: admin_pb2.ResetStatsRequest, context: Context
+    ) -> admin_pb2.StatsResponse:
+        before = self._stats()
+        self.store.reset_stats()
+        self.node.num_peer_blocks = 0
+        return before
+
+    def _stats(self) -> admin_pb2.StatsResponse:
         response = codec.stats_to_pb(self.node.node_id, self.store.stats(), self.store.namespaces())
         response.degraded = self.node.degraded
         response.peer_fetched_blocks = self.node.num_peer_blocks
