@@ -24,6 +24,12 @@ from dataclasses import dataclass, field
 from kvstore.types import MissReason, NamespaceId, TierKind
 
 
+def namespace_label(model_id: str, namespace_id: bytes) -> str:
+    """How statistics name a namespace (tables, JSON, metric labels): its model id and the
+    first 8 hex digits of its id. Never a tenant salt or secret."""
+    return f"{model_id or '?'} ({bytes(namespace_id).hex()[:8]})"
+
+
 @dataclass(frozen=True, slots=True)
 class TierUsage:
     tier: TierKind

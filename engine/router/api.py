@@ -117,15 +117,24 @@ class _Api:
         return self.service
 
     async def authenticate(self, request: Request, call_next: Any) -> Response:
-        guarded = self.api_key and request.url.path.startswith("/v1/")
-        if guarded and request.headers.get("authorization", "") != f"Bearer {self.api_key}":
-            return ApiError(
+        """Check the API key of ``/v1/*`` requests and count each one's outcome."""
+        api = request.url.path.startswith("/v1/")
+        response: Response
+        if (
+            api
+            and self.api_key
+            and request.headers.get("authorization", "") != (f"Bearer {self.api_key}")
+        ):
+            response = ApiError(
                 401,
                 "a valid API key is required (Authorization: Bearer KEY)",
                 kind="authentication_error",
                 code="invalid_api_key",
             ).response()
-        response: Response = await call_next(request)
+        else:
+            response = await call_next(request)
+        if api and self.service is not None:
+            self.service.router.metrics.count_response(response.status_code)
         return response
 
     async def health(self) -> JSONResponse:

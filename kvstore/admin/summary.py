@@ -7,6 +7,7 @@ from typing import Any
 from kvstore import codec
 from kvstore._proto.strata.v1 import admin_pb2
 from kvstore.metadata.base import NodeInfo
+from kvstore.stats import namespace_label
 
 PEER_SOURCE = "peer"  # a hit source beside the tiers: blocks another node supplied
 
@@ -36,7 +37,7 @@ def stats_summary(stats: admin_pb2.StatsResponse) -> dict[str, Any]:
         namespaces.append(
             {
                 "namespace_id": ns.namespace_id.hex(),
-                "namespace": namespace_label(ns),
+                "namespace": namespace_label(ns.namespace.model_id, ns.namespace_id),
                 "model_id": ns.namespace.model_id,
                 "block_tokens": ns.namespace.block_tokens,
                 "hit_rate": _rate(num_hits, num_misses),
@@ -105,11 +106,6 @@ def cluster_summary(
         "miss_blocks": misses,
         "tokens_saved": sum(n["tokens_saved"] for n in nodes) - sum(_peer_tokens(n) for n in nodes),
     }
-
-
-def namespace_label(ns: admin_pb2.NamespaceStats) -> str:
-    """How a namespace is shown: its model id and a short id (never its tenant salt)."""
-    return f"{ns.namespace.model_id or '?'} ({ns.namespace_id.hex()[:8]})"
 
 
 def _peer_tokens(node: dict[str, Any]) -> int:
