@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -79,11 +80,12 @@ def test_a_repeated_prefix_is_reported_as_cached(client: openai.OpenAI, up: UpPr
     assert first.usage is not None and second.usage is not None
     details = second.usage.prompt_tokens_details
     assert details is not None and (details.cached_tokens or 0) >= 192  # the system prompt
-    match = re.search(r"store node (\S+) ·", up.lines())
+    match = re.search(r"export STRATA_ADDRESS=(\S+)", up.lines())  # as up prints it
     assert match is not None, up.lines()
     stats = subprocess.run(
-        [sys.executable, "-m", "kvstore.cli", "admin", "--address", match[1], "--json", "stats"],
+        [sys.executable, "-m", "kvstore", "admin", "stats", "--json"],
         capture_output=True, text=True, check=True, cwd=ROOT,
+        env={**os.environ, "STRATA_ADDRESS": match[1]},
     )  # fmt: skip
     summary = json.loads(stats.stdout)
     assert summary["hit_blocks"] >= 12, summary
