@@ -253,7 +253,14 @@ def _check_format(path: Path, slot_bytes: int, slab_slots: int) -> None:
     fmt = path / "FORMAT"
     expected = {"version": FORMAT_VERSION, "slot_bytes": slot_bytes, "slab_slots": slab_slots}
     if fmt.exists():
-        found = json.loads(fmt.read_text())
+        try:
+            found = json.loads(fmt.read_bytes())
+        except (ValueError, OSError) as exc:  # torn, truncated or not ours
+            raise ConfigError(
+                "tiers.nvme.path",
+                f"{fmt} is unreadable or corrupt ({exc}); it records the layout of the blocks"
+                " there: restore it, or point tiers.nvme.path at an empty directory",
+            ) from None
         if found != expected:
             raise ConfigError(
                 "tiers.nvme.path",
