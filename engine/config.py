@@ -45,7 +45,7 @@ class ModelSection:
 
     @property
     def model_path(self) -> Path | None:
-        return Path(self.model) if self.model else None
+        return Path(self.model).expanduser() if self.model else None
 
     @property
     def store_address(self) -> str | None:
@@ -88,7 +88,7 @@ class RouterSection:
     tbt_slo_s: float = field(default=0.0, metadata=check(lambda v: v >= 0, "0 (none) or more"))
     balance_threshold: float = field(default=1.25, metadata=positive())
     api_key: str = ""  # clients must send it as a bearer token; empty: open
-    model_name: str = ""  # what clients call the model; default: its id
+    model_name: str = ""  # what clients call the model; default: the checkpoint folder name
     cost_model: str = ""  # a fitted cost model (JSON); empty: profile the workers at start
     lookup_timeout_s: float = field(default=0.02, metadata=positive())
     health_interval_s: float = field(default=1.0, metadata=positive())

@@ -38,7 +38,7 @@ from rich.console import Console
 from engine.config import EngineConfig
 from engine.model.loader import TINY_MODEL_PATH, load_tokenizer
 from engine.router.api import create_app
-from engine.router.service import open_router
+from engine.router.service import open_router, served_model_name
 from kvstore.errors import ConfigError
 
 GRACE_S = 10.0
@@ -226,8 +226,7 @@ def _serve_http(config: EngineConfig, console: Console, store_address: str) -> i
         max_concurrency=section.max_concurrency,
     )
     server = _Server(uvicorn.Config(app, host=section.host, port=section.port, log_level="warning"))
-    model = load_tokenizer(config.engine.model_path or TINY_MODEL_PATH).config.model_id
-    name = section.model_name or model
+    name = served_model_name(config)
     url = f"http://{section.host}:{section.port}"
 
     async def announce() -> None:
