@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.chat import ChatTemplateError, encode_chat
 from engine.router.openai_schema import ChatRequest, CompletionRequest, Sampling, Unsupported
@@ -75,6 +76,7 @@ def create_app(
     app = FastAPI(title="Strata", lifespan=lifespan)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.middleware("http")(api.authenticate)
     app.add_api_route("/health", api.health, methods=["GET"])
     app.add_api_route("/metrics", api.metrics, methods=["GET"])
@@ -94,8 +96,21 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     if first.get("type") == "json_invalid":
         return ApiError(400, f"the body is not valid JSON: {first.get('msg')}").response()
     param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-    message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+    text = str(first.get("msg")).removeprefix("Value error, ")  # pydantic's wording
+    message = f"{param}: {text}" if param else text
     return ApiError(400, message, param=param).response()
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """404, 405 and other routing errors in OpenAI's error body."""
+    messages = {
+        404: f"no such endpoint: {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }
+    message = messages.get(exc.status_code, str(exc.detail))
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    error = ApiError(exc.status_code, message, kind=kind, headers=dict(exc.headers or {}))
+    return error.response()
 
 
 class _Api:
@@ -201,7 +216,7 @@ class _Api:
 
     def _check(self, body: Sampling) -> RouterService:
         svc = self.svc()
-        if body.model != svc.model_name:
+        if body.model not in (svc.model_name, svc.model.config.model_id):
             raise ApiError(
                 404,
                 f"model {body.model!r} does not exist; this server serves {svc.model_name!r}",

@@ -140,6 +140,13 @@ HI = [{"role": "user", "content": "hi"}]
         ({"model": MODEL, "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "x" * 5000}]}, 400, "messages"),
         ({"model": "gpt-4", "messages": HI}, 404, "model"),
+        ({"model": MODEL, "messages": HI, "tools": [{"type": "function"}]}, 400, "tools"),
+        (
+            {"model": MODEL, "messages": HI, "response_format": {"type": "json_object"}},
+            400,
+            "response_format",
+        ),
+        ({"model": MODEL, "messages": HI, "logit_bias": {"5": 10}}, 400, "logit_bias"),
     ],
 )
 def test_bad_requests_get_openai_errors(
@@ -149,6 +156,25 @@ def test_bad_requests_get_openai_errors(
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["param"] == param and error["message"]
+
+
+def test_harmless_defaults_of_refused_fields_are_accepted(up: UpProcess) -> None:
+    body = {"model": MODEL, "messages": HI, "max_tokens": 2, "tool_choice": "none",
+            "response_format": {"type": "text"}, "logit_bias": {}}  # fmt: skip
+    assert httpx.post(f"{up.url}/v1/chat/completions", json=body, timeout=30).status_code == 200
+
+
+def test_several_prompts_and_unknown_routes_get_openai_errors(up: UpProcess) -> None:
+    body = {"model": MODEL, "prompt": ["one", "two"], "max_tokens": 2}
+    several = httpx.post(f"{up.url}/v1/completions", json=body, timeout=30)
+    assert several.status_code == 400
+    error = several.json()["error"]
+    assert error["param"] == "prompt" and error["message"].startswith("2 prompts in one request")
+    missing = httpx.post(f"{up.url}/v1/embeddings", json={}, timeout=30)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["message"] == "no such endpoint: /v1/embeddings"
+    wrong = httpx.get(f"{up.url}/v1/chat/completions", timeout=30)
+    assert wrong.status_code == 405 and wrong.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_malformed_json_is_a_400(up: UpProcess) -> None:
