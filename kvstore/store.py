@@ -62,6 +62,11 @@ class BlockView(NamedTuple):
     data: memoryview  # read-only; valid until the read context exits
 
 
+class PinnedBlock(NamedTuple):
+    meta: BlockMeta
+    ttl_s: float  # seconds left
+
+
 class ReadRun(NamedTuple):
     blocks: list[BlockView]  # the longest cached leading run
     miss_reason: MissReason | None  # why the block after it was not served
@@ -319,6 +324,14 @@ class NodeStore:
         for meta in metas:
             self.index.pin(meta, self._clock() + ttl_s)
         return len(metas)
+
+    def pins(self) -> list[PinnedBlock]:
+        """Blocks under an unexpired admin pin, soonest to expire first."""
+        now = self._clock()
+        return [
+            PinnedBlock(meta, max(0.0, (meta.pinned_until_s or now) - now))
+            for meta in self.index.pinned(now)
+        ]
 
     def unpin(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> int:
         metas = self._present(ns_id, keys)

@@ -3,6 +3,7 @@
     POST /v1/chat/completions   chat (the model's template), streamed over SSE or not
     POST /v1/completions        a plain prompt (text or token ids), streamed or not
     GET  /v1/models             the served model
+    POST /tokenize              a prompt or chat messages to token ids (as vLLM serves it)
     GET  /health                200 when a prefill and a decode worker are up, else 503
     GET  /metrics               Prometheus: TTFT, ITL, queue, hit tokens, rejections
     GET  /stats                 the router's counters and its workers' load, as JSON
@@ -28,7 +29,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.chat import ChatTemplateError, encode_chat
-from engine.router.openai_schema import ChatRequest, CompletionRequest, Sampling, Unsupported
+from engine.router.openai_schema import (
+    ChatMessage,
+    ChatRequest,
+    CompletionRequest,
+    Sampling,
+    TokenizeRequest,
+    Unsupported,
+)
 from engine.router.responses import Reply, sse
 from engine.router.router import BadRequest, Overloaded, WorkerFailed
 from engine.router.service import RouterService
@@ -82,6 +90,7 @@ def create_app(
     app.add_api_route("/metrics", api.metrics, methods=["GET"])
     app.add_api_route("/stats", api.stats, methods=["GET"])
     app.add_api_route("/v1/models", api.models, methods=["GET"])
+    app.add_api_route("/tokenize", api.tokenize, methods=["POST"])
     app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"], response_model=None)
     app.add_api_route("/v1/completions", api.completions, methods=["POST"], response_model=None)
     return app
@@ -132,14 +141,13 @@ class _Api:
         return self.service
 
     async def authenticate(self, request: Request, call_next: Any) -> Response:
-        """Check the API key of ``/v1/*`` requests and count each one's outcome."""
+        """Check the API key of ``/v1/*`` and ``/tokenize`` requests; count the outcome
+        of each ``/v1/*`` request."""
         api = request.url.path.startswith("/v1/")
+        guarded = api or request.url.path == "/tokenize"
+        key_ok = request.headers.get("authorization", "") == f"Bearer {self.api_key}"
         response: Response
-        if (
-            api
-            and self.api_key
-            and request.headers.get("authorization", "") != (f"Bearer {self.api_key}")
-        ):
+        if guarded and self.api_key and not key_ok:
             response = ApiError(
                 401,
                 "a valid API key is required (Authorization: Bearer KEY)",
@@ -194,19 +202,29 @@ class _Api:
 
     async def chat(self, body: ChatRequest) -> Response:
         svc = self._check(body)
+        return await self._generate(svc, body, _chat_tokens(svc, body.messages), chat=True)
+
+    async def tokenize(self, body: TokenizeRequest) -> dict[str, Any]:
+        """Token ids exactly as a chat or completion request would be tokenized, the
+        store's model id and block size (what ``kvstore admin lookup/pin`` need)."""
+        svc = self.svc()
+        if body.model is not None and body.model not in (svc.model_name, svc.model.config.model_id):
+            raise ApiError(404, f"model {body.model!r} does not exist", param="model")
         try:
-            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-            tokens = encode_chat(
-                svc.model.tokenizer,
-                svc.model.chat_template,
-                messages,
-                special_tokens=svc.model.special_tokens,
-            )
+            body.check_supported()
         except Unsupported as exc:
             raise ApiError(400, str(exc), param=exc.param) from None
-        except ChatTemplateError as exc:
-            raise ApiError(400, str(exc), param="messages") from None
-        return await self._generate(svc, body, tokens, chat=True)
+        if body.messages is not None:
+            tokens = _chat_tokens(svc, body.messages)
+        else:
+            tokens = list(svc.model.tokenizer.encode(body.prompt or ""))
+        return {
+            "tokens": tokens,
+            "count": len(tokens),
+            "max_model_len": svc.model.config.max_position_embeddings,
+            "model_id": svc.model.config.model_id,
+            "block_tokens": svc.router.block_tokens,
+        }
 
     async def completions(self, body: CompletionRequest) -> Response:
         svc = self._check(body)
@@ -279,6 +297,22 @@ class _Api:
 
     def _finished(self) -> None:
         self.in_flight -= 1
+
+
+def _chat_tokens(svc: RouterService, messages: list[ChatMessage]) -> list[int]:
+    """The conversation rendered with the model's chat template, as token ids."""
+    try:
+        rendered = [{"role": m.role, "content": m.text()} for m in messages]
+        return encode_chat(
+            svc.model.tokenizer,
+            svc.model.chat_template,
+            rendered,
+            special_tokens=svc.model.special_tokens,
+        )
+    except Unsupported as exc:
+        raise ApiError(400, str(exc), param=exc.param) from None
+    except ChatTemplateError as exc:
+        raise ApiError(400, str(exc), param="messages") from None
 
 
 def _params(

@@ -176,3 +176,17 @@ class CompletionRequest(Sampling):
         if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
             prompt = prompt[0]
         return prompt  # type: ignore[no-any-return]
+
+
+class TokenizeRequest(BaseModel):
+    """``POST /tokenize`` (as vLLM serves it): a prompt, or chat messages rendered with the
+    model's chat template, to the token ids the engine would see."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+
+    def check_supported(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise Unsupported("prompt", "give either prompt or messages")

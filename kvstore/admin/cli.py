@@ -32,7 +32,8 @@ from typing import Any, NamedTuple
 from rich.console import Console
 
 from kvstore.admin import render
-from kvstore.admin.summary import cluster_summary, node_summary, stats_summary
+from kvstore.admin.summary import cluster_summary, node_summary, pin_rows, stats_summary
+from kvstore.admin.tokenize import tokenize
 from kvstore.client.calls import CallOptions
 from kvstore.client.store_client import StoreClient
 from kvstore.errors import InvalidArgument, KVStoreError, NotFound
@@ -84,6 +85,7 @@ def add_admin_parser(commands: Any) -> None:
     stats = verb_parser("stats", "hit rates by source, tokens saved, tiers, moves, pins")
     stats.add_argument("--reset", action="store_true", help="zero the counters (admin token)")
     verb_parser("nodes", "registered nodes, their tiers and heartbeats")
+    verb_parser("pins", "pinned prompts: namespace, blocks, tiers, time left")
     verb_parser("topology", "how each node reaches the others: transport, path, speed")
     verb_parser("config", "a node's effective configuration")
     for name, text in (
@@ -93,8 +95,24 @@ def add_admin_parser(commands: Any) -> None:
     ):
         verb = verb_parser(name, text)
         source = verb.add_mutually_exclusive_group(required=True)
-        source.add_argument("--text", help="prompt text (byte-level tokens)")
+        source.add_argument(
+            "--text", help="prompt text (with --router: the model's tokenizer; else bytes)"
+        )
+        source.add_argument(
+            "--messages",
+            type=Path,
+            help="file of OpenAI chat messages (JSON); needs --router (the chat template)",
+        )
         source.add_argument("--tokens", type=Path, help="file of token ids")
+        verb.add_argument(
+            "--router",
+            default=os.environ.get("STRATA_ROUTER") or None,
+            metavar="URL",
+            help="the endpoint whose /tokenize gives the model's tokens (default $STRATA_ROUTER)",
+        )
+        verb.add_argument(
+            "--api-key", default=os.environ.get("STRATA_API_KEY", ""), help="the router's key"
+        )
         verb.add_argument("--model-id", help="namespace by model id (if one matches)")
         verb.add_argument("--namespace-id", help="namespace by id (hex)")
         if name == "pin":
@@ -303,17 +321,43 @@ async def _lookup(args: argparse.Namespace, console: Console) -> None:
 
 async def _pin(args: argparse.Namespace, console: Console) -> None:
     async with _clients(args) as clients:
-        namespace, keys, _ = await _prompt_keys(args, clients[0])
+        namespace, keys, num_tokens = await _prompt_keys(args, clients[0])
         counts = []
         for client in clients:
             if args.verb == "pin":
                 counts.append(await client.pin(namespace.id, keys, args.ttl))
             else:
                 counts.append(await client.unpin(namespace.id, keys))
+    done = max(counts, default=0)  # a whole prompt lives on one node (placement)
     result = {"verb": args.verb, "blocks": sum(counts), "of": len(keys)}
     print(
         json.dumps(result) if args.json else f"{args.verb}ned {sum(counts)} of {len(keys)} blocks"
     )
+    if (args.verb == "pin" and done < len(keys)) or not keys:
+        raise InvalidArgument(_short_pin(done, len(keys), num_tokens, namespace.block_tokens))
+
+
+def _short_pin(done: int, wanted: int, num_tokens: int, block_tokens: int) -> str:
+    if not wanted:
+        return (
+            f"the prompt has {num_tokens} tokens, fewer than one block of {block_tokens}:"
+            " nothing to pin"
+        )
+    return (
+        f"pinned {done} of {wanted} blocks: the other {wanted - done} are not cached"
+        " (run the prompt once, then pin; `lookup` shows what is cached)"
+    )
+
+
+async def _pins(args: argparse.Namespace, console: Console) -> None:
+    async with _clients(args) as clients:
+        rows = []
+        for client in clients:
+            rows += [{"address": client.address, **row} for row in pin_rows(await client.pins())]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        render.pins(console, rows)
 
 
 async def _evict(args: argparse.Namespace, console: Console) -> None:
@@ -349,10 +393,38 @@ async def _top(args: argparse.Namespace, console: Console) -> None:
 async def _prompt_keys(
     args: argparse.Namespace, client: StoreClient
 ) -> tuple[Namespace, list[BlockKey], int]:
-    tokens = _read_tokens(args)
-    namespace = _pick_namespace(await client.stats(), args.model_id, args.namespace_id)
+    model_id = args.model_id
+    if args.router:
+        reply = await asyncio.to_thread(tokenize, args.router, args.api_key, _tokenize_body(args))
+        tokens, model_id = reply.tokens, model_id or reply.model_id
+    elif args.messages is not None:
+        raise InvalidArgument(
+            "--messages: needs --router URL (or $STRATA_ROUTER): the chat template and"
+            " tokenizer live with the model"
+        )
+    else:
+        tokens = _read_tokens(args)
+    namespace = _pick_namespace(await client.stats(), model_id, args.namespace_id)
     await client.register_namespace(namespace)
     return namespace, prefix_keys(namespace.id, tokens, namespace.block_tokens), len(tokens)
+
+
+def _tokenize_body(args: argparse.Namespace) -> dict[str, Any]:
+    if args.tokens is not None:
+        raise InvalidArgument("--router: tokenizes --text or --messages, not --tokens")
+    if args.text is not None:
+        return {"prompt": args.text}
+    try:
+        messages = json.loads(args.messages.read_text())
+    except OSError as exc:
+        raise InvalidArgument(f"--messages: cannot read {args.messages}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise InvalidArgument(f"--messages: {args.messages} is not JSON: {exc}") from None
+    if isinstance(messages, dict):  # a whole request body: take its messages
+        messages = messages.get("messages")
+    if not isinstance(messages, list):
+        raise InvalidArgument(f"--messages: {args.messages} holds no list of messages")
+    return {"messages": messages}
 
 
 def _read_tokens(args: argparse.Namespace) -> list[int]:
@@ -398,6 +470,7 @@ _VERBS = {
     "lookup": _lookup,
     "pin": _pin,
     "unpin": _pin,
+    "pins": _pins,
     "evict": _evict,
     "flush": _evict,
     "top": _top,

@@ -176,6 +176,25 @@ def lookup(console: Console, result: dict[str, Any]) -> None:
     console.print(table)
 
 
+def pins(console: Console, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        console.print("no pinned blocks")
+        return
+    table = Table(title="pinned prompts", header_style="bold")
+    for column in ("node", "namespace", "first block", "blocks", "tiers", "time left"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["address"],
+            row["namespace"],
+            row["first_key"][:12],
+            f"{row['blocks']:,}",
+            _pairs(row["tiers"]),
+            f"{row['ttl_s']:,.0f} s",
+        )
+    console.print(table)
+
+
 async def top(
     console: Console,
     sample: Callable[[], Awaitable[list[dict[str, Any]]]],

@@ -108,6 +108,35 @@ def cluster_summary(
     }
 
 
+def pin_rows(pins: admin_pb2.ListPinsResponse) -> list[dict[str, Any]]:
+    """A node's pinned blocks as pinned prompts: chains of pinned blocks from one whose
+    parent is not pinned, with their length, tiers and the least time left."""
+    by_key = {p.key: p for p in pins.blocks}
+    children: dict[bytes, list[admin_pb2.PinnedBlock]] = {}
+    for pin in pins.blocks:
+        children.setdefault(pin.parent, []).append(pin)
+    rows = []
+    for head in (p for p in pins.blocks if p.parent not in by_key):
+        chain, block = [head], head
+        while len(kids := children.get(block.key, [])) == 1:
+            block = kids[0]
+            chain.append(block)
+        tiers: dict[str, int] = {}
+        for pin in chain:
+            tier = codec.tier_from_pb(pin.tier).value
+            tiers[tier] = tiers.get(tier, 0) + 1
+        rows.append(
+            {
+                "namespace": namespace_label(head.model_id, head.namespace_id),
+                "first_key": head.key.hex(),
+                "blocks": len(chain),
+                "tiers": tiers,
+                "ttl_s": round(min(p.ttl_s for p in chain), 1),
+            }
+        )
+    return rows
+
+
 def _peer_tokens(node: dict[str, Any]) -> int:
     return sum(
         ns["hit_blocks"].get(PEER_SOURCE, 0) * ns["block_tokens"] for ns in node["namespaces"]

@@ -328,6 +328,13 @@ class StoreClient:
         )
         return response
 
+    async def pins(self) -> admin_pb2.ListPinsResponse:
+        """The node's pinned blocks (admin right)."""
+        response: admin_pb2.ListPinsResponse = await self._unary(
+            "ListPins", self._admin.ListPins, admin_pb2.ListPinsRequest()
+        )
+        return response
+
     async def nodes(self) -> list[NodeInfo]:
         response = await self._unary("Nodes", self._admin.Nodes, admin_pb2.NodesRequest())
         return [codec.node_from_pb(node) for node in response.nodes]

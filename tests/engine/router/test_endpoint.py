@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -89,6 +90,38 @@ def test_a_repeated_prefix_is_reported_as_cached(client: openai.OpenAI, up: UpPr
     )  # fmt: skip
     summary = json.loads(stats.stdout)
     assert summary["hit_blocks"] >= 12, summary
+
+
+def test_lookup_and_pin_speak_the_models_chat_template(
+    client: openai.OpenAI, up: UpProcess, tmp_path: Path
+) -> None:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Pin me."}]
+    reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)  # type: ignore[arg-type]
+    assert reply.usage is not None
+    tokenized = httpx.post(f"{up.url}/tokenize", json={"messages": messages}, timeout=30).json()
+    assert tokenized["count"] == reply.usage.prompt_tokens  # what the chat request saw
+    file = tmp_path / "messages.json"
+    file.write_text(json.dumps({"model": MODEL, "messages": messages}))
+    address = re.search(r"export STRATA_ADDRESS=(\S+)", up.lines())
+    assert address is not None
+    env = {**os.environ, "STRATA_ADDRESS": address[1], "STRATA_ROUTER": up.url}
+
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "kvstore", "admin", *args, "--json"],
+            capture_output=True, text=True, cwd=ROOT, env=env, timeout=60, check=False,
+        )  # fmt: skip
+
+    full_blocks = reply.usage.prompt_tokens // tokenized["block_tokens"]
+    found = admin("lookup", "--messages", str(file))
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["nodes"][0]["blocks"] == full_blocks
+    pinned = admin("pin", "--messages", str(file), "--ttl", "30")
+    assert pinned.returncode == 0, pinned.stderr
+    assert json.loads(pinned.stdout) == {"verb": "pin", "blocks": full_blocks, "of": full_blocks}
+    assert admin("unpin", "--messages", str(file)).returncode == 0
+    text = admin("lookup", "--text", "Once upon a time")  # the model's tokenizer, no template
+    assert text.returncode == 0 and json.loads(text.stdout)["num_tokens"] == 16
 
 
 def test_completions_take_text_and_token_ids(client: openai.OpenAI) -> None:

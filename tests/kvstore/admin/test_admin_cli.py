@@ -85,14 +85,26 @@ def test_lookup_pin_unpin_from_text_and_token_file(server: ServeProcess, tmp_pat
     tokens = tmp_path / "prompt.json"
     tokens.write_text(json.dumps(list(PROMPT.encode())))
     assert admin_json(server, "lookup", "--tokens", str(tokens))["nodes"] == found["nodes"]  # type: ignore[index]
-    assert admin_json(server, "pin", "--text", PROMPT, "--ttl", "60") == {
-        "verb": "pin",
-        "blocks": 3,
-        "of": 5,
-    }
+    partial = admin(server, "--json", "pin", "--text", PROMPT, "--ttl", "60")
+    assert json.loads(partial.stdout) == {"verb": "pin", "blocks": 3, "of": 5}
+    assert partial.returncode == 2  # less than asked: says so and fails
+    assert "pinned 3 of 5 blocks: the other 2 are not cached" in partial.stderr
     assert admin_json(server, "stats")["pinned_blocks"] == 3  # type: ignore[index]
+    (row,) = admin_json(server, "pins")  # type: ignore[misc]
+    assert (row["blocks"], row["tiers"], row["namespace"]) == (
+        3,
+        {"dram": 3},
+        "test-model (" + row["namespace"][12:],
+    )
+    assert 0 < row["ttl_s"] <= 60
+    assert "pinned prompts" in admin(server, "pins").stdout
+    empty = admin(server, "pin", "--text", "short")
+    assert empty.returncode == 2 and "fewer than one block of 16: nothing to pin" in empty.stderr
+    needs_router = admin(server, "pin", "--messages", str(tmp_path / "m.json"))
+    assert needs_router.returncode == 2 and "--messages: needs --router" in needs_router.stderr
     assert admin_json(server, "unpin", "--text", PROMPT)["blocks"] == 3  # type: ignore[index]
     assert admin_json(server, "stats")["pinned_blocks"] == 0  # type: ignore[index]
+    assert admin_json(server, "pins") == []
     assert "cached blocks" in admin(server, "lookup", "--text", PROMPT).stdout
 
 

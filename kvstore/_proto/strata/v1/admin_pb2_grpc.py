@@ -64,6 +64,11 @@ class AdminServiceStub:
                 request_serializer=strata_dot_v1_dot_admin__pb2.ResetStatsRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_admin__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.ListPins = channel.unary_unary(
+                '/strata.v1.AdminService/ListPins',
+                request_serializer=strata_dot_v1_dot_admin__pb2.ListPinsRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_admin__pb2.ListPinsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -109,6 +114,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPins(self, request, context):
+        """Blocks under an unexpired admin pin, with where they are and how long is left.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +153,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ResetStats,
                     request_deserializer=strata_dot_v1_dot_admin__pb2.ResetStatsRequest.FromString,
                     response_serializer=strata_dot_v1_dot_admin__pb2.StatsResponse.SerializeToString,
+            ),
+            'ListPins': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPins,
+                    request_deserializer=strata_dot_v1_dot_admin__pb2.ListPinsRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_admin__pb2.ListPinsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +322,33 @@ class AdminService:
             '/strata.v1.AdminService/ResetStats',
             strata_dot_v1_dot_admin__pb2.ResetStatsRequest.SerializeToString,
             strata_dot_v1_dot_admin__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPins(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.AdminService/ListPins',
+            strata_dot_v1_dot_admin__pb2.ListPinsRequest.SerializeToString,
+            strata_dot_v1_dot_admin__pb2.ListPinsResponse.FromString,
             options,
             channel_credentials,
             insecure,
