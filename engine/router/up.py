@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import select
 import shutil
@@ -38,7 +39,7 @@ from rich.console import Console
 from engine.config import EngineConfig
 from engine.model.loader import TINY_MODEL_PATH, load_tokenizer
 from engine.router.api import create_app
-from engine.router.service import open_router, served_model_name
+from engine.router.service import RouterService, open_router, served_model_name
 from kvstore.errors import ConfigError
 
 GRACE_S = 10.0
@@ -220,11 +221,18 @@ def check_ports(config: EngineConfig, store_port: int) -> None:
 
 def _serve_http(config: EngineConfig, console: Console, store_address: str) -> int:
     section = config.router
-    app = create_app(
-        lambda: open_router(config),
-        api_key=section.api_key,
-        max_concurrency=section.max_concurrency,
-    )
+    failures: list[BaseException] = []
+
+    async def open_service() -> RouterService:
+        try:
+            return await open_router(config)
+        except Exception as exc:  # reported below in one line, not as uvicorn's traceback
+            failures.append(exc)
+            raise
+
+    app = create_app(open_service, api_key=section.api_key, max_concurrency=section.max_concurrency)
+    quiet = _QuietStartupFailure(failures)
+    logging.getLogger("uvicorn.error").addFilter(quiet)
     server = _Server(uvicorn.Config(app, host=section.host, port=section.port, log_level="warning"))
     name = served_model_name(config)
     url = f"http://{section.host}:{section.port}"
@@ -256,8 +264,27 @@ def _serve_http(config: EngineConfig, console: Console, store_address: str) -> i
         finally:
             task.cancel()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except SystemExit:  # uvicorn exits (status 3) when the app fails to start
+        if not failures:
+            raise
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
+    if failures:
+        raise RuntimeError(f"the router did not start: {failures[0]}")
     return 0 if server.started else 1
+
+
+class _QuietStartupFailure(logging.Filter):
+    """Drops uvicorn's traceback of a start-up failure that ``run_up`` reports itself."""
+
+    def __init__(self, failures: list[BaseException]) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.failures and record.levelno >= logging.ERROR)
 
 
 class _Server(uvicorn.Server):

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from bench.procs import free_port
 from tests.processes import ROOT
 
@@ -57,3 +59,19 @@ def test_python_dash_m_runs_both_command_lines() -> None:
             capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=60, check=False,
         )  # fmt: skip
         assert result.returncode == 0 and words in result.stdout, result.stderr
+
+
+def test_profiling_fits_a_small_kv_cache_or_names_the_key() -> None:
+    from engine.router.profiling import ProfilingError, profile_lengths
+
+    assert profile_lengths(2048, 256, 16) == 64  # half the cache less a batch's pages
+    assert profile_lengths(2048, 1 << 20, 16) == 1024
+    with pytest.raises(ProfilingError, match=r"raise engine\.kv_cache_bytes"):
+        profile_lengths(2048, 160, 16)
+
+    result = up("--port", str(free_port()), *FREE, "--engine.kv_cache_bytes", "128KiB")
+    assert result.returncode != 0
+    assert "kvengine up: the router did not start: the smallest worker KV cache holds 64" in (
+        result.stderr
+    ), result.stderr
+    assert "Traceback" not in result.stderr
