@@ -93,6 +93,8 @@ class RouterSection:
     lookup_timeout_s: float = field(default=0.02, metadata=positive())
     health_interval_s: float = field(default=1.0, metadata=positive())
     max_concurrency: int = field(default=256, metadata=positive())  # requests in flight
+    access_log: bool = True  # an INFO line per request and a periodic throughput line
+    log_interval_s: float = field(default=10.0, metadata=positive())  # throughput line
 
     @property
     def prefill_addresses(self) -> list[str]:

@@ -18,6 +18,8 @@ request; the decode worker frees its pages at its next step.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +31,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.chat import ChatTemplateError, encode_chat
+from engine.router.access_log import RequestLog, current_request, log_throughput
+from engine.router.access_log import logger as access_logger
 from engine.router.openai_schema import (
     ChatMessage,
     ChatRequest,
@@ -38,7 +42,7 @@ from engine.router.openai_schema import (
     Unsupported,
 )
 from engine.router.responses import Reply, sse
-from engine.router.router import BadRequest, Overloaded, WorkerFailed
+from engine.router.router import BadRequest, Chunk, Overloaded, WorkerFailed
 from engine.router.service import RouterService
 from engine.sampling import InvalidSampling, SamplingParams
 from engine.workers.requests import InvalidRequest, check_prompt
@@ -69,16 +73,29 @@ def create_app(
     *,
     api_key: str = "",
     max_concurrency: int = 256,
+    access_log: bool = True,
+    log_interval_s: float = 10.0,
 ) -> FastAPI:
-    """The app; ``open_service`` builds the router on the server's own event loop."""
-    api = _Api(open_service, api_key, max_concurrency)
+    """The app; ``open_service`` builds the router on the server's own event loop.
+    With ``access_log``, an INFO line per request and a throughput line every
+    ``log_interval_s`` (see ``access_log``)."""
+    api = _Api(open_service, api_key, max_concurrency, access_log)
+    if access_log:
+        access_logger.setLevel(logging.INFO)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api.service = await open_service()
+        throughput = (
+            asyncio.create_task(log_throughput(api.service.router.metrics, log_interval_s))
+            if access_log
+            else None
+        )
         try:
             yield
         finally:
+            if throughput is not None:
+                throughput.cancel()
             await api.service.close()
 
     app = FastAPI(title="Strata", lifespan=lifespan)
@@ -128,7 +145,9 @@ class _Api:
         open_service: Callable[[], Awaitable[RouterService]],
         api_key: str,
         max_concurrency: int,
+        access_log: bool,
     ) -> None:
+        self.access_log = access_log
         self.open_service = open_service
         self.api_key = api_key
         self.max_concurrency = max_concurrency
@@ -155,7 +174,14 @@ class _Api:
                 code="invalid_api_key",
             ).response()
         else:
-            response = await call_next(request)
+            log = RequestLog(request.method, request.url.path) if api else None
+            token = current_request.set(log)
+            try:
+                response = await call_next(request)
+            finally:
+                current_request.reset(token)
+            if log is not None and self.access_log and not log.deferred:
+                log.write(response.status_code)  # a stream is logged when it ends
         if api and self.service is not None:
             self.service.router.metrics.count_response(response.status_code)
         return response
@@ -272,12 +298,21 @@ class _Api:
         except Overloaded as exc:
             raise _overloaded(str(exc), exc.retry_after_s) from None
         reply = Reply(svc.model_name, chat, len(tokens))
-        chunks = svc.router.stream(tokens, params, reply.id, placement=placement)
+        log = current_request.get() or RequestLog("-", "-")
+        chunks = _observed(svc.router.stream(tokens, params, reply.id, placement=placement), log)
         self.in_flight += 1
         where = {"X-Strata-Prefill": placement.prefill.id, "X-Strata-Decode": placement.decode.id}
         if body.stream:
+            log.deferred = True
+
+            def finished() -> None:
+                self._finished()
+                if self.access_log:
+                    log.add(reply.prompt_tokens, reply.cached_tokens, reply.completion_tokens)
+                    log.write(200)
+
             return StreamingResponse(
-                sse(reply, chunks, self._finished, body.wants_usage_chunk()),
+                sse(reply, chunks, finished, body.wants_usage_chunk()),
                 media_type="text/event-stream",
                 headers=where,
             )
@@ -293,10 +328,21 @@ class _Api:
             raise ApiError(503, str(exc), kind="server_error") from None
         finally:
             self._finished()
+            log.add(reply.prompt_tokens, reply.cached_tokens, reply.completion_tokens)
         return JSONResponse(reply.whole(), headers=where)
 
     def _finished(self) -> None:
         self.in_flight -= 1
+
+
+async def _observed(chunks: AsyncIterator[Chunk], log: RequestLog) -> AsyncIterator[Chunk]:
+    """The chunks, noting when the first arrives (the request's time to first token)."""
+    try:
+        async for chunk in chunks:
+            log.first_token()
+            yield chunk
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 def _chat_tokens(svc: RouterService, messages: list[ChatMessage]) -> list[int]:

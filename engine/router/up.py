@@ -230,7 +230,13 @@ def _serve_http(config: EngineConfig, console: Console, store_address: str) -> i
             failures.append(exc)
             raise
 
-    app = create_app(open_service, api_key=section.api_key, max_concurrency=section.max_concurrency)
+    app = create_app(
+        open_service,
+        api_key=section.api_key,
+        max_concurrency=section.max_concurrency,
+        access_log=section.access_log,
+        log_interval_s=section.log_interval_s,
+    )
     quiet = _QuietStartupFailure(failures)
     logging.getLogger("uvicorn.error").addFilter(quiet)
     server = _Server(uvicorn.Config(app, host=section.host, port=section.port, log_level="warning"))

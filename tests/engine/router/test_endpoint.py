@@ -24,7 +24,7 @@ SYSTEM = "You are a careful assistant. Answer briefly and never make things up. 
 
 @pytest.fixture(scope="module")
 def up() -> Iterator[UpProcess]:
-    stack = UpProcess()
+    stack = UpProcess("--router.log_interval_s", "1")
     try:
         yield stack
     finally:
@@ -251,3 +251,21 @@ def test_the_terminal_chat_streams_a_reply(up: UpProcess) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "assistant>" in result.stdout and "6 tokens" in result.stdout
+
+
+def test_each_request_gets_an_access_line_and_traffic_a_throughput_line(
+    client: openai.OpenAI, up: UpProcess
+) -> None:
+    chat(client, "Log me.", max_tokens=3)
+    list(client.completions.create(model=MODEL, prompt="Stream me", max_tokens=3, stream=True))
+    httpx.post(f"{up.url}/v1/chat/completions", json={"model": "nope", "messages": HI}, timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "throughput:" not in up.lines():
+        time.sleep(0.2)
+    lines = up.lines()
+    assert re.search(
+        r'"POST /v1/chat/completions" 200 prompt=\d+ cached=\d+ generated=3 ttft=\d+ ms', lines
+    ), lines
+    assert re.search(r'"POST /v1/completions" 200 prompt=9 cached=0 generated=3 ttft=\d+ ms', lines)
+    assert '"POST /v1/chat/completions" 404 prompt=0' in lines
+    assert re.search(r"throughput: [\d.]+ req/s, \d+ prompt tok/s \(\d+% reused\)", lines)
