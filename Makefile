@@ -1,6 +1,7 @@
 # Strata: `make run` sets up and runs the whole stack on this machine (kvengine up; MODEL=
-# a checkpoint folder, else the tiny built-in model); `make test` sets up and runs the whole
-# suite (lint, format check, type check, tests). Both create .venv on first use.
+# a checkpoint folder, else the tiny built-in model; PORT= the HTTP port, else 8000);
+# `make test` sets up and runs the whole suite (lint, format check, type check, tests).
+# Both create .venv on first use.
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -17,9 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 MODEL ?=
+PORT ?=
 
 run: setup
-	$(BIN)/kvengine up $(if $(MODEL),--model $(MODEL),)
+	$(BIN)/kvengine up $(if $(MODEL),--model $(MODEL),) $(if $(PORT),--port $(PORT),)
 
 test: setup
 	$(BIN)/ruff check .

@@ -26,6 +26,7 @@ from engine.model.loader import TINY_MODEL_PATH, LoadedModel, load_model
 from kvstore.client import StoreClient
 from kvstore.client.calls import CallOptions
 from kvstore.config import load_config
+from kvstore.errors import ConfigError
 from kvstore.hashing import Namespace
 from kvstore.server.serve import RunningNode, start_node
 
@@ -63,9 +64,10 @@ def make_cache(
     )
     num_pages = cache_bytes // page_bytes
     if num_pages < 2:
-        raise ValueError(
-            f"a KV cache of {cache_bytes} bytes holds {num_pages} pages of {page_bytes} bytes;"
-            " give it more memory"
+        raise ConfigError(
+            "engine.kv_cache_bytes",
+            f"{cache_bytes} bytes hold {num_pages} KV pages of {page_bytes} bytes;"
+            f" give it at least {2 * page_bytes} bytes",
         )
     return PagedKVCache(
         num_pages=num_pages,

@@ -155,6 +155,8 @@ def _router(args: argparse.Namespace) -> int:
         api_keys=config.router.api_keys,
         salt_by_api_key=config.router.salt_by_api_key,
         max_concurrency=config.router.max_concurrency,
+        access_log=config.router.access_log,
+        log_interval_s=config.router.log_interval_s,
     )
     uvicorn.run(app, host=config.router.host, port=config.router.port, log_level="warning")
     return 0

@@ -53,7 +53,7 @@ class ModelSection:
 
     @property
     def model_path(self) -> Path | None:
-        return Path(self.model) if self.model else None
+        return Path(self.model).expanduser() if self.model else None
 
     @property
     def store_address(self) -> str | None:
@@ -112,11 +112,13 @@ class RouterSection:
     api_key: str = ""  # clients must send it as a bearer token; empty: open
     api_keys_file: Path | None = None  # more keys, one per line (one per tenant)
     salt_by_api_key: bool = False  # each API key reuses only its own requests' KV
-    model_name: str = ""  # what clients call the model; default: its id
+    model_name: str = ""  # what clients call the model; default: the checkpoint folder name
     cost_model: str = ""  # a fitted cost model (JSON); empty: profile the workers at start
     lookup_timeout_s: float = field(default=0.02, metadata=positive())
     health_interval_s: float = field(default=1.0, metadata=positive())
     max_concurrency: int = field(default=256, metadata=positive())  # requests in flight
+    access_log: bool = True  # an INFO line per request and a periodic throughput line
+    log_interval_s: float = field(default=10.0, metadata=positive())  # throughput line
 
     @property
     def prefill_addresses(self) -> list[str]:

@@ -125,6 +125,8 @@ def stats_to_pb(
         torn_writes=stats.torn_writes,
         reservations_reclaimed=stats.reservations_reclaimed,
         put_blocks=stats.put_blocks,
+        since_s=stats.since_s,
+        pinned_blocks=stats.num_pinned_blocks,
     )
     for usage in stats.tiers:
         response.tiers.add(
@@ -137,7 +139,11 @@ def stats_to_pb(
             corrupted_blocks=stats.corrupted_blocks.get(usage.tier, 0),
         )
     for ns in stats.namespaces:
-        entry = response.namespaces.add(namespace_id=ns.namespace_id)
+        entry = response.namespaces.add(
+            namespace_id=ns.namespace_id,
+            peer_hit_blocks=ns.peer_hit_blocks,
+            peer_hit_tokens=ns.peer_hit_blocks * ns.block_tokens,
+        )
         if ns.namespace_id in by_id:
             entry.namespace.CopyFrom(namespace_to_pb(by_id[ns.namespace_id], with_salt=False))
         for tier, blocks in ns.hit_blocks.items():

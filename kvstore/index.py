@@ -218,6 +218,20 @@ class BlockIndex:
         meta.pinned_until_s = until_s
         heapq.heappush(self._pin_expiries, (until_s, meta.key))
 
+    def num_pinned(self, now_s: float) -> int:
+        """Blocks under an admin pin that has not expired at ``now_s`` (O(pins))."""
+        return len(self.pinned(now_s))
+
+    def pinned(self, now_s: float) -> list[BlockMeta]:
+        """Blocks under an admin pin that has not expired at ``now_s``, soonest to expire
+        first (O(pins log pins))."""
+        out: dict[BlockKey, BlockMeta] = {}
+        for until_s, key in sorted(self._pin_expiries):
+            meta = self._entries.get(key)
+            if until_s > now_s and meta is not None and meta.pinned_until_s == until_s:
+                out[key] = meta
+        return list(out.values())
+
     def unpin(self, meta: BlockMeta) -> None:
         meta.pinned_until_s = None
         self._enqueue_if_evictable(meta)

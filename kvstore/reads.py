@@ -45,9 +45,12 @@ class ReadPath:
         namespace: Namespace,
         keys: Sequence[BlockKey],
         dsts: list[memoryview] | None,
+        *,
+        count_misses: bool = True,
     ) -> AsyncIterator[tuple[list[Hit], MissReason | None]]:
         """Pin and read the leading run; yields (block, bytes) for each verified hit, and
-        why the block after the run was not served.
+        why the block after the run was not served. Counts the hits, and the misses unless
+        ``count_misses`` is False (the caller goes on elsewhere and counts them).
 
         With ``dsts``, bytes are copied there; without, memory blocks are views of their
         slots and other blocks are pooled copies, both valid until the context exits.
@@ -62,9 +65,8 @@ class ReadPath:
             num_hits = next((i for i, d in enumerate(datas) if d is None), len(datas))
             hits = [(m, d) for m, d in zip(metas[:num_hits], datas, strict=False) if d is not None]
             reason = run.miss_reason if num_hits == len(metas) else MissReason.CORRUPTED
-            self.stats.record_get(
-                namespace.id, [m.tier for m, _ in hits], len(keys) - num_hits, reason
-            )
+            num_missed = len(keys) - num_hits if count_misses else 0
+            self.stats.record_get(namespace.id, [m.tier for m, _ in hits], num_missed, reason)
             now = time.time()
             for meta, _ in hits:
                 self.index.touch(meta, now)
@@ -78,8 +80,9 @@ class ReadPath:
         """Pin the leading run of blocks that sit in host memory, for a reader in another
         process that copies them out of the shared arena itself; ``release`` unpins.
 
-        Counts hits for the leased blocks. If the run stops at a block in a slower tier,
-        that is not a miss: the reader fetches the rest another way, which counts it.
+        Counts hits for the leased blocks and no misses: a reader left short fetches the
+        rest another way (a read of the remaining keys), and that read counts them, so a
+        block is never counted twice.
         """
         run = self.index.longest_run(namespace.id, keys)
         leased: list[BlockMeta] = []
@@ -89,13 +92,12 @@ class ReadPath:
             self.index.acquire(meta)
             leased.append(meta)
         complete_run = len(leased) == len(run.blocks)
-        missed = len(keys) - len(leased) if complete_run else 0
-        reason = run.miss_reason if complete_run else None
-        self.stats.record_get(namespace.id, [m.tier for m in leased], missed, reason)
+        reason = run.miss_reason if complete_run and len(leased) < len(keys) else None
+        self.stats.record_get(namespace.id, [m.tier for m in leased], 0, None)
         now = time.time()
         for meta in leased:
             self.index.touch(meta, now)
-        return LeasedRun(leased, reason if missed else None)
+        return LeasedRun(leased, reason)
 
     async def release(self, metas: Sequence[BlockMeta]) -> None:
         await self.tiering.release(metas)

@@ -4,6 +4,16 @@ Hits and misses count blocks and tokens (blocks x the namespace's tokens per blo
 get of N keys that hits the first H blocks counts H hits, each under the tier that served
 it, and N - H misses, all under the reason the block after the run missed (the block that
 broke the prefix; the ones after it are unreachable whatever their own state).
+
+Invariants:
+    * Each block a client asked for is counted once, by the node that answered it: a
+      hit in one of its tiers, a hit from a peer (``peer_hit_blocks``, fetched from
+      another node for this client), or a miss. Lookups and leases that a reader follows
+      with a read of the rest count no misses; the read that ends the request does.
+    * A node that serves a peer counts those blocks as hits in its own tiers, so a
+      cluster's total counts local hits and misses only: peer hits were counted by the
+      node that held them (see ``kvstore.admin.summary.cluster_summary``).
+    * ``since_s`` is the wall-clock time the counters were last zeroed (start or reset).
 """
 
 from __future__ import annotations
@@ -12,6 +22,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from kvstore.types import MissReason, NamespaceId, TierKind
+
+
+def namespace_label(model_id: str, namespace_id: bytes) -> str:
+    """How statistics name a namespace (tables, JSON, metric labels): its model id and the
+    first 8 hex digits of its id. Never a tenant salt or secret."""
+    return f"{model_id or '?'} ({bytes(namespace_id).hex()[:8]})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +51,12 @@ class NamespaceStats:
     hit_tokens: dict[TierKind, int]
     miss_blocks: dict[MissReason, int]
     miss_tokens: dict[MissReason, int]
+    peer_hit_blocks: int
 
     @property
     def hit_rate(self) -> float:
-        hits, misses = sum(self.hit_blocks.values()), sum(self.miss_blocks.values())
+        hits = sum(self.hit_blocks.values()) + self.peer_hit_blocks
+        misses = sum(self.miss_blocks.values())
         return hits / (hits + misses) if hits + misses else 0.0
 
 
@@ -53,10 +71,13 @@ class StatsSnapshot:
     torn_writes: int
     reservations_reclaimed: int
     put_blocks: int
+    since_s: float
+    num_pinned_blocks: int
 
     @property
     def hit_blocks(self) -> int:
-        return sum(sum(ns.hit_blocks.values()) for ns in self.namespaces)
+        """Blocks served from this node's tiers or from peers."""
+        return sum(sum(ns.hit_blocks.values()) + ns.peer_hit_blocks for ns in self.namespaces)
 
     @property
     def miss_blocks(self) -> int:
@@ -78,7 +99,9 @@ class StatsSnapshot:
 class StoreStats:
     """Mutable counters, updated on the event-loop thread only."""
 
+    since_s: float
     hit_blocks: Counter[tuple[NamespaceId, TierKind]] = field(default_factory=Counter)
+    peer_hit_blocks: Counter[NamespaceId] = field(default_factory=Counter)
     miss_blocks: Counter[tuple[NamespaceId, MissReason]] = field(default_factory=Counter)
     evictions: Counter[TierKind] = field(default_factory=Counter)
     demotions: Counter[tuple[TierKind, TierKind]] = field(default_factory=Counter)
@@ -100,6 +123,26 @@ class StoreStats:
         if num_missed and reason is not None:
             self.miss_blocks[ns_id, reason] += num_missed
 
+    def record_peer_hits(self, ns_id: NamespaceId, num_blocks: int) -> None:
+        """Blocks another node supplied for this node's client."""
+        if num_blocks:
+            self.peer_hit_blocks[ns_id] += num_blocks
+
+    def reset(self, now_s: float) -> None:
+        """Zero every counter; ``since_s`` becomes ``now_s``."""
+        for counter in (
+            self.hit_blocks,
+            self.peer_hit_blocks,
+            self.miss_blocks,
+            self.evictions,
+            self.demotions,
+            self.promotions,
+            self.corrupted_blocks,
+        ):
+            counter.clear()
+        self.torn_writes = self.reservations_reclaimed = self.put_blocks = 0
+        self.since_s = now_s
+
     def namespace_stats(
         self, ns_id: NamespaceId, model_id: str, block_tokens: int
     ) -> NamespaceStats:
@@ -113,4 +156,5 @@ class StoreStats:
             hit_tokens={t: n * block_tokens for t, n in hits.items()},
             miss_blocks=misses,
             miss_tokens={r: n * block_tokens for r, n in misses.items()},
+            peer_hit_blocks=self.peer_hit_blocks[ns_id],
         )

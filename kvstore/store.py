@@ -62,6 +62,11 @@ class BlockView(NamedTuple):
     data: memoryview  # read-only; valid until the read context exits
 
 
+class PinnedBlock(NamedTuple):
+    meta: BlockMeta
+    ttl_s: float  # seconds left
+
+
 class ReadRun(NamedTuple):
     blocks: list[BlockView]  # the longest cached leading run
     miss_reason: MissReason | None  # why the block after it was not served
@@ -80,7 +85,7 @@ class NodeStore:
         self.config = config
         self._clock = clock
         self._namespaces: dict[NamespaceId, Namespace] = {}
-        self._stats = StoreStats()
+        self._stats = StoreStats(since_s=time.time())
         self.index = BlockIndex(
             make_eviction_policy(config.store.eviction_policy),
             removal_record_blocks=config.store.removal_record_blocks,
@@ -242,12 +247,22 @@ class NodeStore:
             return GetResult(len(hits), [meta.tier for meta, _ in hits])
 
     @contextlib.asynccontextmanager
-    async def read(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> AsyncIterator[ReadRun]:
+    async def read(
+        self, ns_id: NamespaceId, keys: Sequence[BlockKey], *, count_misses: bool = True
+    ) -> AsyncIterator[ReadRun]:
         """Zero-copy read of the longest cached leading run: memory-tier blocks are views
-        of their slots, pinned until the context exits; disk blocks are verified copies."""
+        of their slots, pinned until the context exits; disk blocks are verified copies.
+
+        Args:
+            count_misses: False when the caller looks for the rest of the run elsewhere
+                (a peer) and counts what stays missing itself (``record_misses``).
+        """
         namespace = self.namespace(ns_id)
         check_keys(keys)
-        async with self._reads.acquire(namespace, keys, None) as (hits, reason):
+        async with self._reads.acquire(namespace, keys, None, count_misses=count_misses) as (
+            hits,
+            reason,
+        ):
             views = [BlockView(m.key, m.tier, m.checksum, data.toreadonly()) for m, data in hits]
             try:
                 yield ReadRun(views, reason)
@@ -257,7 +272,8 @@ class NodeStore:
 
     def lease(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> LeasedRun:
         """Pin the leading run of host-memory blocks for a reader that copies them out of
-        the shared arena itself (see ``ReadPath.lease``); ``release_lease`` unpins."""
+        the shared arena itself (see ``ReadPath.lease``); ``release_lease`` unpins.
+        Counts hits only: a reader left short reads the rest, which counts the misses."""
         namespace = self.namespace(ns_id)
         check_keys(keys)
         return self._reads.lease(namespace, keys)
@@ -269,6 +285,18 @@ class NodeStore:
         """The DRAM tier, whose arena other processes on the host can map."""
         tier = self.tiering.tiers.get(TierKind.DRAM)
         return tier if isinstance(tier, DramTier) else None
+
+    def record_peer_read(
+        self,
+        ns_id: NamespaceId,
+        num_peer_blocks: int,
+        num_missed: int,
+        reason: MissReason | None,
+    ) -> None:
+        """Count the end of a read that went on at a peer (after ``read(count_misses=False)``):
+        ``num_peer_blocks`` served from peers, then ``num_missed`` missing for ``reason``."""
+        self._stats.record_peer_hits(ns_id, num_peer_blocks)
+        self._stats.record_get(ns_id, [], num_missed, reason)
 
     # -- metadata-only queries ----------------------------------------------------------
 
@@ -301,6 +329,14 @@ class NodeStore:
             self.index.pin(meta, self._clock() + ttl_s)
         return len(metas)
 
+    def pins(self) -> list[PinnedBlock]:
+        """Blocks under an unexpired admin pin, soonest to expire first."""
+        now = self._clock()
+        return [
+            PinnedBlock(meta, max(0.0, (meta.pinned_until_s or now) - now))
+            for meta in self.index.pinned(now)
+        ]
+
     def unpin(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> int:
         metas = self._present(ns_id, keys)
         for meta in metas:
@@ -331,6 +367,10 @@ class NodeStore:
         """Free the slots of reservations past their deadline. Returns how many."""
         return self._writes.reclaim_expired()
 
+    def reset_stats(self) -> None:
+        """Zero the hit, miss and move counters (an operator's fresh start)."""
+        self._stats.reset(time.time())
+
     def stats(self) -> StatsSnapshot:
         s = self._stats
         return StatsSnapshot(
@@ -346,6 +386,8 @@ class NodeStore:
             torn_writes=s.torn_writes,
             reservations_reclaimed=s.reservations_reclaimed,
             put_blocks=s.put_blocks,
+            since_s=s.since_s,
+            num_pinned_blocks=self.index.num_pinned(self._clock()),
         )
 
     # -- internals ----------------------------------------------------------------------

@@ -119,8 +119,9 @@ def load_default_model(
 
 def load_tokenizer(path: Path | str) -> LoadedTokenizer:
     """A checkpoint folder's config, tokenizer and chat template, without the weights
-    (``TINY_MODEL_PATH``: the built-in tiny model's). Raises ``ModelLoadError``."""
-    folder = Path(path)
+    (``TINY_MODEL_PATH``: the built-in tiny model's). ``~`` expands to the home folder.
+    Raises ``ModelLoadError``."""
+    folder = Path(path).expanduser()
     if folder == TINY_MODEL_PATH:
         tokenizer = ByteTokenizer()
         return LoadedTokenizer(
@@ -164,7 +165,7 @@ def load_model(
     """A checkpoint folder's model, tokenizer and chat template.
 
     Args:
-        path: the folder, or ``TINY_MODEL_PATH`` for the built-in tiny model.
+        path: the folder (``~`` expands), or ``TINY_MODEL_PATH`` for the built-in model.
         dtype: the weights' dtype; default: the checkpoint's (config.json ``dtype``).
         device: where the weights go.
 
@@ -172,7 +173,7 @@ def load_model(
         ModelLoadError: a missing file (named, with its folder), an unsupported
             architecture or feature, or tensors missing from or unknown to the model.
     """
-    folder = Path(path)
+    folder = Path(path).expanduser()
     if folder == TINY_MODEL_PATH:
         return load_default_model(dtype=dtype, device=device)
     text = load_tokenizer(folder)

@@ -3,6 +3,7 @@
     POST /v1/chat/completions   chat (the model's template), streamed over SSE or not
     POST /v1/completions        a plain prompt (text or token ids), streamed or not
     GET  /v1/models             the served model
+    POST /tokenize              a prompt or chat messages to token ids (as vLLM serves it)
     GET  /health                200 when a prefill and a decode worker are up, else 503
     GET  /metrics               Prometheus: TTFT, ITL, queue, hit tokens, rejections
     GET  /stats                 the router's counters and its workers' load, as JSON
@@ -17,8 +18,10 @@ request; the decode worker frees its pages at its next step.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -27,11 +30,21 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.chat import ChatTemplateError, encode_chat
-from engine.router.openai_schema import ChatRequest, CompletionRequest, Sampling, Unsupported
+from engine.router.access_log import RequestLog, current_request, log_throughput
+from engine.router.access_log import logger as access_logger
+from engine.router.openai_schema import (
+    ChatMessage,
+    ChatRequest,
+    CompletionRequest,
+    Sampling,
+    TokenizeRequest,
+    Unsupported,
+)
 from engine.router.responses import Reply, sse
-from engine.router.router import BadRequest, Overloaded, WorkerFailed
+from engine.router.router import BadRequest, Chunk, Overloaded, WorkerFailed
 from engine.router.service import RouterService
 from engine.sampling import InvalidSampling, SamplingParams
 from engine.workers.requests import InvalidRequest, check_prompt
@@ -63,28 +76,43 @@ def create_app(
     api_keys: Sequence[str] = (),
     salt_by_api_key: bool = False,
     max_concurrency: int = 256,
+    access_log: bool = True,
+    log_interval_s: float = 10.0,
 ) -> FastAPI:
     """The app; ``open_service`` builds the router on the server's own event loop.
     ``api_keys``: any of them admits a client (none: the API is open);
-    ``salt_by_api_key``: requests reuse KV only from requests with the same key."""
-    api = _Api(open_service, api_keys, max_concurrency, salt_by_api_key)
+    ``salt_by_api_key``: requests reuse KV only from requests with the same key. With
+    ``access_log``, an INFO line per request and a throughput line every
+    ``log_interval_s`` (see ``access_log``)."""
+    api = _Api(open_service, api_keys, max_concurrency, salt_by_api_key, access_log)
+    if access_log:
+        access_logger.setLevel(logging.INFO)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api.service = await open_service()
+        throughput = (
+            asyncio.create_task(log_throughput(api.service.router.metrics, log_interval_s))
+            if access_log
+            else None
+        )
         try:
             yield
         finally:
+            if throughput is not None:
+                throughput.cancel()
             await api.service.close()
 
     app = FastAPI(title="Strata", lifespan=lifespan)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.middleware("http")(api.authenticate)
     app.add_api_route("/health", api.health, methods=["GET"])
     app.add_api_route("/metrics", api.metrics, methods=["GET"])
     app.add_api_route("/stats", api.stats, methods=["GET"])
     app.add_api_route("/v1/models", api.models, methods=["GET"])
+    app.add_api_route("/tokenize", api.tokenize, methods=["POST"])
     app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"], response_model=None)
     app.add_api_route("/v1/completions", api.completions, methods=["POST"], response_model=None)
     return app
@@ -99,8 +127,21 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     if first.get("type") == "json_invalid":
         return ApiError(400, f"the body is not valid JSON: {first.get('msg')}").response()
     param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-    message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+    text = str(first.get("msg")).removeprefix("Value error, ")  # pydantic's wording
+    message = f"{param}: {text}" if param else text
     return ApiError(400, message, param=param).response()
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """404, 405 and other routing errors in OpenAI's error body."""
+    messages = {
+        404: f"no such endpoint: {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }
+    message = messages.get(exc.status_code, str(exc.detail))
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    error = ApiError(exc.status_code, message, kind=kind, headers=dict(exc.headers or {}))
+    return error.response()
 
 
 class _Api:
@@ -110,7 +151,9 @@ class _Api:
         api_keys: Sequence[str],
         max_concurrency: int,
         salt_by_api_key: bool,
+        access_log: bool,
     ) -> None:
+        self.access_log = access_log
         self.open_service = open_service
         self.api_keys = [k.encode() for k in api_keys if k]
         self.salt_by_api_key = salt_by_api_key
@@ -124,21 +167,34 @@ class _Api:
         return self.service
 
     async def authenticate(self, request: Request, call_next: Any) -> Response:
-        """Admit a request with one of the API keys (compared in constant time, every key
-        each time); remember which, for salting by key."""
-        guarded = self.api_keys and request.url.path.startswith("/v1/")
+        """Check the API key of ``/v1/*`` and ``/tokenize`` requests: one of the keys,
+        compared in constant time (every key each time) and remembered for salting by key;
+        count the outcome of each ``/v1/*`` request."""
+        api = request.url.path.startswith("/v1/")
+        guarded = api or request.url.path == "/tokenize"
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         raw = presented.strip().encode() if scheme.lower() == "bearer" else b""
         matched = [hmac.compare_digest(raw, key) for key in self.api_keys]
         request.state.api_key = raw if any(matched) else b""
-        if guarded and not any(matched):
-            return ApiError(
+        response: Response
+        if guarded and self.api_keys and not any(matched):
+            response = ApiError(
                 401,
                 "a valid API key is required (Authorization: Bearer KEY)",
                 kind="authentication_error",
                 code="invalid_api_key",
             ).response()
-        response: Response = await call_next(request)
+        else:
+            log = RequestLog(request.method, request.url.path) if api else None
+            token = current_request.set(log)
+            try:
+                response = await call_next(request)
+            finally:
+                current_request.reset(token)
+            if log is not None and self.access_log and not log.deferred:
+                log.write(response.status_code)  # a stream is logged when it ends
+        if api and self.service is not None:
+            self.service.router.metrics.count_response(response.status_code)
         return response
 
     async def health(self) -> JSONResponse:
@@ -183,19 +239,30 @@ class _Api:
 
     async def chat(self, body: ChatRequest, request: Request) -> Response:
         svc = self._check(body)
+        tokens = _chat_tokens(svc, body.messages)
+        return await self._generate(svc, body, tokens, chat=True, api_key=_api_key(request))
+
+    async def tokenize(self, body: TokenizeRequest) -> dict[str, Any]:
+        """Token ids exactly as a chat or completion request would be tokenized, the
+        store's model id and block size (what ``kvstore admin lookup/pin`` need)."""
+        svc = self.svc()
+        if body.model is not None and body.model not in (svc.model_name, svc.model.config.model_id):
+            raise ApiError(404, f"model {body.model!r} does not exist", param="model")
         try:
-            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-            tokens = encode_chat(
-                svc.model.tokenizer,
-                svc.model.chat_template,
-                messages,
-                special_tokens=svc.model.special_tokens,
-            )
+            body.check_supported()
         except Unsupported as exc:
             raise ApiError(400, str(exc), param=exc.param) from None
-        except ChatTemplateError as exc:
-            raise ApiError(400, str(exc), param="messages") from None
-        return await self._generate(svc, body, tokens, chat=True, api_key=_api_key(request))
+        if body.messages is not None:
+            tokens = _chat_tokens(svc, body.messages)
+        else:
+            tokens = list(svc.model.tokenizer.encode(body.prompt or ""))
+        return {
+            "tokens": tokens,
+            "count": len(tokens),
+            "max_model_len": svc.model.config.max_position_embeddings,
+            "model_id": svc.model.config.model_id,
+            "block_tokens": svc.router.block_tokens,
+        }
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
         svc = self._check(body)
@@ -205,7 +272,7 @@ class _Api:
 
     def _check(self, body: Sampling) -> RouterService:
         svc = self.svc()
-        if body.model != svc.model_name:
+        if body.model not in (svc.model_name, svc.model.config.model_id):
             raise ApiError(
                 404,
                 f"model {body.model!r} does not exist; this server serves {svc.model_name!r}",
@@ -245,12 +312,21 @@ class _Api:
         except Overloaded as exc:
             raise _overloaded(str(exc), exc.retry_after_s) from None
         reply = Reply(svc.model_name, chat, len(tokens))
-        chunks = svc.router.stream(tokens, params, reply.id, placement=placement)
+        log = current_request.get() or RequestLog("-", "-")
+        chunks = _observed(svc.router.stream(tokens, params, reply.id, placement=placement), log)
         self.in_flight += 1
         where = {"X-Strata-Prefill": placement.prefill.id, "X-Strata-Decode": placement.decode.id}
         if body.stream:
+            log.deferred = True
+
+            def finished() -> None:
+                self._finished()
+                if self.access_log:
+                    log.add(reply.prompt_tokens, reply.cached_tokens, reply.completion_tokens)
+                    log.write(200)
+
             return StreamingResponse(
-                sse(reply, chunks, self._finished, body.wants_usage_chunk()),
+                sse(reply, chunks, finished, body.wants_usage_chunk()),
                 media_type="text/event-stream",
                 headers=where,
             )
@@ -266,6 +342,7 @@ class _Api:
             raise ApiError(503, str(exc), kind="server_error") from None
         finally:
             self._finished()
+            log.add(reply.prompt_tokens, reply.cached_tokens, reply.completion_tokens)
         return JSONResponse(reply.whole(), headers=where)
 
     def _finished(self) -> None:
@@ -283,6 +360,32 @@ class _Api:
 def _api_key(request: Request) -> bytes:
     key: bytes = getattr(request.state, "api_key", b"")
     return key
+
+
+async def _observed(chunks: AsyncIterator[Chunk], log: RequestLog) -> AsyncIterator[Chunk]:
+    """The chunks, noting when the first arrives (the request's time to first token)."""
+    try:
+        async for chunk in chunks:
+            log.first_token()
+            yield chunk
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def _chat_tokens(svc: RouterService, messages: list[ChatMessage]) -> list[int]:
+    """The conversation rendered with the model's chat template, as token ids."""
+    try:
+        rendered = [{"role": m.role, "content": m.text()} for m in messages]
+        return encode_chat(
+            svc.model.tokenizer,
+            svc.model.chat_template,
+            rendered,
+            special_tokens=svc.model.special_tokens,
+        )
+    except Unsupported as exc:
+        raise ApiError(400, str(exc), param=exc.param) from None
+    except ChatTemplateError as exc:
+        raise ApiError(400, str(exc), param="messages") from None
 
 
 def _params(

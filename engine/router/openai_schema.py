@@ -1,16 +1,17 @@
 """The OpenAI-compatible request bodies the endpoint accepts, validated.
 
 Fields OpenAI defines that Strata cannot honour (``n`` > 1, penalties, log-probabilities,
-``echo``, ``suffix``) are refused with a 400 naming them rather than silently ignored;
-unknown fields are ignored, as OpenAI's clients send extras. Extensions: ``top_k``,
-``ignore_eos``, ``stop_token_ids``.
+tools and function calls, structured ``response_format``, ``logit_bias``, ``best_of``,
+``echo``, ``suffix``, several prompts in one completion) are refused with a 400 naming
+them rather than silently ignored; other unknown fields are ignored, as OpenAI's
+clients send extras. Extensions: ``top_k``, ``ignore_eos``, ``stop_token_ids``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_MAX_TOKENS = 512
 
@@ -71,6 +72,19 @@ class Sampling(BaseModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: bool | int | None = None
+    # OpenAI fields Strata refuses when set (see ``check_supported``)
+    tools: object = None
+    tool_choice: object = None
+    functions: object = None
+    function_call: object = None
+    parallel_tool_calls: object = None
+    response_format: object = None
+    logit_bias: object = None
+    top_logprobs: object = None
+    best_of: object = None
+    modalities: object = None
+    audio: object = None
+    prediction: object = None
 
     @field_validator("stop")
     @classmethod
@@ -88,6 +102,10 @@ class Sampling(BaseModel):
                 raise Unsupported(name, f"{name} is not supported; leave it at 0")
         if self.logprobs:
             raise Unsupported("logprobs", "logprobs are not supported")
+        for name in _REFUSED:
+            value = getattr(self, name)
+            if value is not None and value not in _HARMLESS.get(name, ()):
+                raise Unsupported(name, f"{name} is not supported by this server; leave it out")
 
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -96,6 +114,33 @@ class Sampling(BaseModel):
 
     def wants_usage_chunk(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+
+_REFUSED = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "parallel_tool_calls",
+    "response_format",
+    "logit_bias",
+    "top_logprobs",
+    "best_of",
+    "modalities",
+    "audio",
+    "prediction",
+)
+# values that ask for nothing beyond what Strata does anyway
+_HARMLESS: dict[str, tuple[object, ...]] = {
+    "tool_choice": ("none",),
+    "function_call": ("none",),
+    "parallel_tool_calls": (False,),
+    "response_format": ({"type": "text"},),
+    "logit_bias": ({},),
+    "top_logprobs": (0,),
+    "best_of": (1,),
+    "modalities": (["text"],),
+}
 
 
 class ChatRequest(Sampling):
@@ -111,15 +156,15 @@ class CompletionRequest(Sampling):
     echo: bool = False
     suffix: str | None = None
 
-    @model_validator(mode="after")
-    def _one_prompt(self) -> CompletionRequest:
-        prompts = self.prompt if isinstance(self.prompt, list) else [self.prompt]
-        if prompts and not isinstance(prompts[0], int) and len(prompts) != 1:
-            raise ValueError("one prompt per request")
-        return self
-
     def check_supported(self) -> None:
         super().check_supported()
+        prompts = self.prompt if isinstance(self.prompt, list) else [self.prompt]
+        if prompts and not isinstance(prompts[0], int) and len(prompts) != 1:
+            raise Unsupported(
+                "prompt",
+                f"{len(prompts)} prompts in one request; send one prompt (a string or a list"
+                " of token ids) per request",
+            )
         if self.echo:
             raise Unsupported("echo", "echo is not supported")
         if self.suffix:
@@ -133,3 +178,17 @@ class CompletionRequest(Sampling):
         if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
             prompt = prompt[0]
         return prompt  # type: ignore[no-any-return]
+
+
+class TokenizeRequest(BaseModel):
+    """``POST /tokenize`` (as vLLM serves it): a prompt, or chat messages rendered with the
+    model's chat template, to the token ids the engine would see."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+
+    def check_supported(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise Unsupported("prompt", "give either prompt or messages")

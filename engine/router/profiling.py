@@ -14,6 +14,11 @@ prefill worker:
 
 Costs include the gRPC and hand-off overheads the router will see, which is the point.
 A fitted model is saved with ``CostModel.save`` and loaded with ``router.cost_model``.
+
+Prompt lengths are sized to fit the workers' KV caches (the longest prompt is at most
+half of the smallest cache, so the decode batches fit too); a cache too small to profile
+at all, or a worker refusing a profiling request, is a ``ProfilingError`` naming the
+setting to change, never a traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import random
 import statistics
 import time
 
+import grpc
+
 from engine.router.costs import CostModel
 from engine.router.workers import Worker, WorkerPool
 from engine.sampling import SamplingParams
@@ -31,6 +38,26 @@ from engine.service.codec import params_to_pb
 from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
 
 ASSUMED_LINK_BPS = 1e9
+
+
+MIN_PROFILE_TOKENS = 64
+
+
+class ProfilingError(RuntimeError):
+    """Profiling could not run; the message says which setting to change."""
+
+
+def profile_lengths(max_context: int, cache_tokens: int, page_tokens: int) -> int:
+    """The longest profiling prompt: up to half the context (at most 1024), and at most
+    half of the smallest worker KV cache less a page per request of a decode batch."""
+    fit = cache_tokens // 2 - 4 * page_tokens
+    if fit < MIN_PROFILE_TOKENS:
+        raise ProfilingError(
+            f"the smallest worker KV cache holds {cache_tokens} tokens; profiling the cost"
+            f" model needs about {2 * (MIN_PROFILE_TOKENS + 4 * page_tokens)}: raise"
+            " engine.kv_cache_bytes, or set router.cost_model to a fitted model"
+        )
+    return min(max(MIN_PROFILE_TOKENS, min(1024, max_context // 2)), fit)
 
 
 async def profile_costs(
@@ -42,6 +69,32 @@ async def profile_costs(
     token: str = "",
     seed: int = 0,
 ) -> CostModel:
+    """Raises ``ProfilingError`` (naming the setting) when the workers cannot be profiled."""
+    try:
+        return await _profile(
+            pool,
+            vocab_size=vocab_size,
+            max_context=max_context,
+            kv_bytes_per_token=kv_bytes_per_token,
+            token=token,
+            seed=seed,
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise ProfilingError(
+            f"a worker refused a profiling request ({exc.code().name}: {exc.details()});"
+            " raise engine.kv_cache_bytes, or set router.cost_model to a fitted model"
+        ) from None
+
+
+async def _profile(
+    pool: WorkerPool,
+    *,
+    vocab_size: int,
+    max_context: int,
+    kv_bytes_per_token: int,
+    token: str,
+    seed: int,
+) -> CostModel:
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     rng = random.Random(seed)
     decode = next(iter(pool.decode.values()))
@@ -51,7 +104,10 @@ async def profile_costs(
     def prompt(n: int) -> list[int]:
         return [rng.randrange(vocab_size) for _ in range(n)]
 
-    longest = max(64, min(1024, max_context // 2))
+    infos = [w.info for w in pool.workers]
+    page_tokens = max(1, infos[0].page_tokens)
+    cache_tokens = min(i.kv_pages_total for i in infos) * page_tokens
+    longest = profile_lengths(max_context, cache_tokens, page_tokens)
     sizes = sorted({16, longest // 8, longest // 2, longest})
     prefill_samples = []
     for n in sizes:

@@ -113,8 +113,7 @@ class Router:
         choice = self.policy.choose(request, prefills, decodes, time.monotonic())
         self.metrics.decision.observe(time.perf_counter() - start)
         if isinstance(choice, Rejection):
-            self.counts["rejected"] += 1
-            self.metrics.rejections.inc()
+            self.counts["rejected"] += 1  # the HTTP layer's 429 counts the metric
             raise Overloaded(choice.reason, choice.retry_after_s)
         prefill, decode = self.pool.prefill[choice.prefill], self.pool.decode[choice.decode]
         cached = (choice.local_blocks + choice.pulled_blocks) * self.block_tokens
@@ -185,8 +184,12 @@ class Router:
                     full = len(placement.tokens) // self.block_tokens
                     self.view.placed(prefill.id, placement.keys[:full])
                     self.metrics.ttft.observe(now - placement.decided_s)
-                    self.metrics.prompt_tokens.inc(len(placement.tokens))
-                    self.metrics.cached_tokens.inc(chunk.cached_tokens)
+                    self.metrics.count_prompt(
+                        len(placement.tokens),
+                        chunk.cached_tokens,
+                        chunk.cached_store_tokens,
+                        chunk.cached_remote_tokens,
+                    )
                 else:
                     self.metrics.itl.observe(now - last)
                 last = now
@@ -207,7 +210,6 @@ class Router:
                 raise BadRequest(details) from None
             if not started and exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
                 self.counts["rejected"] += 1
-                self.metrics.rejections.inc()
                 raise Overloaded(details, DECODE_FULL_RETRY_S) from None
             if not started and exc.code() is grpc.StatusCode.UNAVAILABLE:
                 blamed = prefill if "prefill worker" in details else decode

@@ -76,8 +76,19 @@ async def open_router(config: EngineConfig, *, wait_s: float = 60.0) -> RouterSe
         block_tokens=info.page_tokens,
         token=config.engine.token,
     )
-    name = section.model_name or model.config.model_id
-    return RouterService(router, model, name, int(time.time()))
+    return RouterService(router, model, served_model_name(config), int(time.time()))
+
+
+def served_model_name(config: EngineConfig) -> str:
+    """What clients call the model: ``router.model_name``, else the checkpoint's folder
+    name (the store's model id adds a digest of the weights; clients need not know it),
+    else the built-in model's id."""
+    if config.router.model_name:
+        return config.router.model_name
+    path = config.engine.model_path
+    if path is None or path == TINY_MODEL_PATH:
+        return load_tokenizer(TINY_MODEL_PATH).config.model_id
+    return path.resolve().name
 
 
 async def _costs(

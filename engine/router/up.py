@@ -4,10 +4,12 @@ Starts, as child processes, a store node (embedded metadata; 7600-7602), a prefi
 using it (7610) and a decode worker (7620, data plane 7621); then runs the router and the
 HTTP endpoint in this process (``router.port``, 8000). The store node is the prefix cache
 (the prefill worker keeps no cache of its own unless ``--engine.prefix_caching true``), so
-``kvstore admin stats`` shows every reuse. Prints the URL and an example
-request once everything answers. Ctrl-C (or SIGTERM) stops the endpoint, then the
-children (SIGTERM, then SIGKILL after a grace period); children also die with this
-process if it is killed outright.
+``kvstore admin stats`` shows every reuse. Checks that every port it needs is free
+before starting anything (an error names the key and the port); a child that fails to
+start is reported with its own last words. Prints the URL, an example request and the
+``STRATA_ADDRESS`` to give ``kvstore admin`` once everything answers. Ctrl-C (or
+SIGTERM) stops the endpoint, then the children (SIGTERM, then SIGKILL after a grace
+period); children also die with this process if it is killed outright.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import secrets
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -36,8 +40,9 @@ from rich.console import Console
 from engine.config import EngineConfig
 from engine.model.loader import TINY_MODEL_PATH, load_tokenizer
 from engine.router.api import create_app
-from engine.router.service import open_router
+from engine.router.service import RouterService, open_router, served_model_name
 from kvstore.config import DEFAULT_PAGE_BYTES
+from kvstore.errors import ConfigError
 
 GRACE_S = 10.0
 
@@ -75,8 +80,21 @@ class Child:
                 self.output.append(line)
                 if ready in line:
                     return line
+        exited = self.proc.poll() is not None
         self.stop()
-        raise RuntimeError(f"{self.name} did not start:\n" + "".join(self.output[-30:]))
+        if exited:  # what it wrote before exiting is still in the pipe
+            self.output.extend(out.readlines())
+        raise RuntimeError(self._failure(exited, timeout_s))
+
+    def _failure(self, exited: bool, timeout_s: float) -> str:
+        """One line naming the cause (the child's last words: its error), then its output."""
+        lines = [line.rstrip() for line in self.output if line.strip()]
+        if exited:
+            reason = lines[-1] if lines else f"exited with status {self.proc.returncode}"
+        else:
+            reason = f"no ready line within {timeout_s:.0f} s"
+        tail = "\n".join(lines[-30:-1] if exited else lines[-30:])
+        return f"{self.name} did not start: {reason}" + (f"\n{tail}" if tail else "")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -108,6 +126,7 @@ def run_up(
     engine_flags = ["--engine.prefix_caching=false"] + [
         f"--{k}={v}" for k, v in overrides.items() if k.startswith("engine.")
     ]
+    check_ports(config, store_port)  # before any child starts
     try:
         store_flags = _store_flags(config, store_port)
         console.print("[dim]starting the store node ...[/dim]")
@@ -171,17 +190,62 @@ def run_up(
         console.print("[dim]stopped[/dim]")
 
 
+def check_ports(config: EngineConfig, store_port: int) -> None:
+    """Refuse to start when a port the stack needs is taken or named twice: a
+    ``ConfigError`` naming the key and the port (0 means any free port; not checked).
+
+    ``store_port`` is ``--store-port``: the store node's gRPC port, its metrics port
+    (+1) and its data plane (+2).
+    """
+    wanted = [
+        ("router.port (--port)", config.router.host, config.router.port),
+        ("--store-port (server.port)", "127.0.0.1", store_port),
+        ("--store-port (server.metrics_port = store port + 1)", "127.0.0.1", store_port + 1),
+        ("--store-port (transfer.port = store port + 2)", "127.0.0.1", store_port + 2),
+        ("prefill.port", config.prefill.host, config.prefill.port),
+        ("decode.port", config.decode.host, config.decode.port),
+        ("decode.data_port", config.decode.host, config.decode.data_port),
+    ]
+    owners: dict[int, str] = {}
+    for key, host, port in wanted:
+        if port == 0 or (key.startswith("--store-port") and store_port == 0):
+            continue
+        if port in owners:
+            raise ConfigError(key, f"port {port} is also {owners[port]}; pick another")
+        owners[port] = key
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise ConfigError(
+                    key, f"port {port} on {host} is not free ({exc.strerror}); pick another"
+                ) from None
+
+
 def _serve_http(config: EngineConfig, console: Console, store_address: str) -> int:
     section = config.router
+    failures: list[BaseException] = []
+
+    async def open_service() -> RouterService:
+        try:
+            return await open_router(config)
+        except Exception as exc:  # reported below in one line, not as uvicorn's traceback
+            failures.append(exc)
+            raise
+
     app = create_app(
-        lambda: open_router(config),
+        open_service,
         api_keys=section.api_keys,
         salt_by_api_key=section.salt_by_api_key,
         max_concurrency=section.max_concurrency,
+        access_log=section.access_log,
+        log_interval_s=section.log_interval_s,
     )
+    quiet = _QuietStartupFailure(failures)
+    logging.getLogger("uvicorn.error").addFilter(quiet)
     server = _Server(uvicorn.Config(app, host=section.host, port=section.port, log_level="warning"))
-    model = load_tokenizer(config.engine.model_path or TINY_MODEL_PATH).config.model_id
-    name = section.model_name or model
+    name = served_model_name(config)
     url = f"http://{section.host}:{section.port}"
 
     async def announce() -> None:
@@ -189,6 +253,12 @@ def _serve_http(config: EngineConfig, console: Console, store_address: str) -> i
             await asyncio.sleep(0.05)
         console.print(f"[bold green]Strata is up[/bold green] at {url} serving [bold]{name}[/bold]")
         console.print(f"store node {store_address} · chat: kvengine chat --url {url}")
+        console.print(
+            f"export STRATA_ADDRESS={store_address}   # then: kvstore admin stats",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         example = json.dumps({"model": name, "messages": [{"role": "user", "content": "Hello!"}]})
         console.print(
             f"curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{example}'",
@@ -205,8 +275,27 @@ def _serve_http(config: EngineConfig, console: Console, store_address: str) -> i
         finally:
             task.cancel()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except SystemExit:  # uvicorn exits (status 3) when the app fails to start
+        if not failures:
+            raise
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
+    if failures:
+        raise RuntimeError(f"the router did not start: {failures[0]}")
     return 0 if server.started else 1
+
+
+class _QuietStartupFailure(logging.Filter):
+    """Drops uvicorn's traceback of a start-up failure that ``run_up`` reports itself."""
+
+    def __init__(self, failures: list[BaseException]) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.failures and record.levelno >= logging.ERROR)
 
 
 class _Server(uvicorn.Server):

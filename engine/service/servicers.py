@@ -151,6 +151,8 @@ class DecodeServicer(engine_pb2_grpc.DecodeServiceServicer):
                     chunk.cached_tokens = int(generation.stats.get("cached_tokens", 0))
                     remote = generation.stats.get("cached_remote_tokens", 0)
                     chunk.cached_remote_tokens = int(remote)
+                    store = generation.stats.get("cached_store_tokens", 0)
+                    chunk.cached_store_tokens = int(store)
                     first = False
                 yield chunk
         except InvalidRequest as exc:

@@ -1,12 +1,18 @@
 """``kvstore admin``: statistics, nodes, lookups, pins and eviction, as tables or JSON.
 
-    kvstore admin [--address HOST:PORT | --cluster REDIS_URL] [--token T] [--tls-ca PEM]
-                  stats | nodes | lookup | pin | unpin | evict | flush | top | config [--json]
+    kvstore admin [global flags] VERB [verb flags] [global flags]
+    global flags: --address HOST:PORT | --cluster REDIS_URL, --token T, --tls-ca PEM,
+                  --timeout S, --json  (accepted before or after the verb)
+    verbs: stats [--reset] | nodes | topology | config | lookup | pin | unpin | evict
+           | flush | top
 
 Against one node (``--address``, default 127.0.0.1:7600, or $STRATA_ADDRESS) or every
-live node of a cluster (``--cluster``, the metadata Redis URL). ``lookup``, ``pin`` and
-``unpin`` take a prompt as ``--text`` (tokenized byte by byte, like the tiny model) or
-as a file of token ids (``--tokens``: whitespace- or comma-separated integers, or JSON).
+registered node of a cluster (``--cluster``, the metadata Redis URL). With ``--cluster``
+a node that does not answer is reported as unreachable and the others are shown (a dead
+node stays registered until its TTL). ``lookup``, ``pin`` and ``unpin`` take a prompt
+as ``--text`` (tokenized byte by byte, like the tiny model) or as a file of token ids
+(``--tokens``: whitespace- or comma-separated integers, or JSON). Flag values are
+checked here, and an error names the flag; no user input ends in a traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,50 +32,137 @@ from typing import Any, NamedTuple
 from rich.console import Console
 
 from kvstore.admin import render
-from kvstore.admin.summary import cluster_summary, node_summary, stats_summary
+from kvstore.admin.summary import cluster_summary, node_summary, pin_rows, stats_summary
+from kvstore.admin.tokenize import tokenize
 from kvstore.client.calls import CallOptions
 from kvstore.client.store_client import StoreClient
 from kvstore.errors import InvalidArgument, KVStoreError, NotFound
 from kvstore.hashing import prefix_keys
+from kvstore.metadata.base import NodeInfo
 from kvstore.metadata.redis import RedisMetadata
 from kvstore.types import BlockKey, NamespaceId, TierKind
 
 
+def _global_flags(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """The flags every verb takes, before or after it. After the verb they default to
+    SUPPRESS, so a flag given before the verb is not overwritten by the verb's default."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--address",
+        default=default(os.environ.get("STRATA_ADDRESS", "127.0.0.1:7600")),
+        help="HOST:PORT of a node (default $STRATA_ADDRESS or 127.0.0.1:7600)",
+    )
+    parser.add_argument(
+        "--cluster", metavar="REDIS_URL", default=default(None), help="every live node of a cluster"
+    )
+    parser.add_argument(
+        "--token", default=default(os.environ.get("STRATA_TOKEN", "")), help="bearer token"
+    )
+    parser.add_argument(
+        "--tls-ca", type=Path, default=default(None), help="CA certificate (PEM); enables TLS"
+    )
+    parser.add_argument(
+        "--timeout", type=_positive_float("--timeout"), default=default(5.0), help="seconds a call"
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="machine-readable output"
+    )
+
+
 def add_admin_parser(commands: Any) -> None:
     admin = commands.add_parser("admin", help="inspect and steer a node or a cluster")
-    admin.add_argument("--address", default=os.environ.get("STRATA_ADDRESS", "127.0.0.1:7600"))
-    admin.add_argument("--cluster", metavar="REDIS_URL", help="every live node of a cluster")
-    admin.add_argument("--token", default=os.environ.get("STRATA_TOKEN", ""), help="bearer token")
-    admin.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) to trust; enables TLS")
-    admin.add_argument("--timeout", type=float, default=5.0, help="seconds per call")
-    admin.add_argument("--json", action="store_true", help="machine-readable output")
+    _global_flags(admin, defaults=True)
     verbs = admin.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("stats", help="hit rates, tokens saved, tiers, moves")
-    verbs.add_parser("nodes", help="live nodes, their tiers and heartbeats")
-    verbs.add_parser("topology", help="how each node reaches the others: transport, path, speed")
-    verbs.add_parser("config", help="a node's effective configuration")
+
+    def verb_parser(name: str, text: str) -> argparse.ArgumentParser:
+        verb: argparse.ArgumentParser = verbs.add_parser(name, help=text)
+        _global_flags(verb, defaults=False)
+        return verb
+
+    stats = verb_parser("stats", "hit rates by source, tokens saved, tiers, moves, pins")
+    stats.add_argument("--reset", action="store_true", help="zero the counters (admin token)")
+    verb_parser("nodes", "registered nodes, their tiers and heartbeats")
+    verb_parser("pins", "pinned prompts: namespace, blocks, tiers, time left")
+    verb_parser("topology", "how each node reaches the others: transport, path, speed")
+    verb_parser("config", "a node's effective configuration")
     for name, text in (
         ("lookup", "how long a prompt's prefix is cached, where"),
         ("pin", "keep a prompt's cached prefix resident"),
         ("unpin", "release a pin"),
     ):
-        verb = verbs.add_parser(name, help=text)
+        verb = verb_parser(name, text)
         source = verb.add_mutually_exclusive_group(required=True)
-        source.add_argument("--text", help="prompt text (byte-level tokens)")
+        source.add_argument(
+            "--text", help="prompt text (with --router: the model's tokenizer; else bytes)"
+        )
+        source.add_argument(
+            "--messages",
+            type=Path,
+            help="file of OpenAI chat messages (JSON); needs --router (the chat template)",
+        )
         source.add_argument("--tokens", type=Path, help="file of token ids")
+        verb.add_argument(
+            "--router",
+            default=os.environ.get("STRATA_ROUTER") or None,
+            metavar="URL",
+            help="the endpoint whose /tokenize gives the model's tokens (default $STRATA_ROUTER)",
+        )
+        verb.add_argument(
+            "--api-key", default=os.environ.get("STRATA_API_KEY", ""), help="the router's key"
+        )
         verb.add_argument("--model-id", help="namespace by model id (if one matches)")
         verb.add_argument("--namespace-id", help="namespace by id (hex)")
         if name == "pin":
-            verb.add_argument("--ttl", type=float, default=None, help="seconds (default: server's)")
-    evict = verbs.add_parser("evict", help="push blocks out of a tier")
+            verb.add_argument(
+                "--ttl", type=_positive_float("--ttl"), help="seconds (default: server's)"
+            )
+    evict = verb_parser("evict", "push blocks out of a tier")
     evict.add_argument("--tier", choices=[t.value for t in TierKind], required=True)
-    evict.add_argument("--blocks", type=int, required=True)
-    flush = verbs.add_parser("flush", help="push every evictable block out (of one tier)")
+    evict.add_argument("--blocks", type=_positive_int("--blocks"), required=True)
+    flush = verb_parser("flush", "push every evictable block out (of one tier)")
     flush.add_argument("--tier", choices=[t.value for t in TierKind])
-    top = verbs.add_parser("top", help="a live view, refreshed every --interval seconds")
-    top.add_argument("--interval", type=float, default=1.0)
-    top.add_argument("--count", type=int, default=0, help="stop after N refreshes (0: never)")
+    top = verb_parser("top", "a live view, refreshed every --interval seconds")
+    top.add_argument("--interval", type=_positive_float("--interval"), default=1.0)
+    top.add_argument(
+        "--count", type=_count("--count"), default=0, help="stop after N refreshes (0: never)"
+    )
     admin.set_defaults(run=run_admin)
+
+
+def _positive_int(flag: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes a whole number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{flag} must be positive, got {value}")
+        return value
+
+    return parse
+
+
+def _count(flag: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        return 0 if text.strip() == "0" else _positive_int(flag)(text)
+
+    return parse
+
+
+def _positive_float(flag: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes a number, got {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{flag} must be positive, got {text}")
+        return value
+
+    return parse
 
 
 def run_admin(args: argparse.Namespace) -> int:
@@ -89,11 +182,7 @@ async def _clients(args: argparse.Namespace) -> AsyncIterator[list[StoreClient]]
     options = CallOptions(token=args.token, tls_ca_file=args.tls_ca, timeout_s=args.timeout)
     addresses = [args.address]
     if args.cluster:
-        metadata = RedisMetadata(args.cluster, timeout_s=args.timeout)
-        try:
-            addresses = [node.address for node in await metadata.nodes()]
-        finally:
-            await metadata.close()
+        addresses = [node.address for node in await _registered(args)]
         if not addresses:
             raise NotFound(f"no live node registered in {args.cluster}")
     clients = [StoreClient(address, options) for address in addresses]
@@ -104,23 +193,71 @@ async def _clients(args: argparse.Namespace) -> AsyncIterator[list[StoreClient]]
             await client.close()
 
 
+async def _registered(args: argparse.Namespace) -> list[NodeInfo]:
+    """The nodes the cluster's registry lists (a node that died lingers until its TTL)."""
+    metadata = RedisMetadata(args.cluster, timeout_s=args.timeout)
+    try:
+        return await metadata.nodes()
+    finally:
+        await metadata.close()
+
+
+class _Answers(NamedTuple):
+    summaries: list[dict[str, Any]]  # the nodes that answered
+    unreachable: list[dict[str, str]]  # node_id (address with --address), address, error
+
+
+async def _gather_stats(clients: list[StoreClient], *, reset: bool) -> _Answers:
+    """Every node's statistics, concurrently; a node that fails is reported, not fatal
+    (unless it is the only one asked)."""
+
+    async def one(client: StoreClient) -> dict[str, Any]:
+        return stats_summary(await (client.reset_stats() if reset else client.stats()))
+
+    results = await asyncio.gather(*(one(c) for c in clients), return_exceptions=True)
+    answers = _Answers([], [])
+    for client, result in zip(clients, results, strict=True):
+        if isinstance(result, KVStoreError):
+            if len(clients) == 1:
+                raise result
+            answers.unreachable.append(
+                {"node_id": client.address, "address": client.address, "error": str(result)}
+            )
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            answers.summaries.append(result)
+    return answers
+
+
 async def _stats(args: argparse.Namespace, console: Console) -> None:
     async with _clients(args) as clients:
-        summaries = [stats_summary(await c.stats()) for c in clients]
+        answers = await _gather_stats(clients, reset=args.reset)
+    summaries = answers.summaries
+    cluster = cluster_summary(summaries, answers.unreachable)
     if args.json:
-        print(json.dumps(summaries[0] if len(summaries) == 1 else cluster_summary(summaries)))
-    else:
-        for summary in summaries:
-            render.stats(console, summary)
-        if len(summaries) > 1:
-            render.cluster_totals(console, cluster_summary(summaries))
+        print(json.dumps(summaries[0] if not args.cluster else cluster))
+        return
+    for summary in summaries:
+        render.stats(console, summary)
+    if args.cluster:
+        render.cluster_totals(console, cluster)
+    if args.reset:
+        console.print(f"counters of {len(summaries)} node(s) reset; the figures above were final")
 
 
 async def _nodes(args: argparse.Namespace, console: Console) -> None:
-    async with _clients(args) as clients:
-        nodes = await clients[0].nodes()
+    if args.cluster:  # from the registry, so that no single node has to answer
+        nodes = await _registered(args)
+        async with _clients(args) as clients:
+            answers = await _gather_stats(clients, reset=False)
+        answered = {s["node_id"] for s in answers.summaries}
+    else:
+        async with _clients(args) as clients:
+            nodes = await clients[0].nodes()
+        answered = {n.node_id for n in nodes}
     now = time.time()
-    rows = [node_summary(n, now) for n in nodes]
+    rows = [{**node_summary(n, now), "reachable": n.node_id in answered} for n in nodes]
     if args.json:
         print(json.dumps(rows))
     else:
@@ -184,17 +321,43 @@ async def _lookup(args: argparse.Namespace, console: Console) -> None:
 
 async def _pin(args: argparse.Namespace, console: Console) -> None:
     async with _clients(args) as clients:
-        namespace, keys, _ = await _prompt_keys(args, clients[0])
+        namespace, keys, num_tokens = await _prompt_keys(args, clients[0])
         counts = []
         for client in clients:
             if args.verb == "pin":
                 counts.append(await client.pin(namespace.id, keys, args.ttl))
             else:
                 counts.append(await client.unpin(namespace.id, keys))
+    done = max(counts, default=0)  # a whole prompt lives on one node (placement)
     result = {"verb": args.verb, "blocks": sum(counts), "of": len(keys)}
     print(
         json.dumps(result) if args.json else f"{args.verb}ned {sum(counts)} of {len(keys)} blocks"
     )
+    if (args.verb == "pin" and done < len(keys)) or not keys:
+        raise InvalidArgument(_short_pin(done, len(keys), num_tokens, namespace.block_tokens))
+
+
+def _short_pin(done: int, wanted: int, num_tokens: int, block_tokens: int) -> str:
+    if not wanted:
+        return (
+            f"the prompt has {num_tokens} tokens, fewer than one block of {block_tokens}:"
+            " nothing to pin"
+        )
+    return (
+        f"pinned {done} of {wanted} blocks: the other {wanted - done} are not cached"
+        " (run the prompt once, then pin; `lookup` shows what is cached)"
+    )
+
+
+async def _pins(args: argparse.Namespace, console: Console) -> None:
+    async with _clients(args) as clients:
+        rows = []
+        for client in clients:
+            rows += [{"address": client.address, **row} for row in pin_rows(await client.pins())]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        render.pins(console, rows)
 
 
 async def _evict(args: argparse.Namespace, console: Console) -> None:
@@ -214,8 +377,16 @@ async def _top(args: argparse.Namespace, console: Console) -> None:
     async with _clients(args) as clients:
 
         async def sample() -> list[dict[str, Any]]:
-            return [stats_summary(await c.stats()) for c in clients]
+            return (await _gather_stats(clients, reset=False)).summaries
 
+        if args.json:  # one JSON line per refresh: every node's statistics
+            refreshes = 0
+            while args.count == 0 or refreshes < args.count:
+                print(json.dumps({"time_s": time.time(), "nodes": await sample()}), flush=True)
+                refreshes += 1
+                if args.count == 0 or refreshes < args.count:
+                    await asyncio.sleep(args.interval)
+            return
         await render.top(console, sample, args.interval, args.count)
 
 
@@ -230,9 +401,37 @@ class _Picked(NamedTuple):
 async def _prompt_keys(
     args: argparse.Namespace, client: StoreClient
 ) -> tuple[_Picked, list[BlockKey], int]:
-    tokens = _read_tokens(args)
-    namespace = _pick_namespace(await client.stats(), args.model_id, args.namespace_id)
+    model_id = args.model_id
+    if args.router:
+        reply = await asyncio.to_thread(tokenize, args.router, args.api_key, _tokenize_body(args))
+        tokens, model_id = reply.tokens, model_id or reply.model_id
+    elif args.messages is not None:
+        raise InvalidArgument(
+            "--messages: needs --router URL (or $STRATA_ROUTER): the chat template and"
+            " tokenizer live with the model"
+        )
+    else:
+        tokens = _read_tokens(args)
+    namespace = _pick_namespace(await client.stats(), model_id, args.namespace_id)
     return namespace, prefix_keys(namespace.id, tokens, namespace.block_tokens), len(tokens)
+
+
+def _tokenize_body(args: argparse.Namespace) -> dict[str, Any]:
+    if args.tokens is not None:
+        raise InvalidArgument("--router: tokenizes --text or --messages, not --tokens")
+    if args.text is not None:
+        return {"prompt": args.text}
+    try:
+        messages = json.loads(args.messages.read_text())
+    except OSError as exc:
+        raise InvalidArgument(f"--messages: cannot read {args.messages}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise InvalidArgument(f"--messages: {args.messages} is not JSON: {exc}") from None
+    if isinstance(messages, dict):  # a whole request body: take its messages
+        messages = messages.get("messages")
+    if not isinstance(messages, list):
+        raise InvalidArgument(f"--messages: {args.messages} holds no list of messages")
+    return {"messages": messages}
 
 
 def _read_tokens(args: argparse.Namespace) -> list[int]:
@@ -278,6 +477,7 @@ _VERBS = {
     "lookup": _lookup,
     "pin": _pin,
     "unpin": _pin,
+    "pins": _pins,
     "evict": _evict,
     "flush": _evict,
     "top": _top,

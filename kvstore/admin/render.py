@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,23 +16,25 @@ def stats(console: Console, s: dict[str, Any]) -> None:
     title = f"node {s['node_id']}" + (
         "  [red](degraded: metadata unreachable)" if s["degraded"] else ""
     )
-    head = Table(title=title, header_style="bold")
+    head = Table(title=title, caption=f"counting since {_since(s['since_s'])}", header_style="bold")
     for column in (
         "hit rate",
         "hit blocks",
+        "of which from peers",
         "miss blocks",
         "tokens saved",
         "blocks put",
-        "from peers",
+        "pinned blocks",
     ):
         head.add_column(column, justify="right")
     head.add_row(
         f"{s['hit_rate']:.1%}",
         f"{s['hit_blocks']:,}",
+        f"{s['peer_hit_blocks']:,}",
         f"{s['miss_blocks']:,}",
         f"{s['tokens_saved']:,}",
         f"{s['put_blocks']:,}",
-        f"{s['peer_fetched_blocks']:,}",
+        f"{s['pinned_blocks']:,}",
     )
     console.print(head)
     console.print(_tiers_table(s))
@@ -46,7 +49,17 @@ def stats(console: Console, s: dict[str, Any]) -> None:
 
 def _tiers_table(s: dict[str, Any]) -> Table:
     table = Table(title="tiers", header_style="bold")
-    for column in ("tier", "hits", "used", "capacity", "use", "blocks", "evicted", "corrupted"):
+    for column in (
+        "tier",
+        "hits",
+        "used",
+        "capacity",
+        "use",
+        "blocks",
+        "demoted",
+        "dropped",
+        "corrupted",
+    ):
         table.add_column(column, justify="right")
     for t in s["tiers"]:
         use = t["used_bytes"] / t["capacity_bytes"] if t["capacity_bytes"] else 0.0
@@ -57,7 +70,8 @@ def _tiers_table(s: dict[str, Any]) -> Table:
             mib(t["capacity_bytes"]),
             f"{use:.0%}",
             f"{t['blocks']:,}",
-            f"{t['evicted_blocks']:,}",
+            f"{t['demoted_blocks']:,}",
+            f"{t['dropped_blocks']:,}",
             f"{t['corrupted_blocks']:,}",
         )
     return table
@@ -66,7 +80,6 @@ def _tiers_table(s: dict[str, Any]) -> Table:
 def _namespaces_table(s: dict[str, Any]) -> Table:
     table = Table(title="namespaces", header_style="bold")
     for column in (
-        "model",
         "namespace",
         "hit rate",
         "hits by tier",
@@ -76,10 +89,9 @@ def _namespaces_table(s: dict[str, Any]) -> Table:
         table.add_column(column)
     for ns in s["namespaces"]:
         table.add_row(
-            ns["model_id"] or "?",
-            ns["namespace_id"][:12],
+            ns["namespace"],
             f"{ns['hit_rate']:.1%}",
-            _pairs(ns["hit_blocks"]),
+            _pairs(ns["hit_blocks"]),  # by source: each tier, and peer
             _pairs(ns["miss_blocks"]),
             f"{ns['tokens_saved']:,}",
         )
@@ -87,11 +99,19 @@ def _namespaces_table(s: dict[str, Any]) -> Table:
 
 
 def cluster_totals(console: Console, c: dict[str, Any]) -> None:
+    for node in c["unreachable"]:
+        console.print(f"[red]node {node['node_id']} unreachable: {node['error']}")
     console.print(
-        f"[bold]cluster[/bold]: {len(c['nodes'])} nodes, hit rate {c['hit_rate']:.1%},"
-        f" {c['hit_blocks']:,} hit / {c['miss_blocks']:,} missed blocks,"
+        f"[bold]cluster[/bold]: {len(c['nodes'])} nodes answered, hit rate {c['hit_rate']:.1%},"
+        f" {c['hit_blocks']:,} hit / {c['miss_blocks']:,} missed blocks (each block once),"
         f" {c['tokens_saved']:,} tokens saved"
     )
+
+
+def _since(since_s: float) -> str:
+    if not since_s:
+        return "start"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(since_s))
 
 
 def nodes(console: Console, rows: list[dict[str, Any]]) -> None:
@@ -102,7 +122,9 @@ def nodes(console: Console, rows: list[dict[str, Any]]) -> None:
         tiers = "  ".join(
             f"{t['tier']} {mib(t['used_bytes'])} / {mib(t['capacity_bytes'])}" for t in n["tiers"]
         )
-        state = "[red]degraded" if n["degraded"] else "ok"
+        state = (
+            "[red]unreachable" if not n["reachable"] else "[red]degraded" if n["degraded"] else "ok"
+        )
         table.add_row(
             n["node_id"],
             n["address"],
@@ -150,6 +172,25 @@ def lookup(console: Console, result: dict[str, Any]) -> None:
     for n in result["nodes"]:
         table.add_row(
             n["node_id"], n["address"], f"{n['blocks']:,}", f"{n['tokens']:,}", _pairs(n["tiers"])
+        )
+    console.print(table)
+
+
+def pins(console: Console, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        console.print("no pinned blocks")
+        return
+    table = Table(title="pinned prompts", header_style="bold")
+    for column in ("node", "namespace", "first block", "blocks", "tiers", "time left"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["address"],
+            row["namespace"],
+            row["first_key"][:12],
+            f"{row['blocks']:,}",
+            _pairs(row["tiers"]),
+            f"{row['ttl_s']:,.0f} s",
         )
     console.print(table)
 

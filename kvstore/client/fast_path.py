@@ -62,9 +62,14 @@ class DataPlaneRoute:
         return cls(engine, peer, info)
 
     async def get(
-        self, ns_id: NamespaceId, keys: Sequence[BlockKey], dsts: Sequence[memoryview]
+        self,
+        ns_id: NamespaceId,
+        keys: Sequence[BlockKey],
+        dsts: Sequence[memoryview],
+        *,
+        count_misses: bool = True,
     ) -> BlockRead:
-        return await self.peer.transport.read_blocks(ns_id, keys, dsts)
+        return await self.peer.transport.read_blocks(ns_id, keys, dsts, count_misses=count_misses)
 
     async def put(
         self,

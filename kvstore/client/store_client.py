@@ -233,7 +233,9 @@ class StoreClient:
                 writable(b, block_bytes, i)[:block_bytes]
                 for i, b in enumerate(buffers[: len(keys)])
             ]
-        read = await route.get(ns_id, keys, dsts)
+        # with peer fetch, a short run goes on over gRPC, which counts what stays missing
+        goes_on = route.peer_fetch and not local_only
+        read = await route.get(ns_id, keys, dsts, count_misses=not goes_on)
         result = GetResult(
             read.num_hits,
             dsts[: read.num_hits],
@@ -318,6 +320,20 @@ class StoreClient:
     async def stats(self) -> admin_pb2.StatsResponse:
         response: admin_pb2.StatsResponse = await self._unary(
             "Stats", self._admin.Stats, admin_pb2.StatsRequest()
+        )
+        return response
+
+    async def reset_stats(self) -> admin_pb2.StatsResponse:
+        """Zero the node's counters (admin right); returns the statistics just before."""
+        response: admin_pb2.StatsResponse = await self._unary(
+            "ResetStats", self._admin.ResetStats, admin_pb2.ResetStatsRequest(), idempotent=False
+        )
+        return response
+
+    async def pins(self) -> admin_pb2.ListPinsResponse:
+        """The node's pinned blocks (admin right)."""
+        response: admin_pb2.ListPinsResponse = await self._unary(
+            "ListPins", self._admin.ListPins, admin_pb2.ListPinsRequest()
         )
         return response
 

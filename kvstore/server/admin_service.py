@@ -25,6 +25,36 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def Stats(
         self, request: admin_pb2.StatsRequest, context: Context
     ) -> admin_pb2.StatsResponse:
+        return self._stats()
+
+    @grpc_errors
+    async def ResetStats(
+        self, request: admin_pb2.ResetStatsRequest, context: Context
+    ) -> admin_pb2.StatsResponse:
+        before = self._stats()
+        self.store.reset_stats()
+        self.node.num_peer_blocks = 0
+        return before
+
+    @grpc_errors
+    async def ListPins(
+        self, request: admin_pb2.ListPinsRequest, context: Context
+    ) -> admin_pb2.ListPinsResponse:
+        model_ids = {ns.id: ns.model_id for ns in self.store.namespaces()}
+        response = admin_pb2.ListPinsResponse()
+        for pin in self.store.pins():
+            meta = pin.meta
+            response.blocks.add(
+                namespace_id=meta.namespace_id,
+                model_id=model_ids.get(meta.namespace_id, ""),
+                key=meta.key,
+                tier=codec.tier_to_pb(meta.tier),
+                ttl_s=pin.ttl_s,
+                parent=meta.parent or b"",
+            )
+        return response
+
+    def _stats(self) -> admin_pb2.StatsResponse:
         response = codec.stats_to_pb(self.node.node_id, self.store.stats(), self.store.namespaces())
         response.degraded = self.node.degraded
         response.peer_fetched_blocks = self.node.num_peer_blocks

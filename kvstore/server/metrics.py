@@ -12,8 +12,15 @@ state on the loop thread that owns it.
     strata_tier_blocks{tier}                        strata_evicted_blocks_total{tier}
     strata_demoted_blocks_total{source, target}     strata_promoted_blocks_total{source, target}
     strata_corrupted_blocks_total{tier}             strata_put_blocks_total
+    strata_peer_hit_blocks_total{namespace}         strata_peer_hit_tokens_total{namespace}
+    strata_pinned_blocks                            strata_stats_since_seconds
     strata_degraded                                 strata_rpc_duration_seconds{method, code}
     strata_dataplane_duration_seconds{op}
+
+``namespace`` is ``kvstore.stats.namespace_label`` (model id and a short namespace id).
+Peer hits are blocks other nodes supplied to this node's clients; the holder counts
+them in its own ``strata_hit_blocks_total``, so a cluster-wide hit rate sums tier hits
+and misses only.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from kvstore.stats import StatsSnapshot
+from kvstore.stats import StatsSnapshot, namespace_label
 
 if TYPE_CHECKING:
     from kvstore.server.auth import Continuation, Handler
@@ -78,15 +85,29 @@ class StoreCollector:
             for name, family in gauges.items():
                 family.add_metric([usage.tier.value], getattr(usage, name))
         yield from gauges.values()
-        yield _by_tier("strata_evicted_blocks_total", "Blocks dropped by eviction", s.evictions)
+        tiers = [usage.tier for usage in s.tiers]
         yield _by_tier(
-            "strata_corrupted_blocks_total", "Blocks failing their checksum", s.corrupted_blocks
+            "strata_evicted_blocks_total", "Blocks dropped by eviction", s.evictions, tiers
+        )
+        yield _by_tier(
+            "strata_corrupted_blocks_total",
+            "Blocks failing their checksum",
+            s.corrupted_blocks,
+            tiers,
         )
         yield _moves("strata_demoted_blocks_total", "Blocks demoted", s.demotions)
         yield _moves("strata_promoted_blocks_total", "Blocks promoted", s.promotions)
         put = CounterMetricFamily("strata_put_blocks_total", "Blocks stored by puts")
         put.add_metric([], s.put_blocks)
         yield put
+        pinned = GaugeMetricFamily("strata_pinned_blocks", "Blocks under an admin pin")
+        pinned.add_metric([], s.num_pinned_blocks)
+        yield pinned
+        since = GaugeMetricFamily(
+            "strata_stats_since_seconds", "Unix time the counters started (start or reset)"
+        )
+        since.add_metric([], s.since_s)
+        yield since
         degraded = GaugeMetricFamily(
             "strata_degraded", "1 while the metadata service is unreachable"
         )
@@ -99,21 +120,34 @@ class StoreCollector:
         hit_tokens = CounterMetricFamily("strata_hit_tokens", "Tokens served", labels=labels_hit)
         miss_blocks = CounterMetricFamily("strata_miss_blocks", "Blocks missed", labels=labels_miss)
         miss_tokens = CounterMetricFamily("strata_miss_tokens", "Tokens missed", labels=labels_miss)
+        peer_blocks = CounterMetricFamily(
+            "strata_peer_hit_blocks",
+            "Blocks other nodes supplied for clients",
+            labels=["namespace"],
+        )
+        peer_tokens = CounterMetricFamily(
+            "strata_peer_hit_tokens",
+            "Tokens other nodes supplied for clients",
+            labels=["namespace"],
+        )
         for ns in s.namespaces:
-            name = ns.model_id
+            name = namespace_label(ns.model_id, ns.namespace_id)
             for tier, blocks in ns.hit_blocks.items():
                 hit_blocks.add_metric([tier.value, name], blocks)
                 hit_tokens.add_metric([tier.value, name], ns.hit_tokens[tier])
             for reason, blocks in ns.miss_blocks.items():
                 miss_blocks.add_metric([reason.value, name], blocks)
                 miss_tokens.add_metric([reason.value, name], ns.miss_tokens[reason])
-        yield from (hit_blocks, hit_tokens, miss_blocks, miss_tokens)
+            peer_blocks.add_metric([name], ns.peer_hit_blocks)
+            peer_tokens.add_metric([name], ns.peer_hit_blocks * ns.block_tokens)
+        yield from (hit_blocks, hit_tokens, miss_blocks, miss_tokens, peer_blocks, peer_tokens)
 
 
-def _by_tier(name: str, doc: str, values: dict[Any, int]) -> Metric:
+def _by_tier(name: str, doc: str, values: dict[Any, int], tiers: list[Any]) -> Metric:
+    """A counter per enabled tier (0 until something happens, so rates start at once)."""
     family = CounterMetricFamily(name.removesuffix("_total"), doc, labels=["tier"])
-    for tier, count in values.items():
-        family.add_metric([tier.value], count)
+    for tier in tiers:
+        family.add_metric([tier.value], values.get(tier, 0))
     return family
 
 

@@ -211,12 +211,16 @@ class StoreServicer(store_pb2_grpc.StoreServiceServicer):
         self, list_index: int, ns_id: NamespaceId, keys: Sequence[BlockKey], local_only: bool
     ) -> AsyncIterator[store_pb2.GetResponse | bytes]:
         namespace = self.store.namespace(ns_id)
-        async with self.store.read(ns_id, keys) as run:
+        # a run that may go on at a peer counts its misses once, after the peer answered
+        async with self.store.read(ns_id, keys, count_misses=local_only) as run:
             views, reason = run.blocks, run.miss_reason
             remote = None
             if len(views) < len(keys) and not local_only:
                 remote = await self.node.fetch_from_peers(namespace, keys, len(views))
             blocks = [v.data for v in views] + (remote.blocks if remote else [])
+            if not local_only:
+                num_peer = len(remote.blocks) if remote else 0
+                self.store.record_peer_read(ns_id, num_peer, len(keys) - len(blocks), reason)
             header = store_pb2.GetHeader(
                 list_index=list_index,
                 num_hits=len(blocks),

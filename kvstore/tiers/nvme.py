@@ -47,7 +47,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import lmdb
 import numpy as np
@@ -343,14 +343,17 @@ def _layout(path: Path, capacity_bytes: int, page_bytes: int, slab_bytes: int) -
     are then written down. Slot offsets depend on both, so a directory keeps its own."""
     fmt = path / "FORMAT"
     if fmt.exists():
-        found = json.loads(fmt.read_text())
+        found = _read_format(fmt)
         if found.get("version") != FORMAT_VERSION:
             raise ConfigError(
                 "tiers.nvme.path",
                 f"{path} holds blocks of an older layout ({found}); this store reads layout"
                 f" version {FORMAT_VERSION}: use another directory or empty this one",
             )
-        page_bytes, slab_pages = int(found["page_bytes"]), int(found["slab_pages"])
+        try:
+            page_bytes, slab_pages = int(found["page_bytes"]), int(found["slab_pages"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _corrupt(fmt, f"no valid {exc}") from None
         if page_bytes > capacity_bytes:
             raise ConfigError(
                 "tiers.nvme.capacity_bytes",
@@ -364,6 +367,25 @@ def _layout(path: Path, capacity_bytes: int, page_bytes: int, slab_bytes: int) -
     fmt.write_text(json.dumps(layout))
     fmt.chmod(0o600)
     return page_bytes, slab_pages
+
+
+def _read_format(fmt: Path) -> dict[str, Any]:
+    """The FORMAT file's JSON object (ConfigError naming the file when it is not one)."""
+    try:
+        found = json.loads(fmt.read_bytes())
+    except (ValueError, OSError) as exc:  # torn, truncated or not ours
+        raise _corrupt(fmt, str(exc)) from None
+    if not isinstance(found, dict):
+        raise _corrupt(fmt, "not a JSON object")
+    return found
+
+
+def _corrupt(fmt: Path, why: str) -> ConfigError:
+    return ConfigError(
+        "tiers.nvme.path",
+        f"{fmt} is unreadable or corrupt ({why}); it records the layout of the blocks"
+        " there: restore it, or point tiers.nvme.path at an empty directory",
+    )
 
 
 def _probe_direct_io(path: Path) -> bool:

@@ -181,6 +181,20 @@ def unpack_keys(raw: memoryview, pos: int = 0) -> tuple[NamespaceId, list[BlockK
     return ns_id, keys, end
 
 
+HITS_ONLY = 1  # READ_KEYS flag: the reader goes on elsewhere and counts the misses itself
+
+
+def pack_read(ns_id: NamespaceId, keys: Sequence[BlockKey], *, count_misses: bool) -> bytes:
+    """A READ_KEYS payload: the keys, then a flags byte when the read counts hits only."""
+    return pack_keys(ns_id, keys) + (b"" if count_misses else bytes([HITS_ONLY]))
+
+
+def unpack_read(raw: memoryview) -> tuple[NamespaceId, list[BlockKey], bool]:
+    """(namespace, keys, count_misses) of a READ_KEYS payload (no flags byte: count them)."""
+    ns_id, keys, end = unpack_keys(raw)
+    return ns_id, keys, not (end < len(raw) and raw[end] & HITS_ONLY)
+
+
 class Hit(NamedTuple):
     checksum: int
     tier: TierKind

@@ -399,10 +399,10 @@ class DataPlaneServer:
     async def _read_keys(
         self, conn: ServerConn, header: frames.Header, payload: memoryview
     ) -> None:
-        ns_id, keys, _ = frames.unpack_keys(payload)
         store = self._require_store()
+        ns_id, keys, count_misses = frames.unpack_read(payload)
         namespace = store.namespace(ns_id)
-        async with store.read(ns_id, keys) as run:
+        async with store.read(ns_id, keys, count_misses=count_misses) as run:
             hits = [frames.Hit(v.checksum, v.tier) for v in run.blocks]
             meta = frames.pack_hits(namespace.block_bytes, hits, run.miss_reason)
             head = frames.pack_header(Op.READ_KEYS, header.request_id, len(meta))

@@ -49,15 +49,19 @@ class TcpTransport:
         self._release_timer: asyncio.TimerHandle | None = None
 
     async def read_blocks(
-        self, ns_id: NamespaceId, keys: Sequence[BlockKey], dsts: Sequence[memoryview]
+        self,
+        ns_id: NamespaceId,
+        keys: Sequence[BlockKey],
+        dsts: Sequence[memoryview],
+        *,
+        count_misses: bool = True,
     ) -> BlockRead:
+        payload = frames.pack_read(ns_id, keys, count_misses=count_misses)
         if self.pool.plain and sum(d.nbytes for d in dsts) <= SMALL_READ_BYTES:
-            return await self._read_small(ns_id, keys, dsts)
-        return await self._run(_read_keys, self.pool, self._verifier, ns_id, keys, dsts)
+            return await self._read_small(payload, dsts)
+        return await self._run(_read_keys, self.pool, self._verifier, payload, dsts)
 
-    async def _read_small(
-        self, ns_id: NamespaceId, keys: Sequence[BlockKey], dsts: Sequence[memoryview]
-    ) -> BlockRead:
+    async def _read_small(self, payload: bytes, dsts: Sequence[memoryview]) -> BlockRead:
         """A small read on the loop's connection: no worker-thread hop, half the latency."""
         hits: list[frames.Hit] = []
         block_bytes = 0
@@ -70,7 +74,7 @@ class TcpTransport:
             return [d[:block_bytes] for d in dsts[: len(hits)]]
 
         channel = await self._channel()
-        body = await channel.call(Op.READ_KEYS, frames.pack_keys(ns_id, keys), into)
+        body = await channel.call(Op.READ_KEYS, payload, into)
         _, _, reason = frames.unpack_hits(body)
         good = next(
             (i for i, h in enumerate(hits) if checksum(dsts[i][:block_bytes]) != h.checksum),
@@ -192,13 +196,12 @@ class TcpTransport:
 def _read_keys(
     pool: ConnectionPool,
     verifier: ThreadPoolExecutor,
-    ns_id: NamespaceId,
-    keys: Sequence[BlockKey],
+    payload: bytes,
     dsts: Sequence[memoryview],
 ) -> BlockRead:
     conn = pool.take()
     try:
-        _, body = conn.call(Op.READ_KEYS, frames.pack_keys(ns_id, keys))
+        _, body = conn.call(Op.READ_KEYS, payload)
         block_bytes, hits, reason = frames.unpack_hits(body)
         if len(hits) > len(dsts):
             conn.broken = True

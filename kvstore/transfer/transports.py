@@ -76,9 +76,16 @@ class Transport(Protocol):
     kind: TransportKind
 
     async def read_blocks(
-        self, ns_id: NamespaceId, keys: Sequence[BlockKey], dsts: Sequence[memoryview]
+        self,
+        ns_id: NamespaceId,
+        keys: Sequence[BlockKey],
+        dsts: Sequence[memoryview],
+        *,
+        count_misses: bool = True,
     ) -> BlockRead:
-        """The peer's longest cached run of ``keys``, verified, into ``dsts``."""
+        """The peer's longest cached run of ``keys``, verified, into ``dsts``. The peer
+        counts the hits, and the misses unless ``count_misses`` is False (the reader
+        looks further, elsewhere, and that later read counts them)."""
         ...
 
     async def write_blocks(
@@ -131,9 +138,14 @@ class ShmTransport:
         return self._sizes.get(name, 0)
 
     async def read_blocks(
-        self, ns_id: NamespaceId, keys: Sequence[BlockKey], dsts: Sequence[memoryview]
+        self,
+        ns_id: NamespaceId,
+        keys: Sequence[BlockKey],
+        dsts: Sequence[memoryview],
+        *,
+        count_misses: bool = True,
     ) -> BlockRead:
-        lease_id, blocks, reason = await self.tcp.acquire(ns_id, keys)
+        lease_id, blocks, reason = await self.tcp.acquire(ns_id, keys)  # counts hits only
         try:
             good = 0
             for block, dst in zip(blocks, dsts, strict=False):
@@ -151,8 +163,11 @@ class ShmTransport:
         tiers = [b.tier for b in blocks[:good]]
         if good < len(blocks):
             return BlockRead(good, tiers, MissReason.CORRUPTED)
-        if good < len(keys) and reason is None:  # the run goes on in a slower tier
-            rest = await self.tcp.read_blocks(ns_id, keys[good:], dsts[good:])
+        # the run goes on in a slower tier, or the misses are the peer's to count
+        if good < len(keys) and (reason is None or count_misses):
+            rest = await self.tcp.read_blocks(
+                ns_id, keys[good:], dsts[good:], count_misses=count_misses
+            )
             return BlockRead(good + rest.num_hits, tiers + rest.tiers, rest.miss_reason)
         return BlockRead(good, tiers, reason)
 
@@ -207,9 +222,14 @@ class LocalTransport:
         self._blocks = blocks
 
     async def read_blocks(
-        self, ns_id: NamespaceId, keys: Sequence[BlockKey], dsts: Sequence[memoryview]
+        self,
+        ns_id: NamespaceId,
+        keys: Sequence[BlockKey],
+        dsts: Sequence[memoryview],
+        *,
+        count_misses: bool = True,
     ) -> BlockRead:
-        return await self._store().read_blocks(ns_id, keys, dsts)
+        return await self._store().read_blocks(ns_id, keys, dsts, count_misses=count_misses)
 
     async def write_blocks(
         self,

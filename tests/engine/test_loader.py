@@ -375,3 +375,28 @@ def test_rope_scaling_is_filled_in_as_transformers_does() -> None:
     assert config.rope_scaling is not None and config.rope_scaling["factor"] == 4.0
     with pytest.raises(ModelLoadError, match="missing 'factor'"):
         model_config_from_hf({**LLAMA, "rope_scaling": {"rope_type": "linear"}}, model_id="m")
+
+
+def test_a_tilde_path_expands_everywhere_a_model_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.config import load_engine_config
+    from engine.llm import LLM
+    from engine.model.loader import load_tokenizer
+    from engine.router.service import served_model_name
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_checkpoint(tmp_path / "models" / "my-llama")
+    assert load_tokenizer("~/models/my-llama").config.model_id.startswith("my-llama-")
+    assert load_model("~/models/my-llama").config.model_id.startswith("my-llama-")
+    toml = tmp_path / "strata.toml"
+    toml.write_text('[engine]\nmodel = "~/models/my-llama"\n')
+    config = load_engine_config(toml, env={})
+    assert config.engine.model_path == tmp_path / "models" / "my-llama"
+    # served under the folder's name, not the store's digest-suffixed model id
+    assert served_model_name(config) == "my-llama"
+    named = load_engine_config(env={}, overrides={"engine.model": "~/models/my-llama",
+                                                  "router.model_name": "llama-prod"})  # fmt: skip
+    assert served_model_name(named) == "llama-prod"
+    with LLM(model="~/models/my-llama", store=None, kv_cache_bytes=1 << 20) as llm:
+        assert llm.loaded.config.model_id.startswith("my-llama-")

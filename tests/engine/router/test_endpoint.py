@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -27,7 +29,7 @@ SYSTEM = "You are a careful assistant. Answer briefly and never make things up. 
 
 @pytest.fixture(scope="module")
 def up() -> Iterator[UpProcess]:
-    stack = UpProcess()
+    stack = UpProcess("--router.log_interval_s", "1")
     try:
         yield stack
     finally:
@@ -84,11 +86,12 @@ def test_a_repeated_prefix_is_reported_as_cached(client: openai.OpenAI, up: UpPr
     assert first.usage is not None and second.usage is not None
     details = second.usage.prompt_tokens_details
     assert details is not None and (details.cached_tokens or 0) >= 192  # the system prompt
-    match = re.search(r"store node (\S+) ·", up.lines())
+    match = re.search(r"export STRATA_ADDRESS=(\S+)", up.lines())  # as up prints it
     assert match is not None, up.lines()
     stats = subprocess.run(
-        [sys.executable, "-m", "kvstore.cli", "admin", "--address", match[1], "--json", "stats"],
+        [sys.executable, "-m", "kvstore", "admin", "stats", "--json"],
         capture_output=True, text=True, check=True, cwd=ROOT,
+        env={**os.environ, "STRATA_ADDRESS": match[1]},
     )  # fmt: skip
     summary = json.loads(stats.stdout)
     assert summary["hit_blocks"] >= 12, summary
@@ -130,6 +133,38 @@ def test_cache_salt_separates_tenants(client: openai.OpenAI) -> None:
     assert _cached(client, prompt, "tenant-b") == 0  # a right guess, another salt
     assert _cached(client, prompt) == 0
     assert _cached(client, prompt, "tenant-a") >= 128
+
+
+def test_lookup_and_pin_speak_the_models_chat_template(
+    client: openai.OpenAI, up: UpProcess, tmp_path: Path
+) -> None:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Pin me."}]
+    reply = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)  # type: ignore[arg-type]
+    assert reply.usage is not None
+    tokenized = httpx.post(f"{up.url}/tokenize", json={"messages": messages}, timeout=30).json()
+    assert tokenized["count"] == reply.usage.prompt_tokens  # what the chat request saw
+    file = tmp_path / "messages.json"
+    file.write_text(json.dumps({"model": MODEL, "messages": messages}))
+    address = re.search(r"export STRATA_ADDRESS=(\S+)", up.lines())
+    assert address is not None
+    env = {**os.environ, "STRATA_ADDRESS": address[1], "STRATA_ROUTER": up.url}
+
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "kvstore", "admin", *args, "--json"],
+            capture_output=True, text=True, cwd=ROOT, env=env, timeout=60, check=False,
+        )  # fmt: skip
+
+    full_blocks = reply.usage.prompt_tokens // tokenized["block_tokens"]
+    found = admin("lookup", "--messages", str(file))
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["nodes"][0]["blocks"] == full_blocks
+    pinned = admin("pin", "--messages", str(file), "--ttl", "30")
+    assert pinned.returncode == 0, pinned.stderr
+    assert json.loads(pinned.stdout) == {"verb": "pin", "blocks": full_blocks, "of": full_blocks}
+    assert admin("unpin", "--messages", str(file)).returncode == 0
+    text = admin("lookup", "--text", "Once upon a time")  # the model's tokenizer, no template
+    assert text.returncode == 0 and json.loads(text.stdout)["num_tokens"] == 16
 
 
 def test_completions_take_text_and_token_ids(client: openai.OpenAI) -> None:
@@ -181,6 +216,13 @@ HI = [{"role": "user", "content": "hi"}]
         ({"model": MODEL, "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "x" * 5000}]}, 400, "messages"),
         ({"model": "gpt-4", "messages": HI}, 404, "model"),
+        ({"model": MODEL, "messages": HI, "tools": [{"type": "function"}]}, 400, "tools"),
+        (
+            {"model": MODEL, "messages": HI, "response_format": {"type": "json_object"}},
+            400,
+            "response_format",
+        ),
+        ({"model": MODEL, "messages": HI, "logit_bias": {"5": 10}}, 400, "logit_bias"),
     ],
 )
 def test_bad_requests_get_openai_errors(
@@ -190,6 +232,25 @@ def test_bad_requests_get_openai_errors(
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["param"] == param and error["message"]
+
+
+def test_harmless_defaults_of_refused_fields_are_accepted(up: UpProcess) -> None:
+    body = {"model": MODEL, "messages": HI, "max_tokens": 2, "tool_choice": "none",
+            "response_format": {"type": "text"}, "logit_bias": {}}  # fmt: skip
+    assert httpx.post(f"{up.url}/v1/chat/completions", json=body, timeout=30).status_code == 200
+
+
+def test_several_prompts_and_unknown_routes_get_openai_errors(up: UpProcess) -> None:
+    body = {"model": MODEL, "prompt": ["one", "two"], "max_tokens": 2}
+    several = httpx.post(f"{up.url}/v1/completions", json=body, timeout=30)
+    assert several.status_code == 400
+    error = several.json()["error"]
+    assert error["param"] == "prompt" and error["message"].startswith("2 prompts in one request")
+    missing = httpx.post(f"{up.url}/v1/embeddings", json={}, timeout=30)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["message"] == "no such endpoint: /v1/embeddings"
+    wrong = httpx.get(f"{up.url}/v1/chat/completions", timeout=30)
+    assert wrong.status_code == 405 and wrong.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_malformed_json_is_a_400(up: UpProcess) -> None:
@@ -233,3 +294,21 @@ def test_the_terminal_chat_streams_a_reply(up: UpProcess) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "assistant>" in result.stdout and "6 tokens" in result.stdout
+
+
+def test_each_request_gets_an_access_line_and_traffic_a_throughput_line(
+    client: openai.OpenAI, up: UpProcess
+) -> None:
+    chat(client, "Log me.", max_tokens=3)
+    list(client.completions.create(model=MODEL, prompt="Stream me", max_tokens=3, stream=True))
+    httpx.post(f"{up.url}/v1/chat/completions", json={"model": "nope", "messages": HI}, timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "throughput:" not in up.lines():
+        time.sleep(0.2)
+    lines = up.lines()
+    assert re.search(
+        r'"POST /v1/chat/completions" 200 prompt=\d+ cached=\d+ generated=3 ttft=\d+ ms', lines
+    ), lines
+    assert re.search(r'"POST /v1/completions" 200 prompt=9 cached=0 generated=3 ttft=\d+ ms', lines)
+    assert '"POST /v1/chat/completions" 404 prompt=0' in lines
+    assert re.search(r"throughput: [\d.]+ req/s, \d+ prompt tok/s \(\d+% reused\)", lines)

@@ -6,6 +6,7 @@ thread of the test process."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -14,9 +15,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.procs import free_port
 from engine.router.costs import CostModel
+from engine.router.metrics import RouterMetrics
+from kvstore._proto.strata.v1 import admin_pb2
+from kvstore.client import StoreClient
 from tests.engine.router.servers import RouterThread
 from tests.engine.stores import TINY_BLOCK
 from tests.processes import EngineProcess, ServeProcess
@@ -60,6 +65,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         ):
             yield {
                 "prefill": [p1, p2],
+                "stores": [s1, s2],
                 "decode": d,
                 "router": {
                     "router.prefill": f"{p1.address},{p2.address}",
@@ -87,16 +93,64 @@ def test_cache_aware_routing_follows_the_prefix(cluster: dict[str, Any]) -> None
         assert router.stats()["placed"] == 6
 
 
+SAMPLED = "families with a sample"
+
+
+def store_hit_tokens(cluster: dict[str, Any]) -> tuple[int, int]:
+    """(tokens served from the store nodes' tiers, tokens nodes took from peers)."""
+
+    async def stats(address: str) -> admin_pb2.StatsResponse:
+        async with StoreClient(address) as client:
+            return await client.stats()
+
+    tiers = peers = 0
+    for store in cluster["stores"]:
+        for ns in asyncio.run(stats(store.address)).namespaces:
+            tiers += sum(h.tokens for h in ns.hits)
+            peers += ns.peer_hit_tokens
+    return tiers, peers
+
+
+def router_metrics(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Every sample of the router's /metrics, by name and labels."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {SAMPLED: {}}
+    for family in text_string_to_metric_families(text):
+        if family.samples:
+            out[SAMPLED][(("family", family.name),)] = 1.0
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
 def test_round_robin_spreads_and_pulls_from_the_other_node(cluster: dict[str, Any]) -> None:
+    """Also: the router's cached prompt tokens by source agree with the store nodes' hit
+    tokens for the same requests, and every router metric has a sample afterwards."""
     text = "Another shared document, read by everyone. " * 12
+    tiers_before, peers_before = store_hit_tokens(cluster)
     with RouterThread(**cluster["router"], **{"router.policy": "round_robin"}) as router:
         replies = [ask(router.url, text + "Q0?")]
         time.sleep(1.0)  # its blocks are written back and published in the background
         replies += [ask(router.url, text + f"Q{i}?") for i in range(1, 4)]
+        metrics = router_metrics(router.url)
     used = {r.headers["x-strata-prefill"] for r in replies}
     assert len(used) == 2  # both prefill workers
     cached = [r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] for r in replies]
     assert cached[0] == 0 and all(c >= 480 for c in cached[1:]), cached
+
+    by_source = {
+        dict(k)["source"]: v for k, v in metrics["strata_cached_prompt_tokens_total"].items()
+    }
+    tiers, peers = store_hit_tokens(cluster)
+    assert by_source["peer"] > 0 and by_source["worker"] == 0  # prefix caching is off
+    assert by_source["store"] + by_source["peer"] == tiers - tiers_before
+    assert by_source["peer"] == peers - peers_before
+    assert sum(by_source.values()) == sum(cached)
+    assert metrics["strata_requests_total"] == {(("outcome", "ok"),): 4}
+    registered = {f.name for f in RouterMetrics().registry.collect()}
+    assert (
+        registered - {dict(k)["family"] for k in metrics[SAMPLED]} == set()
+    )  # none registered and never moved
 
 
 def test_an_slo_no_placement_can_meet_is_a_429(cluster: dict[str, Any]) -> None:
@@ -131,6 +185,12 @@ def test_too_many_requests_in_flight_is_a_429(cluster: dict[str, Any]) -> None:
         thread.join()
         assert reply.status_code == 429 and "retry-after" in reply.headers
         assert ask(router.url, "now me").status_code == 200
+        metrics = router_metrics(router.url)
+        assert metrics["strata_rejections_total"] == {(): 1}
+        assert metrics["strata_requests_total"] == {
+            (("outcome", "ok"),): 2,
+            (("outcome", "rejected"),): 1,
+        }
 
 
 def test_an_api_key_is_required_when_set(cluster: dict[str, Any]) -> None:

@@ -85,17 +85,33 @@ def test_lookup_pin_unpin_from_text_and_token_file(server: ServeProcess, tmp_pat
     tokens = tmp_path / "prompt.json"
     tokens.write_text(json.dumps(list(PROMPT.encode())))
     assert admin_json(server, "lookup", "--tokens", str(tokens))["nodes"] == found["nodes"]  # type: ignore[index]
-    assert admin_json(server, "pin", "--text", PROMPT, "--ttl", "60") == {
-        "verb": "pin",
-        "blocks": 3,
-        "of": 5,
-    }
+    partial = admin(server, "--json", "pin", "--text", PROMPT, "--ttl", "60")
+    assert json.loads(partial.stdout) == {"verb": "pin", "blocks": 3, "of": 5}
+    assert partial.returncode == 2  # less than asked: says so and fails
+    assert "pinned 3 of 5 blocks: the other 2 are not cached" in partial.stderr
+    assert admin_json(server, "stats")["pinned_blocks"] == 3  # type: ignore[index]
+    (row,) = admin_json(server, "pins")  # type: ignore[misc]
+    assert (row["blocks"], row["tiers"], row["namespace"]) == (
+        3,
+        {"dram": 3},
+        "test-model (" + row["namespace"][12:],
+    )
+    assert 0 < row["ttl_s"] <= 60
+    assert "pinned prompts" in admin(server, "pins").stdout
+    empty = admin(server, "pin", "--text", "short")
+    assert empty.returncode == 2 and "fewer than one block of 16: nothing to pin" in empty.stderr
+    needs_router = admin(server, "pin", "--messages", str(tmp_path / "m.json"))
+    assert needs_router.returncode == 2 and "--messages: needs --router" in needs_router.stderr
     assert admin_json(server, "unpin", "--text", PROMPT)["blocks"] == 3  # type: ignore[index]
+    assert admin_json(server, "stats")["pinned_blocks"] == 0  # type: ignore[index]
+    assert admin_json(server, "pins") == []
     assert "cached blocks" in admin(server, "lookup", "--text", PROMPT).stdout
 
 
 def test_evict_flush_config_top(server: ServeProcess) -> None:
     assert admin_json(server, "evict", "--tier", "dram", "--blocks", "1") == {"blocks": 1}
+    (tier,) = admin_json(server, "stats")["tiers"]  # type: ignore[index]
+    assert (tier["dropped_blocks"], tier["demoted_blocks"]) == (1, 0)  # the only tier drops
     assert admin_json(server, "flush") == {"blocks": 2}
     config = admin_json(server, "config")
     assert isinstance(config, dict) and config["store"]["block_bytes"] == BLOCK
@@ -129,3 +145,90 @@ def test_clear_errors(server: ServeProcess, tmp_path: Path) -> None:
         check=False,
     )
     assert unreachable.returncode == 2 and "Traceback" not in unreachable.stderr
+
+
+def test_global_flags_go_before_or_after_the_verb(server: ServeProcess) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    after = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kvstore.cli",
+            "admin",
+            "stats",
+            "--address",
+            server.address,
+            "--json",
+            "--timeout",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout)["node_id"]
+    before = admin(server, "--json", "nodes", "--timeout", "5")  # mixed: not overwritten
+    assert before.returncode == 0 and json.loads(before.stdout)[0]["address"] == server.address
+
+
+def test_bad_flags_name_the_flag_without_a_traceback(server: ServeProcess) -> None:
+    for args, flag in (
+        (("evict", "--tier", "dram", "--blocks", "-5"), "--blocks must be positive"),
+        (("evict", "--tier", "dram", "--blocks", "x"), "--blocks takes a whole number"),
+        (("top", "--interval", "0"), "--interval must be positive"),
+        (("stats", "--timeout", "nan"), "--timeout must be positive"),
+        (("pin", "--text", "x", "--ttl", "-1"), "--ttl must be positive"),
+    ):
+        result = admin(server, *args)
+        assert result.returncode == 2, args
+        assert flag in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_top_json_streams_lines(server: ServeProcess) -> None:
+    result = admin(server, "top", "--json", "--interval", "0.1", "--count", "2")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 2 and lines[0]["nodes"][0]["node_id"]
+
+
+def test_stats_reset_zeroes_the_counters_and_says_since_when(server: ServeProcess) -> None:
+    before = admin_json(server, "stats")
+    assert isinstance(before, dict) and before["hit_blocks"] > 0
+    reset = admin_json(server, "stats", "--reset")
+    assert reset["hit_blocks"] == before["hit_blocks"]  # type: ignore[index]
+    after = admin_json(server, "stats")
+    assert isinstance(after, dict)
+    assert (after["hit_blocks"], after["miss_blocks"], after["put_blocks"]) == (0, 0, 0)
+    assert after["since_s"] > before["since_s"] > 0
+    assert "counting since" in admin(server, "stats").stdout
+
+
+def test_cluster_stats_and_nodes_show_a_dead_node_as_unreachable() -> None:
+    from tests.redis_server import RedisServer
+
+    with RedisServer() as redis:
+        flags = {
+            "store.block_bytes": str(BLOCK),
+            "tiers.dram.capacity_bytes": str(16 * BLOCK),
+            "metadata.backend": "redis",
+            "metadata.redis_url": redis.url,
+            "metadata.node_ttl_s": "60",  # the dead node stays registered all test long
+        }
+        with (
+            ServeProcess(**flags, **{"store.node_id": "alive"}) as alive,
+            ServeProcess(**flags, **{"store.node_id": "dead"}) as dead,
+        ):
+            dead.kill()
+            cluster = ("--cluster", redis.url, "--timeout", "1")
+            stats = admin_json(alive, "stats", *cluster)
+            assert isinstance(stats, dict)
+            assert [n["node_id"] for n in stats["nodes"]] == ["alive"]
+            assert [n["node_id"] for n in stats["unreachable"]] == [dead.address]
+            rows = admin_json(alive, "nodes", *cluster)
+            assert isinstance(rows, list)
+            assert {r["node_id"]: r["reachable"] for r in rows} == {"alive": True, "dead": False}
+            table = admin(alive, "nodes", *cluster)
+            assert table.returncode == 0 and "unreachable" in table.stdout

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from kvstore.admin.summary import cluster_summary, stats_summary
 from kvstore.client import ClusterClient, StoreClient
 from kvstore.client.calls import CallOptions
 from kvstore.errors import KVStoreError
@@ -83,6 +84,20 @@ async def test_put_on_a_found_on_c_read_through_b(redis: RedisServer) -> None:
             assert (await cb.stats()).peer_fetched_blocks == 6
             local_only = await cc.get(ns, keys, local_only=True)
             assert local_only.num_hits == 0
+
+            # each block a client saw counts once: B answered 6 from A (peer hits, no
+            # misses) then 6 from its copy; A counts the 6 it served B; C missed 6.
+            a_s, b_s, c_s = [stats_summary(await x.stats()) for x in (ca, cb, cc)]
+            assert (b_s["peer_hit_blocks"], b_s["local_hit_blocks"], b_s["miss_blocks"]) == (
+                6,
+                6,
+                0,
+            )
+            assert b_s["hit_rate"] == 1.0 and b_s["namespaces"][0]["hit_blocks"]["peer"] == 6
+            assert (a_s["local_hit_blocks"], a_s["miss_blocks"]) == (6, 0)
+            assert (c_s["hit_blocks"], c_s["miss_blocks"]) == (0, 6)
+            total = cluster_summary([a_s, b_s, c_s])
+            assert (total["hit_blocks"], total["miss_blocks"]) == (12, 6)
 
 
 async def test_cluster_client_routes_and_places(redis: RedisServer) -> None:

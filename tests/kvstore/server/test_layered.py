@@ -9,7 +9,7 @@ from kvstore.client.calls import CallOptions
 from kvstore.errors import InvalidArgument, KVStoreError
 from kvstore.transfer.tcp import TcpTransport
 from kvstore.transfer.transports import RangeWrite
-from tests.conftest import NAMESPACE, SPEC, block_bytes, chain_keys
+from tests.conftest import BLOCK, NAMESPACE, SPEC, block_bytes, chain_keys
 from tests.kvstore.server.conftest import NodeFactory
 
 LAYERS = SPEC.num_layers
@@ -44,6 +44,31 @@ async def test_layered_put_then_layered_get_round_trips(
             await get.layer(layer)
         assert await get.verified() == 4
         assert [bytes(d) for d in dsts[:4]] == data
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+async def test_a_layered_get_counts_each_block_once(
+    make_node: NodeFactory, options: CallOptions
+) -> None:
+    """The engine's read (lease, then a read of the rest) counts a block once: a cold
+    prompt of 2 blocks is 2 misses, not 4; 1 cached of 3 is 1 hit and 2 misses."""
+    node = await make_node()
+    keys = chain_keys(3)
+    async with StoreClient(node.address, options) as client:
+        ns = await client.register_namespace(NAMESPACE)
+        dsts = [memoryview(bytearray(BLOCK)) for _ in keys]
+        get = await client.get_layered(ns, keys[:2], dsts, LAYERS)
+        assert await get.verified() == 0
+        stats = node.node.store.stats()
+        assert (stats.hit_blocks, stats.miss_blocks) == (0, 2)
+
+        await client.put(ns, keys[:1], [block_bytes(1)])
+        get = await client.get_layered(ns, keys, dsts, LAYERS)
+        for layer in range(LAYERS):
+            await get.layer(layer)
+        assert await get.verified() == 1
+        stats = node.node.store.stats()
+        assert (stats.hit_blocks, stats.miss_blocks) == (1, 4)
 
 
 async def test_a_layered_put_is_invisible_until_committed_and_aborts_cleanly(

@@ -7,7 +7,37 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ListPinsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PinnedBlock(_message.Message):
+    __slots__ = ("namespace_id", "model_id", "key", "tier", "ttl_s", "parent")
+    NAMESPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    namespace_id: bytes
+    model_id: str
+    key: bytes
+    tier: _common_pb2.Tier
+    ttl_s: float
+    parent: bytes
+    def __init__(self, namespace_id: _Optional[bytes] = ..., model_id: _Optional[str] = ..., key: _Optional[bytes] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., ttl_s: _Optional[float] = ..., parent: _Optional[bytes] = ...) -> None: ...
+
+class ListPinsResponse(_message.Message):
+    __slots__ = ("blocks",)
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    blocks: _containers.RepeatedCompositeFieldContainer[PinnedBlock]
+    def __init__(self, blocks: _Optional[_Iterable[_Union[PinnedBlock, _Mapping]]] = ...) -> None: ...
+
 class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResetStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
@@ -50,16 +80,20 @@ class ReasonCount(_message.Message):
     def __init__(self, reason: _Optional[_Union[_common_pb2.MissReason, str]] = ..., blocks: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class NamespaceStats(_message.Message):
-    __slots__ = ("namespace_id", "namespace", "hits", "misses")
+    __slots__ = ("namespace_id", "namespace", "hits", "misses", "peer_hit_blocks", "peer_hit_tokens")
     NAMESPACE_ID_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
+    PEER_HIT_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    PEER_HIT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     namespace_id: bytes
     namespace: _common_pb2.Namespace
     hits: _containers.RepeatedCompositeFieldContainer[TierCount]
     misses: _containers.RepeatedCompositeFieldContainer[ReasonCount]
-    def __init__(self, namespace_id: _Optional[bytes] = ..., namespace: _Optional[_Union[_common_pb2.Namespace, _Mapping]] = ..., hits: _Optional[_Iterable[_Union[TierCount, _Mapping]]] = ..., misses: _Optional[_Iterable[_Union[ReasonCount, _Mapping]]] = ...) -> None: ...
+    peer_hit_blocks: int
+    peer_hit_tokens: int
+    def __init__(self, namespace_id: _Optional[bytes] = ..., namespace: _Optional[_Union[_common_pb2.Namespace, _Mapping]] = ..., hits: _Optional[_Iterable[_Union[TierCount, _Mapping]]] = ..., misses: _Optional[_Iterable[_Union[ReasonCount, _Mapping]]] = ..., peer_hit_blocks: _Optional[int] = ..., peer_hit_tokens: _Optional[int] = ...) -> None: ...
 
 class Move(_message.Message):
     __slots__ = ("source", "target", "blocks")
@@ -72,7 +106,7 @@ class Move(_message.Message):
     def __init__(self, source: _Optional[_Union[_common_pb2.Tier, str]] = ..., target: _Optional[_Union[_common_pb2.Tier, str]] = ..., blocks: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("node_id", "tiers", "namespaces", "demotions", "promotions", "torn_writes", "reservations_reclaimed", "put_blocks", "degraded", "peer_fetched_blocks")
+    __slots__ = ("node_id", "tiers", "namespaces", "demotions", "promotions", "torn_writes", "reservations_reclaimed", "put_blocks", "degraded", "peer_fetched_blocks", "since_s", "pinned_blocks")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +117,8 @@ class StatsResponse(_message.Message):
     PUT_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     PEER_FETCHED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_S_FIELD_NUMBER: _ClassVar[int]
+    PINNED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
     namespaces: _containers.RepeatedCompositeFieldContainer[NamespaceStats]
@@ -93,7 +129,9 @@ class StatsResponse(_message.Message):
     put_blocks: int
     degraded: bool
     peer_fetched_blocks: int
-    def __init__(self, node_id: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStats, _Mapping]]] = ..., demotions: _Optional[_Iterable[_Union[Move, _Mapping]]] = ..., promotions: _Optional[_Iterable[_Union[Move, _Mapping]]] = ..., torn_writes: _Optional[int] = ..., reservations_reclaimed: _Optional[int] = ..., put_blocks: _Optional[int] = ..., degraded: _Optional[bool] = ..., peer_fetched_blocks: _Optional[int] = ...) -> None: ...
+    since_s: float
+    pinned_blocks: int
+    def __init__(self, node_id: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStats, _Mapping]]] = ..., demotions: _Optional[_Iterable[_Union[Move, _Mapping]]] = ..., promotions: _Optional[_Iterable[_Union[Move, _Mapping]]] = ..., torn_writes: _Optional[int] = ..., reservations_reclaimed: _Optional[int] = ..., put_blocks: _Optional[int] = ..., degraded: _Optional[bool] = ..., peer_fetched_blocks: _Optional[int] = ..., since_s: _Optional[float] = ..., pinned_blocks: _Optional[int] = ...) -> None: ...
 
 class NodesRequest(_message.Message):
     __slots__ = ()

@@ -59,6 +59,16 @@ class AdminServiceStub:
                 request_serializer=strata_dot_v1_dot_admin__pb2.GetConfigRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_admin__pb2.GetConfigResponse.FromString,
                 _registered_method=True)
+        self.ResetStats = channel.unary_unary(
+                '/strata.v1.AdminService/ResetStats',
+                request_serializer=strata_dot_v1_dot_admin__pb2.ResetStatsRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_admin__pb2.StatsResponse.FromString,
+                _registered_method=True)
+        self.ListPins = channel.unary_unary(
+                '/strata.v1.AdminService/ListPins',
+                request_serializer=strata_dot_v1_dot_admin__pb2.ListPinsRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_admin__pb2.ListPinsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -97,6 +107,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetStats(self, request, context):
+        """Zero the hit, miss and move counters; answers the statistics just before.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPins(self, request, context):
+        """Blocks under an unexpired admin pin, with where they are and how long is left.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +148,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetConfig,
                     request_deserializer=strata_dot_v1_dot_admin__pb2.GetConfigRequest.FromString,
                     response_serializer=strata_dot_v1_dot_admin__pb2.GetConfigResponse.SerializeToString,
+            ),
+            'ResetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetStats,
+                    request_deserializer=strata_dot_v1_dot_admin__pb2.ResetStatsRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_admin__pb2.StatsResponse.SerializeToString,
+            ),
+            'ListPins': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPins,
+                    request_deserializer=strata_dot_v1_dot_admin__pb2.ListPinsRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_admin__pb2.ListPinsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +295,60 @@ class AdminService:
             '/strata.v1.AdminService/GetConfig',
             strata_dot_v1_dot_admin__pb2.GetConfigRequest.SerializeToString,
             strata_dot_v1_dot_admin__pb2.GetConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.AdminService/ResetStats',
+            strata_dot_v1_dot_admin__pb2.ResetStatsRequest.SerializeToString,
+            strata_dot_v1_dot_admin__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPins(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.AdminService/ListPins',
+            strata_dot_v1_dot_admin__pb2.ListPinsRequest.SerializeToString,
+            strata_dot_v1_dot_admin__pb2.ListPinsResponse.FromString,
             options,
             channel_credentials,
             insecure,
