@@ -189,10 +189,14 @@ def pack_read(ns_id: NamespaceId, keys: Sequence[BlockKey], *, count_misses: boo
     return pack_keys(ns_id, keys) + (b"" if count_misses else bytes([HITS_ONLY]))
 
 
+@_decoder
 def unpack_read(raw: memoryview) -> tuple[NamespaceId, list[BlockKey], bool]:
     """(namespace, keys, count_misses) of a READ_KEYS payload (no flags byte: count them)."""
     ns_id, keys, end = unpack_keys(raw)
-    return ns_id, keys, not (end < len(raw) and raw[end] & HITS_ONLY)
+    flags = bytes(raw[end:])
+    if len(flags) > 1 or (flags and flags[0] & ~HITS_ONLY):
+        raise ValueError(f"unknown READ_KEYS flags {flags.hex()}")
+    return ns_id, keys, not (flags and flags[0] & HITS_ONLY)
 
 
 class Hit(NamedTuple):

@@ -399,8 +399,8 @@ class DataPlaneServer:
     async def _read_keys(
         self, conn: ServerConn, header: frames.Header, payload: memoryview
     ) -> None:
-        store = self._require_store()
         ns_id, keys, count_misses = frames.unpack_read(payload)
+        store = self._require_store()
         namespace = store.namespace(ns_id)
         async with store.read(ns_id, keys, count_misses=count_misses) as run:
             hits = [frames.Hit(v.checksum, v.tier) for v in run.blocks]

@@ -60,11 +60,11 @@ def test_an_unreadable_keys_file_names_the_key(tmp_path: Path) -> None:
 
 
 def test_salting_by_api_key_gives_each_key_its_own_cache() -> None:
-    api = _Api(lambda: None, ["a", "b"], 8, salt_by_api_key=True)  # type: ignore[arg-type, return-value]
+    api = _Api(lambda: None, ["a", "b"], 8, salt_by_api_key=True, access_log=False)  # type: ignore[arg-type, return-value]
     body = CompletionRequest(model="m", prompt="p")
     salted = CompletionRequest(model="m", prompt="p", cache_salt="x")
     a, b = api._cache_salt(body, b"a"), api._cache_salt(body, b"b")
     assert a != b and a == api._cache_salt(body, b"a") and a.endswith("/")
     assert api._cache_salt(salted, b"a") == a + "x"  # the request's salt, under its key's
-    plain = _Api(lambda: None, ["a"], 8, salt_by_api_key=False)  # type: ignore[arg-type, return-value]
+    plain = _Api(lambda: None, ["a"], 8, salt_by_api_key=False, access_log=False)  # type: ignore[arg-type, return-value]
     assert plain._cache_salt(body, b"a") == "" and plain._cache_salt(salted, b"a") == "x"
