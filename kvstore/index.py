@@ -9,8 +9,7 @@ State kept per block (``BlockMeta``) and per index::
     children     parent key -> [n_hbm, n_dram, n_nvme]
                                                   cached children per tier, kept even while
                                                   the parent itself is absent
-    queues[tier] min-heap of (priority, token, key)
-                                                  eviction candidates, updated lazily
+    queues[tier] the policy's VictimQueue         eviction candidates in evict-first order
     removals     key -> MissReason                bounded record of recent removals
 
 Invariants:
@@ -18,8 +17,8 @@ Invariants:
     * ``children[p][r]`` counts the RESIDENT entries with parent ``p`` in the tier of rank r;
       a MOVING block counts nowhere (it is leaving its tier), so its parent can become a
       victim in the same ``select_victims`` call and eviction order stays exact;
-    * a heap item is live iff its token equals its block's ``queue_token`` (0 = not queued);
-      a block has at most one live item, in the heap of its own tier;
+    * ``meta.queued`` iff the queue of the block's tier holds it; only the index pushes
+      and discards, the queue only orders (and drops non-evictable blocks it pops);
     * a block is a *leaf* in its tier when no child is cached in that tier or a faster one,
       so prefix-aware policies never evict (or demote) a parent before its children;
     * a victim is RESIDENT, unread, unpinned and (for prefix-aware policies) a leaf.
@@ -33,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from kvstore.policy.eviction import EvictionPolicy, Priority
+from kvstore.policy.candidates import Candidate, EvictionPolicy, VictimQueue
 from kvstore.types import (
     TIERS_FASTEST_FIRST,
     BlockKey,
@@ -70,7 +69,8 @@ class BlockMeta:
     num_hits: int = 0
     num_readers: int = 0
     pinned_until_s: float | None = None
-    queue_token: int = 0
+    depth: int = 0  # blocks before it in its chain, as far as the index saw its ancestors
+    queued: bool = False
     retired_slots: list[tuple[TierKind, SlotId]] = field(default_factory=list)
 
     def transition(self, new_state: BlockState) -> None:
@@ -105,8 +105,8 @@ class BlockIndex:
         self.observer: Observer | None = None
         self._entries: dict[BlockKey, BlockMeta] = {}
         self._children: dict[BlockKey, list[int]] = {}
-        self._queues: dict[TierKind, list[tuple[Priority, int, BlockKey]]] = {
-            tier: [] for tier in TIERS_FASTEST_FIRST
+        self._queues: dict[TierKind, VictimQueue] = {
+            tier: policy.new_queue() for tier in TIERS_FASTEST_FIRST
         }
         self._num_blocks = dict.fromkeys(TIERS_FASTEST_FIRST, 0)
         self._removals: OrderedDict[BlockKey, MissReason] = OrderedDict()
@@ -137,6 +137,8 @@ class BlockIndex:
         if meta.key in self._entries:
             raise AssertionError(f"block {meta.key.hex()} inserted twice")
         meta.transition(BlockState.RESIDENT)
+        parent = self._entries.get(meta.parent) if meta.parent is not None else None
+        meta.depth = parent.depth + 1 if parent is not None else 0
         self._entries[meta.key] = meta
         self._removals.pop(meta.key, None)
         self._num_blocks[meta.tier] += 1
@@ -154,13 +156,12 @@ class BlockIndex:
             self._count_child(meta, meta.tier, -1)
         meta.transition(BlockState.REMOVED)
         del self._entries[meta.key]
+        self._unqueue(meta)
         self._num_blocks[meta.tier] -= 1
-        meta.queue_token = 0
         self._removals[meta.key] = reason
         self._removals.move_to_end(meta.key)
         if len(self._removals) > self._removal_record_blocks:
             self._removals.popitem(last=False)
-        self._compact_if_sparse(meta.tier)
         if self.observer is not None:
             self.observer(meta.key, None)
 
@@ -194,6 +195,7 @@ class BlockIndex:
         meta.num_hits += 1
         meta.last_access_s = now_s
         self._stamp(meta)
+        self._queues[meta.tier].touch(meta)
 
     def acquire(self, meta: BlockMeta) -> None:
         """Pin a block for a read: it is not evicted, moved away or freed until released."""
@@ -219,7 +221,7 @@ class BlockIndex:
         """Mark a block MOVING: still readable, no longer a candidate and no longer a child
         in its tier, until ``move``, ``remove`` or ``abandon_move``."""
         meta.transition(BlockState.MOVING)
-        meta.queue_token = 0
+        self._unqueue(meta)
         self._count_child(meta, meta.tier, -1)
 
     def abandon_move(self, meta: BlockMeta) -> None:
@@ -248,22 +250,22 @@ class BlockIndex:
         queue = self._queues[tier]
         victims: list[BlockMeta] = []
         num_examined = 0
-        while queue and len(victims) < num_blocks and num_examined < budget:
-            num_examined += 1
-            priority, token, key = heapq.heappop(queue)
-            meta = self._entries.get(key)
-            if meta is None or meta.queue_token != token:
-                continue  # stale: removed, moved, or pushed again since
-            if not self._evictable(meta, now_s):
-                meta.queue_token = 0  # an event (release, unpin, leaf) pushes it again
-                continue
-            current = self.policy.priority(meta)
-            if current != priority:
-                self._push(meta, current)  # touched since pushed: its priority only grew
-                continue
-            self.begin_move(meta)
-            victims.append(meta)
-        return VictimBatch(victims, bool(queue) and len(victims) < num_blocks, num_examined)
+
+        def evictable(block: Candidate) -> bool:
+            return self._evictable(self._entries[block.key], now_s)
+
+        while len(victims) < num_blocks and num_examined < budget:
+            popped = queue.pop(evictable, budget - num_examined)
+            num_examined += max(1, popped.num_examined)
+            for block in popped.unqueued:
+                self._entries[block.key].queued = False  # an event pushes it again
+            if popped.victim is None:
+                break
+            victim = self._entries[popped.victim.key]
+            victim.queued = False
+            self.begin_move(victim)
+            victims.append(victim)
+        return VictimBatch(victims, len(queue) > 0 and len(victims) < num_blocks, num_examined)
 
     def is_leaf(self, meta: BlockMeta) -> bool:
         counts = self._children.get(meta.key)
@@ -302,14 +304,15 @@ class BlockIndex:
 
     def _enqueue_if_evictable(self, meta: BlockMeta) -> None:
         # Pins are checked against their expiry at pop time; here any pin defers the push.
-        unqueued_unpinned = meta.queue_token == 0 and meta.pinned_until_s is None
+        unqueued_unpinned = not meta.queued and meta.pinned_until_s is None
         if unqueued_unpinned and self._evictable(meta, now_s=0.0):
-            self._push(meta, self.policy.priority(meta))
+            meta.queued = True
+            self._queues[meta.tier].push(meta)
 
-    def _push(self, meta: BlockMeta, priority: Priority) -> None:
-        self._token += 1
-        meta.queue_token = self._token
-        heapq.heappush(self._queues[meta.tier], (priority, self._token, meta.key))
+    def _unqueue(self, meta: BlockMeta) -> None:
+        """``meta`` leaves its tier (or starts moving): its queue forgets it."""
+        meta.queued = False
+        self._queues[meta.tier].discard(meta)
 
     def _expire_pins(self, now_s: float) -> None:
         while self._pin_expiries and self._pin_expiries[0][0] <= now_s:
@@ -317,15 +320,3 @@ class BlockIndex:
             meta = self._entries.get(key)
             if meta is not None and meta.pinned_until_s == until_s:
                 self.unpin(meta)
-
-    def _compact_if_sparse(self, tier: TierKind) -> None:
-        """Drop dead heap items once they outnumber live blocks (amortised O(1) a removal)."""
-        queue = self._queues[tier]
-        if len(queue) > 4096 and len(queue) > 2 * self._num_blocks[tier]:
-            live = [
-                item
-                for item in queue
-                if (meta := self._entries.get(item[2])) is not None and meta.queue_token == item[1]
-            ]
-            heapq.heapify(live)
-            self._queues[tier] = live

@@ -94,3 +94,6 @@ class EvictionPolicyKind(enum.Enum):
     LRU = "lru"
     PREFIX_LRU = "prefix_lru"
     LFU = "lfu"
+    SIEVE = "sieve"
+    S3_FIFO = "s3_fifo"
+    ARC = "arc"
