@@ -287,6 +287,11 @@ class BlockIndex:
         if counts is None:
             counts = self._children[meta.parent] = [0, 0, 0]
         counts[tier.rank] += delta
+        if delta > 0:
+            parent = self._entries.get(meta.parent)
+            if parent is not None and parent.queued and not self._evictable(parent, now_s=0.0):
+                parent.queued = False  # no longer a leaf: out of the queue until one again
+                self._queues[parent.tier].withdraw(parent)
         if delta < 0:
             if not any(counts):
                 del self._children[meta.parent]

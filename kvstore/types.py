@@ -97,3 +97,4 @@ class EvictionPolicyKind(enum.Enum):
     SIEVE = "sieve"
     S3_FIFO = "s3_fifo"
     ARC = "arc"
+    CHAIN_VALUE = "chain_value"

@@ -50,6 +50,9 @@ class ArcQueue:
         if self._t1.discard(block.key) or (in_t2 and self._t2.discard(block.key)):
             self._t2.push(block, (block.last_access_seq,))
 
+    def withdraw(self, block: Candidate) -> None:
+        self._t1.discard(block.key) or self._t2.discard(block.key)
+
     def discard(self, block: Candidate) -> None:
         self._t1.discard(block.key) or self._t2.discard(block.key)
         self._in_t2.pop(block.key, None)

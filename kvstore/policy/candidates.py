@@ -2,11 +2,13 @@
 
 A policy owns the *order* of one tier's eviction candidates; the index owns everything
 else (which blocks are candidates at all: resident, unread, unpinned, and for
-``leaves_only`` policies a leaf). The index drives a ``VictimQueue`` with four calls::
+``leaves_only`` policies a leaf). The index drives a ``VictimQueue`` with five calls::
 
     push(block)        the block became a candidate (committed, moved in, released,
                        unpinned, or its last cached child left)
     touch(block)       a hit; the block may or may not be queued
+    withdraw(block)    the block stays in the tier but is no longer a candidate (it
+                       just got a cached child); it comes back through ``push``
     discard(block)     the block leaves the tier (removed, or moving out): forget it,
                        whether queued or not (queues may remember blocks they unqueued)
     pop(ok, budget)    the next victim in evict-first order, examining at most
@@ -69,6 +71,8 @@ class VictimQueue(Protocol):
     def push(self, block: Candidate) -> None: ...
 
     def touch(self, block: Candidate) -> None: ...
+
+    def withdraw(self, block: Candidate) -> None: ...
 
     def discard(self, block: Candidate) -> None: ...
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from kvstore.policy.arc import Arc
 from kvstore.policy.candidates import Candidate, EvictionPolicy, VictimQueue
+from kvstore.policy.chain_value import ChainValue
 from kvstore.policy.priority import LFU, LRU, PrefixLRU
 from kvstore.policy.s3fifo import S3Fifo
 from kvstore.policy.sieve import Sieve
@@ -34,5 +35,6 @@ def make_eviction_policy(kind: EvictionPolicyKind) -> EvictionPolicy:
         EvictionPolicyKind.SIEVE: Sieve(),
         EvictionPolicyKind.S3_FIFO: S3Fifo(),
         EvictionPolicyKind.ARC: Arc(),
+        EvictionPolicyKind.CHAIN_VALUE: ChainValue(),
     }
     return policies[kind]

@@ -43,6 +43,9 @@ class PriorityQueue:
     def touch(self, block: Candidate) -> None:
         """Nothing to do: the grown priority is noticed when the block is popped."""
 
+    def withdraw(self, block: Candidate) -> None:
+        self._heap.discard(block.key)
+
     def discard(self, block: Candidate) -> None:
         self._heap.discard(block.key)
 

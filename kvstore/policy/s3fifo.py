@@ -60,6 +60,9 @@ class S3FifoQueue:
         if place is not None:
             place.num_hits = min(MAX_HITS, place.num_hits + 1)
 
+    def withdraw(self, block: Candidate) -> None:
+        self._small.discard(block.key) or self._main.discard(block.key)
+
     def discard(self, block: Candidate) -> None:
         self._small.discard(block.key) or self._main.discard(block.key)
         self._places.pop(block.key, None)

@@ -49,6 +49,9 @@ class SieveQueue:
         if block.key in self._positions:
             self._visited.add(block.key)
 
+    def withdraw(self, block: Candidate) -> None:
+        self._heap.discard(block.key)
+
     def discard(self, block: Candidate) -> None:
         self._heap.discard(block.key)
         self._positions.pop(block.key, None)
