@@ -81,7 +81,7 @@ TARGET_10K, TARGET_1K = 0.29, 0.10  # the issue's targets on the conversation tr
 TRACE_HELP = (
     "Mooncake-format JSONL trace to replay (one request a line with 'hash_ids'); the"
     " FAST'25 traces can be fetched from kvcache-ai/Mooncake, FAST25-release/traces/."
-    " Default: a seeded synthetic trace (--workload)."
+    " Default: a seeded synthetic trace of the same shape."
 )
 WORKLOADS = {"chat": synthetic_trace, "agent": agent_trace}
 
