@@ -97,14 +97,17 @@ def index_figures(
     *,
     lookahead_s: float = 0.0,
     score_from: int = 0,
+    variants: Sequence[str] | None = None,
+    queue_variants: Sequence[str] = QUEUE_VARIANTS,
 ) -> dict[str, float]:
-    """``hit_rate_<variant>_<capacity>`` for every variant (and ``+queue`` ones with a
-    lookahead), the unbounded bound and the oracles."""
+    """``hit_rate_<variant>_<capacity>`` for every variant (or those named in ``variants``,
+    and ``+queue`` ones with a lookahead), the unbounded bound and the oracles."""
     requests = keyed(trace)
-    rows: list[tuple[str, Variant, float]] = [(v.name, v, 0.0) for v in VARIANTS]
+    chosen = [v for v in VARIANTS if variants is None or v.name in variants]
+    rows: list[tuple[str, Variant, float]] = [(v.name, v, 0.0) for v in chosen]
     if lookahead_s > 0:
         by_name = {v.name: v for v in VARIANTS}
-        rows += [(f"{n}+queue", by_name[n], lookahead_s) for n in QUEUE_VARIANTS]
+        rows += [(f"{n}+queue", by_name[n], lookahead_s) for n in queue_variants]
     num_sims = len(rows) * len(capacities) + 1
     task = bar.add_task("index", total=(trace.num_requests // 256) * 256 * num_sims)
     step: Advance = functools.partial(bar.advance, task)
@@ -143,7 +146,7 @@ def index_figures(
 def gap_figures(results: dict[str, float], capacities: Sequence[int]) -> dict[str, float]:
     """Per capacity: the best online variant and the share of LRU's gap to Belady it closes."""
     out: dict[str, float] = {}
-    online = [v.name for v in VARIANTS]
+    online = [v.name for v in VARIANTS if rate_key(v.name, capacities[0]) in results]
     for c in capacities:
         lru, belady = results[rate_key("lru", c)], results.get(rate_key("belady", c))
         best = max(results[rate_key(n, c)] for n in online)
@@ -236,15 +239,19 @@ async def simulate_tiered(
 
 
 def tiered_figures(
-    trace: Trace, bar: Progress, dram_blocks: int, nvme_blocks: int
+    trace: Trace,
+    bar: Progress,
+    dram_blocks: int,
+    nvme_blocks: int,
+    kinds: Sequence[EvictionPolicyKind] = tuple(EvictionPolicyKind),
 ) -> dict[str, float]:
     """Per eviction policy: ``hit_rate_tiered_<policy>`` and the share of hits from DRAM."""
     requests = keyed(trace)
-    task = bar.add_task("tiered store", total=trace.num_requests * len(EvictionPolicyKind))
+    task = bar.add_task("tiered store", total=trace.num_requests * len(kinds))
     advance = functools.partial(bar.advance, task)
     results: dict[str, float] = {}
     start = time.perf_counter()
-    for kind in EvictionPolicyKind:
+    for kind in kinds:
         bar.update(task, description=f"tiered {kind.value}")
         workdir = Path(tempfile.mkdtemp(prefix="strata-hitrate-"))
         try:
@@ -358,19 +365,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     }
     with progress() as bar:
         results = index_figures(
-            trace, capacities, bar, lookahead_s=args.lookahead_s, score_from=score_from
+            trace,
+            capacities,
+            bar,
+            lookahead_s=args.lookahead_s,
+            score_from=score_from,
+            variants=args.variants,
+            queue_variants=args.queue_variants or QUEUE_VARIANTS,
         )
         results.update(gap_figures(results, capacities))
         results.update(extension_figures(trace))
         if not args.no_tiered:
-            results.update(tiered_figures(trace, bar, TIERED_DRAM_BLOCKS, TIERED_NVME_BLOCKS))
+            kinds = args.tiered or tuple(EvictionPolicyKind)
+            results.update(
+                tiered_figures(trace, bar, TIERED_DRAM_BLOCKS, TIERED_NVME_BLOCKS, kinds)
+            )
     if not args.no_cost:
         results.update(cost_figures(cost_blocks, args.cost_accesses, args.seed))
     console.print(matrix(results, capacities))
     units = {k: "s" if k.endswith("_s") else "µs" if k.endswith("_us") else "" for k in results}
-    report(
-        "hitrate", config, results, units=units, targets=_targets(capacities), json_path=args.json
-    )
+    targets = {k: t for k, t in _targets(capacities).items() if k in results}
+    report("hitrate", config, results, units=units, targets=targets, json_path=args.json)
     default_plot = args.json.with_suffix(".png") if args.json else Path("bench/results/hitrate.png")
     plot_path = args.plot or default_plot
     plot(results, capacities, plot_path, f"prefix hit rate: {trace.name}")
@@ -426,6 +441,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help=f"timed accesses per policy (default {COST_ACCESSES:,})",
     )
+    names = ", ".join(v.name for v in VARIANTS)
+    p.add_argument("--variants", type=_names, metavar="A,B", help=f"rows to run, of: {names}")
+    p.add_argument(
+        "--queue-variants",
+        type=_names,
+        metavar="A,B",
+        help=f"rows run with --lookahead-s (default: {', '.join(QUEUE_VARIANTS)})",
+    )
+    p.add_argument(
+        "--tiered",
+        type=_kinds,
+        metavar="A,B",
+        help="eviction policies of the tiered runs (default: all)",
+    )
     p.add_argument("--no-tiered", action="store_true", help="skip the tiered store runs")
     p.add_argument("--no-cost", action="store_true", help="skip the cost per access")
     p.add_argument("--plot", type=Path, metavar="PATH", help="PNG (default: --json path .png)")
@@ -434,9 +463,26 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--trace: no such file: {args.trace}")
     if not 0.0 <= args.score_from < 1.0:
         p.error(f"--score-from: must be in [0, 1), got {args.score_from}")
+    known = {v.name for v in VARIANTS}
+    for name in [*(args.variants or ()), *(args.queue_variants or ())]:
+        if name not in known:
+            p.error(f"--variants/--queue-variants: unknown variant {name!r}")
+    if args.variants is not None and "lru" not in args.variants:
+        p.error("--variants: must include lru (every figure is compared with it)")
     if args.lookahead_s < 0:
         p.error(f"--lookahead-s: must be >= 0, got {args.lookahead_s}")
     return args
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _kinds(text: str) -> tuple[EvictionPolicyKind, ...]:
+    try:
+        return tuple(EvictionPolicyKind(n) for n in _names(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 if __name__ == "__main__":

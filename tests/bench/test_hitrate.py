@@ -210,3 +210,21 @@ def test_extension_figures_count_turns_and_gaps() -> None:
     assert figures["p_extend_turn_1"] == pytest.approx(1 / 2)
     assert figures["p_extend_turn_2"] == 1.0 and figures["p_extend_turn_3"] == 0.0
     assert figures["gap_p50_s"] == pytest.approx(20.0)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--variants", "lru,nope"],
+        ["--variants", "chain_value"],  # no lru to compare with
+        ["--tiered", "fifo"],
+        ["--score-from", "1.0"],
+        ["--lookahead-s", "-1"],
+    ],
+)
+def test_bad_flags_are_refused_with_a_message(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        hitrate.main(argv)
+    assert "error:" in capsys.readouterr().err
