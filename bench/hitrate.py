@@ -308,6 +308,7 @@ def plot(results: dict[str, float], capacities: Sequence[int], path: Path, title
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
+    ax.set_prop_cycle(color=[plt.get_cmap("tab20")(i) for i in range(20)])
     names = [v.name for v in VARIANTS] + [
         k[len("hit_rate_") : -len(f"_{capacities[0]}")]
         for k in results

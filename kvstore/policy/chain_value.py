@@ -13,8 +13,9 @@ Score (lower = evicted first; it never decreases over a block's life)::
     last_access_seq
       + lifetime * (min(num_hits, max_hits) + depth_weight * min(depth, DEPTH_CAP) / DEPTH_CAP)
 
-``lifetime`` is the largest number of blocks the queue has held (one LRU lifetime, in
-accesses, once the tier is full), so the bonus scales with the tier instead of being a
+``lifetime`` is the largest number of the tier's blocks the queue has been told of
+(pushed and not yet discarded, whether or not they are candidates now: about one LRU
+lifetime, in accesses, once the tier is full), so the bonus scales with the tier instead of being a
 trace-tuned constant: a block read k times survives about k more lifetimes of
 untouched blocks. ``max_hits`` caps the bonus so a block once hot leaves after a few idle
 lifetimes (no LFU pollution). ``depth_weight`` (default 0) trades hit rate for recompute
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from kvstore.policy.candidates import Candidate, Evictable, Popped, VictimQueue
 from kvstore.policy.keyed_heap import Priority
 from kvstore.policy.priority import PriorityQueue
-from kvstore.types import EvictionPolicyKind
+from kvstore.types import BlockKey, EvictionPolicyKind
 
 DEPTH_CAP = 64  # blocks; deeper blocks score as this deep
 
@@ -41,6 +42,7 @@ class ChainValueQueue:
         self._max_hits = max_hits
         self._depth_weight = depth_weight
         self._lifetime = 1
+        self._known: set[BlockKey] = set()  # blocks of the tier pushed and not discarded
         self._queue = PriorityQueue(self._score)
 
     def __len__(self) -> int:
@@ -52,7 +54,8 @@ class ChainValueQueue:
         return (block.last_access_seq + int(self._lifetime * value),)
 
     def push(self, block: Candidate) -> None:
-        self._lifetime = max(self._lifetime, len(self._queue) + 1)
+        self._known.add(block.key)
+        self._lifetime = max(self._lifetime, len(self._known))
         self._queue.push(block)
 
     def touch(self, block: Candidate) -> None:
@@ -62,6 +65,7 @@ class ChainValueQueue:
         self._queue.withdraw(block)
 
     def discard(self, block: Candidate) -> None:
+        self._known.discard(block.key)
         self._queue.discard(block)
 
     def pop(self, evictable: Evictable, budget: int) -> Popped:

@@ -40,3 +40,16 @@ def test_depth_weight_keeps_deep_leaves_longer() -> None:
     independent(d, "shallow")
     # Leaves: deep (depth 1) and shallow (depth 0, newer). Plain LRU would take deep.
     assert d.evict(1) == ["shallow"]
+
+
+def test_the_lifetime_counts_parents_that_are_not_candidates() -> None:
+    # Only leaves are candidates, yet a lifetime is every block of the tier: a chain of
+    # 20 plus x and q make it 22 (23 with y), not the 3 or 4 leaves in the queue.
+    d = Driver(ChainValue())
+    chain = [f"c{i}" for i in range(1, 21)]
+    d.insert(*chain)  # seqs 1..20
+    independent(d, "x", "q")  # seqs 21, 22
+    d.hit("x")  # seq 23: score 23 + 23
+    d.hit("q", "q", "q", "q", "q")  # seq 28: score 28 + 3 * 23
+    independent(d, "y")  # seq 29
+    assert d.evict(23) == [*reversed(chain), "y", "x", "q"]
