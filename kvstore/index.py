@@ -17,8 +17,9 @@ Invariants:
     * ``children[p][r]`` counts the RESIDENT entries with parent ``p`` in the tier of rank r;
       a MOVING block counts nowhere (it is leaving its tier), so its parent can become a
       victim in the same ``select_victims`` call and eviction order stays exact;
-    * ``meta.queued`` iff the queue of the block's tier holds it; only the index pushes
-      and discards, the queue only orders (and drops non-evictable blocks it pops);
+    * ``meta.queued`` iff the queue of the block's tier holds it; only the index pushes,
+      withdraws (a block that just got a cached child, for leaves-only policies) and
+      discards; the queue only orders (and drops non-evictable blocks it pops);
     * a block is a *leaf* in its tier when no child is cached in that tier or a faster one,
       so prefix-aware policies never evict (or demote) a parent before its children;
     * a victim is RESIDENT, unread, unpinned and (for prefix-aware policies) a leaf.
