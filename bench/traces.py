@@ -14,6 +14,8 @@ Oracles (no store involved; both use the "look up the longest cached leading run
 insert the request's missing blocks" model of ``bench.hitrate``):
 
 * ``unbounded_hit_rate``: every block ever seen stays cached.
+* ``oracle_admission_hit_rate``: LRU that stores only blocks with a next use (knows
+  *whether*, not *when*: the most an admission or extension predictor could give LRU).
 * ``belady_hit_rate``: the offline optimum at a capacity in blocks: on overflow, evict the
   block whose next use is farthest away (never-used-again first). A parent is always next
   used before its child (it precedes the child in the child's next request), so the cache
@@ -27,21 +29,37 @@ from __future__ import annotations
 import heapq
 import json
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvstore.types import BlockKey
 
 NEVER = 1 << 62  # "next use" of a block that is not used again
+MOONCAKE_BLOCK_TOKENS = 512  # tokens per hash id in Mooncake's traces
+SYNTHETIC_RATE_PER_S = 3.4
 
 
 @dataclass(frozen=True, slots=True)
 class Trace:
-    """A named list of requests; each request is its block hash ids, parent first."""
+    """A named list of requests; each request is its block hash ids, parent first.
+
+    ``arrivals_s`` is each request's arrival time (seconds from the trace's start; the
+    request's index when the trace has no timestamps). ``last_full`` says whether a
+    request's last block holds a whole block of tokens (True when the trace does not say).
+    """
 
     name: str
     requests: list[list[int]]
+    arrivals_s: list[float] = field(default_factory=list)
+    last_full: list[bool] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.arrivals_s:
+            self.arrivals_s.extend(float(i) for i in range(len(self.requests)))
+        if not self.last_full:
+            self.last_full.extend(True for _ in self.requests)
 
     @property
     def num_requests(self) -> int:
@@ -59,7 +77,12 @@ class Trace:
         """The first ``num_requests`` requests (all when None)."""
         if num_requests is None or num_requests >= self.num_requests:
             return self
-        return Trace(f"{self.name}[:{num_requests}]", self.requests[:num_requests])
+        return Trace(
+            f"{self.name}[:{num_requests}]",
+            self.requests[:num_requests],
+            self.arrivals_s[:num_requests],
+            self.last_full[:num_requests],
+        )
 
 
 def block_key(hash_id: int) -> BlockKey:
@@ -67,14 +90,23 @@ def block_key(hash_id: int) -> BlockKey:
     return BlockKey(hash_id.to_bytes(16, "little"))
 
 
-def load_trace(path: Path) -> Trace:
-    """Read a Mooncake-format JSONL trace (blank lines are skipped)."""
+def load_trace(path: Path, block_tokens: int = MOONCAKE_BLOCK_TOKENS) -> Trace:
+    """Read a Mooncake-format JSONL trace (blank lines are skipped).
+
+    ``timestamp`` (ms) and ``input_length`` (tokens) are optional; without them requests
+    arrive one a second and every last block counts as full.
+    """
     requests: list[list[int]] = []
+    arrivals_s: list[float] = []
+    last_full: list[bool] = []
     with path.open() as lines:
         for line in lines:
             if line.strip():
-                requests.append([int(h) for h in json.loads(line)["hash_ids"]])
-    return Trace(path.name, requests)
+                record = json.loads(line)
+                requests.append([int(h) for h in record["hash_ids"]])
+                arrivals_s.append(record.get("timestamp", len(requests) * 1000.0) / 1000.0)
+                last_full.append(record.get("input_length", 0) % block_tokens == 0)
+    return Trace(path.name, requests, arrivals_s, last_full)
 
 
 def synthetic_trace(num_requests: int, seed: int) -> Trace:
@@ -86,8 +118,10 @@ def synthetic_trace(num_requests: int, seed: int) -> Trace:
     (lognormal, median about 11 blocks). With probability 0.38 a conversation gets another
     turn, a few hundred requests later, that extends the previous turn's blocks minus
     its (partial) last block by a few new ones. A few one-off requests share nothing.
-    Its system prompts (up to 9 blocks) are longer than the real trace's single shared
-    block, so small capacities hit more often here (LRU at 1,000 blocks: ~0.12 vs ~0.04).
+    Requests arrive at ``SYNTHETIC_RATE_PER_S`` (the real trace's 3.4 a second); every
+    last block is partial. Its system prompts (up to 9 blocks) are longer than the real
+    trace's single shared block, so small capacities hit more often here (LRU at 1,000
+    blocks: ~0.12 vs ~0.04).
     """
     rng = random.Random(seed)
     next_id = 1
@@ -96,6 +130,7 @@ def synthetic_trace(num_requests: int, seed: int) -> Trace:
         prompts.append([0, *range(next_id, next_id + length)])
         next_id += length
     requests: list[list[int]] = []
+    arrivals_s: list[float] = []
     followups: list[tuple[int, int, list[int]]] = []  # (due request index, tiebreak, base)
     for i in range(num_requests):
         if followups and followups[0][0] <= i:
@@ -109,17 +144,19 @@ def synthetic_trace(num_requests: int, seed: int) -> Trace:
         request = [*base, *range(next_id, next_id + num_new)]
         next_id += num_new
         requests.append(request)
+        arrivals_s.append(i / SYNTHETIC_RATE_PER_S)
         if base and rng.random() < 0.38:
             due = i + 1 + int(rng.expovariate(1 / 600))
             heapq.heappush(followups, (due, i, request))
-    return Trace(f"synthetic(seed={seed})", requests)
+    # A next turn re-hashes the previous turn's partial last block: last blocks are partial.
+    return Trace(f"synthetic(seed={seed})", requests, arrivals_s, [False] * len(requests))
 
 
 def _prompt_blocks(rng: random.Random) -> int:
     return max(1, min(240, round(rng.lognormvariate(2.4, 0.9))))
 
 
-def leading_run(request: Sequence[int], cached: set[int] | dict[int, int]) -> int:
+def leading_run(request: Sequence[int], cached: Collection[int]) -> int:
     """How many leading blocks of ``request`` are in ``cached``."""
     n = 0
     for h in request:
@@ -172,4 +209,30 @@ def belady_hit_rate(trace: Trace, capacity_blocks: int, nexts: list[int] | None 
                 neg, victim = heapq.heappop(heap)
                 if cached.get(victim) == -neg:
                     del cached[victim]
+    return hits / max(1, trace.num_blocks)
+
+
+def oracle_admission_hit_rate(
+    trace: Trace, capacity_blocks: int, nexts: list[int] | None = None
+) -> float:
+    """Prefix hit rate of LRU that stores only blocks that will be read again.
+
+    Not an online policy: it knows *whether* each block is reused (not *when*), which is
+    what an admission or extension predictor would have to learn. Flat LRU over ids in
+    the same lookup-then-insert model; a block with no next use is not stored.
+    """
+    nexts = next_uses(trace) if nexts is None else nexts
+    cached: OrderedDict[int, None] = OrderedDict()
+    hits = pos = 0
+    for request in trace.requests:
+        hits += leading_run(request, cached)
+        for h in request:
+            nxt = nexts[pos]
+            pos += 1
+            if h in cached:
+                cached.move_to_end(h)
+            elif nxt != NEVER:
+                cached[h] = None
+                if len(cached) > capacity_blocks:
+                    cached.popitem(last=False)
     return hits / max(1, trace.num_blocks)

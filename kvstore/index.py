@@ -9,9 +9,9 @@ State kept per block (``BlockMeta``) and per index::
     children     parent key -> [n_hbm, n_dram, n_nvme]
                                                   cached children per tier, kept even while
                                                   the parent itself is absent
-    queues[tier, length]  min-heap of (priority, token, key)
-                                                  eviction candidates per tier and block
-                                                  size (size class), updated lazily
+    queues[tier, length]  the policy's VictimQueue
+                                                  eviction candidates in evict-first order,
+                                                  per tier and block size (size class)
     removals     key -> MissReason                bounded record of recent removals
 
 Invariants:
@@ -21,8 +21,9 @@ Invariants:
     * ``children[p][r]`` counts the RESIDENT entries with parent ``p`` in the tier of rank r;
       a MOVING block counts nowhere (it is leaving its tier), so its parent can become a
       victim in the same ``select_victims`` call and eviction order stays exact;
-    * a heap item is live iff its token equals its block's ``queue_token`` (0 = not queued);
-      a block has at most one live item, in the heap of its own tier and length;
+    * ``meta.queued`` iff the queue of the block's tier and length holds it; only the index pushes,
+      withdraws (a block that just got a cached child, for leaves-only policies) and
+      discards; the queue only orders (and drops non-evictable blocks it pops);
     * a block is a *leaf* in its tier when no child is cached in that tier or a faster one,
       so prefix-aware policies never evict (or demote) a parent before its children;
     * a victim is RESIDENT, unread, unpinned and (for prefix-aware policies) a leaf.
@@ -36,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from kvstore.policy.eviction import EvictionPolicy, Priority
+from kvstore.policy.candidates import Candidate, EvictionPolicy, VictimQueue
 from kvstore.types import (
     TIERS_FASTEST_FIRST,
     BlockKey,
@@ -73,7 +74,8 @@ class BlockMeta:
     num_hits: int = 0
     num_readers: int = 0
     pinned_until_s: float | None = None
-    queue_token: int = 0
+    depth: int = 0  # blocks before it in its chain, as far as the index saw its ancestors
+    queued: bool = False
     retired_slots: list[tuple[TierKind, SlotId]] = field(default_factory=list)
     nvme_slot: SlotId | None = None  # an inclusive NVMe copy while ``tier`` is faster
 
@@ -109,7 +111,7 @@ class BlockIndex:
         self.observer: Observer | None = None
         self._entries: dict[BlockKey, BlockMeta] = {}
         self._children: dict[BlockKey, list[int]] = {}
-        self._queues: dict[tuple[TierKind, int], list[tuple[Priority, int, BlockKey]]] = {}
+        self._queues: dict[tuple[TierKind, int], VictimQueue] = {}
         self._num_blocks = dict.fromkeys(TIERS_FASTEST_FIRST, 0)
         self._num_bytes = dict.fromkeys(TIERS_FASTEST_FIRST, 0)
         self._removals: OrderedDict[BlockKey, MissReason] = OrderedDict()
@@ -144,6 +146,8 @@ class BlockIndex:
         if meta.key in self._entries:
             raise AssertionError(f"block {meta.key.hex()} inserted twice")
         meta.transition(BlockState.RESIDENT)
+        parent = self._entries.get(meta.parent) if meta.parent is not None else None
+        meta.depth = parent.depth + 1 if parent is not None else 0
         self._entries[meta.key] = meta
         self._removals.pop(meta.key, None)
         self._count_block(meta.tier, meta.length_bytes, +1)
@@ -161,13 +165,12 @@ class BlockIndex:
             self._count_child(meta, meta.tier, -1)
         meta.transition(BlockState.REMOVED)
         del self._entries[meta.key]
+        self._unqueue(meta)
         self._count_block(meta.tier, meta.length_bytes, -1)
-        meta.queue_token = 0
         self._removals[meta.key] = reason
         self._removals.move_to_end(meta.key)
         if len(self._removals) > self._removal_record_blocks:
             self._removals.popitem(last=False)
-        self._compact_if_sparse(meta.tier, meta.length_bytes)
         if self.observer is not None:
             self.observer(meta.key, None)
 
@@ -201,6 +204,7 @@ class BlockIndex:
         meta.num_hits += 1
         meta.last_access_s = now_s
         self._stamp(meta)
+        self._queue(meta.tier, meta.length_bytes).touch(meta)
 
     def acquire(self, meta: BlockMeta) -> None:
         """Pin a block for a read: it is not evicted, moved away or freed until released."""
@@ -240,7 +244,7 @@ class BlockIndex:
         """Mark a block MOVING: still readable, no longer a candidate and no longer a child
         in its tier, until ``move``, ``remove`` or ``abandon_move``."""
         meta.transition(BlockState.MOVING)
-        meta.queue_token = 0
+        self._unqueue(meta)
         self._count_child(meta, meta.tier, -1)
 
     def abandon_move(self, meta: BlockMeta) -> None:
@@ -264,41 +268,45 @@ class BlockIndex:
         budget: int,
         length_bytes: int | None = None,
     ) -> VictimBatch:
-        """Take up to ``num_blocks`` victims out of ``tier``, doing at most ``budget`` heap
-        pops: blocks of ``length_bytes`` only (their slots are what a size class needs),
-        or of any length (the least recent first across the size classes' queues).
-        Victims come back MOVING; the caller moves (``move``), drops (``remove``) or keeps
-        (``abandon_move``) each one. Prefix-aware policies yield leaves only, but a victim
-        stops counting as its parent's child at once, so the parent may follow in the
-        same call: the order is the same as evicting one block per call.
+        """Take up to ``num_blocks`` victims out of ``tier``, examining at most ``budget``
+        candidates: blocks of ``length_bytes`` only (their slots are what a size class
+        needs), or of any length. A policy orders the blocks of one queue (one size
+        class); across classes, the queue with the most candidates goes first (the admin
+        ``evict`` of any size). Victims come back MOVING; the caller moves (``move``),
+        drops (``remove``) or keeps (``abandon_move``) each one. Prefix-aware policies
+        yield leaves only, but a victim stops counting as its parent's child at once, so
+        the parent may follow in the same call: the order is the same as evicting one
+        block per call.
         """
         self._expire_pins(now_s)
-        queues = [
+        candidates = [
             q
             for (t, length), q in self._queues.items()
             if t is tier and (length_bytes is None or length == length_bytes)
         ]
+        queues = list(candidates)  # those that may still yield a victim in this call
         victims: list[BlockMeta] = []
         num_examined = 0
+
+        def evictable(block: Candidate) -> bool:
+            return self._evictable(self._entries[block.key], now_s)
+
         while len(victims) < num_blocks and num_examined < budget:
-            queue = min((q for q in queues if q), key=lambda q: q[0], default=None)
+            queue = max((q for q in queues if len(q)), key=len, default=None)
             if queue is None:
                 break
-            num_examined += 1
-            priority, token, key = heapq.heappop(queue)
-            meta = self._entries.get(key)
-            if meta is None or meta.queue_token != token:
-                continue  # stale: removed, moved, or pushed again since
-            if not self._evictable(meta, now_s):
-                meta.queue_token = 0  # an event (release, unpin, leaf) pushes it again
+            popped = queue.pop(evictable, budget - num_examined)
+            num_examined += max(1, popped.num_examined)
+            for block in popped.unqueued:
+                self._entries[block.key].queued = False  # an event pushes it again
+            if popped.victim is None:
+                queues.remove(queue)  # nothing there can go now (or the budget is spent)
                 continue
-            current = self.policy.priority(meta)
-            if current != priority:
-                self._push(meta, current)  # touched since pushed: its priority only grew
-                continue
-            self.begin_move(meta)
-            victims.append(meta)
-        work_left = any(queues) and len(victims) < num_blocks
+            victim = self._entries[popped.victim.key]
+            victim.queued = False
+            self.begin_move(victim)
+            victims.append(victim)
+        work_left = any(len(q) for q in candidates) and len(victims) < num_blocks
         return VictimBatch(victims, work_left, num_examined)
 
     def take_all(
@@ -358,6 +366,11 @@ class BlockIndex:
         if counts is None:
             counts = self._children[meta.parent] = [0, 0, 0]
         counts[tier.rank] += delta
+        if delta > 0:
+            parent = self._entries.get(meta.parent)
+            if parent is not None and parent.queued and not self._evictable(parent, now_s=0.0):
+                parent.queued = False  # no longer a leaf: out of the queue until one again
+                self._queue(parent.tier, parent.length_bytes).withdraw(parent)
         if delta < 0:
             if not any(counts):
                 del self._children[meta.parent]
@@ -375,15 +388,26 @@ class BlockIndex:
 
     def _enqueue_if_evictable(self, meta: BlockMeta) -> None:
         # Pins are checked against their expiry at pop time; here any pin defers the push.
-        unqueued_unpinned = meta.queue_token == 0 and meta.pinned_until_s is None
+        unqueued_unpinned = not meta.queued and meta.pinned_until_s is None
         if unqueued_unpinned and self._evictable(meta, now_s=0.0):
-            self._push(meta, self.policy.priority(meta))
+            meta.queued = True
+            self._queue(meta.tier, meta.length_bytes).push(meta)
 
-    def _push(self, meta: BlockMeta, priority: Priority) -> None:
-        self._token += 1
-        meta.queue_token = self._token
-        queue = self._queues.setdefault((meta.tier, meta.length_bytes), [])
-        heapq.heappush(queue, (priority, self._token, meta.key))
+    def _queue(self, tier: TierKind, length_bytes: int) -> VictimQueue:
+        """The eviction queue of ``tier``'s blocks of ``length_bytes`` (made when needed)."""
+        queue = self._queues.get((tier, length_bytes))
+        if queue is None:
+            queue = self._queues[tier, length_bytes] = self.policy.new_queue()
+        return queue
+
+    def _count_block(self, tier: TierKind, length_bytes: int, delta: int) -> None:
+        self._num_blocks[tier] += delta
+        self._num_bytes[tier] += delta * length_bytes
+
+    def _unqueue(self, meta: BlockMeta) -> None:
+        """``meta`` leaves its tier (or starts moving): its queue forgets it."""
+        meta.queued = False
+        self._queue(meta.tier, meta.length_bytes).discard(meta)
 
     def _expire_pins(self, now_s: float) -> None:
         while self._pin_expiries and self._pin_expiries[0][0] <= now_s:
@@ -391,22 +415,6 @@ class BlockIndex:
             meta = self._entries.get(key)
             if meta is not None and meta.pinned_until_s == until_s:
                 self.unpin(meta)
-
-    def _count_block(self, tier: TierKind, length_bytes: int, delta: int) -> None:
-        self._num_blocks[tier] += delta
-        self._num_bytes[tier] += delta * length_bytes
-
-    def _compact_if_sparse(self, tier: TierKind, length_bytes: int) -> None:
-        """Drop dead heap items once they outnumber live blocks (amortised O(1) a removal)."""
-        queue = self._queues.get((tier, length_bytes), [])
-        if len(queue) > 4096 and len(queue) > 2 * self._num_blocks[tier]:
-            live = [
-                item
-                for item in queue
-                if (meta := self._entries.get(item[2])) is not None and meta.queue_token == item[1]
-            ]
-            heapq.heapify(live)
-            self._queues[tier, length_bytes] = live
 
 
 def _children_first(metas: list[BlockMeta]) -> list[BlockMeta]:

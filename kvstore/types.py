@@ -95,3 +95,7 @@ class EvictionPolicyKind(enum.Enum):
     LRU = "lru"
     PREFIX_LRU = "prefix_lru"
     LFU = "lfu"
+    SIEVE = "sieve"
+    S3_FIFO = "s3_fifo"
+    ARC = "arc"
+    CHAIN_VALUE = "chain_value"
