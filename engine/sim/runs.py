@@ -11,12 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from engine.sim.capacity import (
-    EFFECTIVE_ATTAINMENT,
-    GOODPUT_ATTAINMENT,
-    RatePoint,
-    highest_rate,
-)
+from engine.sim.capacity import GOODPUT_ATTAINMENT, RatePoint, highest_rate, slo_throughput
 from engine.sim.cluster import ClusterSpec
 from engine.sim.metrics import Slo, attainment, summarise
 from engine.sim.profiles import Profile
@@ -72,11 +67,11 @@ def sweep(
     gpus = spec.num_instances * profile.gpus_per_instance
     capacity: dict[str, float] = {"gpus": float(gpus)}
     for slo, rate_points in by_slo.items():
-        for name, target in (
-            ("goodput", GOODPUT_ATTAINMENT),
-            ("effective_capacity", EFFECTIVE_ATTAINMENT),
-        ):
-            rate = highest_rate(rate_points, target)
+        rates = {
+            "goodput": highest_rate(rate_points, GOODPUT_ATTAINMENT),
+            "effective_capacity": slo_throughput(rate_points),
+        }
+        for name, rate in rates.items():
             capacity[f"{name}_rps_tbt{_ms(slo)}"] = rate
             capacity[f"{name}_rps_per_gpu_tbt{_ms(slo)}"] = rate / gpus
     return Sweep(points, capacity)

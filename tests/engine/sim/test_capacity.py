@@ -1,6 +1,6 @@
 import pytest
 
-from engine.sim.capacity import RatePoint, geometric_scales, highest_rate
+from engine.sim.capacity import RatePoint, geometric_scales, highest_rate, slo_throughput
 
 
 def test_highest_rate_interpolates_to_the_first_miss() -> None:
@@ -24,3 +24,9 @@ def test_geometric_scales() -> None:
     assert geometric_scales(0.5, 2.0, 3) == pytest.approx([0.5, 1.0, 2.0])
     with pytest.raises(ValueError):
         geometric_scales(1.0, 1.0, 3)
+
+
+def test_slo_throughput_is_the_most_requests_a_second_within_the_slos() -> None:
+    points = [RatePoint(1.0, 1.0), RatePoint(2.0, 0.9), RatePoint(4.0, 0.5)]
+    assert slo_throughput(points) == pytest.approx(2.0)
+    assert slo_throughput([]) == 0.0
