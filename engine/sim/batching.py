@@ -17,14 +17,21 @@ for pages) and needs ``running < max_batch``; otherwise it waits, first come fir
 Per sequence the token intervals are the step durations it took part in; they are kept
 once per instance (``durations``) and sliced when the sequence finishes.
 
+Speed: while no prefill is pending and nothing arrives, the steps until the next
+sequence finishes are planned as one *run* (one event; each step's duration still
+computed, the context growing by the batch each step); an arrival cuts the run at the
+next step boundary. So events scale with arrivals and finishes, not with tokens.
+
 Invariants: ``reserved_tokens <= kv_capacity_tokens`` (a sequence larger than the whole
-capacity is admitted alone); a sequence joins at a step boundary; at most one step is in
-flight. Cost: O(log batch) per step plus O(chunks); per token no work.
+capacity is admitted alone); a sequence joins at a step boundary; at most one step or
+run is in flight. Cost: O(log batch) per finish, O(1) per step, O(chunks) per mixed step.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +56,16 @@ class Sequence:
     computed: int = 0  # prompt tokens done (cached ones count as done)
     start_step: int = 0
     intervals: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Decode-only steps planned from ``start_s``: each step's duration and the
+    cumulative ends."""
+
+    start_s: float
+    durations: list[float]
+    ends: list[float]
 
 
 class BatchInstance:
@@ -77,6 +94,8 @@ class BatchInstance:
         self._waiting: deque[Sequence] = deque()
         self._seq = 0
         self._stepping = False
+        self._epoch = 0  # the step or run in flight; a cut run's old end is ignored
+        self._run: _Run | None = None  # the decode-only run in flight, if any
 
     @property
     def num_running(self) -> int:
@@ -101,6 +120,8 @@ class BatchInstance:
         if not self._stepping:
             self._admit()
             self._step()
+        elif self._run is not None:
+            self._cut_run()
 
     def _admit(self) -> None:
         while self._waiting:
@@ -130,13 +151,42 @@ class BatchInstance:
         self.context_tokens += seq.prompt_tokens + 1
 
     def _step(self) -> None:
+        """Start the next step, or a run of decode-only steps up to the next finish."""
         if not self._running and not self._prefilling:
             self._stepping = False
             return
         self._stepping = True
-        chunks = self._chunks()
-        duration = self._step_s(chunks)
-        self.events.after(duration, lambda: self._end_step(duration, chunks))
+        self._epoch += 1
+        epoch = self._epoch
+        if self._prefilling:
+            chunks = self._chunks()
+            durations = [self._step_s(chunks)]
+            self._run = None
+            self.events.after(durations[0], lambda: self._end_steps(epoch, durations, chunks))
+            return
+        batch, context = len(self._running), self.context_tokens
+        num_steps = self._running[0][0] - len(self.durations)
+        tbt_s = self.costs.tbt_s
+        durations = [tbt_s(batch, context + j * batch) for j in range(num_steps)]
+        ends = list(itertools.accumulate(durations))
+        self._run = _Run(self.events.now, durations, ends)
+        self.events.after(ends[-1], lambda: self._end_steps(epoch, durations, []))
+
+    def _cut_run(self) -> None:
+        """A sequence arrived during a decode-only run: end the run at the next step
+        boundary (the step in flight completes), so it joins there."""
+        run = self._run
+        assert run is not None
+        done = bisect.bisect_left(run.ends, self.events.now - run.start_s)
+        keep = done + 1
+        if keep >= len(run.durations):
+            return  # the run ends at that boundary anyway
+        self._epoch += 1
+        epoch = self._epoch
+        durations = run.durations[:keep]
+        self._run = _Run(run.start_s, durations, run.ends[:keep])
+        end_s = run.start_s + run.ends[keep - 1]
+        self.events.at(end_s, lambda: self._end_steps(epoch, durations, []))
 
     def _chunks(self) -> list[tuple[Sequence, int]]:
         budget = self.chunk_tokens
@@ -162,11 +212,16 @@ class BatchInstance:
                 seconds -= min(costs.prefill_base_s, costs.decode_base_s)
         return seconds
 
-    def _end_step(self, duration: float, chunks: list[tuple[Sequence, int]]) -> None:
-        self.durations.append(duration)
-        self.busy_s += duration
+    def _end_steps(
+        self, epoch: int, durations: list[float], chunks: list[tuple[Sequence, int]]
+    ) -> None:
+        if epoch != self._epoch:
+            return  # a run cut short since; its new end is scheduled
+        self._run = None
+        self.durations.extend(durations)
+        self.busy_s += sum(durations)
         steps = len(self.durations)
-        self.context_tokens += len(self._running)
+        self.context_tokens += len(self._running) * len(durations)
         while self._running and self._running[0][0] <= steps:
             _, _, seq = heapq.heappop(self._running)
             self.context_tokens -= seq.prompt_tokens + seq.output_tokens
