@@ -62,33 +62,38 @@ class NodeStore:
                     self._make_room(now_s)
 
     def write(self, keys: Sequence[BlockKey], now_s: float) -> int:
-        """Store ``keys`` (a prompt's full blocks): touch those present, insert the rest
-        into the fastest tier; returns how many were inserted."""
+        """Store ``keys`` (a prompt's full blocks): touch those present; make room for
+        the rest in the fastest tier first (as the real store reserves slots before it
+        writes), then insert them; returns how many were inserted."""
         if not self.tiers:
             return 0
-        first = self.tiers[0]
-        inserted = 0
+        index = self.index
+        new: dict[BlockKey, BlockKey | None] = {}  # key -> parent (a repeated key once)
         for i, key in enumerate(keys):
-            meta = self.index.get(key)
-            if meta is not None:
-                self.index.touch(meta, now_s)
-                continue
-            parent = keys[i - 1] if i else None
-            meta = BlockMeta(key, NAMESPACE, parent, 0, 0, first, self._new_slot(), now_s, now_s)
-            self.index.insert(meta)
-            inserted += 1
-        self._make_room(now_s)
-        return inserted
+            meta = index.get(key)
+            if meta is None:
+                new.setdefault(key, keys[i - 1] if i else None)
+            else:
+                index.touch(meta, now_s)
+        self._make_room(now_s, incoming=len(new))
+        first = self.tiers[0]
+        for key, parent in new.items():
+            slot = self._new_slot()
+            index.insert(BlockMeta(key, NAMESPACE, parent, 0, 0, first, slot, now_s, now_s))
+        self._make_room(now_s)  # when the new blocks alone exceed the fastest tier
+        return len(new)
 
     def num_blocks(self, tier: TierKind) -> int:
         return self.index.num_blocks(tier)
 
-    def _make_room(self, now_s: float) -> None:
-        """Demote (or, from the slowest tier, drop) victims until every tier fits."""
+    def _make_room(self, now_s: float, incoming: int = 0) -> None:
+        """Demote (or, from the slowest tier, drop) victims until every tier fits, the
+        fastest with room left for ``incoming`` blocks."""
         index = self.index
         for tier in self.tiers:
             slower = self._next(tier, +1)
-            while (excess := index.num_blocks(tier) - self.capacity[tier]) > 0:
+            room = self.capacity[tier] - (incoming if tier is self.tiers[0] else 0)
+            while (excess := index.num_blocks(tier) - max(0, room)) > 0:
                 batch = index.select_victims(tier, excess, now_s, EVICTION_BUDGET)
                 for victim in batch.victims:
                     if slower is None:
