@@ -6,11 +6,12 @@ Input: the JSON files ``bench.router --part e2e --json PATH`` wrote (one per off
 load; each holds the measured figures per policy, the fitted cost model and the set-up).
 For each, the simulator replays the same requests (``bench.router.trace_requests`` with
 the run's settings, so the slice, block size, output cap and arrival scaling match) on
-the same configuration: two prefill instances each with its own store node (DRAM only,
-the run's ``store_bytes_per_node``, prefix-aware LRU), peer fetch on, one decode
-instance, the run's cost model, its fitted transfer cost as the link between nodes.
-Local reuse is free in the simulator because the fitted prefill cost already includes
-reading cached blocks from the node (it was profiled through the store).
+the same configuration (``bench.router_model.local_spec``): two prefill instances each
+with its own store node (DRAM only, the run's ``store_bytes_per_node``, prefix-aware LRU
+as the real store), peer fetch on, one decode instance, the run's cost model, its fitted
+transfer cost as the link between nodes. Local reuse is free in the simulator because
+the fitted prefill cost already includes reading cached blocks from the node (it was
+profiled through the store).
 
 Output: per load and policy, TTFT p50 and p90 and hit rate, measured and simulated,
 their errors (relative for TTFT, absolute for the hit rate), written to
@@ -26,71 +27,39 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bench.cluster import TimedRequest
 from bench.router import QUICK_E2E, EndToEndConfig, trace_requests
+from bench.router_model import KV_BYTES_PER_TOKEN, as_sim_requests, local_profile, local_spec
 from engine.router.costs import CostModel
-from engine.sim.cluster import ClusterSpec, Layout, TierSpec
-from engine.sim.profiles import Profile
 from engine.sim.runs import run_once
-from engine.sim.workload import SimRequest, hash_key
-from kvstore.types import TierKind
+from kvstore.types import EvictionPolicyKind
 
 REFERENCE = Path(__file__).parent / "reference" / "sim_error.json"
 LOCAL_PROFILE = Path(__file__).parents[1] / "engine" / "sim" / "profiles" / "local-cpu.json"
 POLICIES = ("cache_aware", "round_robin")
-KV_BYTES_PER_TOKEN = 2048  # bench.models.ModelShape: 4 layers x K,V x 1 head x 64 x float32
 TTFT_GOAL = 0.15
 HIT_RATE_GOAL = 0.02
-
-
-def local_profile(costs: CostModel) -> Profile:
-    fields = {k: v for k, v in costs.to_dict().items() if not k.startswith("transfer_")}
-    return Profile(
-        name="local-cpu",
-        model="bench.models.ModelShape (random Llama: 4 layers, hidden 384, 1 KV head), float32",
-        hardware="this project's 2-core CPU host, one core per prefill worker",
-        gpus_per_instance=1,
-        kv_bytes_per_token=KV_BYTES_PER_TOKEN,
-        costs=replace(costs, transfer_base_s=0.0, transfer_per_token_s=0.0),
-        uncertainty="fitted by the router's profiler at the start of one bench.router run;"
-        " the host is shared, so runs vary by about 10% (README)",
-        uncertainty_factor=0.1,
-        sources=["engine/router/profiling.py via bench.cluster.fit_costs", json.dumps(fields)],
-    )
-
-
-def sim_spec(costs: CostModel, store_bytes: int, block_tokens: int) -> ClusterSpec:
-    dram = TierSpec(float(store_bytes), 1e15)  # local reuse is inside the fitted prefill
-    return ClusterSpec(
-        layout=Layout.DISAGGREGATED,
-        num_prefill=2,
-        num_decode=1,
-        profile="local-cpu",
-        block_tokens=block_tokens,
-        shared=True,
-        promotion_min_hits=0,
-        tiers={TierKind.HBM: TierSpec(), TierKind.DRAM: dram, TierKind.NVME: TierSpec()},
-        network_bytes_per_s=KV_BYTES_PER_TOKEN / max(costs.transfer_per_token_s, 1e-15),
-        network_latency_s=costs.transfer_base_s,
-        max_batch=1 << 20,
-        kv_capacity_tokens=1 << 40,
-    )
 
 
 def simulate(entry: dict[str, Any]) -> dict[str, float]:
     """The simulator's figures for one stored load (see ``entry_for``)."""
     costs = CostModel.from_dict(entry["cost_model"])
-    spec = sim_spec(costs, entry["store_bytes_per_node"], entry["block_tokens"])
-    profile = local_profile(costs)
-    requests = [
-        SimRequest(i, t, len(ids) * entry["block_tokens"], out, tuple(hash_key(h) for h in ids))
-        for i, (t, ids, out) in enumerate(entry["requests"])
-    ]
+    block_tokens = entry["block_tokens"]
+    spec = local_spec(
+        costs,
+        block_tokens=block_tokens,
+        capacity_blocks=entry["capacity_blocks"],
+        eviction=EvictionPolicyKind.PREFIX_LRU,  # the store's default, as in the replay
+    )
+    requests = as_sim_requests(
+        [TimedRequest(t, tuple(ids), out) for t, ids, out in entry["requests"]], block_tokens
+    )
     figures: dict[str, float] = {}
     for policy in POLICIES:
-        run = run_once(replace(spec, policy=policy), profile, requests, None).figures
-        figures[f"ttft_p50_ms_{policy}"] = run["ttft_p50_ms"]
-        figures[f"ttft_p90_ms_{policy}"] = run["ttft_p90_ms"]
-        figures[f"hit_rate_{policy}"] = run["hit_rate"]
+        run = run_once(replace(spec, policy=policy), local_profile(costs), requests, None)
+        figures[f"ttft_p50_ms_{policy}"] = run.figures["ttft_p50_ms"]
+        figures[f"ttft_p90_ms_{policy}"] = run.figures["ttft_p90_ms"]
+        figures[f"hit_rate_{policy}"] = run.figures["hit_rate"]
     return figures
 
 
@@ -111,6 +80,8 @@ def entry_for(measured: Path, trace: Path | None, seed: int) -> dict[str, Any]:
         "offered_load": results["offered_load"],
         "block_tokens": settings.block_tokens,
         "store_bytes_per_node": config["store_bytes_per_node"],
+        "capacity_blocks": config["store_bytes_per_node"]
+        // (KV_BYTES_PER_TOKEN * settings.block_tokens),
         "cost_model": config["cost_model"],
         "requests": [[r.arrival_s, list(r.hash_ids), r.output_tokens] for r in requests],
         "measured": measured_figures,
