@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.part in ("all", "speed"):
         counts = [20_000, 40_000] if args.quick else [25_000, 50_000, 100_000]
         results |= speed(counts, [16, 32, 64], args.seed)
-    if args.part in ("all", "error"):
+    if args.part == "error" or (args.part == "all" and args.measured):
         from bench.sim_error import error_part
 
         results |= error_part(args.measured, args.trace, args.seed)

@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 
@@ -25,11 +24,6 @@ def table(title: str, rows: Mapping[str, Mapping[str, float]], keys: Sequence[st
     for key in keys:
         out.add_row(key, *(_fmt(figures.get(key)) for figures in rows.values()))
     return out
-
-
-def print_tables(console: Console, tables: Sequence[Table]) -> None:
-    for t in tables:
-        console.print(t)
 
 
 def write_json(path: Path, document: Mapping[str, Any]) -> None:
