@@ -128,8 +128,10 @@ def _write_profile(costs: CostModel, source: str) -> None:
         "costs": {k: v for k, v in costs.to_dict().items() if not k.startswith("transfer_")},
         "fitted_transfer": {k: v for k, v in costs.to_dict().items() if k.startswith("transfer_")},
         "uncertainty": "fitted once by the router's profiler at the start of a bench.router run"
-        " on a shared 2-core host; TTFTs there vary by about 10% between runs",
-        "uncertainty_factor": 0.1,
+        " on a shared 2-core host: two fits the same day differed by 1.8x in prefill cost a"
+        " token, and the replays that followed ran 6-15x slower than the fit predicts while"
+        " other processes used 60-70% of the cores (bench/reference/sim_error.json)",
+        "uncertainty_factor": 1.0,
         "sources": [
             f"engine/router/profiling.py (bench.cluster.fit_costs) on this machine: {source}",
             "the measured error against that run: bench/reference/sim_error.json",
