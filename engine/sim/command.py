@@ -223,7 +223,7 @@ def _plan(args: argparse.Namespace, setup: Setup, console: Console, doc: dict[st
     rows = {
         _label(c): {"gpus": float(c.gpus), "slo_attainment": c.attainment} for c in result.tried
     }
-    console.print(report.table("configurations tried", rows, ("gpus", "slo_attainment")))
+    console.print(report.rows_table("configurations tried", rows, ("gpus", "slo_attainment")))
     doc["plan"] = {
         "best": None if result.best is None else asdict(result.best),
         "tried": [asdict(c) for c in result.tried],

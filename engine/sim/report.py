@@ -26,6 +26,17 @@ def table(title: str, rows: Mapping[str, Mapping[str, float]], keys: Sequence[st
     return out
 
 
+def rows_table(title: str, rows: Mapping[str, Mapping[str, float]], keys: Sequence[str]) -> Table:
+    """One row per label, one column per figure in ``keys`` (for many labels)."""
+    out = Table(title=title, show_header=True, header_style="bold")
+    out.add_column("configuration")
+    for key in keys:
+        out.add_column(key, justify="right")
+    for label, figures in rows.items():
+        out.add_row(label, *(_fmt(figures.get(key)) for key in keys))
+    return out
+
+
 def write_json(path: Path, document: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
