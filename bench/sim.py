@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     shown: dict[str, Any] = {"part": args.part, "quick": args.quick, "seed": args.seed}
     stem = args.plot or (args.json.with_suffix("") if args.json else None)
     if args.part in ("all", "answers", "loads"):
-        num = args.requests or (2000 if args.quick else 6000)
+        num = args.requests or (2000 if args.quick else 4000)
         requests = trace_requests(args.trace, num, 512, args.seed)
         shown |= {"trace": str(args.trace or "synthetic"), "requests": len(requests)}
     if args.part in ("all", "answers"):

@@ -13,9 +13,14 @@ on their values). Measured, with CUDA events, median of several runs after warm-
   over the cache, logits of every sequence): samples ``[b, b * ctx, seconds]``.
 
 Output: a JSON object in the shape ``engine/sim/profiles.py`` fits on load (``samples``),
-plus the device, torch version and the raw timings. Turning it into a shipped profile is
-``python -m bench.sim --part profile --measurements FILE``. Device time: ~2-3 minutes on
-an H100/H200 (most of it allocating 16 GB of weights and warming kernels up).
+plus the device, torch version and the raw timings. To ship it as a profile, copy it into
+``engine/sim/profiles/`` and add ``name``, ``model``, ``hardware``, ``gpus_per_instance``,
+``sources`` and ``uncertainty`` (``llama3-8b-h200-measured.json`` came from this script).
+Device time: about a minute on an H200 once the machine is up.
+
+Known limits (they are in that profile's uncertainty): attention runs on 3-D tensors, for
+which PyTorch picks its unfused kernel (4-D ``[batch, heads, tokens, dim]`` inputs would
+get FlashAttention), and decode runs eagerly, launch-bound without CUDA graphs.
 """
 
 from __future__ import annotations
