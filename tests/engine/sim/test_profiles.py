@@ -71,3 +71,14 @@ def test_bad_profiles_name_what_is_wrong(tmp_path: Path) -> None:
     bad.write_text("{")
     with pytest.raises(ConfigError, match="cannot read"):
         load_profile(str(bad))
+
+
+def test_the_measured_h200_profiles_say_so_and_fit_their_points() -> None:
+    engine = load_profile("llama3-8b-h200-engine")
+    assert "measured on one H200" in engine.hardware
+    # bench.cuda --part engine: 310 ms for a 1k prefill, 1335 ms for 4k
+    assert engine.costs.prefill_s(1024, 0) == pytest.approx(0.310, rel=0.15)
+    assert engine.costs.prefill_s(4096, 0) == pytest.approx(1.335, rel=0.15)
+    raw = load_profile("llama3-8b-h200-measured")
+    assert "measured on one H200" in raw.hardware
+    assert raw.costs.prefill_s(8192, 0) == pytest.approx(1.99, rel=0.15)
