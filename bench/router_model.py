@@ -1,39 +1,44 @@
 """The router bench's queueing model: what each policy would give on an ideal cluster.
 
-The same requests, the same policy objects (``make_policy``) and the same fitted cost
+It is the cluster simulator (``engine.sim``) configured as the local replay's cluster:
+the same requests, the same policy objects (``make_policy``) and the same fitted cost
 model as the end-to-end replay, on a cluster that behaves exactly as the router predicts:
 
 * each prefill instance serves its requests one at a time in arrival order (FIFO), each
   taking ``transfer_s`` of the blocks it reads from the other node plus ``prefill_s`` of
-  the tokens it computes: no contention for cores, no prediction error;
-* each instance's node is an LRU cache of ``capacity_blocks`` trace blocks; a request
-  reuses the leading run of its blocks cached on any node (peer fetch; with it off, on
-  its own node only), and when its prefill ends every block of its prompt is (again) on
-  its node, most recent;
-* the policy sees each instance's remaining work as ``queued_s`` and the exact cached
-  prefixes; the decode side always has room (it is never the bottleneck in the replay).
+  the tokens it computes (``max`` of the two: loads overlap compute, and on this host a
+  transfer is 1/40-1/200 of the compute it saves): no contention for cores, no
+  prediction error;
+* each instance's node is a store of ``capacity_blocks`` trace blocks (one DRAM tier,
+  the store's ``BlockIndex`` with ``eviction`` policy, LRU by default); a request reuses
+  the leading run of its blocks cached on any node (peer fetch; with it off, on its own
+  node only), and when its prefill ends every block of its prompt is (again) on its node;
+* the policy sees each instance's predicted queued work as ``queued_s`` and the exact
+  cached prefixes; the decode side always has room (it is never the bottleneck in the
+  replay), and TTFT ends with the prefill.
 
 So the model's TTFT p90 ratio is the ceiling of a policy's gain at the replay's load,
 and the gap between it and the measured ratio is what the implementation (or the host)
-loses. Cost: O(requests x (instances + prompt blocks)); well under a second for the
-full replay.
+loses. ``bench.sim_error`` compares the same model with the measured replay figure by
+figure. Cost: well under a second for the full replay.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from bench.cluster import TimedRequest
 from engine.router.costs import CostModel
-from engine.router.policy import make_policy
-from engine.router.views import Decision, DecodeView, PrefillView, RequestView
+from engine.sim.cluster import ClusterSpec, Layout, TierSpec
+from engine.sim.profiles import Profile
+from engine.sim.simulator import Simulator
+from engine.sim.workload import SimRequest, hash_key
+from kvstore.types import EvictionPolicyKind, TierKind
 
-DECODE = DecodeView("decode-0", running=0, context_tokens=0, max_batch=1 << 20)
+KV_BYTES_PER_TOKEN = 2048  # bench.models.ModelShape: 4 layers x K,V x 1 head x 64 x float32
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,25 +58,61 @@ class ModelResult:
         }
 
 
-class _Node:
-    """One store node's blocks, least recently used first."""
+def local_profile(costs: CostModel) -> Profile:
+    """The fitted cost model as a simulator profile (its transfer part goes to the link)."""
+    return Profile(
+        name="local-cpu",
+        model="bench.models.ModelShape (random Llama: 4 layers, hidden 384, 1 KV head), float32",
+        hardware="this host, one core per prefill worker",
+        gpus_per_instance=1,
+        kv_bytes_per_token=KV_BYTES_PER_TOKEN,
+        costs=replace(costs, transfer_base_s=0.0, transfer_per_token_s=0.0),
+        uncertainty="fitted by the router's profiler at the start of the replay",
+        uncertainty_factor=0.1,
+        sources=("engine/router/profiling.py via bench.cluster.fit_costs",),
+    )
 
-    def __init__(self, capacity_blocks: int) -> None:
-        self.capacity = capacity_blocks
-        self.blocks: OrderedDict[int, None] = OrderedDict()
 
-    def leading(self, ids: Sequence[int]) -> int:
-        n = 0
-        while n < len(ids) and ids[n] in self.blocks:
-            n += 1
-        return n
+def local_spec(
+    costs: CostModel,
+    *,
+    block_tokens: int,
+    capacity_blocks: int,
+    num_prefills: int = 2,
+    peer_fetch: bool = True,
+    eviction: EvictionPolicyKind = EvictionPolicyKind.LRU,
+) -> ClusterSpec:
+    """The local replay's cluster: ``num_prefills`` prefill instances, each with a store
+    node of ``capacity_blocks`` DRAM blocks (reuse from it is free: the fitted prefill
+    cost includes reading the cached blocks), linked by the fitted transfer cost."""
+    dram = TierSpec(float(capacity_blocks * block_tokens * KV_BYTES_PER_TOKEN), 1e18)
+    return ClusterSpec(
+        layout=Layout.DISAGGREGATED,
+        num_prefill=num_prefills,
+        num_decode=1,
+        block_tokens=block_tokens,
+        eviction_policy=eviction,
+        shared=peer_fetch,
+        promotion_min_hits=0,
+        tiers={TierKind.HBM: TierSpec(), TierKind.DRAM: dram, TierKind.NVME: TierSpec()},
+        network_bytes_per_s=KV_BYTES_PER_TOKEN / max(costs.transfer_per_token_s, 1e-18),
+        network_latency_s=costs.transfer_base_s,
+        max_batch=1 << 20,
+        kv_capacity_tokens=1 << 50,
+    )
 
-    def keep(self, ids: Iterable[int]) -> None:
-        for block in ids:
-            self.blocks[block] = None
-            self.blocks.move_to_end(block)
-        while len(self.blocks) > self.capacity:
-            self.blocks.popitem(last=False)
+
+def as_sim_requests(requests: Sequence[TimedRequest], block_tokens: int) -> list[SimRequest]:
+    return [
+        SimRequest(
+            i,
+            r.arrival_s,
+            len(r.hash_ids) * block_tokens,
+            r.output_tokens,
+            tuple(hash_key(h) for h in r.hash_ids),
+        )
+        for i, r in enumerate(requests)
+    ]
 
 
 def simulate(
@@ -83,44 +124,26 @@ def simulate(
     capacity_blocks: int,
     num_prefills: int = 2,
     peer_fetch: bool = True,
+    eviction: EvictionPolicyKind = EvictionPolicyKind.LRU,
 ) -> ModelResult:
     """Replay ``requests`` (trace blocks of ``block_tokens`` tokens) under the policy
     called ``policy_name`` on the ideal cluster described in the module docstring."""
-    policy = make_policy(policy_name, costs)
-    ids = [f"prefill-{i}" for i in range(num_prefills)]
-    nodes = {i: _Node(capacity_blocks) for i in ids}
-    free_at = dict.fromkeys(ids, 0.0)
-    landing: list[tuple[float, int, str, tuple[int, ...]]] = []  # prefills yet to end
-    ttfts: list[float] = []
-    cached_total = local_total = prompt_total = 0
-    for seq, request in enumerate(requests):
-        now = request.arrival_s
-        while landing and landing[0][0] <= now:
-            _, _, instance, blocks = heapq.heappop(landing)
-            nodes[instance].keep(blocks)
-        blocks = request.hash_ids
-        num_tokens = len(blocks) * block_tokens
-        reusable = (num_tokens - 1) // block_tokens
-        prefix = {i: nodes[i].leading(blocks[:reusable]) for i in ids}
-        views = [PrefillView(i, max(0.0, free_at[i] - now)) for i in ids]
-        choice = policy.choose(RequestView(num_tokens, block_tokens, prefix), views, [DECODE], now)
-        if not isinstance(choice, Decision):
-            raise RuntimeError(f"the model's {policy_name} rejected a request: {choice.reason}")
-        instance = choice.prefill
-        local = prefix[instance]
-        reused = _anywhere(nodes.values(), blocks[:reusable]) if peer_fetch else local
-        cached = reused * block_tokens
-        work_s = costs.transfer_s((reused - local) * block_tokens) + costs.prefill_s(
-            num_tokens - cached, cached
-        )
-        done = max(free_at[instance], now) + work_s
-        free_at[instance] = done
-        heapq.heappush(landing, (done, seq, instance, blocks))
-        ttfts.append(done - now)
-        cached_total += cached
-        local_total += local * block_tokens
-        prompt_total += num_tokens
-    return ModelResult(ttfts, cached_total, local_total, prompt_total)
+    spec = local_spec(
+        costs,
+        block_tokens=block_tokens,
+        capacity_blocks=capacity_blocks,
+        num_prefills=num_prefills,
+        peer_fetch=peer_fetch,
+        eviction=eviction,
+    )
+    simulator = Simulator(replace(spec, policy=policy_name), local_profile(costs))
+    records = simulator.run(as_sim_requests(requests, block_tokens)).records
+    if any(r.rejected for r in records):
+        raise RuntimeError(f"the model's {policy_name} rejected a request")
+    cached = sum(sum(r.loaded_tokens.values()) for r in records)
+    remote = sum(r.loaded_tokens.get("peer", 0) for r in records)
+    prompt = sum(r.prompt_tokens for r in records)
+    return ModelResult([r.ttft_s for r in records], cached, cached - remote, prompt)
 
 
 def compare(
@@ -154,13 +177,3 @@ def compare(
     p90 = "model_ttft_p90_ms_{}".format
     figures["model_ttft_p90_ratio"] = figures[p90(first)] / figures[p90(second)]
     return figures, ttft_ms
-
-
-def _anywhere(nodes: Iterable[_Node], ids: Sequence[int]) -> int:
-    """The leading run of ``ids`` each held by some node (a node reads the blocks it
-    misses from the peer holding them)."""
-    held = list(nodes)
-    n = 0
-    while n < len(ids) and any(ids[n] in node.blocks for node in held):
-        n += 1
-    return n

@@ -10,6 +10,8 @@ kvengine generate TEXT [sampling flags] [--decode HOST:PORT] [--chat] [--json]
     or on a running decode worker
 kvengine prefill [config flags]      a prefill worker (gRPC 7610)
 kvengine decode [config flags]       a decode worker (gRPC 7620, data plane 7621)
+kvengine simulate --trace PATH [--cluster TOML] [--sweep L:H:N] [--plan] [--json PATH]
+    a discrete-event simulation of a cluster on a trace (engine/sim); --plan sizes one
 kvengine keys TEXT [layout flags] [--json]
     the store's block keys for TEXT under a namespace (byte-level tokens)
 
@@ -33,6 +35,7 @@ from rich.table import Table
 from engine.config import add_engine_flags, engine_config_from_args, load_engine_config
 from engine.model.tiny import MODEL_ID as TINY_MODEL_ID
 from engine.sampling import InvalidSampling, SamplingParams
+from engine.sim.command import add_parser as add_simulate_parser
 from engine.tokenizer import ByteTokenizer
 from engine.workers.requests import InvalidRequest
 from kvstore.errors import ConfigError, KVStoreError
@@ -80,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
         worker.add_argument("--log-level", default="INFO")
         add_engine_flags(worker)
 
+    add_simulate_parser(commands)
+
     keys = commands.add_parser("keys", help="block keys of a text, as the store names them")
     keys.add_argument("text", help="prompt text (tokenized byte by byte)")
     keys.add_argument("--model-id", default=TINY_MODEL_ID)
@@ -116,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "router":
             return _router(args)
+        if args.command == "simulate":
+            from engine.sim.command import run as run_simulate
+
+            return run_simulate(args)
         return _serve(args)
     except (KVStoreError, InvalidRequest, InvalidSampling, ConfigError) as exc:
         print(f"kvengine: {exc}", file=sys.stderr)

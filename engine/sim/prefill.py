@@ -1,0 +1,63 @@
+"""A disaggregated prefill instance: one prompt at a time, in arrival order (FIFO).
+
+Each job's duration is decided when it starts (``begin`` returns it), because what the
+node holds then, not at routing time, decides what is loaded and what is computed. The
+router sees ``queued_s``: the predicted work of the queued jobs plus what is left of the
+running one (the production router accounts the same from its own predictions).
+
+Invariants: at most one job runs; jobs start in submission order; ``busy_s`` sums the
+durations of finished and running jobs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.sim.events import EventQueue
+
+
+@dataclass(slots=True)
+class PrefillJob:
+    predicted_s: float
+    begin: Callable[[], float]  # called at start: the job's duration
+    end: Callable[[], None]  # called when it finishes
+
+
+class PrefillInstance:
+    def __init__(self, name: str, events: EventQueue) -> None:
+        self.name = name
+        self.events = events
+        self.queue: deque[PrefillJob] = deque()
+        self.busy_s = 0.0
+        self._queued_predicted_s = 0.0
+        self._running_until = 0.0
+        self._running = False
+
+    def queued_s(self) -> float:
+        """Predicted seconds of work ahead of a job submitted now."""
+        left = max(0.0, self._running_until - self.events.now) if self._running else 0.0
+        return left + self._queued_predicted_s
+
+    def submit(self, job: PrefillJob) -> None:
+        self.queue.append(job)
+        self._queued_predicted_s += job.predicted_s
+        if not self._running:
+            self._start_next()
+
+    def _start_next(self) -> None:
+        if not self.queue:
+            self._running = False
+            return
+        job = self.queue.popleft()
+        self._queued_predicted_s = max(0.0, self._queued_predicted_s - job.predicted_s)
+        duration = job.begin()
+        self.busy_s += duration
+        self._running = True
+        self._running_until = self.events.now + duration
+        self.events.after(duration, lambda: self._finish(job))
+
+    def _finish(self, job: PrefillJob) -> None:
+        job.end()
+        self._start_next()
