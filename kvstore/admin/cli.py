@@ -1,7 +1,8 @@
 """``kvstore admin``: statistics, nodes, lookups, pins and eviction, as tables or JSON.
 
     kvstore admin [--address HOST:PORT | --cluster REDIS_URL] [--token T] [--tls-ca PEM]
-                  stats | nodes | lookup | pin | unpin | evict | flush | top | config [--json]
+                  stats | nodes | lookup | pin | unpin | evict | flush | top | config
+                  | remove-namespace [--json]
 
 Against one node (``--address``, default 127.0.0.1:7600, or $STRATA_ADDRESS) or every
 live node of a cluster (``--cluster``, the metadata Redis URL). ``lookup``, ``pin`` and
@@ -66,6 +67,9 @@ def add_admin_parser(commands: Any) -> None:
     evict.add_argument("--blocks", type=int, required=True)
     flush = verbs.add_parser("flush", help="push every evictable block out (of one tier)")
     flush.add_argument("--tier", choices=[t.value for t in TierKind])
+    remove = verbs.add_parser("remove-namespace", help="drop a namespace and all its blocks")
+    remove.add_argument("--model-id", help="namespace by model id (if one matches)")
+    remove.add_argument("--namespace-id", help="namespace by id (hex)")
     top = verbs.add_parser("top", help="a live view, refreshed every --interval seconds")
     top.add_argument("--interval", type=float, default=1.0)
     top.add_argument("--count", type=int, default=0, help="stop after N refreshes (0: never)")
@@ -210,6 +214,26 @@ async def _evict(args: argparse.Namespace, console: Console) -> None:
     print(json.dumps({"blocks": moved}) if args.json else f"{moved} blocks moved out")
 
 
+async def _remove_namespace(args: argparse.Namespace, console: Console) -> None:
+    if args.model_id is None and args.namespace_id is None:
+        raise InvalidArgument("remove-namespace: give --model-id or --namespace-id")
+    async with _clients(args) as clients:
+        ns_id = _pick_namespace(await clients[0].stats(), args.model_id, args.namespace_id).id
+        removed, num_blocks = 0, 0
+        for client in clients:  # on a cluster, every node that has it
+            try:
+                num_blocks += await client.remove_namespace(ns_id)
+                removed += 1
+            except NotFound:
+                continue
+    result = {"namespace_id": ns_id.hex(), "nodes": removed, "blocks": num_blocks}
+    print(
+        json.dumps(result)
+        if args.json
+        else f"removed namespace {ns_id.hex()} from {removed} node(s), {num_blocks} blocks"
+    )
+
+
 async def _top(args: argparse.Namespace, console: Console) -> None:
     async with _clients(args) as clients:
 
@@ -274,4 +298,5 @@ _VERBS = {
     "evict": _evict,
     "flush": _evict,
     "top": _top,
+    "remove-namespace": _remove_namespace,
 }

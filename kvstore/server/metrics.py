@@ -14,6 +14,12 @@ state on the loop thread that owns it.
     strata_corrupted_blocks_total{tier}             strata_put_blocks_total
     strata_degraded                                 strata_rpc_duration_seconds{method, code}
     strata_dataplane_duration_seconds{op}
+
+Label cardinality is bounded: the ``namespace`` label (a model id) is kept for the
+``server.metrics_max_namespaces`` busiest namespaces (most blocks hit plus missed; ties
+by model id); the others are summed under ``namespace="_other"``, so a scrape stays
+small however many namespaces a node holds. Namespaces sharing a model id (different
+salts) share its label and are summed.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import grpc
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from kvstore.stats import StatsSnapshot
+from kvstore.stats import NamespaceStats, StatsSnapshot
+from kvstore.types import NamespaceId
 
 if TYPE_CHECKING:
     from kvstore.server.auth import Continuation, Handler
@@ -55,10 +62,19 @@ LATENCY_BUCKETS = (
 )
 
 
+OTHER_NAMESPACES = "_other"  # the label of every namespace past the cap
+
+
 class StoreCollector:
-    def __init__(self, stats: Callable[[], StatsSnapshot], degraded: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], StatsSnapshot],
+        degraded: Callable[[], bool],
+        max_namespace_labels: int = 32,
+    ) -> None:
         self._stats = stats
         self._degraded = degraded
+        self._max_labels = max_namespace_labels
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats()
@@ -94,20 +110,51 @@ class StoreCollector:
         yield degraded
 
     def _hits_and_misses(self, s: StatsSnapshot) -> Iterator[Metric]:
-        labels_hit, labels_miss = ["tier", "namespace"], ["reason", "namespace"]
-        hit_blocks = CounterMetricFamily("strata_hit_blocks", "Blocks served", labels=labels_hit)
-        hit_tokens = CounterMetricFamily("strata_hit_tokens", "Tokens served", labels=labels_hit)
-        miss_blocks = CounterMetricFamily("strata_miss_blocks", "Blocks missed", labels=labels_miss)
-        miss_tokens = CounterMetricFamily("strata_miss_tokens", "Tokens missed", labels=labels_miss)
+        labels = namespace_labels(s.namespaces, self._max_labels)
+        sums: dict[str, dict[tuple[str, str], int]] = {
+            "hit_blocks": {},
+            "hit_tokens": {},
+            "miss_blocks": {},
+            "miss_tokens": {},
+        }
         for ns in s.namespaces:
-            name = ns.model_id
+            name = labels[ns.namespace_id]
             for tier, blocks in ns.hit_blocks.items():
-                hit_blocks.add_metric([tier.value, name], blocks)
-                hit_tokens.add_metric([tier.value, name], ns.hit_tokens[tier])
+                _add(sums["hit_blocks"], (tier.value, name), blocks)
+                _add(sums["hit_tokens"], (tier.value, name), ns.hit_tokens[tier])
             for reason, blocks in ns.miss_blocks.items():
-                miss_blocks.add_metric([reason.value, name], blocks)
-                miss_tokens.add_metric([reason.value, name], ns.miss_tokens[reason])
-        yield from (hit_blocks, hit_tokens, miss_blocks, miss_tokens)
+                _add(sums["miss_blocks"], (reason.value, name), blocks)
+                _add(sums["miss_tokens"], (reason.value, name), ns.miss_tokens[reason])
+        docs = {
+            "hit_blocks": "Blocks served",
+            "hit_tokens": "Tokens served",
+            "miss_blocks": "Blocks missed",
+            "miss_tokens": "Tokens missed",
+        }
+        for what, values in sums.items():
+            first = "tier" if what.startswith("hit") else "reason"
+            family = CounterMetricFamily(f"strata_{what}", docs[what], labels=[first, "namespace"])
+            for (value, name), count in values.items():
+                family.add_metric([value, name], count)
+            yield family
+
+
+def namespace_labels(namespaces: list[NamespaceStats], max_labels: int) -> dict[NamespaceId, str]:
+    """The ``namespace`` label of each namespace id: its model id for the ``max_labels``
+    busiest model ids, ``_other`` for the rest."""
+    activity: dict[str, int] = {}
+    for ns in namespaces:
+        total = sum(ns.hit_blocks.values()) + sum(ns.miss_blocks.values())
+        activity[ns.model_id] = activity.get(ns.model_id, 0) + total
+    kept = set(sorted(activity, key=lambda m: (-activity[m], m))[:max_labels])
+    return {
+        ns.namespace_id: ns.model_id if ns.model_id in kept else OTHER_NAMESPACES
+        for ns in namespaces
+    }
+
+
+def _add(sums: dict[tuple[str, str], int], key: tuple[str, str], value: int) -> None:
+    sums[key] = sums.get(key, 0) + value
 
 
 def _by_tier(name: str, doc: str, values: dict[Any, int]) -> Metric:
@@ -127,9 +174,14 @@ def _moves(name: str, doc: str, values: dict[Any, int]) -> Metric:
 class NodeMetrics:
     """One node's registry: the store collector and the RPC latency histogram."""
 
-    def __init__(self, stats: Callable[[], StatsSnapshot], degraded: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], StatsSnapshot],
+        degraded: Callable[[], bool],
+        max_namespace_labels: int = 32,
+    ) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(StoreCollector(stats, degraded))
+        self.registry.register(StoreCollector(stats, degraded, max_namespace_labels))
         self.rpc_seconds = Histogram(
             "strata_rpc_duration_seconds",
             "RPC latency by method and status",

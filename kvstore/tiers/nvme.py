@@ -39,7 +39,7 @@ from kvstore.hashing import Namespace, checksum
 from kvstore.tiers.base import BlockRecord, ReadItem, Recovered, SlotRef, WriteItem
 from kvstore.tiers.nvme_index import NvmeIndex
 from kvstore.tiers.slots import SlotAllocator
-from kvstore.types import SlotId, TierKind
+from kvstore.types import NamespaceId, SlotId, TierKind
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,9 @@ class NvmeTier:
 
     def save_namespace(self, namespace: Namespace) -> None:
         self._index.save_namespace(namespace)
+
+    def forget_namespace(self, ns_id: NamespaceId) -> None:
+        self._index.forget_namespace(ns_id)
 
     async def write(self, items: Sequence[WriteItem]) -> None:
         records = [item.record for item in items]

@@ -59,6 +59,11 @@ class AdminServiceStub:
                 request_serializer=strata_dot_v1_dot_admin__pb2.GetConfigRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_admin__pb2.GetConfigResponse.FromString,
                 _registered_method=True)
+        self.RemoveNamespace = channel.unary_unary(
+                '/strata.v1.AdminService/RemoveNamespace',
+                request_serializer=strata_dot_v1_dot_admin__pb2.RemoveNamespaceRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_admin__pb2.RemoveNamespaceResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -97,6 +102,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveNamespace(self, request, context):
+        """Forget a namespace and drop every block of it (persisted on NVMe).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +136,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetConfig,
                     request_deserializer=strata_dot_v1_dot_admin__pb2.GetConfigRequest.FromString,
                     response_serializer=strata_dot_v1_dot_admin__pb2.GetConfigResponse.SerializeToString,
+            ),
+            'RemoveNamespace': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNamespace,
+                    request_deserializer=strata_dot_v1_dot_admin__pb2.RemoveNamespaceRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_admin__pb2.RemoveNamespaceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +278,33 @@ class AdminService:
             '/strata.v1.AdminService/GetConfig',
             strata_dot_v1_dot_admin__pb2.GetConfigRequest.SerializeToString,
             strata_dot_v1_dot_admin__pb2.GetConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNamespace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.AdminService/RemoveNamespace',
+            strata_dot_v1_dot_admin__pb2.RemoveNamespaceRequest.SerializeToString,
+            strata_dot_v1_dot_admin__pb2.RemoveNamespaceResponse.FromString,
             options,
             channel_credentials,
             insecure,
