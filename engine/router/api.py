@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from engine.chat import ChatTemplateError, encode_chat
 from engine.router.openai_schema import ChatRequest, CompletionRequest, Sampling, Unsupported
 from engine.router.responses import Reply, sse
-from engine.router.router import BadRequest, Overloaded, WorkerFailed
+from engine.router.router import BadRequest, NoHealthyWorker, Overloaded, WorkerFailed
 from engine.router.service import RouterService
 from engine.sampling import InvalidSampling, SamplingParams
 from engine.workers.requests import InvalidRequest, check_prompt
@@ -229,6 +229,8 @@ class _Api:
             placement = await svc.router.place(tokens, params.max_tokens)
         except Overloaded as exc:
             raise _overloaded(str(exc), exc.retry_after_s) from None
+        except WorkerFailed as exc:
+            raise _unavailable(exc) from None
         reply = Reply(svc.model_name, chat, len(tokens))
         chunks = svc.router.stream(tokens, params, reply.id, placement=placement)
         self.in_flight += 1
@@ -248,7 +250,7 @@ class _Api:
         except Overloaded as exc:  # a decode worker had no room after all
             raise _overloaded(str(exc), exc.retry_after_s) from None
         except WorkerFailed as exc:
-            raise ApiError(503, str(exc), kind="server_error") from None
+            raise _unavailable(exc) from None
         finally:
             self._finished()
         return JSONResponse(reply.whole(), headers=where)
@@ -271,6 +273,19 @@ def _params(
         stop_token_ids=tuple(body.stop_token_ids),
         ignore_eos=body.ignore_eos,
     )
+
+
+def _unavailable(exc: WorkerFailed) -> ApiError:
+    """503 in the OpenAI error shape; ``Retry-After`` while no worker of a role is up."""
+    if isinstance(exc, NoHealthyWorker):
+        return ApiError(
+            503,
+            str(exc),
+            kind="server_error",
+            code="no_healthy_worker",
+            headers={"Retry-After": "1"},
+        )
+    return ApiError(503, str(exc), kind="server_error")
 
 
 def _overloaded(reason: str, retry_after_s: float) -> ApiError:
