@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from engine.chat import ChatTemplateError, encode_chat
 from engine.router.openai_schema import ChatRequest, CompletionRequest, Sampling, Unsupported
@@ -75,6 +76,7 @@ def create_app(
     app = FastAPI(title="Strata", lifespan=lifespan)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.middleware("http")(api.authenticate)
     app.add_api_route("/health", api.health, methods=["GET"])
     app.add_api_route("/metrics", api.metrics, methods=["GET"])
@@ -87,6 +89,15 @@ def create_app(
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return exc.response()
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Errors raised by the framework itself (a body that is not UTF-8, an unknown path,
+    a wrong method) in OpenAI's error shape too."""
+    kind = "server_error" if exc.status_code >= 500 else "invalid_request_error"
+    return ApiError(
+        exc.status_code, str(exc.detail), kind=kind, headers=dict(exc.headers or {})
+    ).response()
 
 
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
