@@ -173,19 +173,8 @@ def run_up(
             120,
         )
         children.append(decode)
-        decode_info = json.loads(decode.line)
-        decode_address = decode_info["address"]
-        for child, sticky in (
-            (store, [f"--server.port={_port(store_address)}"]),
-            (prefill, [f"--prefill.port={_port(prefill_address)}"]),
-            (
-                decode,
-                [f"--decode.port={_port(decode_address)}"]
-                + [f"--decode.data_port={_port(a)}" for a in decode_info["data_plane"][:1]],
-            ),
-        ):
-            supervisor.watch(child.name, child, child.restarter(sticky))
-        supervisor.begin()
+        decode_address = json.loads(decode.line)["address"]
+        _watch(supervisor, store, prefill, decode)
         router_config = dataclasses.replace(
             config,
             router=dataclasses.replace(
@@ -249,6 +238,21 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+
+
+def _watch(supervisor: Supervisor, store: Child, prefill: Child, decode: Child) -> None:
+    """Restart each child on the ports its first instance got."""
+    store_address = store.line.split("serving on ")[1].split()[0].rstrip(",")
+    prefill_info, decode_info = json.loads(prefill.line), json.loads(decode.line)
+    sticky = {
+        store: [f"--server.port={_port(store_address)}"],
+        prefill: [f"--prefill.port={_port(prefill_info['address'])}"],
+        decode: [f"--decode.port={_port(decode_info['address'])}"]
+        + [f"--decode.data_port={_port(a)}" for a in decode_info["data_plane"][:1]],
+    }
+    for child, flags in sticky.items():
+        supervisor.watch(child.name, child, child.restarter(flags))
+    supervisor.begin()
 
 
 def _port(address: str) -> str:
