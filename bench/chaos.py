@@ -107,7 +107,12 @@ def table(results: list[FaultResult], soaked: SoakResult | None) -> Table:
             f"{soaked.rate_ops_s:.0f} ops/s of {soaked.capacity_ops_s:.0f} measured;"
             f" p50 {soaked.p50_ms:.1f} ms"
         )
-        out.add_row(f"soak {soaked.duration_s / 60:.0f} min", str(c["ok"]), str(c["retried"]),
+        length = (
+            f"{soaked.duration_s / 60:.0f} min"
+            if soaked.duration_s >= 120
+            else f"{soaked.duration_s:.0f} s"
+        )
+        out.add_row(f"soak {length}", str(c["ok"]), str(c["retried"]),
                     str(c["recomputed"]), str(c["failed"]), str(soaked.wrong), "-", "-",
                     f"- / {soaked.p99_ms:.0f}", f"{soaked.rss_growth_mib:+.1f}",
                     f"{soaked.fd_growth:+d}", note)  # fmt: skip
