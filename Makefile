@@ -40,6 +40,7 @@ bench: setup
 	$(BIN)/python -m bench.transfer --quick --json bench/results/transfer.json
 	$(BIN)/python -m bench.engine --quick --json bench/results/engine.json
 	$(BIN)/python -m bench.router --quick --json bench/results/router.json
+	$(BIN)/python -m bench.chaos --quick --json bench/results/chaos.json --png bench/results/chaos.png
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache bench/results

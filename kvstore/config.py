@@ -51,6 +51,8 @@ class StoreConfig:
     removal_record_blocks: int = field(default=100_000, metadata=positive())
     default_pin_ttl_s: float = field(default=600.0, metadata=positive())
     staging_bytes: int = field(default=256 * MiB, metadata=size())  # reusable bounce buffers
+    max_namespaces: int = field(default=256, metadata=positive())  # RegisterNamespace refuses more
+    max_model_id_bytes: int = field(default=256, metadata=positive())  # also bounds the salt
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,7 @@ class ServerConfig:
     advertise_address: str = ""  # how peers and clients reach this node; default host:port
     metrics_enabled: bool = True
     metrics_port: int = field(default=7601, metadata=check(lambda v: 0 <= v <= 65535, "0 to 65535"))
+    metrics_max_namespaces: int = field(default=32, metadata=positive())  # labelled; rest summed
     chunk_bytes: int = field(default=2 * MiB, metadata=size())  # streamed data message size
     tune_malloc: bool = True  # keep freed large buffers mapped (see kvstore.malloc)
     grace_s: float = field(default=5.0, metadata=positive())  # drain time at shutdown

@@ -12,6 +12,9 @@ Guarantees (each tested):
     * A miss is a normal result: gets return how many leading blocks hit.
     * A block whose checksum fails is never served: it is removed and counted.
     * Keys are immutable: putting a key that is present stores nothing.
+    * Namespaces are bounded: at most ``store.max_namespaces`` are registered, each
+      model id and salt at most ``store.max_model_id_bytes`` bytes; a removed namespace
+      keeps no block and does not come back after a restart.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import NamedTuple
 
 from kvstore.buffers import StagingPool
 from kvstore.config import Config
-from kvstore.errors import InvalidArgument, NotFound
+from kvstore.errors import CapacityExceeded, InvalidArgument, NotFound
 from kvstore.hashing import Namespace, check_key
 from kvstore.index import BlockIndex, BlockMeta
 from kvstore.policy.eviction import make_eviction_policy
@@ -140,21 +143,59 @@ class NodeStore:
     # -- namespaces ---------------------------------------------------------------------
 
     def register_namespace(self, namespace: Namespace) -> NamespaceId:
-        """Accept blocks of ``namespace``; idempotent. Returns its id."""
-        cap = self.config.store.block_bytes
-        if namespace.block_bytes > cap:
+        """Accept blocks of ``namespace``; idempotent. Returns its id.
+
+        Raises:
+            InvalidArgument: blocks too large, or a model id or salt over the limit.
+            CapacityExceeded: ``store.max_namespaces`` namespaces are registered already.
+        """
+        limits = self.config.store
+        if namespace.block_bytes > limits.block_bytes:
             raise InvalidArgument(
                 f"namespace {namespace.model_id!r} has blocks of {namespace.block_bytes} bytes,"
-                f" larger than this node's largest block, store.block_bytes = {cap}:"
-                f" raise store.block_bytes (and store.page_bytes) to at least"
-                f" {namespace.block_bytes}, or use fewer tokens per block"
+                f" larger than this node's largest block, store.block_bytes ="
+                f" {limits.block_bytes}: raise store.block_bytes (and store.page_bytes) to at"
+                f" least {namespace.block_bytes}, or use fewer tokens per block"
             )
+        for name, value in (("model_id", namespace.model_id), ("salt", namespace.salt)):
+            if (length := len(value.encode())) > limits.max_model_id_bytes:
+                raise InvalidArgument(
+                    f"namespace.{name}: {length} bytes, over store.max_model_id_bytes"
+                    f" = {limits.max_model_id_bytes} (model id {_shown(namespace.model_id)})"
+                )
         ns_id = namespace.id
         if ns_id not in self._namespaces:
+            if len(self._namespaces) >= limits.max_namespaces:
+                raise CapacityExceeded(
+                    f"store.max_namespaces = {limits.max_namespaces} namespaces are registered;"
+                    f" model id {_shown(namespace.model_id)} refused (an admin can remove one:"
+                    " kvstore admin remove-namespace)"
+                )
             for tier in self.tiering.tiers.values():
                 tier.save_namespace(namespace)
             self._namespaces[ns_id] = namespace
         return ns_id
+
+    async def remove_namespace(self, ns_id: NamespaceId) -> int:
+        """Forget a namespace and every block of it, here and in persistent tiers.
+
+        Open reservations of the namespace are aborted; a commit already under way
+        drops its blocks when it lands. Returns how many blocks were removed.
+
+        Raises:
+            NotFound: unknown namespace.
+        """
+        self.namespace(ns_id)
+        del self._namespaces[ns_id]
+        for reservation in self._writes.reservations.expired(float("inf")):
+            if reservation.namespace.id == ns_id:
+                self._writes.abort(reservation)
+        for tier in self.tiering.tiers.values():
+            tier.forget_namespace(ns_id)
+        metas = [m for m in self.index.blocks() if m.namespace_id == ns_id]
+        await self.tiering.drop(metas, MissReason.REMOVED)
+        logger.info("removed namespace %s and %d blocks", bytes(ns_id).hex(), len(metas))
+        return len(metas)
 
     def namespace(self, ns_id: NamespaceId) -> Namespace:
         """The registered namespace, or NotFound."""
@@ -195,7 +236,7 @@ class NodeStore:
         Raises:
             LeaseExpired: the reservation passed its deadline and was reclaimed.
         """
-        return await self._writes.commit(reservation)
+        return await self._commit(reservation)
 
     async def abort(self, reservation: Reservation) -> None:
         """Give a reservation's slots back without storing anything."""
@@ -225,7 +266,7 @@ class NodeStore:
         if not reservation.staged:
             for block in reservation.blocks:
                 block.buffer[: namespace.block_bytes] = views[block.position]
-        return await self._writes.commit(reservation)
+        return await self._commit(reservation)
 
     # -- get ----------------------------------------------------------------------------
 
@@ -392,6 +433,19 @@ class NodeStore:
 
     # -- internals ----------------------------------------------------------------------
 
+    async def _commit(self, reservation: Reservation) -> PutResult:
+        """Commit, then undo it if the namespace was removed while the bytes were written."""
+        result = await self._writes.commit(reservation)
+        ns_id = reservation.namespace.id
+        if ns_id not in self._namespaces:
+            keys = [b.key for b in reservation.blocks]
+            metas = [
+                m for k in keys if (m := self.index.get(k)) is not None and m.namespace_id == ns_id
+            ]
+            await self.tiering.drop(metas, MissReason.REMOVED)
+            raise NotFound(f"namespace {bytes(ns_id).hex()} was removed during the put")
+        return result
+
     def _present(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> list[BlockMeta]:
         self.namespace(ns_id)
         check_keys(keys)
@@ -425,3 +479,8 @@ class NodeStore:
             self._stats.torn_writes += recovered.num_torn_writes
             if recovered.records:
                 logger.info("recovered %d blocks from %s", len(recovered.records), kind.value)
+
+
+def _shown(model_id: str, limit: int = 64) -> str:
+    """A model id short enough for an error message."""
+    return repr(model_id if len(model_id) <= limit else model_id[:limit] + "...")

@@ -44,7 +44,7 @@ from engine.router.openai_schema import (
     Unsupported,
 )
 from engine.router.responses import Reply, sse
-from engine.router.router import BadRequest, Chunk, Overloaded, WorkerFailed
+from engine.router.router import BadRequest, Chunk, NoHealthyWorker, Overloaded, WorkerFailed
 from engine.router.service import RouterService
 from engine.sampling import InvalidSampling, SamplingParams
 from engine.workers.requests import InvalidRequest, check_prompt
@@ -133,7 +133,8 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """404, 405 and other routing errors in OpenAI's error body."""
+    """Errors raised by the framework itself (an unknown path, a wrong method, a body that
+    is not UTF-8) in OpenAI's error body."""
     messages = {
         404: f"no such endpoint: {request.url.path}",
         405: f"{request.method} is not allowed on {request.url.path}",
@@ -311,6 +312,8 @@ class _Api:
             placement = await svc.router.place(tokens, params.max_tokens, cache_salt=salt)
         except Overloaded as exc:
             raise _overloaded(str(exc), exc.retry_after_s) from None
+        except WorkerFailed as exc:
+            raise _unavailable(exc) from None
         reply = Reply(svc.model_name, chat, len(tokens))
         log = current_request.get() or RequestLog("-", "-")
         chunks = _observed(svc.router.stream(tokens, params, reply.id, placement=placement), log)
@@ -339,7 +342,7 @@ class _Api:
         except Overloaded as exc:  # a decode worker had no room after all
             raise _overloaded(str(exc), exc.retry_after_s) from None
         except WorkerFailed as exc:
-            raise ApiError(503, str(exc), kind="server_error") from None
+            raise _unavailable(exc) from None
         finally:
             self._finished()
             log.add(reply.prompt_tokens, reply.cached_tokens, reply.completion_tokens)
@@ -402,6 +405,19 @@ def _params(
         stop_token_ids=tuple(body.stop_token_ids),
         ignore_eos=body.ignore_eos,
     )
+
+
+def _unavailable(exc: WorkerFailed) -> ApiError:
+    """503 in the OpenAI error shape; ``Retry-After`` while no worker of a role is up."""
+    if isinstance(exc, NoHealthyWorker):
+        return ApiError(
+            503,
+            str(exc),
+            kind="server_error",
+            code="no_healthy_worker",
+            headers={"Retry-After": "1"},
+        )
+    return ApiError(503, str(exc), kind="server_error")
 
 
 def _overloaded(reason: str, retry_after_s: float) -> ApiError:

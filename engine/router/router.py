@@ -8,7 +8,9 @@ decode worker to generate with the chosen prefill worker, yielding chunks as the
 A worker that fails a request before its first token is marked down and the request is
 placed again without it (once), so a killed prefill worker is routed around; after the
 first token a failure ends the stream with the error. A decode worker whose KV cache has
-no room (RESOURCE_EXHAUSTED) is busy, not down: the request is ``Overloaded``.
+no room (RESOURCE_EXHAUSTED) is busy, not down: the request is ``Overloaded``. While a
+role has no healthy worker at all, waiting will not help by itself: ``place`` raises
+``NoHealthyWorker`` (HTTP 503), logged once per outage, not ``Overloaded`` (429).
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ import grpc
 from engine.router.costs import CostModel
 from engine.router.global_view import GlobalView
 from engine.router.metrics import RouterMetrics
-from engine.router.views import Decision, Policy, Rejection, RequestView
+from engine.router.views import (
+    Decision,
+    DecodeView,
+    Policy,
+    PrefillView,
+    Rejection,
+    RequestView,
+)
 from engine.router.workers import Worker, WorkerPool
 from engine.sampling import SamplingParams
 from engine.service.codec import params_to_pb
@@ -46,6 +55,10 @@ class Overloaded(Exception):
 
 class WorkerFailed(Exception):
     """The workers could not run the request (the message says which and why)."""
+
+
+class NoHealthyWorker(WorkerFailed):
+    """No healthy worker of a role (prefill or decode) is left to run the request."""
 
 
 class BadRequest(Exception):
@@ -96,6 +109,7 @@ class Router:
         self.metrics = metrics or RouterMetrics()
         self.counts: Counter[str] = Counter()
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._missing: str | None = None  # the role with no healthy worker, once logged
 
     async def place(
         self,
@@ -110,6 +124,7 @@ class Router:
         request = RequestView(len(tokens), self.block_tokens, prefix, max_tokens)
         prefills = [v for v in self.pool.prefill_views() if v.id not in exclude]
         decodes = [v for v in self.pool.decode_views() if v.id not in exclude]
+        self._check_available(prefills, decodes)
         choice = self.policy.choose(request, prefills, decodes, time.monotonic())
         self.metrics.decision.observe(time.perf_counter() - start)
         if isinstance(choice, Rejection):
@@ -220,6 +235,28 @@ class Router:
             prefill.queued_s = max(0.0, prefill.queued_s - pending_prefill)
             decode.running -= 1
             decode.context_tokens -= context
+
+    def _check_available(
+        self, prefills: Sequence[PrefillView], decodes: Sequence[DecodeView]
+    ) -> None:
+        """Raise ``NoHealthyWorker`` while a role has no healthy worker; log changes."""
+        missing = next(
+            (
+                role
+                for role, views in (("prefill", prefills), ("decode", decodes))
+                if not any(v.healthy for v in views)
+            ),
+            None,
+        )
+        if missing != self._missing:
+            if missing is None:
+                logger.warning("a healthy %s worker is back: serving again", self._missing)
+            else:
+                logger.warning("no healthy %s worker: answering 503 until one is back", missing)
+            self._missing = missing
+        if missing is not None:
+            self.counts["unavailable"] += 1
+            raise NoHealthyWorker(f"no healthy {missing} worker; retry shortly")
 
     def stats(self) -> dict[str, object]:
         return {

@@ -10,6 +10,9 @@ start is reported with its own last words. Prints the URL, an example request an
 ``STRATA_ADDRESS`` to give ``kvstore admin`` once everything answers. Ctrl-C (or
 SIGTERM) stops the endpoint, then the children (SIGTERM, then SIGKILL after a grace
 period); children also die with this process if it is killed outright.
+
+While it runs, a ``Supervisor`` restarts any child that dies (with back-off, on the
+ports it had), and the endpoint answers 503 while a role has no healthy worker.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from signal import SIGINT, SIGTERM
 from typing import IO
@@ -41,6 +44,7 @@ from engine.config import EngineConfig
 from engine.model.loader import TINY_MODEL_PATH, load_tokenizer
 from engine.router.api import create_app
 from engine.router.service import RouterService, open_router, served_model_name
+from engine.router.supervisor import Process, Supervisor
 from kvstore.config import DEFAULT_PAGE_BYTES
 from kvstore.errors import ConfigError
 
@@ -50,8 +54,15 @@ GRACE_S = 10.0
 class Child:
     """A child process that says it is up on one of its output lines."""
 
-    def __init__(self, name: str, args: Sequence[str], ready: str, timeout_s: float) -> None:
-        self.name = name
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        ready: str,
+        timeout_s: float,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.name, self.args, self.ready, self.timeout_s = name, list(args), ready, timeout_s
         setpriv = shutil.which("setpriv")
         prefix = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -59,7 +70,7 @@ class Child:
             [*prefix, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
         self.output: list[str] = []
-        self.line = self._wait(ready, timeout_s)
+        self.line = self._wait(ready, timeout_s, cancel or threading.Event())
         self._drain = threading.Thread(target=self._forward, name=f"{name} output", daemon=True)
         self._drain.start()
 
@@ -70,11 +81,19 @@ class Child:
         for line in out:
             sys.stderr.write(f"[{self.name}] {line}")
 
-    def _wait(self, ready: str, timeout_s: float) -> str:
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def restarter(self, sticky: Sequence[str]) -> Callable[[threading.Event], Child]:
+        """How to start this child again: same arguments, then ``sticky`` (its ports)."""
+        args = [*self.args, *sticky]
+        return lambda cancel: Child(self.name, args, self.ready, self.timeout_s, cancel)
+
+    def _wait(self, ready: str, timeout_s: float, cancel: threading.Event) -> str:
         out: IO[str] | None = self.proc.stdout
         assert out is not None
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.proc.poll() is None:
+        while time.monotonic() < deadline and self.proc.poll() is None and not cancel.is_set():
             if select.select([out], [], [], 0.1)[0]:
                 line = out.readline()
                 self.output.append(line)
@@ -117,6 +136,7 @@ def run_up(
     its metrics and data plane) on free ports."""
     console = Console()
     children: list[Child] = []
+    supervisor = Supervisor()
     python = sys.executable
     if not config.engine.namespace_salt:  # one secret salt for this run's processes,
         os.environ["STRATA_ENGINE__SALT"] = secrets.token_hex(16)  # inherited, not on argv
@@ -177,6 +197,7 @@ def run_up(
         )
         children.append(decode)
         decode_address = json.loads(decode.line)["address"]
+        _watch(supervisor, store, prefill, decode)
         router_config = dataclasses.replace(
             config,
             router=dataclasses.replace(
@@ -185,8 +206,9 @@ def run_up(
         )
         return _serve_http(router_config, console, store_address)
     finally:
-        for child in reversed(children):
-            child.stop()
+        live: list[Process] = [*supervisor.stop()] or [*children]
+        for process in reversed(live):
+            process.stop()
         console.print("[dim]stopped[/dim]")
 
 
@@ -310,6 +332,25 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+
+
+def _watch(supervisor: Supervisor, store: Child, prefill: Child, decode: Child) -> None:
+    """Restart each child on the ports its first instance got."""
+    store_address = store.line.split("serving on ")[1].split()[0].rstrip(",")
+    prefill_info, decode_info = json.loads(prefill.line), json.loads(decode.line)
+    sticky = {
+        store: [f"--server.port={_port(store_address)}"],
+        prefill: [f"--prefill.port={_port(prefill_info['address'])}"],
+        decode: [f"--decode.port={_port(decode_info['address'])}"]
+        + [f"--decode.data_port={_port(a)}" for a in decode_info["data_plane"][:1]],
+    }
+    for child, flags in sticky.items():
+        supervisor.watch(child.name, child, child.restarter(flags))
+    supervisor.begin()
+
+
+def _port(address: str) -> str:
+    return address.rsplit(":", 1)[1]
 
 
 def _store_flags(config: EngineConfig, port: int) -> list[str]:

@@ -4,7 +4,7 @@
     global flags: --address HOST:PORT | --cluster REDIS_URL, --token T, --tls-ca PEM,
                   --timeout S, --json  (accepted before or after the verb)
     verbs: stats [--reset] | nodes | topology | config | lookup | pin | unpin | evict
-           | flush | top
+           | flush | top | remove-namespace
 
 Against one node (``--address``, default 127.0.0.1:7600, or $STRATA_ADDRESS) or every
 registered node of a cluster (``--cluster``, the metadata Redis URL). With ``--cluster``
@@ -124,6 +124,9 @@ def add_admin_parser(commands: Any) -> None:
     evict.add_argument("--blocks", type=_positive_int("--blocks"), required=True)
     flush = verb_parser("flush", "push every evictable block out (of one tier)")
     flush.add_argument("--tier", choices=[t.value for t in TierKind])
+    remove = verb_parser("remove-namespace", "drop a namespace and all its blocks")
+    remove.add_argument("--model-id", help="namespace by model id (if one matches)")
+    remove.add_argument("--namespace-id", help="namespace by id (hex)")
     top = verb_parser("top", "a live view, refreshed every --interval seconds")
     top.add_argument("--interval", type=_positive_float("--interval"), default=1.0)
     top.add_argument(
@@ -373,6 +376,26 @@ async def _evict(args: argparse.Namespace, console: Console) -> None:
     print(json.dumps({"blocks": moved}) if args.json else f"{moved} blocks moved out")
 
 
+async def _remove_namespace(args: argparse.Namespace, console: Console) -> None:
+    if args.model_id is None and args.namespace_id is None:
+        raise InvalidArgument("remove-namespace: give --model-id or --namespace-id")
+    async with _clients(args) as clients:
+        ns_id = _pick_namespace(await clients[0].stats(), args.model_id, args.namespace_id).id
+        removed, num_blocks = 0, 0
+        for client in clients:  # on a cluster, every node that has it
+            try:
+                num_blocks += await client.remove_namespace(ns_id)
+                removed += 1
+            except NotFound:
+                continue
+    result = {"namespace_id": ns_id.hex(), "nodes": removed, "blocks": num_blocks}
+    print(
+        json.dumps(result)
+        if args.json
+        else f"removed namespace {ns_id.hex()} from {removed} node(s), {num_blocks} blocks"
+    )
+
+
 async def _top(args: argparse.Namespace, console: Console) -> None:
     async with _clients(args) as clients:
 
@@ -481,4 +504,5 @@ _VERBS = {
     "evict": _evict,
     "flush": _evict,
     "top": _top,
+    "remove-namespace": _remove_namespace,
 }

@@ -4,22 +4,35 @@ It discovers live nodes from the registry (refreshed at most every ``refresh_s``
 each key list from the node holding its longest cached prefix (that node fetches any
 rest from its peers), and places new chains with a placement policy. Namespaces are
 registered on each node the first time the client talks to it about them.
+
+While the metadata service is unreachable the client keeps serving (degraded): it uses
+the last membership it saw, places chains by rendezvous over those nodes, and answers
+lookups by asking each of them for its local run instead of the global index. It tries
+the metadata service again at most every ``refresh_s``, so an outage costs one failed
+round trip per interval, not one per call.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import TypeVar
 
 from kvstore.client.calls import CallOptions
 from kvstore.client.store_client import GetResult, NodePrefix, StoreClient
 from kvstore.errors import NotFound, ServiceUnavailable
 from kvstore.hashing import Namespace
-from kvstore.metadata.base import NodeInfo
+from kvstore.metadata.base import MetadataUnavailable, NodeInfo
 from kvstore.metadata.redis import RedisMetadata
 from kvstore.policy.placement import RendezvousPlacement
 from kvstore.reservations import PutResult
-from kvstore.types import BlockKey, Buffer, NamespaceId
+from kvstore.types import BlockKey, Buffer, NamespaceId, TierKind
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class ClusterClient:
@@ -43,6 +56,12 @@ class ClusterClient:
         self._clients: dict[str, StoreClient] = {}
         self._namespaces: dict[NamespaceId, Namespace] = {}
         self._registered: set[tuple[str, NamespaceId]] = set()
+        self._metadata_down_until: float | None = None  # degraded: no metadata until then
+
+    @property
+    def degraded(self) -> bool:
+        """True while the metadata service is unreachable (last known nodes are used)."""
+        return self._metadata_down_until is not None
 
     async def close(self) -> None:
         for client in self._clients.values():
@@ -60,8 +79,11 @@ class ClusterClient:
         return namespace.id
 
     async def nodes(self, *, refresh: bool = False) -> list[NodeInfo]:
+        """Live nodes from the registry, or the last known ones while it is unreachable."""
         if refresh or time.monotonic() - self._nodes_at > self._refresh_s:
-            self._nodes = {n.node_id: n for n in await self.metadata.nodes()}
+            found = await self._metadata_call(self.metadata.nodes())
+            if found is not None:
+                self._nodes = {n.node_id: n for n in found}
             self._nodes_at = time.monotonic()
         return list(self._nodes.values())
 
@@ -74,7 +96,8 @@ class ClusterClient:
     ) -> PutResult:
         """Store a chain on the node holding its parent, else where placement says."""
         nodes = await self._live()
-        holders = list((await self.metadata.locate([parent]))[0]) if parent else []
+        located = await self._metadata_call(self.metadata.locate([parent])) if parent else None
+        holders = list(located[0]) if located else []
         node_id = self.placement.choose(
             sorted(nodes), keys[0] if keys else BlockKey(bytes(16)), holders
         )
@@ -93,9 +116,11 @@ class ClusterClient:
 
     async def lookup(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> list[NodePrefix]:
         """Per live node, its longest cached leading run of ``keys``, longest first."""
-        located = await self.metadata.locate(keys)
         nodes = {n.node_id: n for n in await self.nodes()}
-        runs: dict[str, list] = {node_id: [] for node_id in nodes}
+        located = await self._metadata_call(self.metadata.locate(keys))
+        if located is None:
+            return await self._lookup_each(ns_id, keys, nodes)
+        runs: dict[str, list[TierKind]] = {node_id: [] for node_id in nodes}
         open_runs = set(nodes)
         for holders in located:
             open_runs &= holders.keys()
@@ -107,6 +132,44 @@ class ClusterClient:
             if tiers
         ]
         return sorted(prefixes, key=lambda p: (-p.num_blocks, p.node_id))
+
+    async def _lookup_each(
+        self, ns_id: NamespaceId, keys: Sequence[BlockKey], nodes: dict[str, NodeInfo]
+    ) -> list[NodePrefix]:
+        """Without the global index: ask every known node for its own run (a node that
+        does not answer holds nothing, for this call)."""
+
+        async def local_run(node_id: str) -> NodePrefix | None:
+            try:
+                client = await self._client(node_id, ns_id)
+                answers = await client.lookup(ns_id, keys, local=True)
+            except (ServiceUnavailable, NotFound):
+                return None
+            return next((a for a in answers if a.node_id == node_id and a.num_blocks), None)
+
+        found = await asyncio.gather(*(local_run(node_id) for node_id in sorted(nodes)))
+        prefixes = [p for p in found if p is not None]
+        return sorted(prefixes, key=lambda p: (-p.num_blocks, p.node_id))
+
+    async def _metadata_call(self, call: Coroutine[object, object, T]) -> T | None:
+        """``call``'s answer, or None while the metadata service is unreachable."""
+        now = time.monotonic()
+        if self._metadata_down_until is not None and now < self._metadata_down_until:
+            call.close()
+            return None
+        try:
+            result = await call
+        except MetadataUnavailable as exc:
+            if self._metadata_down_until is None:
+                logger.warning(
+                    "metadata unreachable (%s); using the %d known nodes", exc, len(self._nodes)
+                )
+            self._metadata_down_until = time.monotonic() + self._refresh_s
+            return None
+        if self._metadata_down_until is not None:
+            logger.info("metadata reachable again")
+            self._metadata_down_until = None
+        return result
 
     async def _live(self) -> dict[str, NodeInfo]:
         nodes = {n.node_id: n for n in await self.nodes()}

@@ -352,6 +352,12 @@ class StoreClient:
         response = await self._unary("Flush", self._admin.Flush, request, idempotent=False)
         return int(response.num_blocks)
 
+    async def remove_namespace(self, ns_id: NamespaceId) -> int:
+        """Remove a namespace and its blocks from the node; returns how many blocks."""
+        request = admin_pb2.RemoveNamespaceRequest(namespace_id=ns_id)
+        response = await self._unary("RemoveNamespace", self._admin.RemoveNamespace, request)
+        return int(response.num_blocks)
+
     async def config(self) -> dict[str, Any]:
         response = await self._unary(
             "GetConfig", self._admin.GetConfig, admin_pb2.GetConfigRequest()

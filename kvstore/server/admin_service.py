@@ -1,4 +1,5 @@
-"""The AdminService servicer: statistics, nodes, eviction, effective config."""
+"""The AdminService servicer: statistics, nodes, eviction, effective config, namespace
+removal."""
 
 from __future__ import annotations
 
@@ -96,3 +97,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.GetConfigRequest, context: Context
     ) -> admin_pb2.GetConfigResponse:
         return admin_pb2.GetConfigResponse(json=json.dumps(self.node.config.redacted()))
+
+    @grpc_errors
+    async def RemoveNamespace(
+        self, request: admin_pb2.RemoveNamespaceRequest, context: Context
+    ) -> admin_pb2.RemoveNamespaceResponse:
+        ns_id = codec.decode_namespace_id(request.namespace_id)
+        num_blocks = await self.store.remove_namespace(ns_id)
+        return admin_pb2.RemoveNamespaceResponse(num_blocks=num_blocks)

@@ -20,7 +20,10 @@ state on the loop thread that owns it.
 ``namespace`` is ``kvstore.stats.namespace_label`` (model id and a short namespace id).
 Peer hits are blocks other nodes supplied to this node's clients; the holder counts
 them in its own ``strata_hit_blocks_total``, so a cluster-wide hit rate sums tier hits
-and misses only.
+and misses only. Label cardinality is bounded: the ``namespace`` label is kept for the
+``server.metrics_max_namespaces`` busiest namespaces (most blocks hit plus missed; ties
+by label); the others are summed under ``namespace="_other"``, so a scrape stays small
+however many namespaces a node holds.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ import grpc
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from kvstore.stats import StatsSnapshot, namespace_label
+from kvstore.stats import NamespaceStats, StatsSnapshot, namespace_label
+from kvstore.types import NamespaceId
 
 if TYPE_CHECKING:
     from kvstore.server.auth import Continuation, Handler
@@ -62,10 +66,19 @@ LATENCY_BUCKETS = (
 )
 
 
+OTHER_NAMESPACES = "_other"  # the label of every namespace past the cap
+
+
 class StoreCollector:
-    def __init__(self, stats: Callable[[], StatsSnapshot], degraded: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], StatsSnapshot],
+        degraded: Callable[[], bool],
+        max_namespace_labels: int = 32,
+    ) -> None:
         self._stats = stats
         self._degraded = degraded
+        self._max_labels = max_namespace_labels
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats()
@@ -115,32 +128,55 @@ class StoreCollector:
         yield degraded
 
     def _hits_and_misses(self, s: StatsSnapshot) -> Iterator[Metric]:
-        labels_hit, labels_miss = ["tier", "namespace"], ["reason", "namespace"]
-        hit_blocks = CounterMetricFamily("strata_hit_blocks", "Blocks served", labels=labels_hit)
-        hit_tokens = CounterMetricFamily("strata_hit_tokens", "Tokens served", labels=labels_hit)
-        miss_blocks = CounterMetricFamily("strata_miss_blocks", "Blocks missed", labels=labels_miss)
-        miss_tokens = CounterMetricFamily("strata_miss_tokens", "Tokens missed", labels=labels_miss)
-        peer_blocks = CounterMetricFamily(
-            "strata_peer_hit_blocks",
-            "Blocks other nodes supplied for clients",
-            labels=["namespace"],
-        )
-        peer_tokens = CounterMetricFamily(
-            "strata_peer_hit_tokens",
-            "Tokens other nodes supplied for clients",
-            labels=["namespace"],
-        )
+        labels = namespace_labels(s.namespaces, self._max_labels)
+        sums: dict[str, dict[tuple[str, ...], int]] = {
+            "hit_blocks": {},
+            "hit_tokens": {},
+            "miss_blocks": {},
+            "miss_tokens": {},
+            "peer_hit_blocks": {},
+            "peer_hit_tokens": {},
+        }
         for ns in s.namespaces:
-            name = namespace_label(ns.model_id, ns.namespace_id)
+            name = labels[ns.namespace_id]
             for tier, blocks in ns.hit_blocks.items():
-                hit_blocks.add_metric([tier.value, name], blocks)
-                hit_tokens.add_metric([tier.value, name], ns.hit_tokens[tier])
+                _add(sums["hit_blocks"], (tier.value, name), blocks)
+                _add(sums["hit_tokens"], (tier.value, name), ns.hit_tokens[tier])
             for reason, blocks in ns.miss_blocks.items():
-                miss_blocks.add_metric([reason.value, name], blocks)
-                miss_tokens.add_metric([reason.value, name], ns.miss_tokens[reason])
-            peer_blocks.add_metric([name], ns.peer_hit_blocks)
-            peer_tokens.add_metric([name], ns.peer_hit_blocks * ns.block_tokens)
-        yield from (hit_blocks, hit_tokens, miss_blocks, miss_tokens, peer_blocks, peer_tokens)
+                _add(sums["miss_blocks"], (reason.value, name), blocks)
+                _add(sums["miss_tokens"], (reason.value, name), ns.miss_tokens[reason])
+            _add(sums["peer_hit_blocks"], (name,), ns.peer_hit_blocks)
+            _add(sums["peer_hit_tokens"], (name,), ns.peer_hit_blocks * ns.block_tokens)
+        docs = {
+            "hit_blocks": "Blocks served",
+            "hit_tokens": "Tokens served",
+            "miss_blocks": "Blocks missed",
+            "miss_tokens": "Tokens missed",
+            "peer_hit_blocks": "Blocks other nodes supplied for clients",
+            "peer_hit_tokens": "Tokens other nodes supplied for clients",
+        }
+        for what, values in sums.items():
+            first = ["tier"] if what.startswith("hit") else ["reason"] if "miss" in what else []
+            family = CounterMetricFamily(f"strata_{what}", docs[what], labels=[*first, "namespace"])
+            for label_values, count in values.items():
+                family.add_metric(list(label_values), count)
+            yield family
+
+
+def namespace_labels(namespaces: list[NamespaceStats], max_labels: int) -> dict[NamespaceId, str]:
+    """The ``namespace`` label of each namespace id (``namespace_label``) for the
+    ``max_labels`` busiest namespaces, ``_other`` for the rest."""
+    activity = {
+        ns.namespace_id: sum(ns.hit_blocks.values()) + sum(ns.miss_blocks.values())
+        for ns in namespaces
+    }
+    names = {ns.namespace_id: namespace_label(ns.model_id, ns.namespace_id) for ns in namespaces}
+    kept = set(sorted(names, key=lambda n: (-activity[n], names[n]))[:max_labels])
+    return {n: names[n] if n in kept else OTHER_NAMESPACES for n in names}
+
+
+def _add(sums: dict[tuple[str, ...], int], key: tuple[str, ...], value: int) -> None:
+    sums[key] = sums.get(key, 0) + value
 
 
 def _by_tier(name: str, doc: str, values: dict[Any, int], tiers: list[Any]) -> Metric:
@@ -161,9 +197,14 @@ def _moves(name: str, doc: str, values: dict[Any, int]) -> Metric:
 class NodeMetrics:
     """One node's registry: the store collector and the RPC latency histogram."""
 
-    def __init__(self, stats: Callable[[], StatsSnapshot], degraded: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], StatsSnapshot],
+        degraded: Callable[[], bool],
+        max_namespace_labels: int = 32,
+    ) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(StoreCollector(stats, degraded))
+        self.registry.register(StoreCollector(stats, degraded, max_namespace_labels))
         self.rpc_seconds = Histogram(
             "strata_rpc_duration_seconds",
             "RPC latency by method and status",

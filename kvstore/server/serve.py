@@ -86,7 +86,11 @@ async def start_node(config: Config) -> RunningNode:
         await store.close()
         raise
     node: StoreNode | None = None
-    metrics = NodeMetrics(store.stats, lambda: node is not None and node.degraded)
+    metrics = NodeMetrics(
+        store.stats,
+        lambda: node is not None and node.degraded,
+        config.server.metrics_max_namespaces,
+    )
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

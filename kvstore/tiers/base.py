@@ -87,6 +87,11 @@ class Tier(Protocol):
         """Remember a namespace so its blocks can be recovered (persistent tiers)."""
         ...
 
+    def forget_namespace(self, ns_id: NamespaceId) -> None:
+        """Forget a namespace and its blocks' records for good (persistent tiers); the
+        slots still go back through ``free``."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -104,4 +109,7 @@ class VolatileTier:
         return Recovered([], [])
 
     def save_namespace(self, namespace: Namespace) -> None:
+        return None
+
+    def forget_namespace(self, ns_id: NamespaceId) -> None:
         return None

@@ -58,7 +58,7 @@ from kvstore.hashing import Namespace, checksum
 from kvstore.tiers.base import ReadItem, Recovered, SlotRef, WriteItem
 from kvstore.tiers.nvme_index import NvmeIndex, private_directory
 from kvstore.tiers.slots import SlabAllocator
-from kvstore.types import SlotId, TierKind
+from kvstore.types import NamespaceId, SlotId, TierKind
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +139,9 @@ class NvmeTier:
             self._index.save_namespace(namespace)
         except lmdb.Error as exc:
             raise self._unavailable(exc) from exc
+
+    def forget_namespace(self, ns_id: NamespaceId) -> None:
+        self._index.forget_namespace(ns_id)
 
     async def write(self, items: Sequence[WriteItem]) -> None:
         if self._unforgotten:

@@ -101,6 +101,19 @@ class NvmeIndex:
         with self._env.begin(write=True) as txn:
             txn.put(namespace.id, _encode_namespace(namespace), db=self._namespaces)
 
+    def forget_namespace(self, ns_id: NamespaceId) -> None:
+        """Delete a namespace and its block records in one transaction, so a restart
+        finds neither (their slots read as free)."""
+        with self._env.begin(write=True) as txn:
+            txn.delete(ns_id, db=self._namespaces)
+            doomed = [
+                key
+                for key, value in txn.cursor(db=self._blocks)
+                if _decode(key, value).namespace_id == ns_id
+            ]
+            for key in doomed:
+                txn.delete(key, db=self._blocks)
+
     def namespaces(self) -> list[Namespace]:
         with self._env.begin() as txn:
             return [_decode_namespace(v) for _, v in txn.cursor(db=self._namespaces)]

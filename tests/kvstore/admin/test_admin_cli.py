@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kvstore.client import SyncStoreClient
+from kvstore.hashing import Namespace, prefix_keys
 from tests.conftest import BLOCK, NAMESPACE, block_bytes
 from tests.processes import ROOT, ServeProcess
 
@@ -232,3 +233,19 @@ def test_cluster_stats_and_nodes_show_a_dead_node_as_unreachable() -> None:
             assert {r["node_id"]: r["reachable"] for r in rows} == {"alive": True, "dead": False}
             table = admin(alive, "nodes", *cluster)
             assert table.returncode == 0 and "unreachable" in table.stdout
+
+
+def test_remove_namespace(server: ServeProcess) -> None:
+    removable = Namespace("removable-model", NAMESPACE.spec)
+    with SyncStoreClient(server.address) as client:
+        ns = client.register_namespace(removable)
+        client.put(ns, prefix_keys(ns, list(range(32)), 16), [block_bytes(7), block_bytes(8)])
+    result = admin_json(server, "remove-namespace", "--model-id", "removable-model")
+    assert result == {"namespace_id": ns.hex(), "nodes": 1, "blocks": 2}
+    stats = admin_json(server, "stats")
+    assert isinstance(stats, dict)
+    assert "removable-model" not in json.dumps(stats)
+    again = admin(server, "remove-namespace", "--namespace-id", ns.hex())
+    assert again.returncode == 2 and "no namespace matches" in again.stderr
+    bare = admin(server, "remove-namespace")
+    assert bare.returncode == 2 and "--model-id or --namespace-id" in bare.stderr

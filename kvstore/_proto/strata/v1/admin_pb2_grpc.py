@@ -69,6 +69,11 @@ class AdminServiceStub:
                 request_serializer=strata_dot_v1_dot_admin__pb2.ListPinsRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_admin__pb2.ListPinsResponse.FromString,
                 _registered_method=True)
+        self.RemoveNamespace = channel.unary_unary(
+                '/strata.v1.AdminService/RemoveNamespace',
+                request_serializer=strata_dot_v1_dot_admin__pb2.RemoveNamespaceRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_admin__pb2.RemoveNamespaceResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -121,6 +126,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveNamespace(self, request, context):
+        """Forget a namespace and drop every block of it (persisted on NVMe).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +170,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListPins,
                     request_deserializer=strata_dot_v1_dot_admin__pb2.ListPinsRequest.FromString,
                     response_serializer=strata_dot_v1_dot_admin__pb2.ListPinsResponse.SerializeToString,
+            ),
+            'RemoveNamespace': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNamespace,
+                    request_deserializer=strata_dot_v1_dot_admin__pb2.RemoveNamespaceRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_admin__pb2.RemoveNamespaceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -349,6 +366,33 @@ class AdminService:
             '/strata.v1.AdminService/ListPins',
             strata_dot_v1_dot_admin__pb2.ListPinsRequest.SerializeToString,
             strata_dot_v1_dot_admin__pb2.ListPinsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNamespace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.AdminService/RemoveNamespace',
+            strata_dot_v1_dot_admin__pb2.RemoveNamespaceRequest.SerializeToString,
+            strata_dot_v1_dot_admin__pb2.RemoveNamespaceResponse.FromString,
             options,
             channel_credentials,
             insecure,
