@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 
 from engine.model.loader import TINY_MODEL_PATH, load_tokenizer
 from engine.router.api import create_app
+from engine.router.metrics import RouterMetrics
 from engine.router.router import Chunk
 from engine.router.service import RouterService
 from engine.sampling import SamplingParams
@@ -40,9 +41,10 @@ class FakeRouter:
 
     def __init__(self) -> None:
         self.view = self.pool = _Closable()
+        self.metrics = RouterMetrics()
         self.num_streamed = 0
 
-    async def place(self, tokens: list[int], max_tokens: int) -> Any:
+    async def place(self, tokens: list[int], max_tokens: int, cache_salt: bytes = b"") -> Any:
         assert tokens and max_tokens >= 1
         return SimpleNamespace(prefill=SimpleNamespace(id="p"), decode=SimpleNamespace(id="d"))
 
