@@ -44,7 +44,7 @@ class FakeRouter:
         self.metrics = RouterMetrics()
         self.num_streamed = 0
 
-    async def place(self, tokens: list[int], max_tokens: int, cache_salt: bytes = b"") -> Any:
+    async def place(self, tokens: list[int], max_tokens: int, cache_salt: str = "") -> Any:
         assert tokens and max_tokens >= 1
         return SimpleNamespace(prefill=SimpleNamespace(id="p"), decode=SimpleNamespace(id="d"))
 
