@@ -58,7 +58,7 @@ from kvstore.hashing import Namespace, prefix_keys
 from kvstore.layout import BlockSpec, KVDtype
 from kvstore.store import NodeStore
 from kvstore.tiers.base import BlockRecord, ReadItem, WriteItem
-from kvstore.types import BlockKey, NamespaceId, SlotId, TierKind
+from kvstore.types import BlockKey, NamespaceId, TierKind
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -172,29 +172,39 @@ async def store_figures(block_bytes: int, config: CudaBenchConfig) -> dict[str, 
 async def tier_copies(
     store: NodeStore, ns_id: NamespaceId, block_bytes: int, num_blocks: int, repeats: int
 ) -> dict[str, float]:
-    """Median seconds of the HBM tier's batch write from, and read into, DRAM arena slots."""
+    """Median seconds of the HBM tier's batch write from, and read into, DRAM arena slots
+    (slots taken from both tiers' allocators for the run, then given back)."""
     hbm, dram = store.tiering.tiers[TierKind.HBM], store.tiering.tiers[TierKind.DRAM]
-    views = []
-    for i in range(num_blocks):
-        view = dram.view(SlotId(i))
-        assert view is not None
-        views.append(view)
-    records = [
-        BlockRecord(
-            BlockKey(i.to_bytes(16, "little")), ns_id, None, SlotId(i), block_bytes, 0, 0, 0
-        )
-        for i in range(num_blocks)
-    ]
-    writes = [WriteItem(r, v) for r, v in zip(records, views, strict=True)]
-    reads = [ReadItem(r.slot, block_bytes, 0, v) for r, v in zip(records, views, strict=True)]
-    up, down = [], []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        await hbm.write(writes)
-        up.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        await hbm.read(reads)
-        down.append(time.perf_counter() - start)
+    owners = [BlockKey(i.to_bytes(16, "little")) for i in range(num_blocks)]
+    hbm_slots = hbm.slots.allocate(block_bytes, owners)
+    dram_slots = dram.slots.allocate(block_bytes, owners)
+    if hbm_slots is None or dram_slots is None:
+        raise RuntimeError(f"no room for {num_blocks} blocks of {block_bytes} bytes per tier")
+    try:
+        views = [dram.view(slot) for slot in dram_slots]
+        records = [
+            BlockRecord(key, ns_id, None, slot, block_bytes, 0, 0, 0)
+            for key, slot in zip(owners, hbm_slots, strict=True)
+        ]
+        writes = [WriteItem(r, v) for r, v in zip(records, views, strict=True) if v is not None]
+        reads = [
+            ReadItem(r.slot, block_bytes, 0, v)
+            for r, v in zip(records, views, strict=True)
+            if v is not None
+        ]
+        up, down = [], []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            await hbm.write(writes)
+            up.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            await hbm.read(reads)
+            down.append(time.perf_counter() - start)
+    finally:
+        for slot in hbm_slots:
+            hbm.slots.free(slot)
+        for slot in dram_slots:
+            dram.slots.free(slot)
     return {
         "dram_to_hbm_gbps": statistics.median(up[1:]),
         "hbm_to_dram_gbps": statistics.median(down[1:]),
