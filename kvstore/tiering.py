@@ -263,13 +263,13 @@ class Tiering:
         given: the size class that needs the slots), oldest first; their blocks stay
         cached in their faster tier. Returns how many copies went."""
         metas: list[BlockMeta] = []
-        for meta in list(self.copies.values()):
+        for meta in self.copies.values():  # oldest first; stops at ``count``
             if len(metas) >= count:
                 break
-            if length_bytes is not None and meta.length_bytes != length_bytes:
-                continue
+            if length_bytes is None or meta.length_bytes == length_bytes:
+                metas.append(meta)
+        for meta in metas:
             self._retire_copy(meta)
-            metas.append(meta)
         await self._flush_ready(metas)
         return len(metas)
 

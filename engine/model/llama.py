@@ -117,6 +117,8 @@ class LlamaForCausalLM(nn.Module):
         self._rotary: Rotary | None = None
 
     def rotary(self) -> Rotary:
+        """The rotary tables on the weights' device, made again when the weights move;
+        the first call on a device also picks its attention kernels."""
         device = self.model.embed_tokens.weight.device
         if self._rotary is None or self._rotary.inv_freq.device != device:
             self._rotary = Rotary(self.config, device)
