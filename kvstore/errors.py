@@ -31,6 +31,10 @@ class LeaseExpired(KVStoreError):
     """A reservation or lease was used after its deadline and has been reclaimed."""
 
 
+class LeaseUnavailable(KVStoreError):
+    """The transport cannot lease blocks (no store behind it): read them by key instead."""
+
+
 class TransferFailed(KVStoreError):
     """Bytes could not be moved between tiers, processes or hosts."""
 

@@ -139,3 +139,25 @@ def test_routing_policies_are_pure() -> None:
             or n.startswith(("kvstore.client", "kvstore.transfer", "engine.service"))
         }
         assert not bad, f"engine/router/{name}.py imports {bad}"
+
+
+def test_the_transfer_and_client_modules_import_one_way() -> None:
+    """No two modules of ``kvstore/transfer`` or ``kvstore/client`` import each other,
+    directly or around a loop, not even for type checking."""
+    names = {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts): path
+        for package in ("kvstore/transfer", "kvstore/client")
+        for path in modules(package)
+        if path.name != "__init__.py"
+    }
+    graph = {name: imports_of(path) & names.keys() for name, path in names.items()}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for name in graph[start] - seen:
+            seen.add(name)
+            if name == goal or reaches(name, goal, seen):
+                return True
+        return False
+
+    loops = sorted(name for name in graph if reaches(name, name, set()))
+    assert not loops, f"modules on an import loop: {loops}"

@@ -21,7 +21,8 @@ from collections.abc import Coroutine, Sequence
 from typing import TypeVar
 
 from kvstore.client.calls import CallOptions
-from kvstore.client.store_client import GetResult, NodePrefix, StoreClient
+from kvstore.client.results import GetResult
+from kvstore.client.store_client import NodePrefix, StoreClient
 from kvstore.errors import NotFound, ServiceUnavailable
 from kvstore.hashing import Namespace
 from kvstore.metadata.base import MetadataUnavailable, NodeInfo

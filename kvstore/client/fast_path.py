@@ -5,27 +5,27 @@ and connects with a transfer engine of its own: a node on the same host is read 
 out of its shared DRAM arena (one small round trip pins the blocks), any other over the
 data plane's TCP, bytes landing in the caller's buffers. Puts go over the data plane
 too, into the node's reserved slots. gRPC stays the control plane, and the fallback
-when the data plane is off or fails.
+when the data plane is off or fails (``kvstore.client.route`` chooses).
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Sequence
 
 from kvstore._proto.strata.v1 import store_pb2
 from kvstore.client.calls import CallOptions
-from kvstore.reservations import PutResult
 from kvstore.transfer.connection import local_host_id
 from kvstore.transfer.engine import Peer, TransferEngine
-from kvstore.transfer.transports import BlockRead, TransportKind
-from kvstore.types import BlockKey, NamespaceId
+from kvstore.transfer.transports import Transport, TransportKind
 
 logger = logging.getLogger(__name__)
 
 
-class DataPlaneRoute:
+class DataPlaneLink:
+    """The node's data plane as this client reaches it (``kvstore.client.route`` decides
+    when to use it)."""
+
     def __init__(
         self, engine: TransferEngine, peer: Peer, info: store_pb2.DataPlaneResponse
     ) -> None:
@@ -38,8 +38,12 @@ class DataPlaneRoute:
     def kind(self) -> TransportKind:
         return self.peer.kind
 
+    @property
+    def transport(self) -> Transport:
+        return self.peer.transport
+
     @classmethod
-    async def open(cls, info: store_pb2.DataPlaneResponse, options: CallOptions) -> DataPlaneRoute:
+    async def open(cls, info: store_pb2.DataPlaneResponse, options: CallOptions) -> DataPlaneLink:
         context = None
         if info.tls:
             cafile = str(options.tls_ca_file) if options.tls_ca_file else None
@@ -60,25 +64,6 @@ class DataPlaneRoute:
             raise
         logger.debug("data plane of %s reached by %s", info.node_id, peer.kind.value)
         return cls(engine, peer, info)
-
-    async def get(
-        self,
-        ns_id: NamespaceId,
-        keys: Sequence[BlockKey],
-        dsts: Sequence[memoryview],
-        *,
-        count_misses: bool = True,
-    ) -> BlockRead:
-        return await self.peer.transport.read_blocks(ns_id, keys, dsts, count_misses=count_misses)
-
-    async def put(
-        self,
-        ns_id: NamespaceId,
-        keys: Sequence[BlockKey],
-        blocks: Sequence[memoryview],
-        parent: BlockKey | None,
-    ) -> PutResult:
-        return await self.peer.transport.write_blocks(ns_id, keys, blocks, parent)
 
     async def close(self) -> None:
         await self.engine.close()

@@ -28,10 +28,12 @@ from kvstore._proto.strata.v1 import (
     store_pb2_grpc,
 )
 from kvstore.client.calls import CallOptions, call, open_channel
-from kvstore.client.fast_path import DataPlaneRoute
+from kvstore.client.fast_path import DataPlaneLink
 from kvstore.client.layered import LayeredGet, LayeredPut
-from kvstore.errors import InvalidArgument, KVStoreError, ServiceUnavailable, TransferFailed
-from kvstore.hashing import Namespace, check_key, checksum
+from kvstore.client.results import GetResult
+from kvstore.client.route import Route
+from kvstore.errors import InvalidArgument
+from kvstore.hashing import Namespace, checksum
 from kvstore.metadata.base import NodeInfo
 from kvstore.reservations import PutResult
 from kvstore.streams import BlockAssembler, chunks
@@ -49,15 +51,6 @@ class Chain:
     keys: Sequence[BlockKey]
     blocks: Sequence[Buffer]
     parent: BlockKey | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GetResult:
-    num_hits: int
-    blocks: list[memoryview]  # bytes of each hit (views of the caller's buffers if given)
-    tiers: list[TierKind]
-    node_ids: list[str]  # the node that held each hit
-    miss_reason: MissReason | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,32 +90,28 @@ class StoreClient:
             response_deserializer=parse_get_response,
         )
         self._block_bytes: dict[NamespaceId, int] = {}
-        self._route: DataPlaneRoute | None = None
-        self._route_checked = False
+        self._route = Route(
+            address,
+            self.options,
+            block_bytes=self._block_bytes,
+            describe=self._describe_data_plane,
+            grpc_put=self._put_chain,
+            grpc_get=self._get_grpc,
+        )
 
     async def close(self) -> None:
-        await self._drop_route()
+        await self._route.close()
         await self._channel.close()
 
-    async def data_plane(self) -> DataPlaneRoute | None:
+    async def data_plane(self) -> DataPlaneLink | None:
         """The node's data plane as this client reaches it (None: gRPC only)."""
-        if self._route_checked or not self.options.data_plane:
-            return self._route
-        self._route_checked = True
-        try:
-            info = await self._unary(
-                "DataPlane", self._store.DataPlane, store_pb2.DataPlaneRequest()
-            )
-            if info.addresses:
-                self._route = await DataPlaneRoute.open(info, self.options)
-        except KVStoreError as exc:
-            logger.warning("data plane of %s unusable (%s); using gRPC", self.address, exc)
-        return self._route
+        return await self._route.data_plane()
 
-    async def _drop_route(self) -> None:
-        route, self._route = self._route, None
-        if route is not None:
-            await route.close()
+    async def _describe_data_plane(self) -> store_pb2.DataPlaneResponse:
+        response: store_pb2.DataPlaneResponse = await self._unary(
+            "DataPlane", self._store.DataPlane, store_pb2.DataPlaneRequest()
+        )
+        return response
 
     async def __aenter__(self) -> StoreClient:
         return self
@@ -147,16 +136,15 @@ class StoreClient:
         parent: BlockKey | None = None,
     ) -> PutResult:
         """Store one chain of blocks (each exactly the namespace's block size)."""
-        route = await self.data_plane()
-        block_bytes = self._block_bytes.get(ns_id)
-        if route is not None and block_bytes is not None:
-            views = [readable(b, block_bytes, i) for i, b in enumerate(blocks)]
-            if len(views) != len(keys):
-                raise InvalidArgument(f"{len(keys)} keys but {len(views)} blocks")
-            try:
-                return await route.put(ns_id, keys, views, parent)
-            except (TransferFailed, ServiceUnavailable) as exc:
-                await self._fall_back(exc)
+        return await self._route.put(ns_id, keys, blocks, parent)
+
+    async def _put_chain(
+        self,
+        ns_id: NamespaceId,
+        keys: Sequence[BlockKey],
+        blocks: Sequence[Buffer],
+        parent: BlockKey | None,
+    ) -> PutResult:
         (result,) = await self._put("Put", ns_id, [Chain(keys, blocks, parent)])
         return result
 
@@ -170,7 +158,7 @@ class StoreClient:
     ) -> LayeredPut:
         """A put whose layers go out one by one as they are written (``kvstore.client.layered``);
         ``blocks`` must stay untouched until ``commit`` returns."""
-        return await LayeredPut(self, ns_id, keys, blocks, num_layers, parent=parent).open()
+        return await LayeredPut(self._route, ns_id, keys, blocks, num_layers, parent=parent).open()
 
     async def get_layered(
         self,
@@ -180,7 +168,7 @@ class StoreClient:
         num_layers: int,
     ) -> LayeredGet:
         """A get whose hits land layer by layer in ``dsts`` (``kvstore.client.layered``)."""
-        return await LayeredGet.start(self, ns_id, keys, dsts, num_layers)
+        return await LayeredGet.start(self._route, ns_id, keys, dsts, num_layers)
 
     async def put_many(self, ns_id: NamespaceId, chains: Sequence[Chain]) -> list[PutResult]:
         """Store several chains in one call."""
@@ -195,68 +183,7 @@ class StoreClient:
         local_only: bool = False,
     ) -> GetResult:
         """The longest cached leading run of ``keys``; into ``buffers`` when given."""
-        for i, key in enumerate(keys):  # the same message on every path
-            check_key(key, f"keys[{i}]:")
-        route = await self.data_plane()
-        block_bytes = self._block_bytes.get(ns_id)
-        if route is not None and block_bytes is not None:
-            try:
-                return await self._get_fast(
-                    route,
-                    ns_id,
-                    keys,
-                    buffers=buffers,
-                    block_bytes=block_bytes,
-                    local_only=local_only,
-                )
-            except (TransferFailed, ServiceUnavailable) as exc:
-                await self._fall_back(exc)
-        return await self._get_grpc(ns_id, keys, buffers, local_only)
-
-    async def _get_fast(
-        self,
-        route: DataPlaneRoute,
-        ns_id: NamespaceId,
-        keys: Sequence[BlockKey],
-        *,
-        buffers: Sequence[Buffer] | None,
-        block_bytes: int,
-        local_only: bool,
-    ) -> GetResult:
-        if buffers is None:
-            arena = memoryview(bytearray(block_bytes * len(keys)))
-            dsts = [arena[i * block_bytes : (i + 1) * block_bytes] for i in range(len(keys))]
-        else:
-            if len(buffers) < len(keys):
-                raise InvalidArgument(f"{len(keys)} keys but only {len(buffers)} buffers")
-            dsts = [
-                writable(b, block_bytes, i)[:block_bytes]
-                for i, b in enumerate(buffers[: len(keys)])
-            ]
-        # with peer fetch, a short run goes on over gRPC, which counts what stays missing
-        goes_on = route.peer_fetch and not local_only
-        read = await route.get(ns_id, keys, dsts, count_misses=not goes_on)
-        result = GetResult(
-            read.num_hits,
-            dsts[: read.num_hits],
-            read.tiers,
-            [route.node_id] * read.num_hits,
-            read.miss_reason,
-        )
-        if read.num_hits == len(keys) or local_only or not route.peer_fetch:
-            return result
-        rest = await self._get_grpc(ns_id, keys[read.num_hits :], dsts[read.num_hits :], False)
-        return GetResult(
-            result.num_hits + rest.num_hits,
-            result.blocks + rest.blocks,
-            result.tiers + rest.tiers,
-            result.node_ids + rest.node_ids,
-            rest.miss_reason,
-        )
-
-    async def _fall_back(self, exc: KVStoreError) -> None:
-        logger.warning("data plane of %s failed (%s); using gRPC", self.address, exc)
-        await self._drop_route()
+        return await self._route.get(ns_id, keys, buffers, local_only=local_only)
 
     async def _get_grpc(
         self,

@@ -12,7 +12,8 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from kvstore.client.calls import CallOptions
-from kvstore.client.store_client import Chain, GetResult, NodePrefix, StoreClient
+from kvstore.client.results import GetResult
+from kvstore.client.store_client import Chain, NodePrefix, StoreClient
 from kvstore.hashing import Namespace
 from kvstore.metadata.base import NodeInfo
 from kvstore.reservations import PutResult

@@ -26,7 +26,8 @@ from kvstore.transfer.connection import local_host_id
 from kvstore.transfer.engine import Peer, TransferEngine
 from kvstore.transfer.segments import Segment, SegmentRegistry
 from kvstore.transfer.server import ARENA_SEGMENT, DataPlaneServer
-from kvstore.transfer.transports import RangeRead, ShmTransport, TransportKind
+from kvstore.transfer.shm import ShmTransport
+from kvstore.transfer.transports import RangeRead, TransportKind
 
 logger = logging.getLogger(__name__)
 

@@ -26,15 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kvstore.transfer.connection import ConnectionPool, PeerHello, SharedSegmentInfo
+from kvstore.transfer.local import LocalTransport
 from kvstore.transfer.segments import SegmentRegistry, SharedMappings
+from kvstore.transfer.shm import ShmTransport
 from kvstore.transfer.tcp import TcpTransport
-from kvstore.transfer.transports import (
-    LocalTransport,
-    RangeWrite,
-    ShmTransport,
-    Transport,
-    TransportKind,
-)
+from kvstore.transfer.transports import RangeWrite, Transport, TransportKind
 
 logger = logging.getLogger(__name__)
 

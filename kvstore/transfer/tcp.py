@@ -18,7 +18,14 @@ from kvstore.reservations import PutResult
 from kvstore.transfer import frames
 from kvstore.transfer.connection import Connection, ConnectionPool, LoopChannel
 from kvstore.transfer.frames import Op
-from kvstore.transfer.transports import BlockRead, RangeRead, RangeWrite, TransportKind, WriteSlots
+from kvstore.transfer.transports import (
+    BlockRead,
+    Lease,
+    RangeRead,
+    RangeWrite,
+    TransportKind,
+    WriteSlots,
+)
 from kvstore.types import BlockKey, MissReason, NamespaceId
 
 logger = logging.getLogger(__name__)
@@ -124,19 +131,19 @@ class TcpTransport:
 
         await self._striped(write, writes)
 
-    async def acquire(
-        self, ns_id: NamespaceId, keys: Sequence[BlockKey]
-    ) -> tuple[int, list[frames.LeasedBlock], MissReason | None]:
-        """Pin the peer's host-memory run of ``keys``: (lease id, where each block is,
-        why the run ended). Release it with ``release``."""
+    async def acquire(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> Lease:
+        """Pin the peer's host-memory run of ``keys``; end it with ``release``."""
         done, self._to_release = self._to_release, []  # ended leases ride along
         payload = frames.pack_keys(ns_id, keys) + frames.pack_ids(done)
-        return frames.unpack_lease(await self._small_call(Op.ACQUIRE, payload))
+        return Lease(*frames.unpack_lease(await self._small_call(Op.ACQUIRE, payload)))
 
-    def release(self, lease_id: int) -> None:
+    def release(self, lease: Lease) -> None:
         """End a lease without waiting: it rides along with the next ``acquire``, or goes
-        on its own after ``RELEASE_DELAY_S`` (the lease's deadline covers a lost one)."""
-        self._to_release.append(lease_id)
+        on its own after ``RELEASE_DELAY_S`` (the lease's deadline covers a lost one).
+        An empty lease pins nothing and needs no message."""
+        if not lease.blocks:
+            return
+        self._to_release.append(lease.lease_id)
         if self._release_timer is None:
             loop = asyncio.get_running_loop()
             self._release_timer = loop.call_later(RELEASE_DELAY_S, self._flush_releases)

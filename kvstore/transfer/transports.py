@@ -1,43 +1,34 @@
-"""Transports: how bytes reach a peer, behind one small protocol.
+"""The transport protocol: how bytes reach a peer, and the types every transport shares.
 
-    local   same process: a memory copy between registered segments (or the local store)
+    local   same process: a memory copy between registered segments (``local.py``)
     shm     same host: map the peer's shared arena and copy out of it; one small
-            round trip on the data plane pins the blocks (a lease) and says where they are
+            round trip on the data plane pins the blocks (a lease) (``shm.py``)
     tcp     other hosts: the data plane; ranges striped over several pooled connections
-            and over every address of the peer; bytes land with ``recv_into``
-            (``kvstore.transfer.tcp``)
+            and over every address of the peer; bytes land with ``recv_into`` (``tcp.py``)
 
-RDMA or NVLink transports would implement the same four methods: register the local
+RDMA or NVLink transports would implement the same methods: register the local
 segments with the NIC or GPU, and post one-sided reads and writes of (segment, offset,
 length) ranges instead of copying through sockets.
 
+A lease pins a leading run of keys in the peer's host memory and says where each block
+lies (segment, offset, length, checksum), so the reader moves the bytes itself with
+``read_ranges`` (one layer at a time if it likes) and checks them; ``release`` ends it.
+A transport with no store behind it raises ``LeaseUnavailable``.
+
 Every block read by key is checked against its checksum on arrival; a block that does
-not match ends the run there and is never returned. Blocking socket work runs on the
-engine's worker threads, which release the GIL in every send and receive.
+not match ends the run there and is never returned.
 """
 
 from __future__ import annotations
 
 import enum
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
-from kvstore.errors import TransferFailed
-from kvstore.hashing import checksum
 from kvstore.reservations import PutResult
-from kvstore.transfer.connection import (
-    SharedSegmentInfo,
-)
-from kvstore.transfer.segments import SegmentRegistry, SharedMappings
+from kvstore.transfer.frames import LeasedBlock
 from kvstore.types import BlockKey, MissReason, NamespaceId, TierKind
-
-if TYPE_CHECKING:
-    from kvstore.transfer.tcp import TcpTransport
-
-logger = logging.getLogger(__name__)
 
 
 class TransportKind(enum.Enum):
@@ -70,6 +61,15 @@ class BlockRead(NamedTuple):
 class WriteSlots(NamedTuple):
     reservation_id: int
     slots: list[tuple[int, int]]  # (position in the key list, arena offset) per block to write
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A leading run of keys pinned in the peer's host memory until released."""
+
+    lease_id: int
+    blocks: list[LeasedBlock]  # where each leased block lies, in key order
+    miss_reason: MissReason | None  # why the run ended (None: every key leased)
 
 
 class Transport(Protocol):
@@ -107,6 +107,15 @@ class Transport(Protocol):
 
     async def finish(self, reservation_id: int, *, commit: bool) -> PutResult: ...
 
+    async def acquire(self, ns_id: NamespaceId, keys: Sequence[BlockKey]) -> Lease:
+        """Lease the peer's host-memory run of ``keys`` (it counts the hits only: the
+        reader reads the rest elsewhere). Raises ``LeaseUnavailable`` if it cannot."""
+        ...
+
+    def release(self, lease: Lease) -> None:
+        """End a lease without waiting (its deadline ends it if the message is lost)."""
+        ...
+
     async def read_ranges(self, reads: Sequence[RangeRead]) -> None: ...
 
     async def write_ranges(
@@ -117,155 +126,3 @@ class Transport(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-class ShmTransport:
-    """Same host: blocks and shared segments are copied straight out of the peer's
-    mapped memory; writes (which the peer must be told about) go over ``tcp``."""
-
-    kind = TransportKind.SHM
-
-    def __init__(
-        self, tcp: TcpTransport, shared: Sequence[SharedSegmentInfo], mappings: SharedMappings
-    ) -> None:
-        self.tcp = tcp
-        self._paths = {s.name: Path(s.path) for s in shared}
-        self._sizes = {s.name: s.size for s in shared}
-        self._mappings = mappings
-
-    def segment_size(self, name: str) -> int:
-        """Size of a segment this transport maps (0 if it does not map it)."""
-        return self._sizes.get(name, 0)
-
-    async def read_blocks(
-        self,
-        ns_id: NamespaceId,
-        keys: Sequence[BlockKey],
-        dsts: Sequence[memoryview],
-        *,
-        count_misses: bool = True,
-    ) -> BlockRead:
-        lease_id, blocks, reason = await self.tcp.acquire(ns_id, keys)  # counts hits only
-        try:
-            good = 0
-            for block, dst in zip(blocks, dsts, strict=False):
-                src = self._mappings.view(self._paths[block.segment])[
-                    block.offset : block.offset + block.length
-                ]
-                dst[: block.length] = src
-                if checksum(dst[: block.length]) != block.checksum:
-                    logger.warning("block %d from shared memory failed its checksum", good)
-                    break
-                good += 1
-        finally:
-            if blocks:
-                self.tcp.release(lease_id)
-        tiers = [b.tier for b in blocks[:good]]
-        if good < len(blocks):
-            return BlockRead(good, tiers, MissReason.CORRUPTED)
-        # the run goes on in a slower tier, or the misses are the peer's to count
-        if good < len(keys) and (reason is None or count_misses):
-            rest = await self.tcp.read_blocks(
-                ns_id, keys[good:], dsts[good:], count_misses=count_misses
-            )
-            return BlockRead(good + rest.num_hits, tiers + rest.tiers, rest.miss_reason)
-        return BlockRead(good, tiers, reason)
-
-    async def read_ranges(self, reads: Sequence[RangeRead]) -> None:
-        remote = [r for r in reads if r.segment not in self._paths]
-        for read in reads:
-            if read.segment in self._paths:
-                view = self._mappings.view(self._paths[read.segment])
-                read.dst[:] = view[read.offset : read.offset + read.dst.nbytes]
-        if remote:
-            await self.tcp.read_ranges(remote)
-
-    async def write_blocks(
-        self,
-        ns_id: NamespaceId,
-        keys: Sequence[BlockKey],
-        blocks: Sequence[memoryview],
-        parent: BlockKey | None,
-    ) -> PutResult:
-        return await self.tcp.write_blocks(ns_id, keys, blocks, parent)
-
-    async def reserve(
-        self, ns_id: NamespaceId, keys: Sequence[BlockKey], parent: BlockKey | None
-    ) -> WriteSlots:
-        return await self.tcp.reserve(ns_id, keys, parent)
-
-    async def finish(self, reservation_id: int, *, commit: bool) -> PutResult:
-        return await self.tcp.finish(reservation_id, commit=commit)
-
-    async def write_ranges(
-        self, transfer_id: int, layer: int, writes: Sequence[RangeWrite]
-    ) -> None:
-        await self.tcp.write_ranges(transfer_id, layer, writes)
-
-    async def close(self) -> None:
-        await self.tcp.close()
-
-
-class LocalTransport:
-    """Same process: copies between this process's registered segments."""
-
-    kind = TransportKind.LOCAL
-
-    def __init__(
-        self,
-        registry: SegmentRegistry,
-        arrived: Callable[[int, int], None],
-        blocks: Transport | None,
-    ) -> None:
-        self._registry = registry
-        self._arrived = arrived
-        self._blocks = blocks
-
-    async def read_blocks(
-        self,
-        ns_id: NamespaceId,
-        keys: Sequence[BlockKey],
-        dsts: Sequence[memoryview],
-        *,
-        count_misses: bool = True,
-    ) -> BlockRead:
-        return await self._store().read_blocks(ns_id, keys, dsts, count_misses=count_misses)
-
-    async def write_blocks(
-        self,
-        ns_id: NamespaceId,
-        keys: Sequence[BlockKey],
-        blocks: Sequence[memoryview],
-        parent: BlockKey | None,
-    ) -> PutResult:
-        return await self._store().write_blocks(ns_id, keys, blocks, parent)
-
-    async def reserve(
-        self, ns_id: NamespaceId, keys: Sequence[BlockKey], parent: BlockKey | None
-    ) -> WriteSlots:
-        return await self._store().reserve(ns_id, keys, parent)
-
-    async def finish(self, reservation_id: int, *, commit: bool) -> PutResult:
-        return await self._store().finish(reservation_id, commit=commit)
-
-    def _store(self) -> Transport:
-        if self._blocks is None:
-            raise TransferFailed("no store in this process")
-        return self._blocks
-
-    async def read_ranges(self, reads: Sequence[RangeRead]) -> None:
-        for read in reads:
-            read.dst[:] = self._registry.get(read.segment).slice(read.offset, read.dst.nbytes)
-
-    async def write_ranges(
-        self, transfer_id: int, layer: int, writes: Sequence[RangeWrite]
-    ) -> None:
-        for write in writes:
-            self._registry.get(write.segment).slice(write.offset, write.src.nbytes)[:] = write.src
-        self._arrived(transfer_id, layer)
-
-    async def close(self) -> None:
-        return None
-
-
-# -- blocking calls, on worker threads ----------------------------------------------------

@@ -100,11 +100,11 @@ async def test_arena_writes_outside_a_reservation_are_refused(make_node: NodeFac
         route = await client.data_plane()
         assert route is not None and isinstance(route.peer.transport, TcpTransport)
         transport = route.peer.transport
-        lease_id, leased, _ = await transport.acquire(ns, keys)
-        transport.release(lease_id)
+        lease = await transport.acquire(ns, keys)
+        transport.release(lease)
         evil = memoryview(bytes(len(data[0])))
         with pytest.raises(KVStoreError, match="not in a reserved slot"):
-            await transport.write_ranges(0, 0, [RangeWrite("dram", leased[0].offset, evil)])
+            await transport.write_ranges(0, 0, [RangeWrite("dram", lease.blocks[0].offset, evil)])
         assert bytes((await client.get(ns, keys)).blocks[0]) == data[0]
 
 

@@ -61,8 +61,8 @@ async def test_a_lease_opens_its_blocks_and_nothing_else(
     server = await make_server(store=store)
     peer = await make_engine().connect(server.addresses)
     lessor = peer.transport
-    lease_id, leased, _ = await lessor.acquire(NS, keys[:1])  # type: ignore[attr-defined]
-    block = leased[0]
+    lease = await lessor.acquire(NS, keys[:1])
+    lease_id, block = lease.lease_id, lease.blocks[0]
     dst = memoryview(bytearray(block.length))
     await lessor.read_ranges([RangeRead(ARENA_SEGMENT, block.offset, dst, lease_id)])
     assert bytes(dst) == block_bytes(0)
@@ -74,7 +74,7 @@ async def test_a_lease_opens_its_blocks_and_nothing_else(
     ):
         with pytest.raises(Exception, match="not in a block leased"):
             await lessor.read_ranges([read])
-    lessor.release(lease_id)  # type: ignore[attr-defined]
+    lessor.release(lease)
     await asyncio.sleep(0.05)
     with pytest.raises(Exception, match="not in a block leased"):
         await lessor.read_ranges([RangeRead(ARENA_SEGMENT, block.offset, dst, lease_id)])
@@ -139,7 +139,7 @@ async def test_one_connection_leases_at_most_its_share(
     await store.put(NS, keys, [block_bytes(i) for i in range(6)])
     server = await make_server(store=store)
     peer = await make_engine().connect(server.addresses)
-    _, first, _ = await peer.transport.acquire(NS, keys)  # type: ignore[attr-defined]
-    _, second, _ = await peer.transport.acquire(NS, keys)  # type: ignore[attr-defined]
-    assert (len(first), len(second)) == (2, 0)  # a quarter of 8 slots, then nothing
+    first = await peer.transport.acquire(NS, keys)
+    second = await peer.transport.acquire(NS, keys)
+    assert (len(first.blocks), len(second.blocks)) == (2, 0)  # a quarter of 8 slots, then nothing
     assert sum(m.num_readers for m in store.index.blocks()) == 2

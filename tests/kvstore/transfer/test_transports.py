@@ -155,7 +155,7 @@ async def test_a_same_host_id_without_the_same_file_is_not_shm(
 
 
 async def test_local_transport_copies_between_segments() -> None:
-    from kvstore.transfer.transports import LocalTransport
+    from kvstore.transfer.local import LocalTransport
 
     registry = SegmentRegistry()
     registry.register(segment("a", 64, fill=7))
