@@ -60,8 +60,8 @@ class LocalPrefill:
 
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {**self.worker.stats.as_dict()}
-        if self.worker.connector is not None:
-            out["store"] = self.worker.connector.stats.as_dict()
+        if self.worker.store is not None:
+            out["store"] = self.worker.store.stats.as_dict()
         out["prefix_cache_pages"] = len(self.worker.prefix)
         return out
 
