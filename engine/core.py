@@ -138,5 +138,6 @@ class Engine:
         return {
             "prefill": self.prefill.stats(),
             "decode": self.decode.stats.as_dict(),
+            "write_back": self.decode.write_back.stats if self.decode.write_back else {},
             "kv_pages": {"total": cache.num_pages, "free": cache.num_free},
         }

@@ -15,6 +15,7 @@ Pages past the last full block are freed at once.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Protocol
 
 from engine.kv.cache import PagedKVCache
@@ -42,6 +43,7 @@ class WriteBack:
         self.namespace = namespace
         self.connector = connector if connector is not None and connector.store else None
         self.keeper = keeper
+        self.stats = {"generations": 0, "kept_blocks": 0, "saving_blocks": 0, "saved_blocks": 0}
 
     def finished(
         self,
@@ -56,15 +58,24 @@ class WriteBack:
         keys = prefix_keys(self.namespace.id, tokens, block, cache_salt=cache_salt)
         full = list(pages[: len(keys)])
         self.cache.release(pages[len(keys) :])
+        self.stats["generations"] += 1
         if not full:
             return
         if self.keeper is not None:
             self.cache.share(full)
             self.keeper.keep(keys, full)
+            self.stats["kept_blocks"] += len(full)
         first = num_prompt_tokens // block  # blocks the prefill saved already
         if self.connector is None or first >= len(keys):
             self.cache.release(full)
             return
         parent = keys[first - 1] if first else None
+        self.stats["saving_blocks"] += len(keys) - first
         saving = self.connector.save_blocks(keys[first:], full[first:], parent)
-        saving.add_done_callback(lambda _: self.cache.release(full))
+        saving.add_done_callback(lambda done: self._saved(done, full, len(keys) - first))
+
+    def _saved(self, done: Future[int], pages: list[int], count: int) -> None:
+        self.cache.release(pages)
+        self.stats["saving_blocks"] -= count
+        if not done.cancelled() and done.exception() is None:
+            self.stats["saved_blocks"] += done.result()

@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from engine.core import Engine
+from engine.kv.page_reservations import NoRoom
 from engine.sampling import InvalidSampling, SamplingParams
 from engine.service.codec import params_from_pb, target_from_pb
-from engine.service.remote_prefill import NoRoom, PrefillUnavailable
+from engine.service.remote_prefill import PrefillUnavailable
 from engine.tokenizer import Tokenizer
 from engine.workers.prefill import PrefillWorker
 from engine.workers.requests import FinishReason, InvalidRequest

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ def cluster() -> Iterator[dict[str, Any]]:
             "decode",
             **CACHE,
             **{
-                "engine.store": "none",
+                "engine.store": store.address,  # where it saves its answers' KV
                 "decode.port": str(free_port()),
                 "decode.data_port": "0",
                 "decode.prefill": prefill.address,
@@ -131,10 +132,37 @@ def test_the_prefill_worker_reuses_the_stores_blocks(cluster: dict[str, Any]) ->
         return decode, json.loads(response.json)
 
     decode, prefill = run(stats())
+    deadline = time.monotonic() + 10  # answers' pages are freed once the store has them
+    while decode["kv_pages"]["free"] != decode["kv_pages"]["total"]:
+        assert time.monotonic() < deadline, decode["kv_pages"]
+        time.sleep(0.05)
+        decode, prefill = run(stats())
     assert decode["prefill"]["failures"] == 0
-    assert decode["kv_pages"]["free"] == decode["kv_pages"]["total"]
     assert prefill["prefill"]["cached_local_tokens"] == 0
     assert prefill["store"]["loaded_blocks"]["dram"] >= 9  # 144 tokens of the second run
+
+
+def test_the_next_turn_reuses_the_answer_a_separate_decode_worker_saved(
+    cluster: dict[str, Any],
+) -> None:
+    first = PROMPTS[0][:40]
+    params = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
+    answer, _, _, _ = run(generate(cluster["decode"].address, first, params))
+    following = first + answer + [10, 66, 67, 68]
+
+    async def saving() -> int:
+        async with DecodeClient(cluster["decode"].address) as client:
+            return int((await client.stats())["write_back"]["saving_blocks"])
+
+    deadline = time.monotonic() + 10  # saved in the background as the answer ends
+    while run(saving()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    tokens, _, _, cached = run(generate(cluster["decode"].address, following, GREEDY))
+    # every full block of prompt + answer whose KV was computed (all but the last token)
+    assert cached == (len(first) + len(answer) - 1) // 16 * 16 == 96
+    with LLM(store=None, prefix_caching=False, **SMALL) as llm:
+        assert tokens == llm.generate([following], GREEDY)[0].token_ids
 
 
 def test_text_prompts_and_bad_requests(cluster: dict[str, Any]) -> None:
