@@ -111,7 +111,7 @@ async def open_store(
     backend = StoreBackend(client, namespace)
     link = StoreLink(backend, node)
     try:
-        await backend.connect()
+        await backend.connect(block_tokens_key="engine.page_tokens")
     except BaseException:
         await link.close()
         raise

@@ -97,13 +97,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[TokenEvent] = asyncio.Queue()
         result = await self.prefill.prefill(request)
-        request.stats.update(
-            cached_tokens=result.cached_local_tokens + result.cached_store_tokens,
-            cached_store_tokens=result.cached_store_tokens,
-            cached_remote_tokens=result.cached_remote_tokens,
-            computed_tokens=result.computed_tokens,
-            prefill_s=result.compute_s,
-        )
+        request.prefilled = result
 
         def emit(event: TokenEvent) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)

@@ -180,7 +180,7 @@ class LLM:
                 token_ids=tokens,
                 text=text,
                 finish_reason=reason.value,
-                metrics=dict(r.stats),
+                metrics=r.prefilled.metrics() if r.prefilled else {},
             )
             for p, r, (tokens, text, reason) in zip(batch, requests, results, strict=True)
         ]

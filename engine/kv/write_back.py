@@ -7,7 +7,9 @@ or cancelled; not after an error), every full block of the tokens whose KV its p
 
 - taken into the prefix cache of a prefill worker sharing these pages (colocated), and
 - saved to the store, from the first block the prefill did not already save, in the
-  background; the pages are freed once the store has copied them.
+  background; the pages are freed once the store has copied them. The decode worker
+  sends a finished request's last event only then, so a client's next turn always
+  finds the answer in the store (the decode thread itself never waits).
 
 Pages past the last full block are freed at once.
 """
@@ -51,16 +53,17 @@ class WriteBack:
         num_prompt_tokens: int,
         pages: Sequence[int],
         cache_salt: str = "",
-    ) -> None:
+    ) -> Future[int] | None:
         """A generation ended: ``tokens`` have their KV in ``pages`` (in position order).
-        Takes over the caller's reference on every page."""
+        Takes over the caller's reference on every page. Returns the store save under
+        way, if any (done once the store holds the blocks or gave up)."""
         block = self.cache.page_tokens
         keys = prefix_keys(self.namespace.id, tokens, block, cache_salt=cache_salt)
         full = list(pages[: len(keys)])
         self.cache.release(pages[len(keys) :])
         self.stats["generations"] += 1
         if not full:
-            return
+            return None
         if self.keeper is not None:
             self.cache.share(full)
             self.keeper.keep(keys, full)
@@ -68,11 +71,12 @@ class WriteBack:
         first = num_prompt_tokens // block  # blocks the prefill saved already
         if self.connector is None or first >= len(keys):
             self.cache.release(full)
-            return
+            return None
         parent = keys[first - 1] if first else None
         self.stats["saving_blocks"] += len(keys) - first
         saving = self.connector.save_blocks(keys[first:], full[first:], parent)
         saving.add_done_callback(lambda done: self._saved(done, full, len(keys) - first))
+        return saving
 
     def _saved(self, done: Future[int], pages: list[int], count: int) -> None:
         self.cache.release(pages)

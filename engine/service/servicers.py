@@ -149,11 +149,11 @@ class DecodeServicer(engine_pb2_grpc.DecodeServiceServicer):
                 )
                 if first:
                     chunk.prompt_tokens = len(tokens)
-                    chunk.cached_tokens = int(generation.stats.get("cached_tokens", 0))
-                    remote = generation.stats.get("cached_remote_tokens", 0)
-                    chunk.cached_remote_tokens = int(remote)
-                    store = generation.stats.get("cached_store_tokens", 0)
-                    chunk.cached_store_tokens = int(store)
+                    prefilled = generation.prefilled
+                    if prefilled is not None:
+                        chunk.cached_tokens = prefilled.cached_tokens
+                        chunk.cached_remote_tokens = prefilled.cached_remote_tokens
+                        chunk.cached_store_tokens = prefilled.cached_store_tokens
                     first = False
                 yield chunk
         except InvalidRequest as exc:

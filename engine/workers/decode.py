@@ -236,11 +236,17 @@ class DecodeWorker:
         if seq in self._running:
             self._running.remove(seq)
         pages, seq.pages = seq.pages, []
+        event = TokenEvent(seq.id, tokens, piece, reason, error)
+        saving = None
         if pages and self.write_back is not None and reason is not FinishReason.ERROR:
             prompt = seq.request.prompt_token_ids
             # the last token was sampled, never fed: its KV is not in the pages
             fed = [*prompt, *seq.generated[:-1]]
-            self.write_back.finished(fed, len(prompt), pages, seq.request.cache_salt)
+            saving = self.write_back.finished(fed, len(prompt), pages, seq.request.cache_salt)
         elif pages:
             self.cache.release(pages)
-        seq.emit(TokenEvent(seq.id, tokens, piece, reason, error))
+        if saving is not None and reason is not FinishReason.CANCELLED:
+            # the last event leaves once the store holds the answer: a next turn finds it
+            saving.add_done_callback(lambda _: seq.emit(event))
+        else:
+            seq.emit(event)

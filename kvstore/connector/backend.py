@@ -73,8 +73,9 @@ class StoreBackend:
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
 
-    async def connect(self) -> None:
-        """Register the namespace at start-up.
+    async def connect(self, block_tokens_key: str = "block_tokens") -> None:
+        """Register the namespace at start-up (``block_tokens_key``: the setting that
+        chose the tokens per block, named in the error).
 
         Raises:
             ConfigError: the store refused the namespace (e.g. blocks larger than its
@@ -89,7 +90,7 @@ class StoreBackend:
                 "store.block_bytes",
                 f"the store node {self.client.address} refuses this engine's KV blocks"
                 f" ({self.namespace.block_bytes} bytes: model {self.namespace.model_id!r},"
-                f" {spec.block_tokens} tokens per block): {exc}",
+                f" {block_tokens_key} = {spec.block_tokens}): {exc}",
             ) from exc
 
     async def lookup(self, keys: Sequence[BlockKey]) -> int:
