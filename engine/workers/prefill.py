@@ -19,6 +19,11 @@ scheduler the pass ran, and finish the prompts that are complete. Per prompt:
    otherwise they have already been written to the decode worker.
 
 A store that cannot be reached costs nothing but the reuse.
+
+Profiling prompts (the router's cost-model fit at start-up) run in a namespace of their
+own (``profiling_namespace``: the model id with ``#profiling``), so the store counts them
+apart and they never enter a user's namespace or this worker's prefix cache;
+``end_profiling`` removes their blocks from the store.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class Job:
     submitted_s: float = field(default_factory=time.perf_counter)
     store_limit: int | None = None  # after a bad load: at most this many store blocks
     cache_salt: str = ""  # its keys' root (kvstore.hashing.root_key)
+    profiling: bool = False  # the router's start-up profiling, kept apart
 
 
 @dataclass
@@ -98,6 +104,11 @@ class Prompt:
         return self.local_blocks + self.store_blocks
 
 
+def profiling_namespace(namespace: Namespace) -> Namespace:
+    """Where start-up profiling's blocks go: apart from every user's."""
+    return Namespace(f"{namespace.model_id}#profiling", namespace.spec, namespace.salt)
+
+
 class PrefillWorker:
     def __init__(
         self,
@@ -117,6 +128,10 @@ class PrefillWorker:
         self.cache = cache
         self.store = store
         self.namespace = store.namespace if store else Namespace(model.config.model_id, cache.spec)
+        self.profiling_store = (
+            StoreBackend(store.client, profiling_namespace(store.namespace)) if store else None
+        )
+        self._profiled: list[BlockKey] = []  # blocks profiling saved to the store
         self.connector = KVConnector(
             PageMajorLayout(cache.pages, cache.spec), loop=loop, store=store, transfer=transfer
         )
@@ -161,6 +176,8 @@ class PrefillWorker:
         params: SamplingParams,
         target: KVTarget | None = None,
         cache_salt: str = "",
+        *,
+        profiling: bool = False,
     ) -> concurrent.futures.Future[PrefillResult]:
         """Prefill ``tokens`` (thread-safe). Raises ``InvalidRequest`` for a prompt that
         can never run; the future fails if the prefill does."""
@@ -176,7 +193,14 @@ class PrefillWorker:
             )
         if target is not None and len(target.pages) != needed:
             raise InvalidRequest(f"target has {len(target.pages)} pages; the prompt needs {needed}")
-        job = Job(list(tokens), params, target, concurrent.futures.Future(), cache_salt=cache_salt)
+        job = Job(
+            list(tokens),
+            params,
+            target,
+            concurrent.futures.Future(),
+            cache_salt=cache_salt,
+            profiling=profiling,
+        )
         with self._wake:
             if self._stopping:
                 raise RuntimeError("prefill worker stopped")
@@ -190,8 +214,20 @@ class PrefillWorker:
         params: SamplingParams,
         target: KVTarget | None = None,
         cache_salt: str = "",
+        *,
+        profiling: bool = False,
     ) -> PrefillResult:
-        return await asyncio.wrap_future(self.submit(tokens, params, target, cache_salt))
+        future = self.submit(tokens, params, target, cache_salt, profiling=profiling)
+        return await asyncio.wrap_future(future)
+
+    async def end_profiling(self) -> int:
+        """Remove the blocks profiling saved from the store; how many were removed (run
+        on the worker's loop)."""
+        keys, self._profiled = self._profiled, []
+        store = self.profiling_store
+        if store is None or not keys:
+            return 0
+        return await store.remove(keys)
 
     def keep(self, keys: Sequence[BlockKey], pages: Sequence[int]) -> None:
         """Take full pages of a finished generation into the prefix cache (thread-safe;
@@ -287,9 +323,14 @@ class PrefillWorker:
     def _admit(self, job: Job) -> Prompt | None:
         """Pages for the prompt and what of it is cached (None: no room now)."""
         block = self.cache.page_tokens
-        keys = prefix_keys(self.namespace.id, job.tokens, block, cache_salt=job.cache_salt)
+        store = self.store
+        namespace = self.namespace
+        if job.profiling:
+            store = self.profiling_store
+            namespace = profiling_namespace(namespace)
+        keys = prefix_keys(namespace.id, job.tokens, block, cache_salt=job.cache_salt)
         reusable = (len(job.tokens) - 1) // block  # the last token is always computed
-        local = self.prefix.match(keys[:reusable])
+        local = [] if job.profiling else self.prefix.match(keys[:reusable])
         try:
             fresh = self.prefix.allocate(self._pages_needed(job) - len(local))
         except CacheFull:
@@ -297,7 +338,7 @@ class PrefillWorker:
             return None
         pages = local + fresh
         try:
-            kv = self.connector.open(keys, pages, len(job.tokens), target=job.target)
+            kv = self.connector.open(keys, pages, len(job.tokens), target=job.target, store=store)
         except BaseException:
             self.cache.release(pages)
             raise
@@ -335,7 +376,10 @@ class PrefillWorker:
             return
         block = self.cache.page_tokens
         full = len(job.tokens) // block
-        self.prefix.insert(kv.keys[:full], kv.pages[:full])
+        if job.profiling:
+            self._profiled += kv.keys[:full]
+        else:
+            self.prefix.insert(kv.keys[:full], kv.pages[:full])
         assert prompt.logits is not None
         first_token = sample(prompt.logits, job.params, 0)
         reused = prompt.reused_blocks * block

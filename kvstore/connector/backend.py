@@ -154,6 +154,17 @@ class StoreBackend:
         self.stats.saved_blocks += result.num_stored
         return result.num_stored
 
+    async def remove(self, keys: Sequence[BlockKey]) -> int:
+        """Remove blocks from the store; how many it held (0 when unreachable)."""
+        ns_id = await self._namespace()
+        if ns_id is None or not keys:
+            return 0
+        try:
+            return await self.client.remove(ns_id, keys)
+        except KVStoreError as exc:
+            self._down(exc)
+            return 0
+
     async def commit(self, put: LayeredPut) -> None:
         try:
             result = await put.commit()

@@ -87,6 +87,7 @@ class RequestKV:
     pages: list[int]  # in position order
     num_tokens: int
     host: HostBlocks
+    store: StoreBackend | None = None  # its namespace's
     target: PushTarget | None = None
     peer: Peer | None = None
     load: LayeredGet | None = None
@@ -136,8 +137,13 @@ class KVConnector:
         num_tokens: int,
         *,
         target: PushTarget | None = None,
+        store: StoreBackend | None = None,
     ) -> RequestKV:
-        kv = RequestKV(list(keys), list(pages), num_tokens, HostBlocks(self.layout, pages))
+        """``store``: the backend of the request's namespace when it is not the
+        connector's own (e.g. start-up profiling, kept apart from users' blocks)."""
+        kv = RequestKV(
+            list(keys), list(pages), num_tokens, HostBlocks(self.layout, pages), store or self.store
+        )
         if target is not None:
             if self._transfer is None:
                 raise RuntimeError("this connector has no transfer engine for push targets")
@@ -148,7 +154,7 @@ class KVConnector:
     def load(self, kv: RequestKV, first: int, count: int) -> int:
         """Start loading the store's leading run of blocks ``[first, first + count)``
         into the request's pages; how many blocks are coming."""
-        store = self.store
+        store = kv.store
         if store is None or count <= 0:
             return 0
         keys = kv.keys[first : first + count]
@@ -169,10 +175,10 @@ class KVConnector:
         for kv, start, n in items:
             save = None
             first, last = start // block, min((start + n) // block, len(kv.keys))
-            if self.store is not None and last > first:
+            if kv.store is not None and last > first:
                 parent = kv.keys[first - 1] if first else None
                 put = self._call(
-                    self.store.save(kv.keys[first:last], kv.host.blocks[first:last], parent)
+                    kv.store.save(kv.keys[first:last], kv.host.blocks[first:last], parent)
                 )
                 if put is not None:
                     save = _Save(first, put)
@@ -196,10 +202,10 @@ class KVConnector:
                 verified = self._call(kv.load.verified())
             except Exception as exc:
                 logger.warning("loading cached KV failed (%s); recomputing", exc)
-                if self.store is not None:
-                    self.store.failed(exc)
-        if verified < kv.load_hits and self.store is not None:
-            self.store.stats.corrupted_blocks += kv.load_hits - verified
+                if kv.store is not None:
+                    kv.store.failed(exc)
+        if verified < kv.load_hits and kv.store is not None:
+            kv.store.stats.corrupted_blocks += kv.load_hits - verified
         return verified
 
     def commit(self, kv: RequestKV) -> None:
@@ -209,7 +215,7 @@ class KVConnector:
             PushFailed: the target worker did not get every layer.
         """
         saves, kv.saves = kv.saves, []
-        store = self.store
+        store = kv.store
         if store is not None and saves:
 
             async def commit_all() -> None:
@@ -303,8 +309,8 @@ class StepHooks:
             except Exception as exc:  # the load broke: the request is recomputed
                 logger.warning("loading cached KV failed (%s); recomputing", exc)
                 kv.load_failed = True
-                if connector.store is not None:
-                    connector.store.failed(exc)
+                if kv.store is not None:
+                    kv.store.failed(exc)
                 continue
             first = kv.load_first
             kv.host.to_device(layer, range(first, first + kv.load_hits))
