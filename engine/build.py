@@ -20,12 +20,12 @@ import torch
 
 from engine.config import ModelSection
 from engine.kv.cache import PagedKVCache
-from engine.kv.connector import StoreConnector
 from engine.model.config import ModelConfig
 from engine.model.loader import TINY_MODEL_PATH, LoadedModel, load_model
 from kvstore.client import StoreClient
 from kvstore.client.calls import CallOptions
 from kvstore.config import load_config
+from kvstore.connector.backend import StoreBackend
 from kvstore.errors import ConfigError
 from kvstore.hashing import Namespace
 from kvstore.server.serve import RunningNode, start_node
@@ -36,12 +36,12 @@ MiB = 1 << 20
 
 @dataclass
 class StoreLink:
-    connector: StoreConnector | None
+    backend: StoreBackend | None
     node: RunningNode | None  # the embedded node, if this process runs one
 
     async def close(self) -> None:
-        if self.connector is not None:
-            await self.connector.close()
+        if self.backend is not None:
+            await self.backend.close()
         if self.node is not None:
             await self.node.stop(grace_s=0.5)
 
@@ -108,9 +108,10 @@ async def open_store(
         node = await start_node(config)
         address = node.address
     client = StoreClient(address, CallOptions(token=token, timeout_s=timeout_s, retries=1))
-    link = StoreLink(StoreConnector(client, namespace), node)
+    backend = StoreBackend(client, namespace)
+    link = StoreLink(backend, node)
     try:
-        await link.connector.connect()  # type: ignore[union-attr]
+        await backend.connect(block_tokens_key="engine.page_tokens")
     except BaseException:
         await link.close()
         raise

@@ -60,8 +60,8 @@ class LocalPrefill:
 
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {**self.worker.stats.as_dict()}
-        if self.worker.connector is not None:
-            out["store"] = self.worker.connector.stats.as_dict()
+        if self.worker.store is not None:
+            out["store"] = self.worker.store.stats.as_dict()
         out["prefix_cache_pages"] = len(self.worker.prefix)
         return out
 
@@ -97,13 +97,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[TokenEvent] = asyncio.Queue()
         result = await self.prefill.prefill(request)
-        request.stats.update(
-            cached_tokens=result.cached_local_tokens + result.cached_store_tokens,
-            cached_store_tokens=result.cached_store_tokens,
-            cached_remote_tokens=result.cached_remote_tokens,
-            computed_tokens=result.computed_tokens,
-            prefill_s=result.compute_s,
-        )
+        request.prefilled = result
 
         def emit(event: TokenEvent) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
@@ -138,5 +132,6 @@ class Engine:
         return {
             "prefill": self.prefill.stats(),
             "decode": self.decode.stats.as_dict(),
+            "write_back": self.decode.write_back.stats if self.decode.write_back else {},
             "kv_pages": {"total": cache.num_pages, "free": cache.num_free},
         }

@@ -104,7 +104,7 @@ class LLM:
             self.loaded.model,
             self.cache,
             loop=self._runtime.loop,
-            connector=self._store.connector,
+            store=self._store.backend,
             chunk_tokens=chunk_tokens,
             max_batch_tokens=max_batch_tokens,
             prefix_caching=prefix_caching,
@@ -116,6 +116,7 @@ class LLM:
             tokenizer=self.tokenizer,
             max_batch=max_batch,
             device=compute,
+            write_back=self.prefill_worker.write_back(),
         ).start()
         self.engine = Engine(
             LocalPrefill(self.prefill_worker),
@@ -145,8 +146,8 @@ class LLM:
 
     @property
     def store_address(self) -> str | None:
-        connector = self._store.connector
-        return connector.client.address if connector is not None else None
+        backend = self._store.backend
+        return backend.client.address if backend is not None else None
 
     def generate(
         self,
@@ -179,7 +180,7 @@ class LLM:
                 token_ids=tokens,
                 text=text,
                 finish_reason=reason.value,
-                metrics=dict(r.stats),
+                metrics=r.prefilled.metrics() if r.prefilled else {},
             )
             for p, r, (tokens, text, reason) in zip(batch, requests, results, strict=True)
         ]

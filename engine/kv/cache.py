@@ -19,7 +19,7 @@ thread-safe: prefill and decode workers in one process share a cache.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -54,6 +54,7 @@ class PagedKVCache:
         self._refs = [0] * num_pages
         self._lock = threading.Lock()
         self._landing: torch.Tensor | None = None  # see landing_memory
+        self._listeners: list[Callable[[], None]] = []
         self.spec = BlockSpec(num_layers, num_kv_heads, head_dim, _kv_dtype(dtype), page_tokens)
 
     @property
@@ -89,6 +90,7 @@ class PagedKVCache:
                 self._refs[page] += 1
 
     def release(self, pages: Sequence[int]) -> None:
+        freed = False
         with self._lock:
             for page in pages:
                 if self._refs[page] <= 0:
@@ -96,6 +98,15 @@ class PagedKVCache:
                 self._refs[page] -= 1
                 if self._refs[page] == 0:
                     self._free.append(page)
+                    freed = True
+        if freed:
+            for listener in self._listeners:
+                listener()
+
+    def on_release(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (from the releasing thread) whenever pages become free: what
+        a wait for room waits on."""
+        self._listeners.append(listener)
 
     def refs(self, page: int) -> int:
         return self._refs[page]

@@ -187,7 +187,7 @@ def run_up(
                 "--log-level=WARNING",
                 *common,
                 *engine_flags,
-                "--engine.store=none",
+                f"--engine.store={store_address}",
                 f"--decode.prefill={prefill_address}",
                 f"--decode.port={config.decode.port}",
                 f"--decode.data_port={config.decode.data_port}",

@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from engine.kv.cache import CacheFull, PagedKVCache
+from engine.kv.cache import PagedKVCache
+from engine.kv.page_reservations import PageReservations
 from engine.service.codec import params_to_pb, target_to_pb
 from engine.workers.requests import GenerationRequest, InvalidRequest, KVTarget, PrefillResult
 from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
@@ -30,10 +31,6 @@ from kvstore.hashing import Namespace
 
 class PrefillUnavailable(RuntimeError):
     """No prefill worker could prefill the request."""
-
-
-class NoRoom(RuntimeError):
-    """The decode worker's KV cache had no room for the request in time: retry later."""
 
 
 class RemotePrefill:
@@ -49,6 +46,7 @@ class RemotePrefill:
         timeout_s: float = 120.0,
         page_wait_s: float = 30.0,
         landed: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``landed(transfer_id)`` is told when a transfer into our pages has ended."""
         if not addresses:
@@ -68,7 +66,8 @@ class RemotePrefill:
         }
         self._next = itertools.cycle(list(addresses))
         self._transfer_ids = itertools.count(int.from_bytes(os.urandom(4), "little") << 20)
-        self._counts = {"requests": 0, "failures": 0, "quarantined_pages": 0}
+        self._counts = {"requests": 0, "failures": 0}
+        self.pages = PageReservations(cache, quarantine_s=2 * timeout_s, clock=clock)
 
     async def prefill(self, request: GenerationRequest) -> PrefillResult:
         """Prefill on the request's ``prefill_address`` (a router's choice) or on the
@@ -83,7 +82,7 @@ class RemotePrefill:
                 f" {self.cache.num_pages}"
             )
         needed = self.cache.pages_to_finish(num_tokens, request.params.max_tokens, self.max_context)
-        pages = await self._allocate(needed)
+        pages = await self.pages.allocate(needed, self._page_wait_s)
         target = KVTarget(self._data_plane, tuple(pages[:prompt_pages]), next(self._transfer_ids))
         transfer_id = target.transfer_id
         call = asyncio.ensure_future(
@@ -110,7 +109,7 @@ class RemotePrefill:
             raise
         except grpc.aio.AioRpcError as exc:
             self._counts["failures"] += 1
-            self._quarantine(pages)
+            self.pages.quarantine(pages)
             if exc.code() is grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidRequest(exc.details() or "invalid request") from None
             raise PrefillUnavailable(
@@ -130,7 +129,11 @@ class RemotePrefill:
         )
 
     def stats(self) -> dict[str, object]:
-        return {"remote": list(self._stubs), **self._counts}
+        return {
+            "remote": list(self._stubs),
+            **self._counts,
+            "quarantined_pages": self.pages.quarantined_pages,
+        }
 
     async def close(self) -> None:
         for channel in self._channels:
@@ -142,25 +145,8 @@ class RemotePrefill:
         self._stubs[address] = engine_pb2_grpc.PrefillServiceStub(channel)
         return self._stubs[address]
 
-    async def _allocate(self, count: int) -> list[int]:
-        deadline = time.monotonic() + self._page_wait_s
-        while True:
-            try:
-                return self.cache.allocate(count)
-            except CacheFull:
-                if time.monotonic() > deadline:
-                    raise NoRoom(
-                        f"the decode worker's KV cache had no room for {count} pages"
-                        f" within {self._page_wait_s:g} s"
-                    ) from None
-                await asyncio.sleep(0.01)
-
     def _settle(self, call: asyncio.Future[engine_pb2.PrefillResponse], pages: list[int]) -> None:
         if not call.cancelled() and call.exception() is None:
             self.cache.release(pages)
         else:
-            self._quarantine(pages)
-
-    def _quarantine(self, pages: list[int]) -> None:
-        self._counts["quarantined_pages"] += len(pages)
-        asyncio.get_running_loop().call_later(2 * self._timeout_s, self.cache.release, pages)
+            self.pages.quarantine(pages)

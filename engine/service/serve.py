@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from engine.build import StoreLink, cache_for, load_for, open_store
+from engine.build import EMBEDDED, StoreLink, cache_for, load_for, open_store
 from engine.config import LOCAL, EngineConfig
 from engine.core import Engine, LocalPrefill, Prefill
 from engine.kv.cache import PagedKVCache
+from engine.kv.write_back import WriteBack
 from engine.service.remote_prefill import RemotePrefill
 from engine.service.servicers import DecodeServicer, PrefillServicer
 from engine.workers.decode import DecodeWorker
@@ -33,6 +34,8 @@ from engine.workers.device import Device
 from engine.workers.prefill import PrefillWorker
 from kvstore._proto.strata.v1 import engine_pb2_grpc
 from kvstore.access import Access
+from kvstore.connector.layouts import PageMajorLayout
+from kvstore.connector.worker import KVConnector
 from kvstore.hashing import Namespace
 from kvstore.server.auth import AuthInterceptor
 from kvstore.transfer.connection import local_host_id
@@ -80,7 +83,7 @@ async def start_prefill(config: EngineConfig) -> RunningWorker:
         loaded.model,
         cache,
         loop=asyncio.get_running_loop(),
-        connector=store.connector,
+        store=store.backend,
         transfer=transfer,
         chunk_tokens=section.chunk_tokens,
         max_batch_tokens=section.max_batch_tokens,
@@ -89,12 +92,12 @@ async def start_prefill(config: EngineConfig) -> RunningWorker:
 
     def stats() -> dict[str, object]:
         out: dict[str, object] = {"prefill": worker.stats.as_dict()}
-        if store.connector is not None:
-            out["store"] = store.connector.stats.as_dict()
+        if store.backend is not None:
+            out["store"] = store.backend.stats.as_dict()
         return out
 
     server = _grpc_server(section.token)
-    client = store.connector.client if store.connector else None
+    client = store.backend.client if store.backend else None
     engine_pb2_grpc.add_PrefillServiceServicer_to_server(
         PrefillServicer(worker, stats, client), server
     )
@@ -115,6 +118,7 @@ async def start_decode(config: EngineConfig) -> RunningWorker:
     closers: list[Callable[[], Awaitable[None] | None]] = []
     addresses: list[str] = []
     prefill: Prefill
+    write_back: WriteBack
     device = Device()  # a colocated prefill worker computes on the same device
     if config.decode.prefill == LOCAL:
         store = await open_store(
@@ -124,13 +128,14 @@ async def start_decode(config: EngineConfig) -> RunningWorker:
             loaded.model,
             cache,
             loop=asyncio.get_running_loop(),
-            connector=store.connector,
+            store=store.backend,
             chunk_tokens=section.chunk_tokens,
             max_batch_tokens=section.max_batch_tokens,
             prefix_caching=section.prefix_caching,
             device=device,
         ).start()
         prefill = LocalPrefill(local)
+        write_back = local.write_back()
         closers += [store.close, local.stop]
     else:
         registry = SegmentRegistry()
@@ -156,12 +161,29 @@ async def start_decode(config: EngineConfig) -> RunningWorker:
         )
         prefill = remote
         closers += [data_plane.close, remote.close]
+        # the answers' KV goes to the store the prefill workers read (an embedded node in
+        # this process would be one nobody else reads)
+        saves = section.store_address if section.store_address != EMBEDDED else None
+        if saves is None and section.store_address == EMBEDDED:
+            logger.warning(
+                "engine.store = embedded: a separate decode worker saves its answers' KV only"
+                " to a store node (engine.store = HOST:PORT)"
+            )
+        store = await open_store(saves, namespace, token=section.token)
+        closers.insert(0, store.close)
+        connector = KVConnector(
+            PageMajorLayout(cache.pages, cache.spec),
+            loop=asyncio.get_running_loop(),
+            store=store.backend,
+        )
+        write_back = WriteBack(cache, namespace, connector=connector)
     worker = DecodeWorker(
         loaded.model,
         cache,
         tokenizer=loaded.tokenizer,
         max_batch=section.max_batch,
         device=device,
+        write_back=write_back,
     ).start()
     closers.append(worker.stop)
     engine = Engine(prefill, worker, eos_token_ids=loaded.eos_token_ids)

@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from engine.core import Engine
+from engine.kv.page_reservations import NoRoom
 from engine.sampling import InvalidSampling, SamplingParams
 from engine.service.codec import params_from_pb, target_from_pb
-from engine.service.remote_prefill import NoRoom, PrefillUnavailable
+from engine.service.remote_prefill import PrefillUnavailable
 from engine.tokenizer import Tokenizer
 from engine.workers.prefill import PrefillWorker
 from engine.workers.requests import FinishReason, InvalidRequest
@@ -148,11 +149,11 @@ class DecodeServicer(engine_pb2_grpc.DecodeServiceServicer):
                 )
                 if first:
                     chunk.prompt_tokens = len(tokens)
-                    chunk.cached_tokens = int(generation.stats.get("cached_tokens", 0))
-                    remote = generation.stats.get("cached_remote_tokens", 0)
-                    chunk.cached_remote_tokens = int(remote)
-                    store = generation.stats.get("cached_store_tokens", 0)
-                    chunk.cached_store_tokens = int(store)
+                    prefilled = generation.prefilled
+                    if prefilled is not None:
+                        chunk.cached_tokens = prefilled.cached_tokens
+                        chunk.cached_remote_tokens = prefilled.cached_remote_tokens
+                        chunk.cached_store_tokens = prefilled.cached_store_tokens
                     first = False
                 yield chunk
         except InvalidRequest as exc:

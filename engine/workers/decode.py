@@ -6,7 +6,8 @@ their first token already sampled. Each step feeds every running request its las
 next, and streams it out; requests join and leave between steps. A request ends on an
 EOS token of the checkpoint (unless ``ignore_eos``), a stop token, a stop string (cut from
 the text, which is held back while it could still be the start of one), ``max_tokens``,
-the end of the model's context, or ``cancel``; its pages are freed at once.
+the end of the model's context, or ``cancel``; its pages go to the ``WriteBack`` (which
+keeps its full blocks, the answer's included, for the next turn) or are freed at once.
 
 Events (``TokenEvent``) are emitted from the worker's thread through each request's
 callback.
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.kv.cache import CacheFull, PagedKVCache
+from engine.kv.write_back import WriteBack
 from engine.model.llama import LlamaForCausalLM, SeqSlice
 from engine.sampling import sample
 from engine.tokenizer import Detokenizer, Tokenizer
@@ -80,11 +82,13 @@ class DecodeWorker:
         tokenizer: Tokenizer | None,
         max_batch: int = 32,
         device: Device | None = None,
+        write_back: WriteBack | None = None,
     ) -> None:
         """``device``: shared with a prefill worker of this process (colocated)."""
         self.model = model
         self.cache = cache
         self.tokenizer = tokenizer
+        self.write_back = write_back
         self.max_batch = max_batch
         self.max_context = model.config.max_position_embeddings
         self.stats = DecodeStats()
@@ -106,6 +110,7 @@ class DecodeWorker:
             self._wake.notify_all()
         if self._thread.is_alive():
             self._thread.join()
+        self.write_back = None  # stopping: nothing is kept
         for seq in [*self._running, *self._incoming]:
             self._end(seq, FinishReason.CANCELLED, error="decode worker stopped")
         self._running, self._incoming = [], []
@@ -230,7 +235,18 @@ class DecodeWorker:
     ) -> None:
         if seq in self._running:
             self._running.remove(seq)
-        if seq.pages:
-            self.cache.release(seq.pages)
-            seq.pages = []
-        seq.emit(TokenEvent(seq.id, tokens, piece, reason, error))
+        pages, seq.pages = seq.pages, []
+        event = TokenEvent(seq.id, tokens, piece, reason, error)
+        saving = None
+        if pages and self.write_back is not None and reason is not FinishReason.ERROR:
+            prompt = seq.request.prompt_token_ids
+            # the last token was sampled, never fed: its KV is not in the pages
+            fed = [*prompt, *seq.generated[:-1]]
+            saving = self.write_back.finished(fed, len(prompt), pages, seq.request.cache_salt)
+        elif pages:
+            self.cache.release(pages)
+        if saving is not None and reason is not FinishReason.CANCELLED:
+            # the last event leaves once the store holds the answer: a next turn finds it
+            saving.add_done_callback(lambda _: seq.emit(event))
+        else:
+            seq.emit(event)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from engine.sampling import SamplingParams
 
@@ -56,6 +56,21 @@ class PrefillResult:
     queue_s: float = 0.0
     compute_s: float = 0.0
 
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens reused, from anywhere."""
+        return self.cached_local_tokens + self.cached_store_tokens
+
+    def metrics(self) -> dict[str, float]:
+        """What a caller is told about its prompt's reuse."""
+        return {
+            "cached_tokens": self.cached_tokens,
+            "cached_store_tokens": self.cached_store_tokens,
+            "cached_remote_tokens": self.cached_remote_tokens,
+            "computed_tokens": self.computed_tokens,
+            "prefill_s": self.compute_s,
+        }
+
 
 @dataclass(frozen=True)
 class TokenEvent:
@@ -76,4 +91,4 @@ class GenerationRequest:
     eos_token_ids: tuple[int, ...] = ()
     prefill_address: str = ""  # a remote prefill worker chosen for it ("": any)
     cache_salt: str = ""  # reuse KV only from requests with the same salt
-    stats: dict[str, float] = field(default_factory=dict)
+    prefilled: PrefillResult | None = None  # set once its prompt is prefilled

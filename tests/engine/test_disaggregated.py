@@ -50,7 +50,7 @@ def cluster() -> Iterator[dict[str, Any]]:
             "decode",
             **CACHE,
             **{
-                "engine.store": "none",
+                "engine.store": store.address,  # where it saves its answers' KV
                 "decode.port": str(free_port()),
                 "decode.data_port": "0",
                 "decode.prefill": prefill.address,
@@ -133,8 +133,24 @@ def test_the_prefill_worker_reuses_the_stores_blocks(cluster: dict[str, Any]) ->
     decode, prefill = run(stats())
     assert decode["prefill"]["failures"] == 0
     assert decode["kv_pages"]["free"] == decode["kv_pages"]["total"]
+    assert decode["write_back"]["saving_blocks"] == 0
     assert prefill["prefill"]["cached_local_tokens"] == 0
     assert prefill["store"]["loaded_blocks"]["dram"] >= 9  # 144 tokens of the second run
+
+
+def test_the_next_turn_reuses_the_answer_a_separate_decode_worker_saved(
+    cluster: dict[str, Any],
+) -> None:
+    first = PROMPTS[0][:40]
+    params = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
+    answer, _, _, _ = run(generate(cluster["decode"].address, first, params))
+    # the store holds the answer's blocks before its last token arrives
+    following = first + answer + [10, 66, 67, 68]
+    tokens, _, _, cached = run(generate(cluster["decode"].address, following, GREEDY))
+    # every full block of prompt + answer whose KV was computed (all but the last token)
+    assert cached == (len(first) + len(answer) - 1) // 16 * 16 == 96
+    with LLM(store=None, prefix_caching=False, **SMALL) as llm:
+        assert tokens == llm.generate([following], GREEDY)[0].token_ids
 
 
 def test_text_prompts_and_bad_requests(cluster: dict[str, Any]) -> None:

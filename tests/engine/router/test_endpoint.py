@@ -97,6 +97,42 @@ def test_a_repeated_prefix_is_reported_as_cached(client: openai.OpenAI, up: UpPr
     assert summary["hit_blocks"] >= 12, summary
 
 
+def test_a_three_turn_chat_reuses_every_full_block_of_the_last_prompt_and_answer(
+    client: openai.OpenAI, up: UpProcess
+) -> None:
+    """Each turn reuses the previous turn's prompt *and* answer: the decode worker saved
+    the answer's KV to the store before its last token came back."""
+    messages: list[dict[str, str]] = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Tell me about KV caches."},
+    ]
+    computed = 0  # tokens whose KV the last turn left: its prompt and answer but the last
+    for turn in range(3):
+        tokenized = httpx.post(f"{up.url}/tokenize", json={"messages": messages}, timeout=30)
+        prompt = tokenized.json()["tokens"]
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=10,
+            temperature=0,
+        )
+        assert reply.usage is not None and reply.usage.prompt_tokens_details is not None
+        cached = reply.usage.prompt_tokens_details.cached_tokens or 0
+        if turn:  # whole blocks of the last prompt and answer (the prompt's only: 1 less)
+            assert cached == computed // 16 * 16 > 0, (turn, cached, computed)
+        answer = reply.choices[0].message.content or ""
+        # the tiny model's bytes: the client sends back exactly what it generated only
+        # when they are text (its byte tokenizer then round-trips them; measured in
+        # bench.chat_reuse)
+        assert "\ufffd" not in answer, answer
+        generated = len(answer.encode()) + (reply.choices[0].finish_reason == "stop")
+        computed = len(prompt) + generated - 1
+        messages += [
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": f"And turn {turn + 2}?"},
+        ]
+
+
 def _cached(client: openai.OpenAI, prompt: str | list[int], salt: str | None = None) -> int:
     extra = {"cache_salt": salt} if salt is not None else None
     reply = client.completions.create(model=MODEL, prompt=prompt, max_tokens=1, extra_body=extra)

@@ -1,20 +1,18 @@
-"""The engine's link to the KV store, through the store client only.
+"""The store as the connector sees it: an accelerator, never a dependency.
 
-``load`` starts a layer-wise get of a prompt's cached blocks into pages, ``save`` a
-layer-wise put of newly computed ones. The store is an accelerator, never a dependency:
-when it cannot be reached, ``load`` says nothing is cached and ``save`` drops the blocks,
-the engine recomputes, and the stats say so (``unreachable``). After a failure the store
-is left alone for ``retry_after_s`` so that requests do not each wait out a timeout.
-
-A store that answers but refuses the engine's namespace (its blocks are larger than the
+When the store cannot be reached, ``load`` says nothing is cached and ``save`` drops the
+blocks, the engine recomputes, and the stats say so (``unreachable``). After a failure the
+store is left alone for ``retry_after_s``, so that requests do not each wait out a
+timeout. A store that answers but refuses the namespace (its blocks are larger than the
 node's ``store.block_bytes``) is not "unreachable": ``connect`` raises a ``ConfigError``
-naming both sizes and the key, and the engine does not start.
+naming both sizes, and the engine does not start.
 
-Runs on the worker's event loop (the client is asynchronous).
+Runs on the client's event loop (the client is asynchronous).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -25,6 +23,7 @@ from kvstore.client import StoreClient
 from kvstore.client.layered import LayeredGet, LayeredPut
 from kvstore.errors import ConfigError, InvalidArgument, KVStoreError
 from kvstore.hashing import Namespace
+from kvstore.reservations import PutResult
 from kvstore.types import BlockKey, NamespaceId
 
 logger = logging.getLogger(__name__)
@@ -52,14 +51,20 @@ class ConnectorStats:
         }
 
 
-class StoreConnector:
+class StoreBackend:
     def __init__(
-        self, client: StoreClient, namespace: Namespace, *, retry_after_s: float = 5.0
+        self,
+        client: StoreClient,
+        namespace: Namespace,
+        *,
+        retry_after_s: float = 5.0,
+        lookup_timeout_s: float = 0.5,
     ) -> None:
         self.client = client
         self.namespace = namespace
         self.stats = ConnectorStats()
         self._retry_after_s = retry_after_s
+        self._lookup_timeout_s = lookup_timeout_s
         self._ns_id: NamespaceId | None = None
         self._down_until = 0.0
         self.node_id = ""  # the store node this engine uses (known once reached)
@@ -68,8 +73,9 @@ class StoreConnector:
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
 
-    async def connect(self) -> None:
-        """Register the namespace at start-up.
+    async def connect(self, block_tokens_key: str = "block_tokens") -> None:
+        """Register the namespace at start-up (``block_tokens_key``: the setting that
+        chose the tokens per block, named in the error).
 
         Raises:
             ConfigError: the store refused the namespace (e.g. blocks larger than its
@@ -84,8 +90,23 @@ class StoreConnector:
                 "store.block_bytes",
                 f"the store node {self.client.address} refuses this engine's KV blocks"
                 f" ({self.namespace.block_bytes} bytes: model {self.namespace.model_id!r},"
-                f" engine.page_tokens = {spec.block_tokens}): {exc}",
+                f" {block_tokens_key} = {spec.block_tokens}): {exc}",
             ) from exc
+
+    async def lookup(self, keys: Sequence[BlockKey]) -> int:
+        """How many leading ``keys`` the store holds now (0 when it cannot say within
+        the lookup deadline: a slow store costs reuse, never a stalled scheduler)."""
+        ns_id = await self._namespace()
+        if ns_id is None or not keys:
+            return 0
+        try:
+            found = await asyncio.wait_for(
+                self.client.lookup(ns_id, keys), timeout=self._lookup_timeout_s
+            )
+        except (KVStoreError, TimeoutError) as exc:
+            self._down(exc)
+            return 0
+        return max((p.num_blocks for p in found), default=0)
 
     async def load(self, keys: Sequence[BlockKey], dsts: Sequence[memoryview]) -> LayeredGet | None:
         """Start loading the cached leading run of ``keys`` into ``dsts`` (None: the
@@ -117,6 +138,33 @@ class StoreConnector:
             self._down(exc)
             return None
 
+    async def put(
+        self, keys: Sequence[BlockKey], blocks: Sequence[memoryview], parent: BlockKey | None
+    ) -> int:
+        """A whole-block put of full blocks; how many the store now holds anew."""
+        ns_id = await self._namespace()
+        if ns_id is None or not keys:
+            return 0
+        try:
+            result: PutResult = await self.client.put(ns_id, keys, blocks, parent)
+        except KVStoreError as exc:
+            self.stats.save_failures += 1
+            self._down(exc)
+            return 0
+        self.stats.saved_blocks += result.num_stored
+        return result.num_stored
+
+    async def remove(self, keys: Sequence[BlockKey]) -> int:
+        """Remove blocks from the store; how many it held (0 when unreachable)."""
+        ns_id = await self._namespace()
+        if ns_id is None or not keys:
+            return 0
+        try:
+            return await self.client.remove(ns_id, keys)
+        except KVStoreError as exc:
+            self._down(exc)
+            return 0
+
     async def commit(self, put: LayeredPut) -> None:
         try:
             result = await put.commit()
@@ -126,11 +174,8 @@ class StoreConnector:
             return
         self.stats.saved_blocks += result.num_stored
 
-    def corrupted(self, count: int) -> None:
-        self.stats.corrupted_blocks += count
-
     def failed(self, exc: BaseException) -> None:
-        """A transfer the engine drove itself failed (e.g. mid-load)."""
+        """A transfer the connector drove itself failed (e.g. mid-load)."""
         self._down(exc)
 
     async def close(self) -> None:

@@ -1,0 +1,120 @@
+"""Where a block's bytes live in an engine's paged KV cache.
+
+The store's block layout is fixed (``kvstore.layout.BlockSpec``: layer-major, K then V,
+``[layer, 2, token, kv_head, head_dim]``). An engine's cache need not be: the bundled
+engine keeps one tensor of whole pages, vLLM one tensor per layer. A ``KVLayout``
+translates between the two, one layer of a set of pages at a time, so the connector
+moves any engine's KV without knowing its cache.
+
+- ``PageMajorLayout``: ``pages[page, layer, 2, token, kv_head, head_dim]``, a page byte
+  for byte a store block (the bundled engine). On a CPU a page *is* host memory: blocks
+  move with no copy at all.
+- ``LayerMajorLayout``: one ``[2, page, token, kv_head, head_dim]`` tensor per layer
+  (vLLM's FlashAttention and CPU layouts): a layer of a page is two strided slices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from kvstore.errors import InvalidArgument
+from kvstore.layout import BlockSpec
+
+
+class KVLayout(Protocol):
+    spec: BlockSpec
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def host_block(self, page: int) -> memoryview | None:
+        """The page's bytes, laid out as a store block, as host memory without a copy;
+        None when the cache is not host memory in block layout (stage it instead)."""
+        ...
+
+    def read_layer(self, layer: int, pages: Sequence[int]) -> torch.Tensor:
+        """Layer ``layer`` of ``pages``: ``[len(pages), 2, token, kv_head, head_dim]``."""
+        ...
+
+    def write_layer(self, layer: int, pages: Sequence[int], src: torch.Tensor) -> None:
+        """Set layer ``layer`` of ``pages`` from ``src`` (shaped as ``read_layer``'s)."""
+        ...
+
+    def layer_offset(self, page: int, layer: int) -> int:
+        """Byte offset of layer ``layer`` of ``page`` in the cache's host memory (a peer
+        writes there over the data plane); the layer is ``spec.layer_bytes`` long."""
+        ...
+
+
+class PageMajorLayout:
+    def __init__(self, pages: torch.Tensor, spec: BlockSpec) -> None:
+        expected = (pages.shape[0], *spec.shape)
+        if tuple(pages.shape) != expected or pages.dtype != spec.dtype.torch_dtype():
+            raise InvalidArgument(
+                f"pages {tuple(pages.shape)} {pages.dtype} do not hold blocks of {spec}"
+                f" (expected {expected} {spec.dtype.value})"
+            )
+        self.pages = pages
+        self.spec = spec
+
+    @property
+    def device(self) -> torch.device:
+        return self.pages.device
+
+    def host_block(self, page: int) -> memoryview | None:
+        if self.pages.device.type != "cpu" or not self.pages.is_contiguous():
+            return None
+        return self.pages[page].view(torch.uint8).reshape(-1).numpy().data.cast("B")
+
+    def read_layer(self, layer: int, pages: Sequence[int]) -> torch.Tensor:
+        return self.pages[_index(pages, self.pages.device), layer]
+
+    def write_layer(self, layer: int, pages: Sequence[int], src: torch.Tensor) -> None:
+        self.pages[_index(pages, self.pages.device), layer] = src.to(
+            self.pages.device, non_blocking=True
+        )
+
+    def layer_offset(self, page: int, layer: int) -> int:
+        return page * self.spec.block_bytes + self.spec.layer_range(layer).offset
+
+
+class LayerMajorLayout:
+    def __init__(self, layers: Sequence[torch.Tensor], spec: BlockSpec) -> None:
+        if len(layers) != spec.num_layers:
+            raise InvalidArgument(f"{len(layers)} layer tensors for {spec.num_layers} layers")
+        first = layers[0]
+        for i, t in enumerate(layers):
+            if t.dim() != 5 or t.shape[0] != 2 or tuple(t.shape[2:]) != spec.shape[2:]:
+                raise InvalidArgument(
+                    f"layer {i} is {tuple(t.shape)}; expected [2, pages, {spec.block_tokens},"
+                    f" {spec.num_kv_heads}, {spec.head_dim}]"
+                )
+            if t.dtype != spec.dtype.torch_dtype() or t.shape != first.shape:
+                raise InvalidArgument(f"layer {i} differs in shape or dtype from layer 0")
+        self.layers = list(layers)
+        self.spec = spec
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0].device
+
+    def host_block(self, page: int) -> memoryview | None:
+        return None  # a block's layers are spread over the layer tensors: stage them
+
+    def read_layer(self, layer: int, pages: Sequence[int]) -> torch.Tensor:
+        return self.layers[layer][:, _index(pages, self.device)].transpose(0, 1)
+
+    def write_layer(self, layer: int, pages: Sequence[int], src: torch.Tensor) -> None:
+        self.layers[layer][:, _index(pages, self.device)] = src.transpose(0, 1).to(
+            self.device, non_blocking=True
+        )
+
+    def layer_offset(self, page: int, layer: int) -> int:
+        raise InvalidArgument("a layer-major cache is not one host segment; peers cannot push")
+
+
+def _index(pages: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(list(pages), dtype=torch.long, device=device)

@@ -1,0 +1,344 @@
+"""The worker side of the connector: every transfer of a request's KV, layer by layer.
+
+An engine's worker drives it from its compute thread, in the shape of vLLM's
+``KVConnectorBase_V1``::
+
+    kv = connector.open(keys, pages, num_tokens, target=None)   # a request's pages
+    hits = connector.load(kv, first, count)      # start loading cached blocks into pages
+    hooks = connector.step([(kv, start, n), ...]) # one forward pass over those tokens
+    model(..., hooks=hooks)                      # before layer i: wait for its loads;
+                                                 # after it: save and push layer i
+    verified = connector.verify(kv)              # loaded blocks that matched their checksums
+    connector.commit(kv)  /  connector.abort(kv) # saves become visible, or nothing does
+
+The connector owns the hop onto the event loop (the store client and the transfer engine
+are asynchronous), host staging (``HostBlocks``), the store's leases (inside the layered
+get) and every byte offset (the layout's ``layer_offset`` and ``BlockSpec``).
+
+- Loads: the store's leading run of a request's keys lands in its pages; layer ``i`` is
+  awaited just before the request's first pass runs layer ``i``. A load that breaks
+  leaves the request to be recomputed; ``verify`` says how many leading blocks were whole
+  and matched their checksums, before their KV outlives the pass that read them.
+- Saves: after layer ``i``, layer ``i`` of every block a pass completed goes to the store
+  (a layer-wise put into reserved slots). Nothing is visible until ``commit``; ``abort``
+  gives the slots back.
+- Pushes: after layer ``i``, layer ``i`` of every page a pass finished goes to another
+  worker's pages (``PushTarget``: a decode worker's data-plane segment), while layer
+  ``i + 1`` computes. ``commit`` waits for them and fails if the peer did not get them.
+- ``save_blocks``: whole finished blocks (e.g. a generation's answer), saved in the
+  background; the caller learns when its pages may be reused.
+- Scheduler side: ``num_matched_blocks`` says how many leading blocks the store holds
+  beyond what the engine already has, within a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from kvstore.client.layered import LayeredGet, LayeredPut
+from kvstore.connector.backend import StoreBackend
+from kvstore.connector.layouts import KVLayout
+from kvstore.connector.staging import HostBlocks
+from kvstore.transfer.engine import Peer, TransferEngine
+from kvstore.transfer.transports import RangeWrite
+from kvstore.types import BlockKey
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class PushTarget(Protocol):
+    """Pages of another worker (its data plane's segment) that a request's KV goes to."""
+
+    @property
+    def addresses(self) -> tuple[str, ...]: ...
+    @property
+    def pages(self) -> tuple[int, ...]: ...
+    @property
+    def transfer_id(self) -> int: ...
+    @property
+    def segment(self) -> str: ...
+
+
+class PushFailed(RuntimeError):
+    """The target worker did not get a request's KV."""
+
+
+@dataclass
+class _Save:
+    first: int  # block index of the request
+    put: LayeredPut
+
+    @property
+    def blocks(self) -> range:
+        return range(self.first, self.first + len(self.put.keys))
+
+
+@dataclass
+class RequestKV:
+    """One request's transfers (opened by ``KVConnector.open``)."""
+
+    keys: list[BlockKey]  # of its full blocks
+    pages: list[int]  # in position order
+    num_tokens: int
+    host: HostBlocks
+    store: StoreBackend | None = None  # its namespace's
+    target: PushTarget | None = None
+    peer: Peer | None = None
+    load: LayeredGet | None = None
+    load_first: int = 0  # the first block being loaded
+    load_hits: int = 0  # blocks coming from the store
+    remote_hits: int = 0  # of those, served by another store node
+    loading: bool = False  # no pass has waited for the load yet
+    load_failed: bool = False
+    saves: list[_Save] = field(default_factory=list)
+    pushes: list[asyncio.Future[None]] = field(default_factory=list)
+    pushed_pages: int = 0  # pages already sent to the target
+
+
+class KVConnector:
+    def __init__(
+        self,
+        layout: KVLayout,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        store: StoreBackend | None = None,
+        transfer: TransferEngine | None = None,
+    ) -> None:
+        self.layout = layout
+        self.store = store
+        self._loop = loop
+        self._transfer = transfer
+
+    @property
+    def block_tokens(self) -> int:
+        return self.layout.spec.block_tokens
+
+    # -- the scheduler's side ------------------------------------------------------------
+
+    def num_matched_blocks(self, keys: Sequence[BlockKey], have: int) -> int:
+        """Leading blocks of ``keys`` the store holds beyond the ``have`` the engine
+        already holds (0 without a store, or past the lookup deadline)."""
+        if self.store is None or have >= len(keys):
+            return 0
+        return max(0, self._call(self.store.lookup(keys)) - have)
+
+    # -- a request's transfers (compute thread) ------------------------------------------
+
+    def open(
+        self,
+        keys: Sequence[BlockKey],
+        pages: Sequence[int],
+        num_tokens: int,
+        *,
+        target: PushTarget | None = None,
+        store: StoreBackend | None = None,
+    ) -> RequestKV:
+        """``store``: the backend of the request's namespace when it is not the
+        connector's own (e.g. start-up profiling, kept apart from users' blocks)."""
+        kv = RequestKV(
+            list(keys), list(pages), num_tokens, HostBlocks(self.layout, pages), store or self.store
+        )
+        if target is not None:
+            if self._transfer is None:
+                raise RuntimeError("this connector has no transfer engine for push targets")
+            kv.target = target
+            kv.peer = self._call(self._transfer.connect(list(target.addresses)))
+        return kv
+
+    def load(self, kv: RequestKV, first: int, count: int) -> int:
+        """Start loading the store's leading run of blocks ``[first, first + count)``
+        into the request's pages; how many blocks are coming."""
+        store = kv.store
+        if store is None or count <= 0:
+            return 0
+        keys = kv.keys[first : first + count]
+        get = self._call(store.load(keys, kv.host.blocks[first : first + count]))
+        if get is None:
+            return 0
+        kv.load, kv.load_first, kv.load_hits = get, first, get.num_hits
+        kv.loading = get.num_hits > 0
+        if store.node_id:
+            kv.remote_hits = sum(n != store.node_id for n in get.node_ids[: get.num_hits])
+        return get.num_hits
+
+    def step(self, items: Sequence[tuple[RequestKV, int, int]]) -> StepHooks:
+        """The hooks of one forward pass that computes tokens ``[start, start + n)`` of
+        each request: saves of the blocks it completes, pushes of the pages it finishes."""
+        block = self.block_tokens
+        saves: list[tuple[RequestKV, _Save | None, range]] = []
+        for kv, start, n in items:
+            save = None
+            first, last = start // block, min((start + n) // block, len(kv.keys))
+            if kv.store is not None and last > first:
+                parent = kv.keys[first - 1] if first else None
+                put = self._call(
+                    kv.store.save(kv.keys[first:last], kv.host.blocks[first:last], parent)
+                )
+                if put is not None:
+                    save = _Save(first, put)
+                    kv.saves.append(save)
+            push = range(0)
+            if kv.target is not None:
+                end = start + n
+                done = len(kv.target.pages) if end >= kv.num_tokens else end // block
+                push = range(kv.pushed_pages, done)
+            saves.append((kv, save, push))
+        return StepHooks(self, saves)
+
+    def verify(self, kv: RequestKV) -> int:
+        """How many loaded blocks arrived whole and matched their checksums (waits for
+        the load to end); fewer than ``load_hits`` means recompute from there."""
+        if kv.load is None:
+            return kv.load_hits
+        verified = 0
+        if not kv.load_failed:
+            try:
+                verified = self._call(kv.load.verified())
+            except Exception as exc:
+                logger.warning("loading cached KV failed (%s); recomputing", exc)
+                if kv.store is not None:
+                    kv.store.failed(exc)
+        if verified < kv.load_hits and kv.store is not None:
+            kv.store.stats.corrupted_blocks += kv.load_hits - verified
+        return verified
+
+    def commit(self, kv: RequestKV) -> None:
+        """Make the request's saves visible, and wait for its pushes.
+
+        Raises:
+            PushFailed: the target worker did not get every layer.
+        """
+        saves, kv.saves = kv.saves, []
+        store = kv.store
+        if store is not None and saves:
+
+            async def commit_all() -> None:
+                for s in saves:
+                    await store.commit(s.put)
+
+            self._call(commit_all())
+        pushes, kv.pushes = kv.pushes, []
+        try:
+            self._call(_gather(pushes))
+        except Exception as exc:
+            raise PushFailed(f"the KV did not reach the target: {exc}") from exc
+
+    def abort(self, kv: RequestKV) -> None:
+        """Undo the request's transfers: nothing it saved becomes visible, and no load or
+        push still writes its pages when this returns."""
+        saves, kv.saves = kv.saves, []
+        for s in saves:
+            asyncio.run_coroutine_threadsafe(s.put.abort(), self._loop)
+        if kv.load is not None:
+            self._call(_settle(kv.load.verified()))
+        pushes, kv.pushes = kv.pushes, []
+        self._call(_gather(pushes, quiet=True))
+
+    def save_blocks(
+        self,
+        keys: Sequence[BlockKey],
+        pages: Sequence[int],
+        parent: BlockKey | None,
+    ) -> concurrent.futures.Future[int]:
+        """Save whole full blocks in the background (thread-safe). The pages must keep
+        their KV until the future is done; it tells how many blocks were stored anew."""
+        if self.store is None or not keys:
+            done: concurrent.futures.Future[int] = concurrent.futures.Future()
+            done.set_result(0)
+            return done
+        host = HostBlocks(self.layout, pages)
+        for layer in range(self.layout.spec.num_layers):
+            host.to_host(layer, range(len(pages)))
+        return asyncio.run_coroutine_threadsafe(
+            self.store.put(keys, host.blocks, parent), self._loop
+        )
+
+    # -- the event-loop hop --------------------------------------------------------------
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the loop and wait for it (from the compute thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _push_layer(self, kv: RequestKV, layer: int, indices: range) -> None:
+        target, peer = kv.target, kv.peer
+        assert target is not None and peer is not None
+        kv.host.to_host(layer, indices)
+        spec = self.layout.spec
+        span = spec.layer_range(layer)
+        writes = [
+            RangeWrite(
+                target.segment,
+                self.layout.layer_offset(target.pages[i], layer),
+                kv.host.blocks[i][span.offset : span.offset + span.length],
+            )
+            for i in indices
+        ]
+
+        def start() -> None:
+            kv.pushes.append(
+                asyncio.ensure_future(
+                    peer.transport.write_ranges(target.transfer_id, layer, writes)
+                )
+            )
+
+        self._loop.call_soon_threadsafe(start)
+
+
+class StepHooks:
+    """Per layer of one forward pass: wait for loads before, save and push after."""
+
+    def __init__(
+        self, connector: KVConnector, items: list[tuple[RequestKV, _Save | None, range]]
+    ) -> None:
+        self._connector = connector
+        self._items = items
+
+    def before_layer(self, layer: int) -> None:
+        connector = self._connector
+        for kv, _, _ in self._items:
+            if kv.load is None or not kv.loading or kv.load_failed:
+                continue
+            try:
+                connector._call(kv.load.layer(layer))
+            except Exception as exc:  # the load broke: the request is recomputed
+                logger.warning("loading cached KV failed (%s); recomputing", exc)
+                kv.load_failed = True
+                if kv.store is not None:
+                    kv.store.failed(exc)
+                continue
+            first = kv.load_first
+            kv.host.to_device(layer, range(first, first + kv.load_hits))
+
+    def after_layer(self, layer: int) -> None:
+        loop = self._connector._loop
+        for kv, save, push in self._items:
+            if save is not None:
+                kv.host.to_host(layer, save.blocks)
+                loop.call_soon_threadsafe(save.put.write_layer, layer)
+            if push:
+                self._connector._push_layer(kv, layer, push)
+
+    def done(self) -> None:
+        """The pass ran: its loads have landed and its pushes are under way."""
+        for kv, _, push in self._items:
+            kv.loading = False
+            if push:
+                kv.pushed_pages = push.stop
+
+
+async def _gather(futures: Sequence[asyncio.Future[None]], *, quiet: bool = False) -> None:
+    await asyncio.gather(*futures, return_exceptions=quiet)
+
+
+async def _settle(result: Coroutine[Any, Any, int]) -> None:
+    """Wait for a transfer to end, however it ends."""
+    try:
+        await result
+    except Exception as exc:
+        logger.debug("abandoned transfer ended: %s", exc)
