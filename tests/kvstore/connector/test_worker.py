@@ -1,23 +1,20 @@
 """The connector's worker side against an in-memory store: loads before each layer,
 saves after it, commit or abort at the end; the test's thread is the compute thread.
 
-The request throughout: 14 tokens in blocks of 4, so 3 full blocks (``KEYS``) over 4
-pages (``PAGES``, in position order).
+The request throughout is ``passes``'s: 3 full blocks and 2 tokens over 4 pages.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 
 import pytest
 import torch
 
 from kvstore.client.layered import layer_slice
 from kvstore.connector.layouts import KVLayout
-from kvstore.connector.worker import KVConnector, RequestKV
+from kvstore.connector.worker import KVConnector
 from kvstore.errors import TransferFailed
-from kvstore.types import BlockKey
 from tests.kvstore.connector.caches import (
     NUM_PAGES,
     SPEC,
@@ -29,17 +26,9 @@ from tests.kvstore.connector.caches import (
 )
 from tests.kvstore.connector.fake_store import FakeStore, Put
 from tests.kvstore.connector.loop_thread import LoopThread
+from tests.kvstore.connector.passes import KEYS, PAGES, TOKENS, key, run_pass
 
-TOKENS = 14
-PAGES = [5, 2, 0, 3]
 LAYOUTS = {"page-major": page_major, "layer-major": layer_major}
-
-
-def key(name: str) -> BlockKey:
-    return BlockKey(name.encode().ljust(16, b"\0"))
-
-
-KEYS = [key("k0"), key("k1"), key("k2")]
 
 
 def cached(seed: int) -> bytes:
@@ -68,15 +57,6 @@ def store() -> FakeStore:
 @pytest.fixture
 def connector(layout: KVLayout, store: FakeStore, loop_thread: LoopThread) -> KVConnector:
     return KVConnector(layout, loop=loop_thread.loop, store=store)  # type: ignore[arg-type]
-
-
-def run_pass(connector: KVConnector, items: Sequence[tuple[RequestKV, int, int]]) -> None:
-    """One forward pass: every layer, with the connector's hooks around it."""
-    hooks = connector.step(items)
-    for layer in range(SPEC.num_layers):
-        hooks.before_layer(layer)
-        hooks.after_layer(layer)
-    hooks.done()
 
 
 # -- loads ---------------------------------------------------------------------------
