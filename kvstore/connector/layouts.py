@@ -92,8 +92,12 @@ class LayerMajorLayout:
                     f"layer {i} is {tuple(t.shape)}; expected [2, pages, {spec.block_tokens},"
                     f" {spec.num_kv_heads}, {spec.head_dim}]"
                 )
-            if t.dtype != spec.dtype.torch_dtype() or t.shape != first.shape:
-                raise InvalidArgument(f"layer {i} differs in shape or dtype from layer 0")
+            if t.dtype != spec.dtype.torch_dtype():
+                raise InvalidArgument(f"layer {i} is {t.dtype}; expected {spec.dtype.value}")
+            if t.shape != first.shape:
+                raise InvalidArgument(
+                    f"layer {i} is {tuple(t.shape)}; layer 0 is {tuple(first.shape)}"
+                )
         self.layers = list(layers)
         self.spec = spec
 

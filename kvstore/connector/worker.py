@@ -97,7 +97,7 @@ class RequestKV:
     loading: bool = False  # no pass has waited for the load yet
     load_failed: bool = False
     saves: list[_Save] = field(default_factory=list)
-    pushes: list[asyncio.Future[None]] = field(default_factory=list)
+    pushes: list[asyncio.Future[None]] = field(default_factory=list)  # on the loop only
     pushed_pages: int = 0  # pages already sent to the target
 
 
@@ -223,9 +223,8 @@ class KVConnector:
                     await store.commit(s.put)
 
             self._call(commit_all())
-        pushes, kv.pushes = kv.pushes, []
         try:
-            self._call(_gather(pushes))
+            self._call(_gather_pushes(kv))
         except Exception as exc:
             raise PushFailed(f"the KV did not reach the target: {exc}") from exc
 
@@ -237,8 +236,7 @@ class KVConnector:
             asyncio.run_coroutine_threadsafe(s.put.abort(), self._loop)
         if kv.load is not None:
             self._call(_settle(kv.load.verified()))
-        pushes, kv.pushes = kv.pushes, []
-        self._call(_gather(pushes, quiet=True))
+        self._call(_gather_pushes(kv, quiet=True))
 
     def save_blocks(
         self,
@@ -332,8 +330,11 @@ class StepHooks:
                 kv.pushed_pages = push.stop
 
 
-async def _gather(futures: Sequence[asyncio.Future[None]], *, quiet: bool = False) -> None:
-    await asyncio.gather(*futures, return_exceptions=quiet)
+async def _gather_pushes(kv: RequestKV, *, quiet: bool = False) -> None:
+    """Wait for the request's pushes. Taken on the loop: a push is started there by a
+    callback the compute thread queued before this coroutine, so none is missed."""
+    pushes, kv.pushes = kv.pushes, []
+    await asyncio.gather(*pushes, return_exceptions=quiet)
 
 
 async def _settle(result: Coroutine[Any, Any, int]) -> None:
