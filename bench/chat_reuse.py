@@ -24,9 +24,11 @@ that last token: ``min(common, len(P + A) - 1) // 16``, against the ideal
 Tokenizers: the tiny model's byte tokenizer; byte-level BPEs with Llama-3's and Qwen2's
 own pre-tokenizer patterns (newline runs are one pre-token there, so "\\n\\n" after a
 header is one token) and a SentencePiece-style BPE (Metaspace, byte fallback) for
-Mistral, all trained here on a small corpus. Their vocabularies are toys: which merges
-exist differs from the real checkpoints', but where a divergence can start (template
-text around the answer, trimming, pre-token boundaries) does not depend on the merges.
+Mistral (as the tests' stand-in: a "▁" prepended to the first piece only, not the
+legacy per-segment normalizer), all trained here on a small corpus. Their vocabularies
+are toys: where a divergence can start (the template's text around the answer, trimming,
+pre-token boundaries) is set by the template and the pre-tokenizer, but the real merges
+can move it by a token, and the token counts differ from the real checkpoints'.
 """
 
 from __future__ import annotations
@@ -108,8 +110,8 @@ class Reuse:
     answer_tokens: int  # the end-of-turn token included
     common_tokens: int  # longest common prefix of N and P + A
     diverges_in: str  # "prompt", "answer", "end of turn" or "" (reproduced to the end)
-    generated: str  # P + A from the divergence on, decoded
-    rerendered: str  # N from the divergence on, decoded
+    generated: tuple[str, ...]  # the first tokens of P + A from the divergence on, decoded
+    rerendered: tuple[str, ...]  # the same of N
     reusable_blocks: int
     ideal_blocks: int
     sent_back: str  # the answer's text as the client got it and sends it back
@@ -217,9 +219,9 @@ def _part(common: int, prompt_tokens: int, total_tokens: int) -> str:
     return "answer" if common < total_tokens - 1 else "end of turn"
 
 
-def _shown(tokenizer: Tokenizer, context: Sequence[int], ids: Sequence[int]) -> str:
+def _shown(tokenizer: Tokenizer, context: Sequence[int], ids: Sequence[int]) -> tuple[str, ...]:
     """The first tokens of ``ids``, each decoded after ``context`` (so a SentencePiece
-    token keeps its leading space); a non-ASCII byte of the byte tokenizer shows as <0xNN>."""
+    token keeps its leading space); a non-ASCII byte of the byte tokenizer is <0xNN>."""
     pieces: list[str] = []
     done = tokenizer.decode(context, skip_special_tokens=False)
     for i in range(min(SHOWN_TOKENS, len(ids))):
@@ -227,8 +229,8 @@ def _shown(tokenizer: Tokenizer, context: Sequence[int], ids: Sequence[int]) -> 
         piece, done = text[len(done) :], text
         if isinstance(tokenizer, ByteTokenizer) and 0x80 <= ids[i] < 0x100:
             piece = f"<0x{ids[i]:02X}>"
-        pieces.append(repr(piece)[1:-1])
-    return "|".join(pieces)
+        pieces.append(piece)
+    return tuple(pieces)
 
 
 # -- tokenizers -------------------------------------------------------------------------
@@ -386,7 +388,7 @@ def _table(rows: Sequence[Reuse]) -> Table:
     table.add_column("blocks", justify="right")
     for r in rows:
         where = r.diverges_in or "-"
-        shown = f"{r.generated} -> {r.rerendered}" if r.diverges_in else ""
+        shown = f"{_joined(r.generated)} -> {_joined(r.rerendered)}" if r.diverges_in else ""
         blocks = f"{r.reusable_blocks}/{r.ideal_blocks}"
         sent = repr(r.sent_back[:12]) + "…" if r.sent_back_differs else "the text"
         table.add_row(
@@ -402,6 +404,10 @@ def _table(rows: Sequence[Reuse]) -> Table:
             blocks,
         )
     return table
+
+
+def _joined(pieces: Sequence[str]) -> str:
+    return "|".join(repr(p)[1:-1] for p in pieces)
 
 
 def main(argv: list[str] | None = None) -> None:
