@@ -45,6 +45,72 @@ LLAMA3_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
     "{% endif %}"
 )
+# Mistral-7B-Instruct-v0.2's: "[INST]" is plain text, the answer is written untrimmed after a
+# space, the system message joins the first user message.
+MISTRAL_V2_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {%- set system_message = messages[0]['content'] %}\n"
+    "    {%- set loop_messages = messages[1:] %}\n"
+    "{%- else %}\n"
+    "    {%- set loop_messages = messages %}\n"
+    "{%- endif %}\n"
+    "\n"
+    "{{- bos_token }}\n"
+    "{%- for message in loop_messages %}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}\n"
+    "        {{- raise_exception('After the optional system message, conversation roles must"
+    " alternate user/assistant/user/assistant/...') }}\n"
+    "    {%- endif %}\n"
+    "    {%- if message['role'] == 'user' %}\n"
+    "        {%- if loop.first and system_message is defined %}\n"
+    "            {{- ' [INST] ' + system_message + '\\n\\n' + message['content'] + ' [/INST]' }}\n"
+    "        {%- else %}\n"
+    "            {{- ' [INST] ' + message['content'] + ' [/INST]' }}\n"
+    "        {%- endif %}\n"
+    "    {%- elif message['role'] == 'assistant' %}\n"
+    "        {{- ' ' + message['content'] + eos_token}}\n"
+    "    {%- else %}\n"
+    "        {{- raise_exception('Only user and assistant roles are supported, with the exception"
+    " of an initial optional system message!') }}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+)
+# Mistral-7B-Instruct-v0.3's without its tool-calling branches ("[INST]" and "[/INST]" are
+# special tokens there): the answer is trimmed and written after a space, the system
+# message joins the LAST user message.
+MISTRAL_V3_TEMPLATE = (
+    '{%- if messages[0]["role"] == "system" %}\n'
+    '    {%- set system_message = messages[0]["content"] %}\n'
+    "    {%- set loop_messages = messages[1:] %}\n"
+    "{%- else %}\n"
+    "    {%- set loop_messages = messages %}\n"
+    "{%- endif %}\n"
+    "{%- set ns = namespace() %}\n"
+    "{%- set ns.index = 0 %}\n"
+    "{%- for message in loop_messages %}\n"
+    '    {%- if (message["role"] == "user") != (ns.index % 2 == 0) %}\n'
+    '        {{- raise_exception("After the optional system message, conversation roles must'
+    ' alternate user/assistant/user/assistant/...") }}\n'
+    "    {%- endif %}\n"
+    "    {%- set ns.index = ns.index + 1 %}\n"
+    "{%- endfor %}\n"
+    "\n"
+    "{{- bos_token }}\n"
+    "{%- for message in loop_messages %}\n"
+    '    {%- if message["role"] == "user" %}\n'
+    "        {%- if loop.last and system_message is defined %}\n"
+    '            {{- "[INST] " + system_message + "\\n\\n" + message["content"] + "[/INST]" }}\n'
+    "        {%- else %}\n"
+    '            {{- "[INST] " + message["content"] + "[/INST]" }}\n'
+    "        {%- endif %}\n"
+    '    {%- elif message["role"] == "assistant" %}\n'
+    '        {{- " " + message["content"]|trim + eos_token}}\n'
+    "    {%- else %}\n"
+    '        {{- raise_exception("Only user and assistant roles are supported, with the exception'
+    ' of an initial optional system message!") }}\n'
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+)
 # Exercises trim_blocks / lstrip_blocks, namespace, tojson, loop controls, raise_exception,
 # strftime_now and transformers' {% generation %} tag.
 FANCY_TEMPLATE = """{%- set ns = namespace(n=0) %}
