@@ -20,7 +20,8 @@ import uvloop
 from rich.progress import Progress
 
 from bench.engine_config import EngineBenchConfig
-from bench.procs import free_port, start_worker, wait_worker
+from bench.procs import start_worker, wait_worker
+from engine.launch import free_port
 from engine.sampling import SamplingParams
 from engine.service.client import DecodeClient
 
