@@ -75,7 +75,7 @@ class SocketPeer:
     def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
         port = self._listener.getsockname()[1]
-        self.child = Child("socket-peer", [sys.executable, __file__, str(port)])
+        self.child = Child("socket-peer", [sys.executable, "-m", "bench.procs", str(port)])
         self._listener.settimeout(30.0)
         try:
             self._conn, _ = self._listener.accept()
