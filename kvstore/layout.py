@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from kvstore.errors import InvalidArgument
 
@@ -47,11 +47,6 @@ class KVDtype(enum.Enum):
 _ITEMSIZES = {KVDtype.FLOAT32: 4, KVDtype.FLOAT16: 2, KVDtype.BFLOAT16: 2, KVDtype.FLOAT8_E4M3: 1}
 
 
-class ByteRange(NamedTuple):
-    offset: int
-    length: int
-
-
 @dataclass(frozen=True, slots=True)
 class BlockSpec:
     """Shape of one KV block: what a model's cache looks like for ``block_tokens`` tokens."""
@@ -81,12 +76,6 @@ class BlockSpec:
     @property
     def block_bytes(self) -> int:
         return self.num_layers * self.layer_bytes
-
-    def layer_range(self, layer: int) -> ByteRange:
-        """Byte range of layer ``layer`` (K then V) inside a block."""
-        if not 0 <= layer < self.num_layers:
-            raise InvalidArgument(f"layer must be in [0, {self.num_layers}), got {layer}")
-        return ByteRange(layer * self.layer_bytes, self.layer_bytes)
 
     def view(self, buffer: Buffer | torch.Tensor) -> torch.Tensor:
         """View a block's bytes as ``[layer, 2, token, kv_head, head_dim]`` without a copy.

@@ -153,9 +153,7 @@ class CacheAware:
             return None
         return min(candidates, key=lambda d: (self._tbt_s(request, d), d.running, d.id))
 
-    def _plan(
-        self, request: RequestView, prefill: PrefillView, best: int
-    ) -> PrefillPlan:
+    def _plan(self, request: RequestView, prefill: PrefillView, best: int) -> PrefillPlan:
         block_tokens, num_tokens = request.block_tokens, request.num_tokens
         local = request.cached_blocks(prefill.id)
         computed = num_tokens - local * block_tokens

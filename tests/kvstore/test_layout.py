@@ -11,8 +11,6 @@ SPEC = BlockSpec(num_layers=4, num_kv_heads=2, head_dim=8, dtype=KVDtype.FLOAT16
 def test_sizes() -> None:
     assert SPEC.layer_bytes == 2 * 16 * 2 * 8 * 2
     assert SPEC.block_bytes == 4 * SPEC.layer_bytes
-    assert SPEC.layer_range(0) == (0, SPEC.layer_bytes)
-    assert SPEC.layer_range(3) == (3 * SPEC.layer_bytes, SPEC.layer_bytes)
 
 
 def test_view_is_zero_copy_and_layer_major() -> None:
@@ -21,16 +19,16 @@ def test_view_is_zero_copy_and_layer_major() -> None:
     assert kv.shape == (4, 2, 16, 2, 8)
     assert kv.dtype == torch.float16
     kv[2, 1, 3, 1, 5] = 7.0  # layer 2, V, token 3, head 1, dim 5
-    offset, _ = SPEC.layer_range(2)
+    offset = 2 * SPEC.layer_bytes
     element = offset + (1 * 16 * 2 * 8 + 3 * 2 * 8 + 1 * 8 + 5) * 2
     assert np.frombuffer(raw, dtype=np.float16)[element // 2] == 7.0
 
 
-def test_layer_range_is_the_layer_slice() -> None:
+def test_a_layer_is_one_contiguous_byte_range() -> None:
     raw = bytearray(SPEC.block_bytes)
     kv = SPEC.view(raw)
     kv[1].fill_(1.0)
-    offset, length = SPEC.layer_range(1)
+    offset, length = SPEC.layer_bytes, SPEC.layer_bytes  # layer 1
     layer = np.frombuffer(raw, dtype=np.float16)
     assert (layer[offset // 2 : (offset + length) // 2] == 1.0).all()
     assert (layer[: offset // 2] == 0).all() and (layer[(offset + length) // 2 :] == 0).all()
@@ -50,5 +48,3 @@ def test_bad_specs_and_buffers() -> None:
         BlockSpec(1, 2, 8, "float16", 16)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="bytes"):
         SPEC.view(bytearray(SPEC.block_bytes - 1))
-    with pytest.raises(InvalidArgument, match="layer"):
-        SPEC.layer_range(4)
