@@ -26,7 +26,8 @@ from pathlib import Path
 from bench.chaos_env import NetnsPair, SlowDisk, Tmpfs, Usage, proc_usage
 from bench.chaos_load import EngineLoad, Outcome, StoreLoad, Tally, drive
 from bench.chaos_stacks import MODEL, NAMESPACE, SPEC, StoreStack, UpStack
-from bench.procs import KVSTORE, Child
+from bench.procs import KVSTORE
+from engine.launch import Child
 from kvstore.client import ClusterClient, StoreClient
 from kvstore.client.calls import CallOptions
 from kvstore.transfer.frames import HEADER
@@ -347,7 +348,7 @@ async def link_cut(phases: Phases) -> FaultResult:
                     "--protected-mode", "no", "--save", "", "--appendonly", "no"]  # fmt: skip
             redis = Child("redis", [*net.prefix(net.a), *args])
             procs.append(redis)
-            redis.wait_until(lambda: b"Ready to accept" in redis.log.read_bytes(), 10)
+            redis.wait_for_line("Ready to accept", 10)
             url = f"redis://{ip_a}:{redis_port}/0"
             for i, (ns, ip) in enumerate(((net.a, ip_a), (net.b, ip_b))):
                 procs.append(_netns_node(net, ns, ip, url, i))
@@ -369,8 +370,8 @@ def _netns_node(net: NetnsPair, ns: str, ip: str, url: str, i: int) -> Child:
     }  # fmt: skip
     args = [*net.prefix(ns), *KVSTORE, "serve", "--log-level", "WARNING"]
     args += [part for key, value in flags.items() for part in (f"--{key}", str(value))]
-    child = Child(f"node-{i}", args, 7700)
-    child.wait_until(lambda: b"serving on" in child.log.read_bytes(), 30)
+    child = Child(f"node-{i}", args, port=7700)
+    child.wait_for_line("serving on", 30)
     return child
 
 

@@ -6,8 +6,8 @@
   role (store gRPC, metrics, data plane; prefill, decode and its data plane; HTTP) is
   known to the hostile-frame fault; ``pid_of(role)`` finds a child's current process.
 
-Invariants: every process is a ``bench.procs.Child`` (parent-death signal, stopped on
-exit); readiness is observed, never slept for.
+Invariants: every process is an ``engine.launch.Child`` (parent-death signal, stopped
+on exit); readiness is observed, never slept for.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.procs import KVENGINE, Child, answers_ping, free_port, start_strata
+from bench.procs import KVENGINE, answers_ping, start_strata
+from engine.launch import Child, free_port
 from kvstore.hashing import Namespace
 from kvstore.layout import BlockSpec, KVDtype
 
@@ -33,8 +34,8 @@ MODEL = "strata-tiny-v1"
 def start_redis_on(port: int) -> Child:
     args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     args += ["--appendonly", "no", "--daemonize", "no"]
-    child = Child("redis", args, port)
-    child.wait_until(lambda: answers_ping(port), timeout_s=10.0)
+    child = Child("redis", args, port=port)
+    child.wait_until(lambda: answers_ping(port), timeout_s=10.0, what="answering PING")
     return child
 
 
@@ -77,8 +78,7 @@ class StoreStack:
         return child
 
     def kill_node(self, i: int) -> None:
-        self.nodes[i].proc.kill()
-        self.nodes[i].proc.wait()
+        self.nodes[i].kill()
 
     def restart_node(self, i: int) -> None:
         self.nodes[i].stop()
@@ -86,8 +86,7 @@ class StoreStack:
 
     def kill_redis(self) -> None:
         assert self.redis is not None
-        self.redis.proc.kill()
-        self.redis.proc.wait()
+        self.redis.kill()
 
     def restart_redis(self) -> None:
         assert self.redis is not None
@@ -139,7 +138,7 @@ class UpStack:
                 "--decode.data_port", str(self.ports["decode data plane"]),
                 "--engine.kv_cache_bytes", "32MiB", "--engine.store_bytes", "64MiB"]  # fmt: skip
         self.child = Child("kvengine-up", args)
-        self.child.wait_until(lambda: b"Strata is up at" in self.child.log.read_bytes(), 240.0)
+        self.child.wait_for_line("Strata is up at", 240.0)
         self.url = f"http://127.0.0.1:{self.ports['HTTP']}"
 
     def pid_of(self, role: str) -> int | None:
@@ -177,10 +176,10 @@ class UpStack:
         return None
 
     def log(self) -> str:
-        return self.child.log.read_text(errors="replace")
+        return self.child.output()
 
     def close(self) -> None:
-        self.child.stop(timeout_s=30)
+        self.child.stop(grace_s=30)
 
     def __enter__(self) -> UpStack:
         return self

@@ -17,7 +17,7 @@ With ``pin``, prefill worker ``i`` runs on core ``i mod cores`` (all its threads
 decode worker, the store nodes, Redis and the bench process are not pinned. Workers run
 with ``engine.prefix_caching false``: prompts reuse KV only through the store.
 
-Invariants: no child outlives the ``LocalCluster`` (each is a ``bench.procs.Child``,
+Invariants: no child outlives the ``LocalCluster`` (each is an ``engine.launch.Child``,
 stopped in ``close``, which ``with`` calls in ``finally``, and started under a
 parent-death signal). Readiness is observed: Redis answers PING, a node logs "serving
 on", a worker prints its JSON line. ``flush`` returns only once every node's DRAM tier
@@ -46,8 +46,9 @@ from typing import NamedTuple
 import numpy as np
 import redis
 
-from bench.procs import Child, free_port, start_redis, start_strata, start_worker, wait_worker
+from bench.procs import start_redis, start_strata, start_worker, wait_worker
 from engine.config import load_engine_config
+from engine.launch import Child, free_port
 from engine.model.loader import TINY_MODEL_PATH, load_tokenizer
 from engine.router.costs import CostModel
 from engine.router.profiling import profile_costs

@@ -49,7 +49,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import parser, progress, report
-from bench.engine import EngineBenchConfig, decode_tok_s, measure_ttft
+from bench.engine import decode_tok_s, measure_ttft
+from bench.engine_config import EngineBenchConfig
 from engine.llm import LLM
 from engine.model.synthetic import write_random_checkpoint
 from engine.router.costs import CostModel

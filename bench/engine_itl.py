@@ -13,19 +13,17 @@ from contextlib import ExitStack
 from itertools import pairwise
 from operator import le
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import uvloop
 from rich.progress import Progress
 
-from bench.procs import free_port, start_worker, wait_worker
+from bench.engine_config import EngineBenchConfig
+from bench.procs import start_worker, wait_worker
+from engine.launch import free_port
 from engine.sampling import SamplingParams
 from engine.service.client import DecodeClient
-
-if TYPE_CHECKING:
-    from bench.engine import EngineBenchConfig
 
 
 def greedy(max_tokens: int) -> SamplingParams:

@@ -7,27 +7,24 @@
 * ``start_worker`` / ``wait_worker``: a ``kvengine`` prefill or decode worker, optionally
   pinned to cores; it is up when it prints its JSON line.
 
-Invariants: no child outlives its owner. ``Child.stop`` sends SIGTERM, waits, then
-SIGKILLs; owners call it in ``finally`` (``with`` blocks); and each child runs under
-``setpriv --pdeathsig TERM`` where available, so the kernel ends it even if the owner
-is killed outright. Readiness is observed, never slept for: Redis answers PING, the
-node prints "serving on" to its log, the peer connects back.
+Every child is an ``engine.launch.Child`` (stopped with SIGTERM then SIGKILL by its
+owner's ``with`` block, and by the kernel if the owner is killed outright). Readiness is
+observed, never slept for: Redis answers PING, the node prints "serving on", the peer
+connects back, a worker prints its JSON line.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+
+from engine.launch import Child, free_port
 
 _SCRIPT = Path(sys.executable).with_name("kvstore")  # the venv's console script
 KVSTORE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "kvstore.cli"]
@@ -40,67 +37,13 @@ SEND_BUFFER_BYTES = 4 << 20
 _LENGTH = struct.Struct("<Q")  # a SocketPeer request: how many bytes to send; 0 = exit
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (at the time of the call)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Child:
-    """A child process with its log file; ``stop`` ends it (TERM, then KILL)."""
-
-    def __init__(self, name: str, args: list[str], port: int = 0) -> None:
-        self.name, self.port = name, port
-        self.dir = Path(tempfile.mkdtemp(prefix=f"strata-bench-{name}-"))
-        self.log = self.dir / "log.txt"
-        setpriv = shutil.which("setpriv")
-        prefix = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
-        try:
-            with self.log.open("wb") as log:
-                self.proc = subprocess.Popen(
-                    [*prefix, *args], stdout=log, stderr=subprocess.STDOUT, cwd=self.dir
-                )
-        except BaseException:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            raise
-
-    def wait_until(self, ready: Callable[[], bool], timeout_s: float) -> None:
-        """Poll ``ready()`` until true; raise with the log tail if the child dies first."""
-        deadline = time.monotonic() + timeout_s
-        while not ready():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = self.log.read_text(errors="replace")[-2000:]
-                self.stop()
-                rc = self.proc.returncode
-                raise RuntimeError(f"{self.name} did not start (exit status {rc}):\n{tail}")
-            time.sleep(0.01)
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout_s)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Child:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
 def start_redis() -> Child:
     """``redis-server`` tuned for large values: no persistence, 16 MiB bulk strings."""
     port = free_port()
     args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     args += ["--appendonly", "no", "--proto-max-bulk-len", str(16 << 20), "--daemonize", "no"]
-    child = Child("redis", args, port)
-    child.wait_until(lambda: answers_ping(port), timeout_s=10.0)
+    child = Child("redis", args, port=port)
+    child.wait_until(lambda: answers_ping(port), timeout_s=10.0, what="answering PING")
     return child
 
 
@@ -121,8 +64,8 @@ def start_strata(block_bytes: int, capacity_bytes: int, chunk_bytes: int, **extr
     }
     args = [*KVSTORE, "serve", "--log-level", "WARNING"]
     args += [part for key, value in flags.items() for part in (f"--{key}", str(value))]
-    child = Child("strata", args, port)
-    child.wait_until(lambda: b"serving on" in child.log.read_bytes(), timeout_s=30.0)
+    child = Child("strata", args, port=port)
+    child.wait_for_line("serving on", timeout_s=30.0)
     return child
 
 
@@ -132,7 +75,7 @@ class SocketPeer:
     def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
         port = self._listener.getsockname()[1]
-        self.child = Child("socket-peer", [sys.executable, __file__, str(port)])
+        self.child = Child("socket-peer", [sys.executable, "-m", "bench.procs", str(port)])
         self._listener.settimeout(30.0)
         try:
             self._conn, _ = self._listener.accept()
@@ -218,25 +161,16 @@ def start_worker(role: str, flags: dict[str, object], cpus: set[int] | None = No
 
 
 def wait_worker(child: Child, cpus: set[int] | None = None) -> str:
-    """The worker's gRPC address once it is up. With ``cpus``, pins again the threads it
-    started meanwhile and checks that every one of them is pinned."""
-    child.wait_until(lambda: up_line(child) is not None, timeout_s=WORKER_START_S)
+    """The worker's gRPC address once it is up (from the JSON line it prints). With
+    ``cpus``, pins again the threads it started meanwhile and checks that every one of
+    them is pinned."""
+    info = json.loads(child.wait_for_line('{"role"', timeout_s=WORKER_START_S))
     if cpus is not None:
-        pin(child.proc.pid, cpus)
-        for tid in os.listdir(f"/proc/{child.proc.pid}/task"):
+        pin(child.pid, cpus)
+        for tid in os.listdir(f"/proc/{child.pid}/task"):
             if os.sched_getaffinity(int(tid)) != cpus:
                 raise RuntimeError(f"{child.name}: thread {tid} is not pinned to {cpus}")
-    return str((up_line(child) or {})["address"])
-
-
-def up_line(child: Child) -> dict[str, object] | None:
-    """The JSON line a ``kvengine`` worker prints once it is up (None: not yet)."""
-    for line in child.log.read_text(errors="replace").splitlines():
-        if line.startswith('{"role"'):
-            parsed = json.loads(line)
-            if isinstance(parsed, dict):
-                return parsed
-    return None
+    return str(info["address"])
 
 
 def pin(pid: int, cpus: set[int]) -> None:

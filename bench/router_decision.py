@@ -156,7 +156,7 @@ def decision_latency(config: DecisionConfig, seed: int) -> dict[str, float]:
         times_ns.append(t1 - t0)
         reused += decision.local_blocks + decision.pulled_blocks
         prompt_blocks += len(keys)
-        pulls += decision.replicate
+        pulls += decision.pulled_blocks > 0
     times_ns.sort()
     return {
         "decision_p50_us": _percentile(times_ns, 0.5) / 1e3,

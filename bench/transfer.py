@@ -21,6 +21,7 @@ a peer node uses (checksums verified on arrival), and is the median of several r
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import tempfile
 import time
@@ -197,26 +198,29 @@ async def measure_layerwise(config: TransferBenchConfig, results: dict[str, floa
         peer = await engine.connect(addresses)
         layers = [memoryview(bytes([i]) * config.layer_bytes) for i in range(config.layers)]
         compute_s = config.compute_ms_per_layer / 1000
+        transfer_ids = itertools.count(1)
 
         def writes(i: int) -> list[RangeWrite]:
             return [RangeWrite("probe", i * config.layer_bytes, layers[i])]
 
+        def submit(transfer_id: int, i: int) -> asyncio.Task[None]:
+            """Layer i's writes, started now (as the prefill worker's hand-off does)."""
+            return asyncio.create_task(peer.transport.write_ranges(transfer_id, i, writes(i)))
+
         async def transfer_alone() -> float:
-            batch = engine.batch(peer)
+            transfer_id = next(transfer_ids)
             start = time.perf_counter()
-            for i in range(config.layers):
-                batch.submit(i, writes(i))
-            await batch.wait()
+            await asyncio.gather(*(submit(transfer_id, i) for i in range(config.layers)))
             return time.perf_counter() - start
 
         async def with_compute(transfer: bool = True) -> float:
-            batch = engine.batch(peer)
+            transfer_id, layers_sent = next(transfer_ids), []
             start = time.perf_counter()
             for i in range(config.layers):
                 await asyncio.to_thread(time.sleep, compute_s)  # layer i's compute
                 if transfer:
-                    batch.submit(i, writes(i))  # overlaps layer i + 1's compute
-            await batch.wait()
+                    layers_sent.append(submit(transfer_id, i))  # overlaps layer i + 1's
+            await asyncio.gather(*layers_sent)
             return time.perf_counter() - start
 
         await transfer_alone()

@@ -97,7 +97,7 @@ STORE_INTERNALS = (
 
 
 def test_the_engine_reaches_the_store_only_through_its_client() -> None:
-    """Engines use the store client (and the transfer engine for KV hand-offs); only the
+    """Engines use the store client, the KV connector and the transfer engine; only the
     code that embeds a node in the engine's process may start one. The simulator
     (``engine/sim``) runs the store's own block index on simulated tiers, and nothing
     else of the store's internals."""
@@ -141,23 +141,16 @@ def test_routing_policies_are_pure() -> None:
         assert not bad, f"engine/router/{name}.py imports {bad}"
 
 
-def test_the_transfer_and_client_modules_import_one_way() -> None:
-    """No two modules of ``kvstore/transfer`` or ``kvstore/client`` import each other,
-    directly or around a loop, not even for type checking."""
-    names = {
-        ".".join(path.relative_to(ROOT).with_suffix("").parts): path
-        for package in ("kvstore/transfer", "kvstore/client")
-        for path in modules(package)
-        if path.name != "__init__.py"
-    }
-    graph = {name: imports_of(path) & names.keys() for name, path in names.items()}
-
-    def reaches(start: str, goal: str, seen: set[str]) -> bool:
-        for name in graph[start] - seen:
-            seen.add(name)
-            if name == goal or reaches(name, goal, seen):
-                return True
-        return False
-
-    loops = sorted(name for name in graph if reaches(name, name, set()))
-    assert not loops, f"modules on an import loop: {loops}"
+def test_workers_move_kv_only_through_the_connector() -> None:
+    """Loads, saves, pushes and their byte offsets belong to ``kvstore.connector``: the
+    workers and their cache never use the client's or the transfer engine's byte paths
+    (the transfer engine is only handed to the connector)."""
+    for package in ("engine/workers", "engine/kv"):
+        for path in modules(package):
+            bad = {
+                n
+                for n in imports_of(path)
+                if n.startswith(("kvstore.client", "kvstore.transfer"))
+                and n != "kvstore.transfer.engine"
+            }
+            assert not bad, f"{path.relative_to(ROOT)} imports {bad}"

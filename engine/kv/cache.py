@@ -130,10 +130,6 @@ class PagedKVCache:
         """The page's bytes as host memory (CPU caches only): a store block, zero-copy."""
         return _host_view(self.page_tensor(page))
 
-    def layer_memory(self, page: int, layer: int) -> memoryview:
-        """One layer of a page (K then V): the block's layer byte range."""
-        return _host_view(self.pages[page, layer].view(torch.uint8).reshape(-1))
-
     def landing_memory(self) -> memoryview:
         """Host memory that other processes write pages into (a transfer segment), laid
         out like ``pages``: the pages themselves on a CPU cache; on a device cache a

@@ -39,7 +39,7 @@ def local_decision(
     if costs is not None:
         ttft_s = prefill.queued_s + costs.prefill_s(computed, local * block_tokens)
         tbt_s = costs.tbt_s(decode.running + 1, decode.context_tokens + num_tokens)
-    return Decision(prefill.id, decode.id, ttft_s, tbt_s, local, 0, computed, replicate=False)
+    return Decision(prefill.id, decode.id, ttft_s, tbt_s, local, 0, computed)
 
 
 class RoundRobin:

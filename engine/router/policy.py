@@ -2,8 +2,8 @@
 
 For a prompt of ``n`` tokens in blocks of ``B``, at most ``R = (n - 1) // B`` blocks are
 reusable (the last token is always computed). Let ``local(p)`` be the leading blocks on
-prefill instance ``p``'s node and ``best`` the most on any node (the holder; ties: lower
-id), both capped at ``R``. Per healthy prefill instance ``p``::
+prefill instance ``p``'s node and ``best`` the most on any node, both capped at ``R``.
+Per healthy prefill instance ``p``::
 
     local option: TTFT = queued(p) + prefill(n - local*B, cached=local*B)
     pull option:  TTFT = transfer((best - local)*B) + queued(p) + prefill(n - best*B, best*B)
@@ -12,7 +12,9 @@ The pull option exists only when ``best > local`` and ``best >= balance_threshol
 max(local, 1)``: KV is not moved for a marginally longer prefix (with nothing local, the
 holder's prefix must be at least ``balance_threshold`` blocks). It is taken only when
 strictly cheaper than the local option. A pull replicates the hot prefix: the chosen
-instance's node keeps the pulled blocks (``replicate=True``, ``pull_from`` = holder).
+instance's node fetches the blocks from a peer that holds them (the store's peer fetch
+finds it) and keeps a copy. The decision says how many blocks come that way
+(``pulled_blocks``), not from where.
 
 The prefill instance with the least TTFT wins (ties: less queued work, then lower id).
 The decode instance is the healthy one with ``running < max_batch`` that minimises
@@ -64,7 +66,6 @@ class PrefillPlan(NamedTuple):
     work_s: float  # transfer + prefill: what does not drain with the queue
     local_blocks: int
     pulled_blocks: int
-    pull_from: str | None
     computed_tokens: int
 
     @property
@@ -125,16 +126,14 @@ class CacheAware:
             local_blocks=plan.local_blocks,
             pulled_blocks=plan.pulled_blocks,
             computed_tokens=plan.computed_tokens,
-            replicate=plan.pulled_blocks > 0,
-            pull_from=plan.pull_from,
         )
 
     def plan_prefills(
         self, request: RequestView, prefills: Sequence[PrefillView]
     ) -> list[PrefillPlan]:
         """The cheaper option (local or pull) of every healthy prefill instance."""
-        holder, best = _holder(request)
-        return [self._plan(request, p, holder, best) for p in prefills if p.healthy]
+        best = _best_blocks(request)
+        return [self._plan(request, p, best) for p in prefills if p.healthy]
 
     def may_pull(self, local_blocks: int, best_blocks: int) -> bool:
         """The balancing threshold: is ``best_blocks`` long enough to be worth moving?"""
@@ -154,15 +153,13 @@ class CacheAware:
             return None
         return min(candidates, key=lambda d: (self._tbt_s(request, d), d.running, d.id))
 
-    def _plan(
-        self, request: RequestView, prefill: PrefillView, holder: str | None, best: int
-    ) -> PrefillPlan:
+    def _plan(self, request: RequestView, prefill: PrefillView, best: int) -> PrefillPlan:
         block_tokens, num_tokens = request.block_tokens, request.num_tokens
         local = request.cached_blocks(prefill.id)
         computed = num_tokens - local * block_tokens
         local_s = self.costs.prefill_s(computed, local * block_tokens)
-        plan = PrefillPlan(prefill.id, prefill.queued_s, local_s, local, 0, None, computed)
-        if holder is None or not self.may_pull(local, best):
+        plan = PrefillPlan(prefill.id, prefill.queued_s, local_s, local, 0, computed)
+        if not self.may_pull(local, best):
             return plan
         pulled = best - local
         computed = num_tokens - best * block_tokens
@@ -171,7 +168,7 @@ class CacheAware:
         )
         if pull_s >= local_s:
             return plan
-        return PrefillPlan(prefill.id, prefill.queued_s, pull_s, local, pulled, holder, computed)
+        return PrefillPlan(prefill.id, prefill.queued_s, pull_s, local, pulled, computed)
 
     def _tbt_s(self, request: RequestView, decode: DecodeView) -> float:
         return self.costs.tbt_s(decode.running + 1, decode.context_tokens + request.num_tokens)
@@ -192,15 +189,9 @@ class CacheAware:
         return Rejection(reason, max(MIN_RETRY_AFTER_S, min(waits)))
 
 
-def _holder(request: RequestView) -> tuple[str | None, int]:
-    """The instance whose node holds the most reusable leading blocks (ties: lower id),
-    and how many; (None, 0) when no node holds any."""
-    holder, best = None, 0
-    for instance in sorted(request.prefix_blocks):
-        blocks = request.cached_blocks(instance)
-        if blocks > best:
-            holder, best = instance, blocks
-    return holder, best
+def _best_blocks(request: RequestView) -> int:
+    """The most reusable leading blocks any node holds (0 when none holds any)."""
+    return max((request.cached_blocks(i) for i in request.prefix_blocks), default=0)
 
 
 def make_policy(

@@ -21,9 +21,6 @@ evicted, a chain loses its tail first (a prefix key is useless without its ances
 The approximation: recency is per key for every instance together (evicting a key drops
 it for all instances), and ``longest`` does not touch (only routing a prompt does).
 
-``remove_instance`` sweeps every entry (O(indexed blocks), 0.1-0.5 s per million): it
-runs when an instance leaves, not per request. Its bit is then free for a new instance.
-
 Memory: about 160 bytes per indexed block with 16 instances (measured by
 ``bench/router.py``): the 16-byte key object (49), its mask int (28-32) and the ordered
 map's entry and link (~80). The OrderedDict is one container tracked by Python's cyclic
@@ -50,15 +47,9 @@ class PrefixIndex:
         self._masks: OrderedDict[BlockKey, int] = OrderedDict()
         self._bits: dict[str, int] = {}  # instance -> its bit's index
         self._names: dict[int, str] = {}  # bit index -> instance
-        self._free_bits: list[int] = []
-        self.num_evicted = 0
 
     def __len__(self) -> int:
         return len(self._masks)
-
-    @property
-    def instances(self) -> list[str]:
-        return sorted(self._bits)
 
     def add(self, instance: str, keys: Sequence[BlockKey]) -> None:
         """Record that ``instance``'s node holds ``keys`` (a prompt's keys, first block
@@ -75,31 +66,11 @@ class PrefixIndex:
         excess = len(masks) - self.max_blocks
         for _ in range(max(0, excess)):
             masks.popitem(last=False)
-        self.num_evicted += max(0, excess)
 
     def forget(self, keys: Iterable[BlockKey]) -> None:
         """Drop ``keys`` for every instance (absent keys are ignored)."""
         for key in keys:
             self._masks.pop(key, None)
-
-    def remove_instance(self, instance: str) -> None:
-        """Drop everything ``instance`` holds (O(indexed blocks)); unknown is a no-op."""
-        index = self._bits.pop(instance, None)
-        if index is None:
-            return
-        del self._names[index]
-        bit = 1 << index
-        masks = self._masks
-        emptied = []
-        for key, mask in masks.items():
-            if mask & bit:
-                if mask ^ bit:
-                    masks[key] = mask ^ bit  # a value update keeps the key's place
-                else:
-                    emptied.append(key)
-        for key in emptied:
-            del masks[key]
-        self._free_bits.append(index)
 
     def longest(self, keys: Sequence[BlockKey]) -> dict[str, int]:
         """For every instance holding ``keys[0]``, how many leading ``keys`` it holds
@@ -132,7 +103,7 @@ class PrefixIndex:
     def _bit_of(self, instance: str) -> int:
         index = self._bits.get(instance)
         if index is None:
-            index = self._free_bits.pop() if self._free_bits else len(self._bits)
+            index = len(self._bits)
             self._bits[instance] = index
             self._names[index] = instance
         return index

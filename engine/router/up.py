@@ -24,23 +24,21 @@ import json
 import logging
 import os
 import secrets
-import select
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from signal import SIGINT, SIGTERM
-from typing import IO
+from typing import NamedTuple
 
 import uvicorn
 from rich.console import Console
 
 from engine.config import EngineConfig
+from engine.launch import Child
 from engine.model.loader import TINY_MODEL_PATH, load_tokenizer
 from engine.router.api import create_app
 from engine.router.service import RouterService, open_router, served_model_name
@@ -48,81 +46,37 @@ from engine.router.supervisor import Process, Supervisor
 from kvstore.config import DEFAULT_PAGE_BYTES
 from kvstore.errors import ConfigError
 
-GRACE_S = 10.0
 
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """How to start one of the stack's children: it is up once it prints ``ready``."""
 
-class Child:
-    """A child process that says it is up on one of its output lines."""
+    name: str
+    args: tuple[str, ...]
+    ready: str
+    timeout_s: float
 
-    def __init__(
-        self,
-        name: str,
-        args: Sequence[str],
-        ready: str,
-        timeout_s: float,
-        cancel: threading.Event | None = None,
-    ) -> None:
-        self.name, self.args, self.ready, self.timeout_s = name, list(args), ready, timeout_s
-        setpriv = shutil.which("setpriv")
-        prefix = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [*prefix, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        self.output: list[str] = []
-        self.line = self._wait(ready, timeout_s, cancel or threading.Event())
-        self._drain = threading.Thread(target=self._forward, name=f"{name} output", daemon=True)
-        self._drain.start()
+    def start(self, cancel: threading.Event | None = None) -> Started:
+        """Start it and wait until it is up; its later output goes on to stderr.
 
-    def _forward(self) -> None:
-        """Pass the child's later output on (it would block on a full pipe otherwise)."""
-        out = self.proc.stdout
-        assert out is not None
-        for line in out:
-            sys.stderr.write(f"[{self.name}] {line}")
-
-    def poll(self) -> int | None:
-        return self.proc.poll()
+        Raises:
+            RuntimeError: it did not come up (the child is stopped; its last words say why).
+        """
+        child = Child(self.name, self.args)
+        line = child.wait_for_line(self.ready, self.timeout_s, cancel)
+        child.pass_on(lambda text: sys.stderr.write(f"[{self.name}] {text}"))
+        return Started(self, child, line)
 
     def restarter(self, sticky: Sequence[str]) -> Callable[[threading.Event], Child]:
         """How to start this child again: same arguments, then ``sticky`` (its ports)."""
-        args = [*self.args, *sticky]
-        return lambda cancel: Child(self.name, args, self.ready, self.timeout_s, cancel)
+        again = dataclasses.replace(self, args=(*self.args, *sticky))
+        return lambda cancel: again.start(cancel).child
 
-    def _wait(self, ready: str, timeout_s: float, cancel: threading.Event) -> str:
-        out: IO[str] | None = self.proc.stdout
-        assert out is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.proc.poll() is None and not cancel.is_set():
-            if select.select([out], [], [], 0.1)[0]:
-                line = out.readline()
-                self.output.append(line)
-                if ready in line:
-                    return line
-        exited = self.proc.poll() is not None
-        self.stop()
-        if exited:  # what it wrote before exiting is still in the pipe
-            self.output.extend(out.readlines())
-        raise RuntimeError(self._failure(exited, timeout_s))
 
-    def _failure(self, exited: bool, timeout_s: float) -> str:
-        """One line naming the cause (the child's last words: its error), then its output."""
-        lines = [line.rstrip() for line in self.output if line.strip()]
-        if exited:
-            reason = lines[-1] if lines else f"exited with status {self.proc.returncode}"
-        else:
-            reason = f"no ready line within {timeout_s:.0f} s"
-        tail = "\n".join(lines[-30:-1] if exited else lines[-30:])
-        return f"{self.name} did not start: {reason}" + (f"\n{tail}" if tail else "")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=GRACE_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+class Started(NamedTuple):
+    recipe: Recipe
+    child: Child
+    line: str  # the line that said it is up
 
 
 def run_up(
@@ -150,18 +104,18 @@ def run_up(
     try:
         store_flags = _store_flags(config, store_port)
         console.print("[dim]starting the store node ...[/dim]")
-        store = Child(
+        store = Recipe(
             "store node",
-            [python, "-m", "kvstore.cli", "serve", "--log-level=WARNING", *common, *store_flags],
+            (python, "-m", "kvstore.cli", "serve", "--log-level=WARNING", *common, *store_flags),
             "serving on",
             60,
-        )
-        children.append(store)
-        store_address = store.line.split("serving on ")[1].split()[0].rstrip(",")
+        ).start()
+        children.append(store.child)
+        store_address = _store_address(store.line)
         console.print("[dim]starting the prefill and decode workers ...[/dim]")
-        prefill = Child(
+        prefill = Recipe(
             "prefill worker",
-            [
+            (
                 python,
                 "-m",
                 "engine.cli",
@@ -171,15 +125,15 @@ def run_up(
                 *engine_flags,
                 f"--engine.store={store_address}",
                 f"--prefill.port={config.prefill.port}",
-            ],
+            ),
             '{"role"',
             120,
-        )
-        children.append(prefill)
+        ).start()
+        children.append(prefill.child)
         prefill_address = json.loads(prefill.line)["address"]
-        decode = Child(
+        decode = Recipe(
             "decode worker",
-            [
+            (
                 python,
                 "-m",
                 "engine.cli",
@@ -191,11 +145,11 @@ def run_up(
                 f"--decode.prefill={prefill_address}",
                 f"--decode.port={config.decode.port}",
                 f"--decode.data_port={config.decode.data_port}",
-            ],
+            ),
             '{"role"',
             120,
-        )
-        children.append(decode)
+        ).start()
+        children.append(decode.child)
         decode_address = json.loads(decode.line)["address"]
         _watch(supervisor, store, prefill, decode)
         router_config = dataclasses.replace(
@@ -334,19 +288,23 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def _watch(supervisor: Supervisor, store: Child, prefill: Child, decode: Child) -> None:
+def _watch(supervisor: Supervisor, store: Started, prefill: Started, decode: Started) -> None:
     """Restart each child on the ports its first instance got."""
-    store_address = store.line.split("serving on ")[1].split()[0].rstrip(",")
     prefill_info, decode_info = json.loads(prefill.line), json.loads(decode.line)
     sticky = {
-        store: [f"--server.port={_port(store_address)}"],
+        store: [f"--server.port={_port(_store_address(store.line))}"],
         prefill: [f"--prefill.port={_port(prefill_info['address'])}"],
         decode: [f"--decode.port={_port(decode_info['address'])}"]
         + [f"--decode.data_port={_port(a)}" for a in decode_info["data_plane"][:1]],
     }
-    for child, flags in sticky.items():
-        supervisor.watch(child.name, child, child.restarter(flags))
+    for started, flags in sticky.items():
+        supervisor.watch(started.recipe.name, started.child, started.recipe.restarter(flags))
     supervisor.begin()
+
+
+def _store_address(line: str) -> str:
+    """The address in the store node's "serving on <address>, ..." line."""
+    return line.split("serving on ")[1].split(maxsplit=1)[0].rstrip(",")
 
 
 def _port(address: str) -> str:

@@ -86,11 +86,9 @@ class Decision:
         predicted_ttft_s: Transfer + queue + prefill (0 when the policy has no cost model).
         predicted_tbt_s: The chosen decode instance's step time with this request added.
         local_blocks: Leading blocks the prefill instance's own node holds and reuses.
-        pulled_blocks: Blocks after those pulled from ``pull_from``'s node.
+        pulled_blocks: Blocks after those that the prefill instance's node fetches from a
+            peer holding them (and keeps: a replica of a hot prefix).
         computed_tokens: Prompt tokens the prefill computes.
-        replicate: The prefill pulls a hot prefix from another instance's node (which
-            leaves a replica on its own) instead of recomputing it.
-        pull_from: The instance whose node the pulled blocks come from (None: no pull).
     """
 
     prefill: str
@@ -100,8 +98,6 @@ class Decision:
     local_blocks: int
     pulled_blocks: int
     computed_tokens: int
-    replicate: bool
-    pull_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,7 +119,6 @@ class RemotePrefill:
         return PrefillResult(
             first_token=response.first_token,
             pages=pages,
-            num_prompt_tokens=len(request.prompt_token_ids),
             cached_local_tokens=response.cached_local_tokens,
             cached_store_tokens=response.cached_store_tokens,
             cached_remote_tokens=response.cached_remote_tokens,

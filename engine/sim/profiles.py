@@ -60,12 +60,6 @@ class Profile:
             transfer_per_token_s=self.kv_bytes_per_token / link_bytes_per_s,
         )
 
-    def break_even_bytes_per_s(self, tokens: int = 4096) -> float:
-        """The load bandwidth at which loading ``tokens`` tokens' KV costs as much as
-        recomputing them (above it, a hit saves time)."""
-        seconds = self.costs.prefill_s(tokens, 0) - self.costs.prefill_base_s
-        return tokens * self.kv_bytes_per_token / seconds
-
 
 def profile_names() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))

@@ -396,7 +396,6 @@ class PrefillWorker:
             PrefillResult(
                 first_token=first_token,
                 pages=pages,
-                num_prompt_tokens=len(job.tokens),
                 cached_local_tokens=prompt.local_blocks * block,
                 cached_store_tokens=prompt.store_blocks * block,
                 cached_remote_tokens=kv.remote_hits * block,

@@ -48,7 +48,6 @@ class KVTarget:
 class PrefillResult:
     first_token: int
     pages: list[int]  # the request's pages, now the caller's ([] when sent to a target)
-    num_prompt_tokens: int
     cached_local_tokens: int  # reused from this worker's own cache
     cached_store_tokens: int  # loaded from the store
     computed_tokens: int

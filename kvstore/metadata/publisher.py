@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
 from kvstore.metadata.base import IndexChange, MetadataService, MetadataUnavailable, NodeInfo
@@ -56,7 +55,6 @@ class IndexPublisher:
         self._tasks: list[asyncio.Task[None]] = []
         self.degraded = False
         self._needs_full_publish = True
-        self.last_heartbeat_s = 0.0
 
     async def start(self) -> None:
         """Register (or come up degraded), publish the whole index, start the loops."""
@@ -126,7 +124,6 @@ class IndexPublisher:
         except MetadataUnavailable as exc:
             self._enter_degraded(exc)
             return
-        self.last_heartbeat_s = time.time()
         if self.degraded:
             logger.warning("metadata service reachable again; node no longer degraded")
             self.degraded = False

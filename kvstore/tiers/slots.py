@@ -148,9 +148,6 @@ class SlabAllocator:
             self._empty.add(page)
             size_class.num_empty_pages += 1
 
-    def is_used(self, slot: SlotId) -> bool:
-        return slot in self._owners
-
     def size_of(self, slot: SlotId) -> int:
         """The size of the slot at ``slot`` (its page must be carved)."""
         size_class = self._page_class[slot // self.page_bytes]

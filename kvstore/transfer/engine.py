@@ -7,19 +7,16 @@
                                                            -> shm
     anything else                                          -> tcp over all its addresses
 
-Batches are asynchronous: ``read_blocks`` / ``read_ranges`` / ``write_ranges`` return
-when every byte has landed and been verified. ``LayerBatch`` is the layer-wise form: a
-producer submits layer i as soon as it is computed and goes on computing layer i + 1;
-each layer's transfer starts at once and can be awaited alone; a consumer waits for
-layer i with ``DataPlaneServer.wait_layer``.
+Batches are asynchronous: a peer's ``transport.read_blocks`` / ``read_ranges`` /
+``write_ranges`` return when every byte has landed and been verified. Layer-wise
+transfer is one ``write_ranges`` task per layer, started as soon as that layer is
+computed (the prefill worker's hand-off), so layer i travels while layer i + 1 computes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
 import ssl
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +27,7 @@ from kvstore.transfer.local import LocalTransport
 from kvstore.transfer.segments import SegmentRegistry, SharedMappings
 from kvstore.transfer.shm import ShmTransport
 from kvstore.transfer.tcp import TcpTransport
-from kvstore.transfer.transports import RangeWrite, Transport, TransportKind
+from kvstore.transfer.transports import Transport, TransportKind
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +73,6 @@ class TransferEngine:
         self._mappings = SharedMappings()
         self._peers: dict[tuple[str, ...], Peer] = {}
         self._connecting: dict[tuple[str, ...], asyncio.Future[Peer]] = {}
-        self._transfer_ids = itertools.count(int.from_bytes(os.urandom(4), "little") << 20)
         self.local_arrived: Callable[[int, int], None] | None = None  # set by a local node
 
     async def connect(self, addresses: Sequence[str]) -> Peer:
@@ -106,12 +102,6 @@ class TransferEngine:
         """Drop a peer (it died or restarted); the next ``connect`` greets it afresh."""
         self._peers.pop(tuple(peer.addresses), None)
         await peer.transport.close()
-
-    def new_transfer_id(self) -> int:
-        return next(self._transfer_ids)
-
-    def batch(self, peer: Peer, transfer_id: int | None = None) -> LayerBatch:
-        return LayerBatch(peer, self.new_transfer_id() if transfer_id is None else transfer_id)
 
     def num_open_connections(self) -> int:
         return sum(
@@ -156,37 +146,6 @@ class TransferEngine:
                 transport = ShmTransport(tcp, mappable, self._mappings)
         logger.info("peer %s at %s: %s", hello.node_id, ",".join(addresses), transport.kind.value)
         return Peer(hello, transport, addresses)
-
-
-class LayerBatch:
-    """Layer-wise writes to one peer: submit each layer when ready, await any layer."""
-
-    def __init__(self, peer: Peer, transfer_id: int) -> None:
-        self.peer = peer
-        self.transfer_id = transfer_id
-        self._layers: dict[int, asyncio.Task[None]] = {}
-
-    def submit(self, layer: int, writes: Sequence[RangeWrite]) -> asyncio.Task[None]:
-        """Start layer ``layer``'s writes now; returns its task (await it for that layer)."""
-        if layer in self._layers:
-            raise ValueError(f"layer {layer} submitted twice")
-        task = asyncio.create_task(
-            self.peer.transport.write_ranges(self.transfer_id, layer, writes)
-        )
-        self._layers[layer] = task
-        return task
-
-    async def layer(self, layer: int) -> None:
-        await self._layers[layer]
-
-    async def wait(self) -> None:
-        """Every submitted layer; the first failure is raised, the rest are cancelled."""
-        try:
-            await asyncio.gather(*self._layers.values())
-        except BaseException:
-            for task in self._layers.values():
-                task.cancel()
-            raise
 
 
 def _same_file(shared: SharedSegmentInfo) -> bool:

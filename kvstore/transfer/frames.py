@@ -323,16 +323,6 @@ def unpack_u64(raw: memoryview, pos: int = 0) -> int:
     return value
 
 
-def pack_f64(value: float) -> bytes:
-    return struct.pack("<d", value)
-
-
-@_decoder
-def unpack_f64(raw: memoryview, pos: int) -> float:
-    value: float = struct.unpack_from("<d", raw, pos)[0]
-    return value
-
-
 _PUT_RESULT = struct.Struct("<III")
 
 

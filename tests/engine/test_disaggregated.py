@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 import pytest
 
-from bench.procs import free_port
 from engine import LLM, SamplingParams
+from engine.launch import free_port
 from engine.service.client import DecodeClient
 from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
 from tests.device import DEVICE, DTYPE

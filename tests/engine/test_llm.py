@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from bench.procs import free_port
 from engine import LLM, InvalidRequest, InvalidSampling, SamplingParams
+from engine.launch import free_port
 from engine.model.loader import load_model
 from tests.device import DEVICE, DTYPE
 from tests.engine.checkpoints import LLAMA, greedy, write_checkpoint

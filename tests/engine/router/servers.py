@@ -8,8 +8,8 @@ import time
 import httpx
 import uvicorn
 
-from bench.procs import free_port
 from engine.config import load_engine_config
+from engine.launch import free_port
 from engine.router.api import create_app
 from engine.router.service import open_router
 

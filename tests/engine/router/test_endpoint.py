@@ -34,8 +34,8 @@ def up() -> Iterator[UpProcess]:
         yield stack
     finally:
         code = stack.stop()
-        assert code == 0, stack.lines()
-        assert "stopped" in stack.lines()
+        assert code == 0, stack.output()
+        assert "stopped" in stack.output()
 
 
 @pytest.fixture
@@ -86,8 +86,8 @@ def test_a_repeated_prefix_is_reported_as_cached(client: openai.OpenAI, up: UpPr
     assert first.usage is not None and second.usage is not None
     details = second.usage.prompt_tokens_details
     assert details is not None and (details.cached_tokens or 0) >= 192  # the system prompt
-    match = re.search(r"export STRATA_ADDRESS=(\S+)", up.lines())  # as up prints it
-    assert match is not None, up.lines()
+    match = re.search(r"export STRATA_ADDRESS=(\S+)", up.output())  # as up prints it
+    assert match is not None, up.output()
     stats = subprocess.run(
         [sys.executable, "-m", "kvstore", "admin", "stats", "--json"],
         capture_output=True, text=True, check=True, cwd=ROOT,
@@ -148,7 +148,7 @@ def test_kv_planted_under_computable_keys_is_never_reused(
     the prompt reuses none of it."""
     tokens = list(range(40, 104))  # 64 byte-level tokens: 3 reusable blocks of 16
     spec = BlockSpec(4, 2, 32, KVDtype.FLOAT32, 16)  # the tiny model's pages
-    match = re.search(r"store node (\S+) ·", up.lines())
+    match = re.search(r"store node (\S+) ·", up.output())
     assert match is not None
 
     async def plant(remove: bool) -> None:
@@ -187,7 +187,7 @@ def test_lookup_and_pin_speak_the_models_chat_template(
     assert tokenized["count"] == reply.usage.prompt_tokens  # what the chat request saw
     file = tmp_path / "messages.json"
     file.write_text(json.dumps({"model": MODEL, "messages": messages}))
-    address = re.search(r"export STRATA_ADDRESS=(\S+)", up.lines())
+    address = re.search(r"export STRATA_ADDRESS=(\S+)", up.output())
     assert address is not None
     env = {**os.environ, "STRATA_ADDRESS": address[1], "STRATA_ROUTER": up.url}
 
@@ -346,9 +346,9 @@ def test_each_request_gets_an_access_line_and_traffic_a_throughput_line(
     list(client.completions.create(model=MODEL, prompt="Stream me", max_tokens=3, stream=True))
     httpx.post(f"{up.url}/v1/chat/completions", json={"model": "nope", "messages": HI}, timeout=30)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and "throughput:" not in up.lines():
+    while time.monotonic() < deadline and "throughput:" not in up.output():
         time.sleep(0.2)
-    lines = up.lines()
+    lines = up.output()
     assert re.search(
         r'"POST /v1/chat/completions" 200 prompt=\d+ cached=\d+ generated=3 ttft=\d+ ms', lines
     ), lines

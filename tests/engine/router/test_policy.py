@@ -80,7 +80,7 @@ def test_long_prefix_on_a_busy_instance_vs_short_prefix_on_an_idle_one(
     d = decide(cache_aware(threshold=NO_PULL), request(a=60, b=10), prefills)
     assert d.prefill == winner
     want_local = {"a": 60, "b": 10}[winner]
-    assert (d.local_blocks, d.pulled_blocks, d.replicate) == (want_local, 0, False)
+    assert (d.local_blocks, d.pulled_blocks) == (want_local, 0)
     assert d.computed_tokens == N - want_local * B
     assert d.predicted_ttft_s == pytest.approx(min(busy_queue_s + 0.064, 0.864))
 
@@ -106,15 +106,13 @@ def test_pulls_the_prefix_when_transfer_is_cheaper_than_recompute() -> None:
         local_blocks=0,
         pulled_blocks=60,
         computed_tokens=64,
-        replicate=True,
-        pull_from="a",
     )
 
 
 def test_recomputes_when_transfer_is_dearer() -> None:
     prefills = [PrefillView("a", 5.0), PrefillView("b", 0.0)]
     d = decide(cache_aware(DEAR_TRANSFER), request(a=60), prefills)
-    assert (d.prefill, d.pulled_blocks, d.replicate, d.pull_from) == ("b", 0, False, None)
+    assert (d.prefill, d.pulled_blocks) == ("b", 0)
     assert d.computed_tokens == N
     assert d.predicted_ttft_s == pytest.approx(1.024)
 
@@ -128,7 +126,6 @@ def test_the_balancing_threshold_stops_a_pull_for_a_marginally_longer_prefix(
     prefills = [PrefillView("a", 10.0), PrefillView("b", 0.0)]
     d = decide(cache_aware(threshold=threshold), request(a=40, b=36), prefills)
     assert (d.prefill, d.local_blocks, d.pulled_blocks) == ("b", 36, pulled)
-    assert d.replicate is (pulled > 0)
     want = 0.448 if not pulled else 4 * B * 1e-4 + 0.384
     assert d.predicted_ttft_s == pytest.approx(want)
 
@@ -144,16 +141,16 @@ def test_a_hot_prefix_whose_holder_is_overloaded_is_replicated_to_an_idle_instan
     prefills = [PrefillView("hot", 3.0), PrefillView("c", 0.0), PrefillView("b", 0.0)]
     d = decide(cache_aware(threshold=1.25), hot, prefills)
     # b and c tie on TTFT and queue: the lower id wins.
-    assert (d.prefill, d.pull_from, d.pulled_blocks, d.replicate) == ("b", "hot", 63, True)
+    assert (d.prefill, d.local_blocks, d.pulled_blocks) == ("b", 0, 63)
     calm = [PrefillView("hot", 0.01), *prefills[1:]]
     d = decide(cache_aware(threshold=1.25), hot, calm)
-    assert (d.prefill, d.local_blocks, d.replicate) == ("hot", 63, False)
+    assert (d.prefill, d.local_blocks, d.pulled_blocks) == ("hot", 63, 0)
 
 
 def test_an_unhealthy_holder_still_serves_its_prefix() -> None:
     prefills = [PrefillView("a", 0.0, healthy=False), PrefillView("b", 0.0)]
     d = decide(cache_aware(), request(a=60), prefills)
-    assert (d.prefill, d.pull_from, d.pulled_blocks) == ("b", "a", 60)
+    assert (d.prefill, d.local_blocks, d.pulled_blocks) == ("b", 0, 60)
 
 
 def test_ties_go_to_the_shorter_queue_then_the_lower_id() -> None:
@@ -295,7 +292,7 @@ def test_baselines_reuse_local_blocks_and_predict_with_a_cost_model() -> None:
     req = request(c=10)
     d = LeastLoaded(COSTS).choose(req, PREFILLS, TWO_DECODES, 0.0)
     assert isinstance(d, Decision)
-    assert (d.local_blocks, d.pulled_blocks, d.computed_tokens, d.replicate) == (10, 0, 864, False)
+    assert (d.local_blocks, d.pulled_blocks, d.computed_tokens) == (10, 0, 864)
     assert d.predicted_ttft_s == pytest.approx(2.0 + 0.864)
     assert d.predicted_tbt_s == pytest.approx(0.01 + 2e-3 + N * 1e-6)
     bare = LeastLoaded().choose(req, PREFILLS, TWO_DECODES, 0.0)

@@ -17,7 +17,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.procs import free_port
+from engine.launch import free_port
 from engine.router.costs import CostModel
 from engine.router.metrics import RouterMetrics
 from kvstore._proto.strata.v1 import admin_pb2

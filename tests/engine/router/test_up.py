@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from bench.procs import free_port
+from engine.launch import free_port
 from tests.processes import ROOT
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "COLUMNS": "300"}

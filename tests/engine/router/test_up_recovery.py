@@ -23,7 +23,7 @@ def up() -> Iterator[UpProcess]:
     try:
         yield stack
     finally:
-        assert stack.stop() == 0, stack.lines()
+        assert stack.stop() == 0, stack.output()
 
 
 def child_pid(parent: int, role: str) -> int:
@@ -61,6 +61,6 @@ def test_a_killed_prefill_worker_gets_503_then_comes_back(up: UpProcess) -> None
     assert 429 not in statuses, statuses
     assert child_pid(up.proc.pid, "prefill") != old
     time.sleep(0.3)
-    log = up.lines()
+    log = up.output()
     assert "prefill worker exited with code -9" in log and "prefill worker restarted" in log
     assert "no healthy prefill worker" in log
