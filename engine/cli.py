@@ -33,12 +33,13 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.config import add_engine_flags, engine_config_from_args, load_engine_config
+from engine.errors import EngineError
 from engine.model.tiny import MODEL_ID as TINY_MODEL_ID
-from engine.sampling import InvalidSampling, SamplingParams
+from engine.sampling import SamplingParams
 from engine.sim.command import add_parser as add_simulate_parser
 from engine.tokenizer import ByteTokenizer
 from engine.workers.requests import InvalidRequest
-from kvstore.errors import ConfigError, KVStoreError
+from kvstore.errors import KVStoreError
 from kvstore.hashing import Namespace, prefix_keys
 from kvstore.layout import BlockSpec, KVDtype
 
@@ -126,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_simulate(args)
         return _serve(args)
-    except (KVStoreError, InvalidRequest, InvalidSampling, ConfigError) as exc:
+    except (KVStoreError, EngineError) as exc:  # ConfigError is a KVStoreError
         print(f"kvengine: {exc}", file=sys.stderr)
         return 2
 

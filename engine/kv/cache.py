@@ -23,10 +23,11 @@ from collections.abc import Sequence
 
 import torch
 
+from engine.errors import EngineError
 from kvstore.layout import BlockSpec, KVDtype
 
 
-class CacheFull(RuntimeError):
+class CacheFull(EngineError):
     """No free page is left for a sequence's tokens."""
 
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from engine.errors import EngineError
 from engine.model.config import Architecture, ModelConfig
 from engine.model.rope import UnsupportedRope, inverse_frequencies
-from kvstore.errors import KVStoreError
 
 ARCHITECTURES = {
     "LlamaForCausalLM": Architecture.LLAMA,
@@ -34,7 +34,7 @@ _MODEL_TYPES = {arch.value: arch for arch in Architecture}
 _DTYPES = ("float32", "float16", "bfloat16")
 
 
-class ModelLoadError(KVStoreError, ValueError):
+class ModelLoadError(EngineError, ValueError):
     """A checkpoint cannot be loaded: a missing file or tensor, or an unsupported feature."""
 
 

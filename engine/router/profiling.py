@@ -31,6 +31,7 @@ import time
 
 import grpc
 
+from engine.errors import EngineError
 from engine.router.costs import CostModel
 from engine.router.workers import Worker, WorkerPool
 from engine.sampling import SamplingParams
@@ -43,7 +44,7 @@ ASSUMED_LINK_BPS = 1e9
 MIN_PROFILE_TOKENS = 64
 
 
-class ProfilingError(RuntimeError):
+class ProfilingError(EngineError, RuntimeError):
     """Profiling could not run; the message says which setting to change."""
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from engine.errors import EngineError
 from engine.router.costs import CostModel
 from engine.router.global_view import GlobalView
 from engine.router.metrics import RouterMetrics
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 DECODE_FULL_RETRY_S = 1.0  # a decode worker had no KV room: a sequence must finish first
 
 
-class Overloaded(Exception):
+class Overloaded(EngineError):
     """No placement meets the SLOs: retry after ``retry_after_s``."""
 
     def __init__(self, reason: str, retry_after_s: float) -> None:
@@ -53,7 +54,7 @@ class Overloaded(Exception):
         self.retry_after_s = retry_after_s
 
 
-class WorkerFailed(Exception):
+class WorkerFailed(EngineError):
     """The workers could not run the request (the message says which and why)."""
 
 
@@ -61,7 +62,7 @@ class NoHealthyWorker(WorkerFailed):
     """No healthy worker of a role (prefill or decode) is left to run the request."""
 
 
-class BadRequest(Exception):
+class BadRequest(EngineError):
     """A worker refused the request as invalid (the message says why)."""
 
 
@@ -275,7 +276,7 @@ class Router:
         }
 
 
-class _NotStarted(Exception):
+class _NotStarted(EngineError):
     def __init__(self, worker: Worker, message: str) -> None:
         super().__init__(message)
         self.worker = worker

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
+from engine.errors import EngineError
 from engine.kv.cache import CacheFull, PagedKVCache
 from engine.service.codec import params_to_pb, target_to_pb
 from engine.workers.requests import GenerationRequest, InvalidRequest, KVTarget, PrefillResult
@@ -28,11 +29,11 @@ from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
 from kvstore.hashing import Namespace
 
 
-class PrefillUnavailable(RuntimeError):
+class PrefillUnavailable(EngineError):
     """No prefill worker could prefill the request."""
 
 
-class NoRoom(RuntimeError):
+class NoRoom(EngineError):
     """The decode worker's KV cache had no room for the request in time: retry later."""
 
 
