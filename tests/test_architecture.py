@@ -138,3 +138,12 @@ def test_routing_policies_are_pure() -> None:
             or n.startswith(("kvstore.client", "kvstore.transfer", "engine.service"))
         }
         assert not bad, f"engine/router/{name}.py imports {bad}"
+
+
+def test_bearer_metadata_is_built_in_one_place() -> None:
+    """Every gRPC client presents its token through ``kvstore.access.bearer_metadata``."""
+    for package in ("kvstore", "engine", "bench"):
+        for path in modules(package):
+            if path == ROOT / "kvstore" / "access.py" or "_proto" in path.parts:
+                continue
+            assert '("authorization", f"Bearer' not in path.read_text(), path

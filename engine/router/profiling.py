@@ -37,6 +37,7 @@ from engine.router.workers import Worker, WorkerPool
 from engine.sampling import SamplingParams
 from engine.service.codec import params_to_pb
 from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
+from kvstore.access import bearer_metadata
 
 ASSUMED_LINK_BPS = 1e9
 
@@ -96,7 +97,7 @@ async def _profile(
     token: str,
     seed: int,
 ) -> CostModel:
-    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    metadata = bearer_metadata(token)
     rng = random.Random(seed)
     decode = next(iter(pool.decode.values()))
     prefills = list(pool.prefill.values())

@@ -39,6 +39,7 @@ from engine.router.workers import Worker, WorkerPool
 from engine.sampling import SamplingParams
 from engine.service.codec import params_to_pb
 from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
+from kvstore.access import bearer_metadata
 from kvstore.hashing import prefix_keys
 from kvstore.types import BlockKey, NamespaceId
 
@@ -109,7 +110,7 @@ class Router:
         self.block_tokens = block_tokens
         self.metrics = metrics or RouterMetrics()
         self.counts: Counter[str] = Counter()
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = bearer_metadata(token)
         self._missing: str | None = None  # the role with no healthy worker, once logged
 
     async def place(

@@ -23,6 +23,7 @@ import grpc
 
 from engine.router.views import DecodeView, PrefillView
 from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
+from kvstore.access import bearer_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class WorkerPool:
     ) -> None:
         if not prefill or not decode:
             raise ValueError("a router needs at least one prefill and one decode worker")
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = bearer_metadata(token)
         self._interval_s = health_interval_s
         self.prefill = {a: Worker(a, "prefill", grpc.aio.insecure_channel(a)) for a in prefill}
         self.decode = {a: Worker(a, "decode", grpc.aio.insecure_channel(a)) for a in decode}
