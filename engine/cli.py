@@ -35,6 +35,7 @@ from rich.table import Table
 from engine.config import add_engine_flags, engine_config_from_args, load_engine_config
 from engine.errors import EngineError
 from engine.model.tiny import MODEL_ID as TINY_MODEL_ID
+from engine.roles import WorkerRole
 from engine.sampling import SamplingParams
 from engine.sim.command import add_parser as add_simulate_parser
 from engine.tokenizer import ByteTokenizer
@@ -79,7 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     router.add_argument("--log-level", default="INFO")
     add_engine_flags(router)
 
-    for role, text in (("prefill", "run a prefill worker"), ("decode", "run a decode worker")):
+    for role, text in (
+        (WorkerRole.PREFILL, "run a prefill worker"),
+        (WorkerRole.DECODE, "run a decode worker"),
+    ):
         worker = commands.add_parser(role, help=text)
         worker.add_argument("--log-level", default="INFO")
         add_engine_flags(worker)
@@ -176,7 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
     from engine.service.serve import serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args.command, engine_config_from_args(args)))
+    asyncio.run(serve(WorkerRole(args.command), engine_config_from_args(args)))
     return 0
 
 

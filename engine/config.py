@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.router.views import PolicyName
 from kvstore import config_loader
 from kvstore.config import read_secret
 from kvstore.config_loader import check, positive, size
@@ -29,7 +30,6 @@ LOCAL = "local"
 _PORT = check(lambda v: 0 <= v <= 65535, "0 to 65535")
 _DTYPES = ("", "float32", "bfloat16", "float16")
 STORE_SECTIONS = ("store", "tiers", "server", "metadata", "auth", "tls", "transfer")
-POLICIES = ("cache_aware", "round_robin", "least_loaded", "random")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +103,7 @@ class RouterSection:
     port: int = field(default=8000, metadata=_PORT)  # the HTTP endpoint
     prefill: str = "127.0.0.1:7610"  # prefill workers, comma-separated
     decode: str = "127.0.0.1:7620"  # decode workers, comma-separated
-    policy: str = field(
-        default="cache_aware", metadata=check(lambda v: v in POLICIES, " or ".join(POLICIES))
-    )
+    policy: PolicyName = PolicyName.CACHE_AWARE
     ttft_slo_s: float = field(default=0.0, metadata=check(lambda v: v >= 0, "0 (none) or more"))
     tbt_slo_s: float = field(default=0.0, metadata=check(lambda v: v >= 0, "0 (none) or more"))
     balance_threshold: float = field(default=1.25, metadata=positive())

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import grpc
 
 from engine.errors import EngineError
+from engine.roles import WorkerRole
 from engine.router.costs import CostModel
 from engine.router.global_view import GlobalView
 from engine.router.metrics import RouterMetrics
@@ -111,7 +112,7 @@ class Router:
         self.metrics = metrics or RouterMetrics()
         self.counts: Counter[str] = Counter()
         self._metadata = bearer_metadata(token)
-        self._missing: str | None = None  # the role with no healthy worker, once logged
+        self._missing: WorkerRole | None = None  # the role with no healthy worker, once logged
 
     async def place(
         self,
@@ -245,7 +246,7 @@ class Router:
         missing = next(
             (
                 role
-                for role, views in (("prefill", prefills), ("decode", decodes))
+                for role, views in ((WorkerRole.PREFILL, prefills), (WorkerRole.DECODE, decodes))
                 if not any(v.healthy for v in views)
             ),
             None,

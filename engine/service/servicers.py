@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from engine.core import Engine
+from engine.roles import WorkerRole
 from engine.sampling import InvalidSampling, SamplingParams
 from engine.service.codec import params_from_pb, target_from_pb
 from engine.service.remote_prefill import NoRoom, PrefillUnavailable
@@ -45,7 +46,7 @@ class PrefillServicer(engine_pb2_grpc.PrefillServiceServicer):
                 self._store_node_id = (await self._store.stats()).node_id
         cache = self.worker.cache
         return engine_pb2.WorkerInfo(
-            role="prefill",
+            role=WorkerRole.PREFILL.value,
             model_id=self.worker.namespace.model_id,
             namespace_id=self.worker.namespace.id,
             page_tokens=cache.page_tokens,
@@ -108,7 +109,7 @@ class DecodeServicer(engine_pb2_grpc.DecodeServiceServicer):
     ) -> engine_pb2.WorkerInfo:
         decode = self.engine.decode
         return engine_pb2.WorkerInfo(
-            role="decode",
+            role=WorkerRole.DECODE.value,
             model_id=self.namespace.model_id,
             namespace_id=self.namespace.id,
             page_tokens=decode.cache.page_tokens,
