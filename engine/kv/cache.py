@@ -55,7 +55,7 @@ class PagedKVCache:
         self._refs = [0] * num_pages
         self._lock = threading.Lock()
         self._landing: torch.Tensor | None = None  # see landing_memory
-        self.spec = BlockSpec(num_layers, num_kv_heads, head_dim, _kv_dtype(dtype), page_tokens)
+        self.spec = BlockSpec(num_layers, num_kv_heads, head_dim, KVDtype.of(dtype), page_tokens)
 
     @property
     def num_pages(self) -> int:
@@ -173,10 +173,3 @@ def _host_view(tensor: torch.Tensor) -> memoryview:
     if tensor.device.type != "cpu":
         raise ValueError("host memory views need a CPU cache; copy through a staging buffer")
     return tensor.numpy().data.cast("B")
-
-
-def _kv_dtype(dtype: torch.dtype) -> KVDtype:
-    for kind in KVDtype:
-        if kind.torch_dtype() == dtype:
-            return kind
-    raise ValueError(f"unsupported KV cache dtype {dtype}")
