@@ -97,13 +97,8 @@ _INTERNAL = _Mapping(Exception, grpc.StatusCode.INTERNAL, ErrorKind.INTERNAL)
 
 
 def _mapping_of(exc: Exception) -> _Mapping:
+    """The first row of the table that ``exc`` is an instance of (rows are ordered)."""
     return next((m for m in _MAPPINGS if isinstance(exc, m.kind)), _INTERNAL)
-
-
-def status_of(exc: Exception) -> tuple[grpc.StatusCode, ErrorKind, WorkerRole | None]:
-    """The status code, the error kind and the role an error names (None: the servicer's)."""
-    mapping = _mapping_of(exc)
-    return mapping.code, mapping.error, mapping.role
 
 
 @dataclass(frozen=True, slots=True)
