@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.config import ModelSection
+from engine.dtypes import Dtype
 from engine.kv.cache import PagedKVCache
 from engine.model.config import ModelConfig
 from engine.model.loader import TINY_MODEL_PATH, LoadedModel, load_model
@@ -28,6 +29,7 @@ from kvstore.config import load_config
 from kvstore.connector.backend import StoreBackend
 from kvstore.errors import ConfigError
 from kvstore.hashing import Namespace
+from kvstore.layout import BlockSpec, KVDtype
 from kvstore.server.serve import RunningNode, start_node
 
 EMBEDDED = "embedded"
@@ -54,14 +56,10 @@ def make_cache(
     dtype: torch.dtype,
     device: torch.device | str,
 ) -> PagedKVCache:
-    page_bytes = (
-        config.num_layers
-        * 2
-        * page_tokens
-        * config.num_kv_heads
-        * config.head_dim
-        * torch.empty((), dtype=dtype).element_size()
+    spec = BlockSpec(
+        config.num_layers, config.num_kv_heads, config.head_dim, KVDtype.of(dtype), page_tokens
     )
+    page_bytes = spec.block_bytes
     num_pages = cache_bytes // page_bytes
     if num_pages < 2:
         raise ConfigError(
@@ -118,14 +116,15 @@ async def open_store(
     return link
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
-    """``"bfloat16"`` -> torch.bfloat16; empty or None: the checkpoint's own."""
+    """``"bfloat16"`` -> torch.bfloat16; empty or None: the checkpoint's own.
+
+    Raises:
+        ValueError: a name the engine does not compute in (the message lists them).
+    """
     if name is None or isinstance(name, torch.dtype):
         return name
-    return _DTYPES[name] if name else None
+    return Dtype.named(name).torch_dtype() if name else None
 
 
 def load_for(section: ModelSection) -> LoadedModel:

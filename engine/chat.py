@@ -26,13 +26,13 @@ import jinja2.parser
 import jinja2.runtime
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from engine.errors import EngineError
 from engine.tokenizer import Tokenizer
-from kvstore.errors import InvalidArgument
 
 Message = Mapping[str, str]
 
 
-class ChatTemplateError(InvalidArgument):
+class ChatTemplateError(EngineError, ValueError):
     """A chat request this checkpoint cannot serve: it has no chat template, or its
     template refused the messages (e.g. roles out of order)."""
 

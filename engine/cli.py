@@ -33,12 +33,14 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.config import add_engine_flags, engine_config_from_args, load_engine_config
+from engine.errors import EngineError
 from engine.model.tiny import MODEL_ID as TINY_MODEL_ID
-from engine.sampling import InvalidSampling, SamplingParams
+from engine.roles import WorkerRole
+from engine.sampling import SamplingParams
 from engine.sim.command import add_parser as add_simulate_parser
 from engine.tokenizer import ByteTokenizer
 from engine.workers.requests import InvalidRequest
-from kvstore.errors import ConfigError, KVStoreError
+from kvstore.errors import KVStoreError
 from kvstore.hashing import Namespace, prefix_keys
 from kvstore.layout import BlockSpec, KVDtype
 
@@ -78,7 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     router.add_argument("--log-level", default="INFO")
     add_engine_flags(router)
 
-    for role, text in (("prefill", "run a prefill worker"), ("decode", "run a decode worker")):
+    for role, text in (
+        (WorkerRole.PREFILL, "run a prefill worker"),
+        (WorkerRole.DECODE, "run a decode worker"),
+    ):
         worker = commands.add_parser(role, help=text)
         worker.add_argument("--log-level", default="INFO")
         add_engine_flags(worker)
@@ -126,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_simulate(args)
         return _serve(args)
-    except (KVStoreError, InvalidRequest, InvalidSampling, ConfigError) as exc:
+    except (KVStoreError, EngineError) as exc:  # ConfigError is a KVStoreError
         print(f"kvengine: {exc}", file=sys.stderr)
         return 2
 
@@ -175,7 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
     from engine.service.serve import serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args.command, engine_config_from_args(args)))
+    asyncio.run(serve(WorkerRole(args.command), engine_config_from_args(args)))
     return 0
 
 

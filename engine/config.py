@@ -18,24 +18,29 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.dtypes import NAMES as DTYPE_NAMES
+from engine.model.config import ModelConfig
+from engine.router.views import PolicyName
 from kvstore import config_loader
 from kvstore.config import read_secret
 from kvstore.config_loader import check, positive, size
 from kvstore.errors import ConfigError
+from kvstore.layout import BlockSpec, KVDtype
 
 MiB = 1 << 20
 _SALT_LABEL = b"strata.engine.namespace-salt.v1"
 LOCAL = "local"
 _PORT = check(lambda v: 0 <= v <= 65535, "0 to 65535")
-_DTYPES = ("", "float32", "bfloat16", "float16")
 STORE_SECTIONS = ("store", "tiers", "server", "metadata", "auth", "tls", "transfer")
-POLICIES = ("cache_aware", "round_robin", "least_loaded", "random")
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSection:
     model: str = ""  # a Hugging Face checkpoint folder; empty: the tiny built-in model
-    dtype: str = field(default="", metadata=check(lambda v: v in _DTYPES, "float32 or bfloat16"))
+    dtype: str = field(  # empty: the checkpoint's own
+        default="",
+        metadata=check(lambda v: v in ("", *DTYPE_NAMES), "empty or " + ", ".join(DTYPE_NAMES)),
+    )
     device: str = "cpu"
     store: str = "embedded"  # "embedded", a store node's HOST:PORT, or "none"
     store_bytes: int = field(default=512 * MiB, metadata=size())  # an embedded node's DRAM
@@ -50,6 +55,14 @@ class ModelSection:
     salt: str = ""
     salt_file: Path | None = None
     threads: int = field(default=0, metadata=check(lambda v: v >= 0, "0 (all cores) or more"))
+
+    def page_spec(self, model: ModelConfig) -> BlockSpec:
+        """One KV page of ``model`` in this section's dtype (else the checkpoint's): the
+        store block a page is, byte for byte."""
+        dtype = KVDtype(self.dtype or model.torch_dtype)
+        return BlockSpec(
+            model.num_layers, model.num_kv_heads, model.head_dim, dtype, self.page_tokens
+        )
 
     @property
     def model_path(self) -> Path | None:
@@ -103,9 +116,7 @@ class RouterSection:
     port: int = field(default=8000, metadata=_PORT)  # the HTTP endpoint
     prefill: str = "127.0.0.1:7610"  # prefill workers, comma-separated
     decode: str = "127.0.0.1:7620"  # decode workers, comma-separated
-    policy: str = field(
-        default="cache_aware", metadata=check(lambda v: v in POLICIES, " or ".join(POLICIES))
-    )
+    policy: PolicyName = PolicyName.CACHE_AWARE
     ttft_slo_s: float = field(default=0.0, metadata=check(lambda v: v >= 0, "0 (none) or more"))
     tbt_slo_s: float = field(default=0.0, metadata=check(lambda v: v >= 0, "0 (none) or more"))
     balance_threshold: float = field(default=1.25, metadata=positive())

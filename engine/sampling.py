@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import torch
 import xxhash
 
+from engine.errors import EngineError
 
-class InvalidSampling(ValueError):
+
+class InvalidSampling(EngineError, ValueError):
     """A sampling parameter is out of range; the message names it."""
 
 

@@ -15,6 +15,9 @@ callers hold every right (one machine, loopback); with only an admin token, they
 writers; with a writer or reader token configured, they hold none. (The store's config
 refuses a writer or reader token without an admin token, so that no store token ever
 grants admin powers.)
+
+A client presents its token as gRPC metadata built by ``bearer_metadata``, the one place
+that spells the header; ``server/auth.py`` reads it.
 """
 
 from __future__ import annotations
@@ -63,3 +66,12 @@ class Access:
             token and hmac.compare_digest(presented, token.encode())
             for token in (self.reader_token, self.writer_token, self.admin_token)
         )
+
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def bearer_metadata(token: str) -> Metadata:
+    """The gRPC call metadata that presents ``token`` (``authorization: Bearer <token>``);
+    none for an empty token, which makes the caller anonymous."""
+    return (("authorization", f"Bearer {token}"),) if token else ()

@@ -43,6 +43,14 @@ class KVDtype(enum.Enum):
         dtype: torch.dtype = getattr(torch, self.value)
         return dtype
 
+    @classmethod
+    def of(cls, dtype: torch.dtype) -> KVDtype:
+        """The KV dtype of a torch dtype. Raises ``InvalidArgument`` for one it lacks."""
+        for kind in cls:
+            if kind.torch_dtype() == dtype:
+                return kind
+        raise InvalidArgument(f"unsupported KV cache dtype {dtype}")
+
 
 _ITEMSIZES = {KVDtype.FLOAT32: 4, KVDtype.FLOAT16: 2, KVDtype.BFLOAT16: 2, KVDtype.FLOAT8_E4M3: 1}
 

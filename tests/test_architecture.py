@@ -112,13 +112,12 @@ def test_the_engine_reaches_the_store_only_through_its_client() -> None:
 
 
 def test_the_model_knows_nothing_of_workers_services_or_the_store() -> None:
-    """The model is plain PyTorch over a paged cache (the project's errors aside)."""
+    """The model is plain PyTorch over a paged cache; its errors are the engine's."""
     for path in modules("engine/model"):
         bad = {
             n
             for n in imports_of(path)
             if n.startswith(("kvstore", "engine.workers", "engine.service", "grpc"))
-            and n != "kvstore.errors"
         }
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
@@ -154,3 +153,12 @@ def test_workers_move_kv_only_through_the_connector() -> None:
                 and n != "kvstore.transfer.engine"
             }
             assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_bearer_metadata_is_built_in_one_place() -> None:
+    """Every gRPC client presents its token through ``kvstore.access.bearer_metadata``."""
+    for package in ("kvstore", "engine", "bench"):
+        for path in modules(package):
+            if path == ROOT / "kvstore" / "access.py" or "_proto" in path.parts:
+                continue
+            assert '("authorization", f"Bearer' not in path.read_text(), path

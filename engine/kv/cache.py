@@ -23,10 +23,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from engine.errors import EngineError
 from kvstore.layout import BlockSpec, KVDtype
 
 
-class CacheFull(RuntimeError):
+class CacheFull(EngineError):
     """No free page is left for a sequence's tokens."""
 
 
@@ -55,7 +56,7 @@ class PagedKVCache:
         self._lock = threading.Lock()
         self._landing: torch.Tensor | None = None  # see landing_memory
         self._listeners: list[Callable[[], None]] = []
-        self.spec = BlockSpec(num_layers, num_kv_heads, head_dim, _kv_dtype(dtype), page_tokens)
+        self.spec = BlockSpec(num_layers, num_kv_heads, head_dim, KVDtype.of(dtype), page_tokens)
 
     @property
     def num_pages(self) -> int:
@@ -179,10 +180,3 @@ def _host_view(tensor: torch.Tensor) -> memoryview:
     if tensor.device.type != "cpu":
         raise ValueError("host memory views need a CPU cache; copy through a staging buffer")
     return tensor.numpy().data.cast("B")
-
-
-def _kv_dtype(dtype: torch.dtype) -> KVDtype:
-    for kind in KVDtype:
-        if kind.torch_dtype() == dtype:
-            return kind
-    raise ValueError(f"unsupported KV cache dtype {dtype}")

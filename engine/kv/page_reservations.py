@@ -19,10 +19,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from engine.errors import EngineError
 from engine.kv.cache import CacheFull, PagedKVCache
 
 
-class NoRoom(RuntimeError):
+class NoRoom(EngineError):
     """The decode worker's KV cache had no room for the request in time: retry later."""
 
 

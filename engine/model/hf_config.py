@@ -21,9 +21,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from engine.dtypes import NAMES as DTYPE_NAMES
+from engine.errors import EngineError
 from engine.model.config import Architecture, ModelConfig
 from engine.model.rope import UnsupportedRope, inverse_frequencies
-from kvstore.errors import KVStoreError
 
 ARCHITECTURES = {
     "LlamaForCausalLM": Architecture.LLAMA,
@@ -31,10 +32,9 @@ ARCHITECTURES = {
     "Qwen2ForCausalLM": Architecture.QWEN2,
 }
 _MODEL_TYPES = {arch.value: arch for arch in Architecture}
-_DTYPES = ("float32", "float16", "bfloat16")
 
 
-class ModelLoadError(KVStoreError, ValueError):
+class ModelLoadError(EngineError, ValueError):
     """A checkpoint cannot be loaded: a missing file or tensor, or an unsupported feature."""
 
 
@@ -186,8 +186,8 @@ def _sliding_window(raw: dict[str, Any], arch: Architecture) -> int | None:
 def _dtype(raw: dict[str, Any]) -> str:
     dtype = raw.get("dtype") or raw.get("torch_dtype") or "float32"
     dtype = "float32" if dtype == "auto" else dtype
-    if dtype not in _DTYPES:
-        raise ModelLoadError(f"config.json: dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+    if dtype not in DTYPE_NAMES:
+        raise ModelLoadError(f"config.json: dtype {dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
     return str(dtype)
 
 

@@ -42,6 +42,7 @@ import tokenizers
 import torch
 from safetensors import SafetensorError, safe_open
 
+from engine.dtypes import Dtype
 from engine.model import tiny
 from engine.model.config import ModelConfig
 from engine.model.hf_config import ModelLoadError, model_config_from_hf
@@ -51,7 +52,6 @@ from engine.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 logger = logging.getLogger(__name__)
 
 TINY_MODEL_PATH = Path("builtin:strata-tiny-v1")  # names no folder: the tiny default model
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SPECIAL_TOKEN_KEYS = (
     "bos_token",
     "eos_token",
@@ -178,7 +178,7 @@ def load_model(
         return load_default_model(dtype=dtype, device=device)
     text = load_tokenizer(folder)
     config = text.config
-    model = _build(config, dtype or _DTYPES[config.torch_dtype], device)
+    model = _build(config, dtype or Dtype(config.torch_dtype).torch_dtype(), device)
     _load_weights(model, _weight_files(folder))
     logger.info("loaded %s (%s) from %s", config.model_id, config.architecture.value, folder)
     return _with_weights(text, model.requires_grad_(False).eval())

@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
+from engine.errors import EngineError
 from engine.model.config import ModelConfig
 
 
-class UnsupportedRope(ValueError):
+class UnsupportedRope(EngineError, ValueError):
     pass
 
 

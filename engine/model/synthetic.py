@@ -26,12 +26,11 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from engine.dtypes import Dtype
 from engine.model.hf_config import model_config_from_hf
 from engine.model.llama import LlamaForCausalLM
 
 INIT_STD = 0.02
-_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def write_random_checkpoint(
@@ -67,8 +66,7 @@ def write_random_checkpoint(
     Raises:
         ValueError: an unknown dtype, or a shape the model cannot have (from the config).
     """
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
+    kind = Dtype.named(dtype)
     raw: dict[str, Any] = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -86,30 +84,28 @@ def write_random_checkpoint(
         "tie_word_embeddings": False,
         "bos_token_id": 1,
         "eos_token_id": 2,
-        "torch_dtype": dtype,
+        "torch_dtype": kind.value,
     }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(raw, indent=2))
-    _write_weights(folder / "model.safetensors", raw, seed, _DTYPES[dtype], device)
+    _write_weights(folder / "model.safetensors", raw, seed, kind, device)
     _write_tokenizer(folder / "tokenizer.json", vocab_size)
     return folder
 
 
-def _write_weights(
-    path: Path, raw: dict[str, Any], seed: int, dtype: torch.dtype, device: str
-) -> None:
+def _write_weights(path: Path, raw: dict[str, Any], seed: int, kind: Dtype, device: str) -> None:
     """Stream random tensors into a safetensors file (8-byte header length, JSON header
     with each tensor's byte range, then the tensors' bytes back to back)."""
     with torch.device("meta"):  # names and shapes only: nothing is allocated
         model = LlamaForCausalLM(model_config_from_hf(raw, model_id="synthetic"))
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    item = torch.empty((), dtype=dtype).element_size()
+    dtype, item = kind.torch_dtype(), kind.itemsize
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, shape in shapes.items():
         size = item * _numel(shape)
         header[name] = {
-            "dtype": _SAFETENSORS_DTYPES[dtype],
+            "dtype": kind.safetensors,
             "shape": list(shape),
             "data_offsets": [offset, offset + size],
         }

@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.chat import ChatTemplateError, encode_chat
+from engine.errors import EngineError
 from engine.router.access_log import RequestLog, current_request, log_throughput
 from engine.router.access_log import logger as access_logger
 from engine.router.openai_schema import (
@@ -50,7 +51,7 @@ from engine.sampling import InvalidSampling, SamplingParams
 from engine.workers.requests import InvalidRequest, check_prompt
 
 
-class ApiError(Exception):
+class ApiError(EngineError):
     def __init__(
         self,
         status: int,

@@ -21,6 +21,7 @@ from engine.router.costs import CostModel
 from engine.router.views import (
     Decision,
     DecodeView,
+    PolicyName,
     PrefillView,
     Rejection,
     RequestView,
@@ -45,7 +46,7 @@ def local_decision(
 class RoundRobin:
     """Cycles healthy prefill and decode instances independently, ignoring the cache."""
 
-    name = "round_robin"
+    name = PolicyName.ROUND_ROBIN
 
     def __init__(self, costs: CostModel | None = None) -> None:
         self._costs = costs
@@ -73,7 +74,7 @@ class RoundRobin:
 class LeastLoaded:
     """Least queued prefill work, fewest running decode sequences; ties by id."""
 
-    name = "least_loaded"
+    name = PolicyName.LEAST_LOADED
 
     def __init__(self, costs: CostModel | None = None) -> None:
         self._costs = costs
@@ -95,7 +96,7 @@ class LeastLoaded:
 class RandomChoice:
     """Uniformly random healthy instances, from ``random.Random(seed)``."""
 
-    name = "random"
+    name = PolicyName.RANDOM
 
     def __init__(self, seed: int, costs: CostModel | None = None) -> None:
         self._costs = costs

@@ -15,8 +15,10 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from engine.errors import EngineError
 
-class ChatError(RuntimeError):
+
+class ChatError(EngineError):
     pass
 
 

@@ -13,10 +13,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from engine.errors import EngineError
+
 DEFAULT_MAX_TOKENS = 512
 
 
-class Unsupported(ValueError):
+class Unsupported(EngineError, ValueError):
     def __init__(self, param: str, message: str) -> None:
         super().__init__(message)
         self.param = param

@@ -46,6 +46,7 @@ from engine.router.views import (
     Decision,
     DecodeView,
     Policy,
+    PolicyName,
     PrefillView,
     Rejection,
     RequestView,
@@ -55,7 +56,7 @@ from engine.router.views import (
 MIN_RETRY_AFTER_S = 0.1
 DECODE_RETRY_S = 1.0
 DEFAULT_BALANCE_THRESHOLD = 1.25
-POLICY_NAMES = ("cache_aware", "round_robin", "least_loaded", "random")
+POLICY_NAMES = tuple(p.value for p in PolicyName)
 
 
 class PrefillPlan(NamedTuple):
@@ -76,7 +77,7 @@ class PrefillPlan(NamedTuple):
 class CacheAware:
     """Least predicted TTFT over prefill instances, least TBT over decode instances."""
 
-    name = "cache_aware"
+    name = PolicyName.CACHE_AWARE
 
     def __init__(
         self,
@@ -195,7 +196,7 @@ def _best_blocks(request: RequestView) -> int:
 
 
 def make_policy(
-    name: str,
+    name: PolicyName | str,
     costs: CostModel,
     *,
     ttft_slo_s: float | None = None,
@@ -203,20 +204,23 @@ def make_policy(
     balance_threshold: float = DEFAULT_BALANCE_THRESHOLD,
     seed: int = 0,
 ) -> Policy:
-    """The policy called ``name`` (one of ``POLICY_NAMES``). The baselines take ``costs``
+    """The policy called ``name`` (a ``PolicyName`` or its value). The baselines take ``costs``
     for their predictions only and ignore the SLOs and the threshold.
 
     Raises:
         ValueError: an unknown name (the message lists the choices) or a bad setting.
     """
-    if name == "cache_aware":
+    try:
+        kind = PolicyName(name)
+    except ValueError:
+        choices = ", ".join(POLICY_NAMES)
+        raise ValueError(f"unknown routing policy {name!r}; choose one of {choices}") from None
+    if kind is PolicyName.CACHE_AWARE:
         return CacheAware(
             costs, ttft_slo_s=ttft_slo_s, tbt_slo_s=tbt_slo_s, balance_threshold=balance_threshold
         )
-    if name == "round_robin":
+    if kind is PolicyName.ROUND_ROBIN:
         return RoundRobin(costs)
-    if name == "least_loaded":
+    if kind is PolicyName.LEAST_LOADED:
         return LeastLoaded(costs)
-    if name == "random":
-        return RandomChoice(seed, costs)
-    raise ValueError(f"unknown routing policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")
+    return RandomChoice(seed, costs)

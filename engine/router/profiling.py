@@ -31,11 +31,13 @@ import time
 
 import grpc
 
+from engine.errors import EngineError
 from engine.router.costs import CostModel
 from engine.router.workers import Worker, WorkerPool
 from engine.sampling import SamplingParams
 from engine.service.codec import params_to_pb
 from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
+from kvstore.access import bearer_metadata
 
 ASSUMED_LINK_BPS = 1e9
 
@@ -43,7 +45,7 @@ ASSUMED_LINK_BPS = 1e9
 MIN_PROFILE_TOKENS = 64
 
 
-class ProfilingError(RuntimeError):
+class ProfilingError(EngineError, RuntimeError):
     """Profiling could not run; the message says which setting to change."""
 
 
@@ -95,7 +97,7 @@ async def _profile(
     token: str,
     seed: int,
 ) -> CostModel:
-    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    metadata = bearer_metadata(token)
     rng = random.Random(seed)
     decode = next(iter(pool.decode.values()))
     prefills = list(pool.prefill.values())

@@ -7,10 +7,13 @@ decode worker to generate with the chosen prefill worker, yielding chunks as the
 
 A worker that fails a request before its first token is marked down and the request is
 placed again without it (once), so a killed prefill worker is routed around; after the
-first token a failure ends the stream with the error. A decode worker whose KV cache has
-no room (RESOURCE_EXHAUSTED) is busy, not down: the request is ``Overloaded``. While a
-role has no healthy worker at all, waiting will not help by itself: ``place`` raises
-``NoHealthyWorker`` (HTTP 503), logged once per outage, not ``Overloaded`` (429).
+first token a failure ends the stream with the error. Which worker failed is read from the
+status's structured detail (``engine.service.errors``: the failing role), never from its
+message; a status without one means the decode worker itself did not answer. A decode
+worker whose KV cache has no room (``no_room``) is busy, not down: the request is
+``Overloaded``. While a role has no healthy worker at all, waiting will not help by
+itself: ``place`` raises ``NoHealthyWorker`` (HTTP 503), logged once per outage, not
+``Overloaded`` (429).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from engine.errors import EngineError
+from engine.roles import WorkerRole
 from engine.router.costs import CostModel
 from engine.router.global_view import GlobalView
 from engine.router.metrics import RouterMetrics
@@ -37,7 +42,9 @@ from engine.router.views import (
 from engine.router.workers import Worker, WorkerPool
 from engine.sampling import SamplingParams
 from engine.service.codec import params_to_pb
+from engine.service.errors import ErrorKind, failure_of
 from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
+from kvstore.access import bearer_metadata
 from kvstore.hashing import prefix_keys
 from kvstore.types import BlockKey, NamespaceId
 
@@ -45,7 +52,7 @@ logger = logging.getLogger(__name__)
 DECODE_FULL_RETRY_S = 1.0  # a decode worker had no KV room: a sequence must finish first
 
 
-class Overloaded(Exception):
+class Overloaded(EngineError):
     """No placement meets the SLOs: retry after ``retry_after_s``."""
 
     def __init__(self, reason: str, retry_after_s: float) -> None:
@@ -53,7 +60,7 @@ class Overloaded(Exception):
         self.retry_after_s = retry_after_s
 
 
-class WorkerFailed(Exception):
+class WorkerFailed(EngineError):
     """The workers could not run the request (the message says which and why)."""
 
 
@@ -61,7 +68,7 @@ class NoHealthyWorker(WorkerFailed):
     """No healthy worker of a role (prefill or decode) is left to run the request."""
 
 
-class BadRequest(Exception):
+class BadRequest(EngineError):
     """A worker refused the request as invalid (the message says why)."""
 
 
@@ -108,8 +115,8 @@ class Router:
         self.block_tokens = block_tokens
         self.metrics = metrics or RouterMetrics()
         self.counts: Counter[str] = Counter()
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._missing: str | None = None  # the role with no healthy worker, once logged
+        self._metadata = bearer_metadata(token)
+        self._missing: WorkerRole | None = None  # the role with no healthy worker, once logged
 
     async def place(
         self,
@@ -220,16 +227,17 @@ class Router:
                     chunk.cached_remote_tokens,
                 )
         except grpc.aio.AioRpcError as exc:
-            details = exc.details() or exc.code().name
-            if exc.code() is grpc.StatusCode.INVALID_ARGUMENT:
-                raise BadRequest(details) from None
-            if not started and exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            failure = failure_of(exc)
+            if failure.code is grpc.StatusCode.INVALID_ARGUMENT:
+                raise BadRequest(failure.message) from None
+            if not started and failure.kind is ErrorKind.NO_ROOM:
                 self.counts["rejected"] += 1
-                raise Overloaded(details, DECODE_FULL_RETRY_S) from None
-            if not started and exc.code() is grpc.StatusCode.UNAVAILABLE:
-                blamed = prefill if "prefill worker" in details else decode
-                raise _NotStarted(blamed, details) from None
-            raise WorkerFailed(f"decode worker {decode.id}: {details}") from None
+                raise Overloaded(failure.message, DECODE_FULL_RETRY_S) from None
+            if not started and failure.code is grpc.StatusCode.UNAVAILABLE:
+                # no role said: the decode worker itself did not answer
+                blamed = prefill if failure.role is WorkerRole.PREFILL else decode
+                raise _NotStarted(blamed, failure.message) from None
+            raise WorkerFailed(f"decode worker {decode.id}: {failure.message}") from None
         finally:
             call.cancel()  # a no-op once finished; else the decode worker stops
             prefill.queued_s = max(0.0, prefill.queued_s - pending_prefill)
@@ -243,7 +251,7 @@ class Router:
         missing = next(
             (
                 role
-                for role, views in (("prefill", prefills), ("decode", decodes))
+                for role, views in ((WorkerRole.PREFILL, prefills), (WorkerRole.DECODE, decodes))
                 if not any(v.healthy for v in views)
             ),
             None,
@@ -275,7 +283,7 @@ class Router:
         }
 
 
-class _NotStarted(Exception):
+class _NotStarted(EngineError):
     def __init__(self, worker: Worker, message: str) -> None:
         super().__init__(message)
         self.worker = worker

@@ -97,7 +97,8 @@ async def _costs(
     if config.router.cost_model:
         return CostModel.load(Path(config.router.cost_model))
     c = model.config
-    bytes_per_token = c.num_layers * 2 * c.num_kv_heads * c.head_dim * 4
+    page = config.engine.page_spec(c)
+    bytes_per_token = page.block_bytes // page.block_tokens
     start = time.perf_counter()
     costs = await profile_costs(
         pool,

@@ -316,15 +316,7 @@ def _store_flags(config: EngineConfig, port: int) -> list[str]:
     from engine.store_bytes, its largest block one KV page of the model (pages of the
     store's tiers at least that large)."""
     text = load_tokenizer(config.engine.model_path or TINY_MODEL_PATH).config
-    dtype_bytes = 2 if (config.engine.dtype or text.torch_dtype) in ("bfloat16", "float16") else 4
-    page = (
-        text.num_layers
-        * 2
-        * config.engine.page_tokens
-        * text.num_kv_heads
-        * text.head_dim
-        * dtype_bytes
-    )
+    page = config.engine.page_spec(text).block_bytes
     return [
         "--server.host=127.0.0.1",
         f"--server.port={port}",

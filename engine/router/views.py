@@ -10,9 +10,21 @@ policy is testable with constructed cluster states and replayable in a simulator
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from engine.roles import WorkerRole
+
+
+class PolicyName(enum.StrEnum):
+    """The routing policies, by the names the config (``router.policy``) uses."""
+
+    CACHE_AWARE = "cache_aware"
+    ROUND_ROBIN = "round_robin"
+    LEAST_LOADED = "least_loaded"
+    RANDOM = "random"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +124,7 @@ class Policy(Protocol):
     """Chooses a prefill and a decode instance for one request. Pure: the same views
     (and, for stateful baselines, the same history) give the same answer."""
 
-    name: str
+    name: PolicyName
 
     def choose(
         self,
@@ -128,7 +140,7 @@ NO_INSTANCE_RETRY_S = 1.0  # a lost instance takes seconds to come back or be re
 
 def unavailable(prefills: Sequence[PrefillView], decodes: Sequence[DecodeView]) -> Rejection | None:
     """The rejection every policy gives when a side has no healthy instance, else None."""
-    for role, views in (("prefill", prefills), ("decode", decodes)):
+    for role, views in ((WorkerRole.PREFILL, prefills), (WorkerRole.DECODE, decodes)):
         if not any(v.healthy for v in views):
             return Rejection(
                 f"no healthy {role} instance ({len(views)} known)", NO_INSTANCE_RETRY_S

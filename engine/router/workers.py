@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from engine.roles import WorkerRole
 from engine.router.views import DecodeView, PrefillView
 from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
+from kvstore.access import bearer_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Worker:
     id: str  # its address
-    role: str
+    role: WorkerRole
     channel: grpc.aio.Channel
     info: engine_pb2.WorkerInfo = field(default_factory=engine_pb2.WorkerInfo)
     healthy: bool = False
@@ -56,10 +58,14 @@ class WorkerPool:
     ) -> None:
         if not prefill or not decode:
             raise ValueError("a router needs at least one prefill and one decode worker")
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = bearer_metadata(token)
         self._interval_s = health_interval_s
-        self.prefill = {a: Worker(a, "prefill", grpc.aio.insecure_channel(a)) for a in prefill}
-        self.decode = {a: Worker(a, "decode", grpc.aio.insecure_channel(a)) for a in decode}
+        self.prefill = {
+            a: Worker(a, WorkerRole.PREFILL, grpc.aio.insecure_channel(a)) for a in prefill
+        }
+        self.decode = {
+            a: Worker(a, WorkerRole.DECODE, grpc.aio.insecure_channel(a)) for a in decode
+        }
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -125,7 +131,7 @@ class WorkerPool:
     async def _check(self, worker: Worker) -> None:
         request = engine_pb2.WorkerInfoRequest()
         try:
-            if worker.role == "prefill":
+            if worker.role is WorkerRole.PREFILL:
                 stub: engine_pb2_grpc.PrefillServiceStub | engine_pb2_grpc.DecodeServiceStub
                 stub = engine_pb2_grpc.PrefillServiceStub(worker.channel)
             else:
@@ -139,7 +145,7 @@ class WorkerPool:
         if not worker.healthy and worker.down_since:
             logger.info("%s worker %s is back", worker.role, worker.id)
         worker.info, worker.healthy = info, True
-        if worker.role == "prefill" and info.queued == 0 and worker.queued_s > 0:
+        if worker.role is WorkerRole.PREFILL and info.queued == 0 and worker.queued_s > 0:
             worker.queued_s = 0.0  # idle now: whatever the accounts say
 
     def _check_same_model(self) -> None:

@@ -11,6 +11,7 @@ import grpc
 from engine.sampling import SamplingParams
 from engine.service.codec import params_to_pb
 from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
+from kvstore.access import bearer_metadata
 
 
 class DecodeClient:
@@ -18,7 +19,7 @@ class DecodeClient:
         self.address = address
         self._channel = grpc.aio.insecure_channel(address)
         self._stub = engine_pb2_grpc.DecodeServiceStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = bearer_metadata(token)
 
     async def generate(
         self,

@@ -21,15 +21,17 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
+from engine.errors import EngineError
 from engine.kv.cache import PagedKVCache
 from engine.kv.page_reservations import PageReservations
 from engine.service.codec import params_to_pb, target_to_pb
 from engine.workers.requests import GenerationRequest, InvalidRequest, KVTarget, PrefillResult
 from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
+from kvstore.access import bearer_metadata
 from kvstore.hashing import Namespace
 
 
-class PrefillUnavailable(RuntimeError):
+class PrefillUnavailable(EngineError):
     """No prefill worker could prefill the request."""
 
 
@@ -55,7 +57,7 @@ class RemotePrefill:
         self.namespace = namespace
         self.max_context = max_context
         self._data_plane = tuple(data_plane)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = bearer_metadata(token)
         self._timeout_s = timeout_s
         self._page_wait_s = page_wait_s
         self._landed = landed

@@ -27,6 +27,7 @@ from engine.config import LOCAL, EngineConfig
 from engine.core import Engine, LocalPrefill, Prefill
 from engine.kv.cache import PagedKVCache
 from engine.kv.write_back import WriteBack
+from engine.roles import WorkerRole
 from engine.service.remote_prefill import RemotePrefill
 from engine.service.servicers import DecodeServicer, PrefillServicer
 from engine.workers.decode import DecodeWorker
@@ -49,7 +50,7 @@ GUARDED = ("/strata.v1.PrefillService/", "/strata.v1.DecodeService/")
 
 @dataclass
 class RunningWorker:
-    role: str
+    role: WorkerRole
     address: str  # gRPC HOST:PORT
     server: grpc.aio.Server
     cache: PagedKVCache
@@ -103,7 +104,7 @@ async def start_prefill(config: EngineConfig) -> RunningWorker:
     )
     port = server.add_insecure_port(f"{config.prefill.host}:{config.prefill.port}")
     await server.start()
-    running = RunningWorker("prefill", f"{config.prefill.host}:{port}", server, cache)
+    running = RunningWorker(WorkerRole.PREFILL, f"{config.prefill.host}:{port}", server, cache)
     running.closers += [store.close, transfer.close, worker.stop]
     return running
 
@@ -193,14 +194,16 @@ async def start_decode(config: EngineConfig) -> RunningWorker:
     )
     port = server.add_insecure_port(f"{config.decode.host}:{config.decode.port}")
     await server.start()
-    running = RunningWorker("decode", f"{config.decode.host}:{port}", server, cache, addresses)
+    running = RunningWorker(
+        WorkerRole.DECODE, f"{config.decode.host}:{port}", server, cache, addresses
+    )
     running.closers += closers
     return running
 
 
-async def serve(role: str, config: EngineConfig) -> None:
+async def serve(role: WorkerRole, config: EngineConfig) -> None:
     """Run one worker until SIGINT or SIGTERM; print one JSON line when it is up."""
-    start = start_prefill if role == "prefill" else start_decode
+    start = start_prefill if role is WorkerRole.PREFILL else start_decode
     running = await start(config)
     print(
         json.dumps({"role": role, "address": running.address, "data_plane": running.data_plane}),

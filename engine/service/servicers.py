@@ -1,8 +1,11 @@
 """The gRPC faces of the workers: ``PrefillService`` and ``DecodeService``.
 
-Bad requests get INVALID_ARGUMENT with a message saying what is wrong; a prefill worker
-running another model or page layout than the decode worker FAILED_PRECONDITION; a
-missing or failing peer UNAVAILABLE.
+Thin: decode the request, call the worker or engine, encode. Errors are raised, and
+``engine.service.errors`` turns them into statuses (with the failing role and the kind
+of error as trailing metadata): bad requests INVALID_ARGUMENT with a message saying what
+is wrong; a prefill worker running another model or page layout than the decode worker
+FAILED_PRECONDITION; a missing or failing peer UNAVAILABLE; a full KV cache
+RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from engine.core import Engine
-from engine.kv.page_reservations import NoRoom
-from engine.sampling import InvalidSampling, SamplingParams
+from engine.roles import WorkerRole
+from engine.sampling import SamplingParams
 from engine.service.codec import params_from_pb, target_from_pb
-from engine.service.remote_prefill import PrefillUnavailable
+from engine.service.errors import GenerationFailed, WrongNamespace, worker_errors
 from engine.tokenizer import Tokenizer
 from engine.workers.prefill import PrefillWorker
 from engine.workers.requests import FinishReason, InvalidRequest
@@ -38,6 +41,7 @@ class PrefillServicer(engine_pb2_grpc.PrefillServiceServicer):
         self._store = store
         self._store_node_id = ""
 
+    @worker_errors(WorkerRole.PREFILL)
     async def Info(
         self, request: engine_pb2.WorkerInfoRequest, context: grpc.aio.ServicerContext
     ) -> engine_pb2.WorkerInfo:
@@ -46,7 +50,7 @@ class PrefillServicer(engine_pb2_grpc.PrefillServiceServicer):
                 self._store_node_id = (await self._store.stats()).node_id
         cache = self.worker.cache
         return engine_pb2.WorkerInfo(
-            role="prefill",
+            role=WorkerRole.PREFILL.value,
             model_id=self.worker.namespace.model_id,
             namespace_id=self.worker.namespace.id,
             page_tokens=cache.page_tokens,
@@ -57,31 +61,27 @@ class PrefillServicer(engine_pb2_grpc.PrefillServiceServicer):
             queued=self.worker.num_queued,
         )
 
+    @worker_errors(WorkerRole.PREFILL)
     async def Prefill(
         self, request: engine_pb2.PrefillRequest, context: grpc.aio.ServicerContext
     ) -> engine_pb2.PrefillResponse:
         namespace = self.worker.namespace
         if request.namespace_id != namespace.id:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise WrongNamespace(
                 f"the decode worker's namespace {request.namespace_id.hex()} is not this"
                 f" prefill worker's {namespace.id.hex()} ({namespace.model_id}): model or"
-                " KV page layout differ",
+                " KV page layout differ"
             )
         if not request.HasField("target") or not request.target.pages:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "target: pages are required")
-        try:
-            params = params_from_pb(request.sampling)
-            result = await self.worker.prefill(
-                list(request.prompt_token_ids),
-                params,
-                target_from_pb(request.target),
-                cache_salt=request.cache_salt,
-            )
-        except (InvalidRequest, InvalidSampling) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except KVStoreError as exc:  # the decode worker could not be reached
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"sending KV failed: {exc}")
+            raise InvalidRequest("target: pages are required")
+        params = params_from_pb(request.sampling)
+        # a KVStoreError here: the decode worker could not be reached (UNAVAILABLE)
+        result = await self.worker.prefill(
+            list(request.prompt_token_ids),
+            params,
+            target_from_pb(request.target),
+            cache_salt=request.cache_salt,
+        )
         return engine_pb2.PrefillResponse(
             first_token=result.first_token,
             cached_local_tokens=result.cached_local_tokens,
@@ -92,6 +92,7 @@ class PrefillServicer(engine_pb2_grpc.PrefillServiceServicer):
             compute_s=result.compute_s,
         )
 
+    @worker_errors(WorkerRole.PREFILL)
     async def Stats(
         self, request: engine_pb2.EngineStatsRequest, context: grpc.aio.ServicerContext
     ) -> engine_pb2.EngineStatsResponse:
@@ -104,12 +105,13 @@ class DecodeServicer(engine_pb2_grpc.DecodeServiceServicer):
         self.tokenizer = tokenizer
         self.namespace = namespace
 
+    @worker_errors(WorkerRole.DECODE)
     async def Info(
         self, request: engine_pb2.WorkerInfoRequest, context: grpc.aio.ServicerContext
     ) -> engine_pb2.WorkerInfo:
         decode = self.engine.decode
         return engine_pb2.WorkerInfo(
-            role="decode",
+            role=WorkerRole.DECODE.value,
             model_id=self.namespace.model_id,
             namespace_id=self.namespace.id,
             page_tokens=decode.cache.page_tokens,
@@ -119,50 +121,42 @@ class DecodeServicer(engine_pb2_grpc.DecodeServiceServicer):
             max_batch=decode.max_batch,
         )
 
+    @worker_errors(WorkerRole.DECODE)
     async def Generate(
         self, request: engine_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[engine_pb2.GenerateChunk]:
-        try:
-            if request.prompt_token_ids and request.prompt:
-                raise InvalidRequest("give prompt_token_ids or prompt, not both")
-            tokens = list(request.prompt_token_ids) or self.tokenizer.encode(request.prompt)
-            params = (
-                params_from_pb(request.sampling)
-                if request.HasField("sampling")
-                else SamplingParams()
-            )
-            generation = self.engine.new_request(tokens, params, request.request_id or None)
-            generation.prefill_address = request.prefill_address
-            generation.cache_salt = request.cache_salt
-        except (InvalidRequest, InvalidSampling) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if request.prompt_token_ids and request.prompt:
+            raise InvalidRequest("give prompt_token_ids or prompt, not both")
+        tokens = list(request.prompt_token_ids) or self.tokenizer.encode(request.prompt)
+        params = (
+            params_from_pb(request.sampling) if request.HasField("sampling") else SamplingParams()
+        )
+        generation = self.engine.new_request(tokens, params, request.request_id or None)
+        generation.prefill_address = request.prefill_address
+        generation.cache_salt = request.cache_salt
         first = True
-        try:
-            async for event in self.engine.stream(generation):
-                if event.finish_reason is FinishReason.ERROR:
-                    await context.abort(grpc.StatusCode.INTERNAL, event.error)
-                chunk = engine_pb2.GenerateChunk(
-                    request_id=event.request_id,
-                    token_ids=event.token_ids,
-                    text=event.text,
-                    finish_reason=event.finish_reason.value if event.finish_reason else "",
-                )
-                if first:
-                    chunk.prompt_tokens = len(tokens)
-                    prefilled = generation.prefilled
-                    if prefilled is not None:
-                        chunk.cached_tokens = prefilled.cached_tokens
-                        chunk.cached_remote_tokens = prefilled.cached_remote_tokens
-                        chunk.cached_store_tokens = prefilled.cached_store_tokens
-                    first = False
-                yield chunk
-        except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except PrefillUnavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        except NoRoom as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        # PrefillUnavailable (no prefill worker could) and NoRoom (no KV room in time)
+        # come out of the stream before its first event
+        async for event in self.engine.stream(generation):
+            if event.finish_reason is FinishReason.ERROR:
+                raise GenerationFailed(event.error)
+            chunk = engine_pb2.GenerateChunk(
+                request_id=event.request_id,
+                token_ids=event.token_ids,
+                text=event.text,
+                finish_reason=event.finish_reason.value if event.finish_reason else "",
+            )
+            if first:
+                chunk.prompt_tokens = len(tokens)
+                prefilled = generation.prefilled
+                if prefilled is not None:
+                    chunk.cached_tokens = prefilled.cached_tokens
+                    chunk.cached_remote_tokens = prefilled.cached_remote_tokens
+                    chunk.cached_store_tokens = prefilled.cached_store_tokens
+                first = False
+            yield chunk
 
+    @worker_errors(WorkerRole.DECODE)
     async def Stats(
         self, request: engine_pb2.EngineStatsRequest, context: grpc.aio.ServicerContext
     ) -> engine_pb2.EngineStatsResponse:

@@ -6,10 +6,11 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine.errors import EngineError
 from engine.sampling import SamplingParams
 
 
-class InvalidRequest(ValueError):
+class InvalidRequest(EngineError, ValueError):
     """A request the engine refuses; the message says what is wrong with it."""
 
 

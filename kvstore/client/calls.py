@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import grpc
 
+from kvstore.access import bearer_metadata
 from kvstore.errors import (
     CapacityExceeded,
     DeadlineExceeded,
@@ -57,7 +58,7 @@ class CallOptions:
     data_stripes: int = 4  # data-plane connections a transfer may spread over
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        return bearer_metadata(self.token)
 
 
 def open_channel(address: str, options: CallOptions) -> grpc.aio.Channel:

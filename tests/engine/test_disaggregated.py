@@ -14,7 +14,9 @@ import pytest
 
 from engine import LLM, SamplingParams
 from engine.launch import free_port
+from engine.roles import WorkerRole
 from engine.service.client import DecodeClient
+from engine.service.errors import ErrorKind, Failure, failure_of
 from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
 from tests.device import DEVICE, DTYPE
 from tests.engine.checkpoints import LLAMA, write_checkpoint
@@ -226,6 +228,8 @@ def test_a_missing_or_mismatched_prefill_worker_is_an_error(cluster: dict[str, A
             run(generate(odd.address, [1, 2, 3], GREEDY))
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
         assert "page layout differ" in (err.value.details() or "")
+        failure = failure_of(err.value)  # the prefill side failed, as its detail says
+        assert (failure.role, failure.kind) == (WorkerRole.PREFILL, ErrorKind.PREFILL_UNAVAILABLE)
         dead = f"127.0.0.1:{free_port()}"
         with pytest.raises(grpc.aio.AioRpcError) as err:
             run(generate(odd.address, [1, 2, 3], GREEDY, prefill_address=dead))
@@ -276,15 +280,15 @@ def test_a_full_decode_cache_refuses_new_requests_and_never_fails_running_ones(
     ) as small:
         params = SamplingParams(max_tokens=600, ignore_eos=True)  # 38 pages each
 
-        async def both() -> tuple[list[int], grpc.StatusCode, str, dict[str, Any]]:
+        async def both() -> tuple[list[int], Failure | None, dict[str, Any]]:
             async with DecodeClient(small.address) as client:
                 first = client.generate(PROMPTS[0], params)
                 tokens = list((await anext(first)).token_ids)
+                failure = None
                 try:
                     await generate(small.address, PROMPTS[1], params)
-                    code, details = grpc.StatusCode.OK, ""
                 except grpc.aio.AioRpcError as exc:
-                    code, details = exc.code(), exc.details() or ""
+                    failure = failure_of(exc)
                 async for chunk in first:
                     tokens += chunk.token_ids
                 for _ in range(100):  # the worker frees the pages just after the last token
@@ -292,10 +296,11 @@ def test_a_full_decode_cache_refuses_new_requests_and_never_fails_running_ones(
                     if stats["kv_pages"]["free"] == stats["kv_pages"]["total"]:
                         break
                     await asyncio.sleep(0.02)
-                return tokens, code, details, stats
+                return tokens, failure, stats
 
-        tokens, code, details, stats = run(both())
-    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "no room" in details
+        tokens, failure, stats = run(both())
+    assert failure is not None and failure.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (failure.role, failure.kind) == (WorkerRole.DECODE, ErrorKind.NO_ROOM)
+    assert "no room" in failure.message
     assert len(tokens) == 600
     assert stats["kv_pages"]["free"] == stats["kv_pages"]["total"]

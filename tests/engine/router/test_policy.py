@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine.config import load_engine_config
 from engine.router.baselines import LeastLoaded, RandomChoice, RoundRobin
 from engine.router.costs import CostModel
 from engine.router.policy import (
@@ -23,10 +24,12 @@ from engine.router.views import (
     Decision,
     DecodeView,
     Policy,
+    PolicyName,
     PrefillView,
     Rejection,
     RequestView,
 )
+from kvstore.errors import ConfigError
 
 B = 16
 N = 1024
@@ -308,6 +311,17 @@ def test_make_policy_by_name() -> None:
         assert make_policy(name, COSTS, ttft_slo_s=1.0).name == name
     with pytest.raises(ValueError, match="cache_aware, round_robin, least_loaded, random"):
         make_policy("fastest", COSTS)
+
+
+def test_policy_names_are_an_enum_the_config_reads_by_value() -> None:
+    for kind in PolicyName:
+        policy = make_policy(kind, COSTS, ttft_slo_s=1.0)
+        assert policy.name is kind  # a member, not a look-alike string
+        config = load_engine_config(env={}, overrides={"router.policy": kind.value})
+        assert config.router.policy is kind
+    assert load_engine_config(env={}).router.policy is PolicyName.CACHE_AWARE
+    with pytest.raises(ConfigError, match=r"router\.policy"):
+        load_engine_config(env={}, overrides={"router.policy": "fastest"})
 
 
 def test_bad_settings_are_refused() -> None:
