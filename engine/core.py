@@ -46,7 +46,10 @@ class LocalPrefill:
 
     async def prefill(self, request: GenerationRequest) -> PrefillResult:
         future = self.worker.submit(
-            request.prompt_token_ids, request.params, cache_salt=request.cache_salt
+            request.prompt_token_ids,
+            request.params,
+            cache_salt=request.cache_salt,
+            profiling=request.profiling,
         )
         try:
             return await asyncio.shield(asyncio.wrap_future(future))

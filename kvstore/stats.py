@@ -23,6 +23,14 @@ from dataclasses import dataclass, field
 
 from kvstore.types import MissReason, NamespaceId, TierKind
 
+# A namespace whose model id ends so holds an engine's start-up profiling (its cost
+# model's fit): statistics show it apart from users' traffic.
+PROFILING_SUFFIX = "#profiling"
+
+
+def is_profiling(model_id: str) -> bool:
+    return model_id.endswith(PROFILING_SUFFIX)
+
 
 def namespace_label(model_id: str, namespace_id: bytes) -> str:
     """How statistics name a namespace (tables, JSON, metric labels): its model id and the

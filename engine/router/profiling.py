@@ -13,6 +13,9 @@ prefill worker:
   (tokens, seconds). With one node, an assumed 1 GB/s link (``ASSUMED_LINK_BPS``).
 
 Costs include the gRPC and hand-off overheads the router will see, which is the point.
+Profiling requests run in the prefill workers' profiling namespace (the model id with
+``#profiling``): the store counts them apart, they never enter a user's namespace or a
+worker's prefix cache, and ``end_profiling`` has their blocks removed when profiling ends.
 A fitted model is saved with ``CostModel.save`` and loaded with ``router.cost_model``.
 
 Prompt lengths are sized to fit the workers' KV caches (the longest prompt is at most
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import random
 import statistics
 import time
@@ -39,6 +43,7 @@ from engine.service.codec import params_to_pb
 from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
 from kvstore.access import bearer_metadata
 
+logger = logging.getLogger(__name__)
 ASSUMED_LINK_BPS = 1e9
 
 
@@ -86,6 +91,29 @@ async def profile_costs(
             f"a worker refused a profiling request ({exc.code().name}: {exc.details()});"
             " raise engine.kv_cache_bytes, or set router.cost_model to a fitted model"
         ) from None
+    finally:
+        await end_profiling(pool, token)
+
+
+async def end_profiling(pool: WorkerPool, token: str = "") -> int:
+    """Tell every prefill worker profiling is over, so that it removes profiling's blocks
+    from the store; how many were removed (a worker that cannot be told is logged)."""
+    metadata = bearer_metadata(token)
+    removed = 0
+    for worker in pool.prefill.values():
+        stub = engine_pb2_grpc.PrefillServiceStub(worker.channel)
+        try:
+            reply = await stub.EndProfiling(
+                engine_pb2.EndProfilingRequest(), metadata=metadata, timeout=30
+            )
+        except grpc.aio.AioRpcError as exc:
+            logger.warning(
+                "prefill worker %s kept its profiling blocks (%s)", worker.id, exc.code().name
+            )
+            continue
+        removed += reply.removed_blocks
+    logger.info("profiling over: %d blocks removed from the store", removed)
+    return removed
 
 
 async def _profile(
@@ -158,6 +186,7 @@ async def _ttft(
         prompt_token_ids=tokens,
         sampling=params_to_pb(SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)),
         prefill_address=prefill.address,
+        profiling=True,
     )
     start = time.perf_counter()
     async for chunk in stub.Generate(request, metadata=metadata):
@@ -179,7 +208,10 @@ async def _tbt(
 
     async def one(tokens: list[int]) -> list[float]:
         request = engine_pb2.GenerateRequest(
-            prompt_token_ids=tokens, sampling=params, prefill_address=prefill.address
+            prompt_token_ids=tokens,
+            sampling=params,
+            prefill_address=prefill.address,
+            profiling=True,
         )
         arrivals = [time.perf_counter() async for _ in stub.Generate(request, metadata=metadata)]
         return [b - a for a, b in itertools.pairwise(arrivals[1:])]

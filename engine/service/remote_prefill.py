@@ -95,6 +95,7 @@ class RemotePrefill:
                     target=target_to_pb(target),
                     namespace_id=self.namespace.id,
                     cache_salt=request.cache_salt,
+                    profiling=request.profiling,
                 ),
                 timeout=self._timeout_s,
                 metadata=self._metadata,

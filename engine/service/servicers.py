@@ -81,6 +81,7 @@ class PrefillServicer(engine_pb2_grpc.PrefillServiceServicer):
             params,
             target_from_pb(request.target),
             cache_salt=request.cache_salt,
+            profiling=request.profiling,
         )
         return engine_pb2.PrefillResponse(
             first_token=result.first_token,
@@ -91,6 +92,12 @@ class PrefillServicer(engine_pb2_grpc.PrefillServiceServicer):
             queue_s=result.queue_s,
             compute_s=result.compute_s,
         )
+
+    @worker_errors(WorkerRole.PREFILL)
+    async def EndProfiling(
+        self, request: engine_pb2.EndProfilingRequest, context: grpc.aio.ServicerContext
+    ) -> engine_pb2.EndProfilingResponse:
+        return engine_pb2.EndProfilingResponse(removed_blocks=await self.worker.end_profiling())
 
     @worker_errors(WorkerRole.PREFILL)
     async def Stats(
@@ -134,6 +141,7 @@ class DecodeServicer(engine_pb2_grpc.DecodeServiceServicer):
         generation = self.engine.new_request(tokens, params, request.request_id or None)
         generation.prefill_address = request.prefill_address
         generation.cache_salt = request.cache_salt
+        generation.profiling = request.profiling
         first = True
         # PrefillUnavailable (no prefill worker could) and NoRoom (no KV room in time)
         # come out of the stream before its first event

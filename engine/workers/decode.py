@@ -238,7 +238,8 @@ class DecodeWorker:
         pages, seq.pages = seq.pages, []
         event = TokenEvent(seq.id, tokens, piece, reason, error)
         saving = None
-        if pages and self.write_back is not None and reason is not FinishReason.ERROR:
+        keep = reason is not FinishReason.ERROR and not seq.request.profiling
+        if pages and self.write_back is not None and keep:
             prompt = seq.request.prompt_token_ids
             # the last token was sampled, never fed: its KV is not in the pages
             fed = [*prompt, *seq.generated[:-1]]

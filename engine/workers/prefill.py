@@ -50,6 +50,7 @@ from kvstore.connector.backend import StoreBackend
 from kvstore.connector.layouts import PageMajorLayout
 from kvstore.connector.worker import KVConnector, RequestKV
 from kvstore.hashing import Namespace, prefix_keys
+from kvstore.stats import PROFILING_SUFFIX
 from kvstore.transfer.engine import TransferEngine
 from kvstore.types import BlockKey
 
@@ -106,7 +107,8 @@ class Prompt:
 
 def profiling_namespace(namespace: Namespace) -> Namespace:
     """Where start-up profiling's blocks go: apart from every user's."""
-    return Namespace(f"{namespace.model_id}#profiling", namespace.spec, namespace.salt)
+    model_id = namespace.model_id + PROFILING_SUFFIX
+    return Namespace(model_id, namespace.spec, namespace.salt)
 
 
 class PrefillWorker:

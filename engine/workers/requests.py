@@ -91,4 +91,5 @@ class GenerationRequest:
     eos_token_ids: tuple[int, ...] = ()
     prefill_address: str = ""  # a remote prefill worker chosen for it ("": any)
     cache_salt: str = ""  # reuse KV only from requests with the same salt
+    profiling: bool = False  # the router's start-up profiling: kept apart, never kept
     prefilled: PrefillResult | None = None  # set once its prompt is prefilled

@@ -7,7 +7,7 @@ from typing import Any
 from kvstore import codec
 from kvstore._proto.strata.v1 import admin_pb2
 from kvstore.metadata.base import NodeInfo
-from kvstore.stats import namespace_label
+from kvstore.stats import is_profiling, namespace_label
 
 PEER_SOURCE = "peer"  # a hit source beside the tiers: blocks another node supplied
 
@@ -16,11 +16,14 @@ def stats_summary(stats: admin_pb2.StatsResponse) -> dict[str, Any]:
     """One node's statistics as plain values (tiers, namespaces, moves).
 
     Hits are by source: each tier of this node, and ``peer`` for blocks other nodes
-    supplied to this node's clients. ``local_hit_blocks`` leaves the peer ones out (the
-    holder counted them); cluster totals add only those, so each block counts once.
+    supplied to this node's clients. The totals leave out namespaces of engines'
+    start-up profiling (``kvstore.stats.PROFILING_SUFFIX``), counted apart.
+    ``local_hit_blocks`` leaves the peer ones out (the holder counted them); cluster
+    totals add only those, so each block counts once.
     """
     namespaces = []
     total_hits = total_misses = hit_tokens = peer_hits = 0
+    profiling_hits = profiling_misses = 0
     for ns in stats.namespaces:
         hits = {codec.tier_from_pb(h.tier).value: h.blocks for h in ns.hits}
         if ns.peer_hit_blocks:
@@ -28,12 +31,17 @@ def stats_summary(stats: admin_pb2.StatsResponse) -> dict[str, Any]:
         misses = {_reason(m.reason): m.blocks for m in ns.misses}
         tokens = sum(h.tokens for h in ns.hits) + ns.peer_hit_tokens
         num_hits, num_misses = sum(hits.values()), sum(misses.values())
-        total_hits, total_misses, hit_tokens = (
-            total_hits + num_hits,
-            total_misses + num_misses,
-            hit_tokens + tokens,
-        )
-        peer_hits += ns.peer_hit_blocks
+        profiling = is_profiling(ns.namespace.model_id)
+        if profiling:  # an engine's start-up profiling: apart from users' traffic
+            profiling_hits += num_hits
+            profiling_misses += num_misses
+        else:
+            total_hits, total_misses, hit_tokens = (
+                total_hits + num_hits,
+                total_misses + num_misses,
+                hit_tokens + tokens,
+            )
+            peer_hits += ns.peer_hit_blocks
         namespaces.append(
             {
                 "namespace_id": ns.namespace_id.hex(),
@@ -45,10 +53,13 @@ def stats_summary(stats: admin_pb2.StatsResponse) -> dict[str, Any]:
                 "miss_blocks": misses,
                 "tokens_saved": tokens,
                 "tokens_missed": sum(m.tokens for m in ns.misses),
+                "profiling": profiling,
             }
         )
     miss_reasons: dict[str, int] = {}
     for ns in stats.namespaces:
+        if is_profiling(ns.namespace.model_id):
+            continue
         for miss in ns.misses:
             reason = _reason(miss.reason)
             miss_reasons[reason] = miss_reasons.get(reason, 0) + miss.blocks
@@ -63,6 +74,8 @@ def stats_summary(stats: admin_pb2.StatsResponse) -> dict[str, Any]:
         "miss_blocks": total_misses,
         "tokens_saved": hit_tokens,
         "miss_reasons": miss_reasons,
+        "profiling_hit_blocks": profiling_hits,
+        "profiling_miss_blocks": profiling_misses,
         "pinned_blocks": stats.pinned_blocks,
         "tiers": [
             {

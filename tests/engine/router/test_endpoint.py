@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -49,6 +50,35 @@ def chat(client: openai.OpenAI, text: str, **kwargs: object) -> openai.types.cha
         messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}],
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+def store_stats(up: UpProcess) -> dict[str, object]:
+    deadline = time.monotonic() + 30
+    while not (match := re.search(r"export STRATA_ADDRESS=(\S+)", up.output())):
+        assert time.monotonic() < deadline, up.output()  # as up prints it
+        time.sleep(0.1)
+    stats = subprocess.run(
+        [sys.executable, "-m", "kvstore", "admin", "stats", "--json"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+        env={**os.environ, "STRATA_ADDRESS": match[1]},
+    )  # fmt: skip
+    summary: dict[str, object] = json.loads(stats.stdout)
+    return summary
+
+
+def test_start_up_profiling_stays_out_of_the_users_namespace(up: UpProcess) -> None:
+    """The cost model's profiling requests (before any user's) run in a namespace of
+    their own, counted apart, and their blocks are gone once profiling ended."""
+    summary: dict[str, Any] = store_stats(up)
+    assert summary["hit_blocks"] == summary["miss_blocks"] == 0, summary  # no user yet
+    assert summary["profiling_miss_blocks"] > 0, summary
+    by_model = {ns["model_id"]: ns for ns in summary["namespaces"]}
+    profiling = by_model[f"{MODEL_ID}#profiling"]
+    assert profiling["profiling"] and sum(profiling["miss_blocks"].values()) > 0
+    assert f"{MODEL_ID}#profiling (" in profiling["namespace"]  # how tables name it
+    user = by_model[MODEL_ID]
+    assert not user["hit_blocks"] and not user["miss_blocks"], user
+    assert all(tier["blocks"] == 0 for tier in summary["tiers"]), summary  # removed
 
 
 def test_models_lists_the_served_model(client: openai.OpenAI) -> None:

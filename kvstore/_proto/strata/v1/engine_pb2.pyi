@@ -39,18 +39,20 @@ class KVTarget(_message.Message):
     def __init__(self, addresses: _Optional[_Iterable[str]] = ..., pages: _Optional[_Iterable[int]] = ..., transfer_id: _Optional[int] = ..., segment: _Optional[str] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
-    __slots__ = ("prompt_token_ids", "sampling", "target", "namespace_id", "cache_salt")
+    __slots__ = ("prompt_token_ids", "sampling", "target", "namespace_id", "cache_salt", "profiling")
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_ID_FIELD_NUMBER: _ClassVar[int]
     CACHE_SALT_FIELD_NUMBER: _ClassVar[int]
+    PROFILING_FIELD_NUMBER: _ClassVar[int]
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: SamplingParams
     target: KVTarget
     namespace_id: bytes
     cache_salt: str
-    def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., target: _Optional[_Union[KVTarget, _Mapping]] = ..., namespace_id: _Optional[bytes] = ..., cache_salt: _Optional[str] = ...) -> None: ...
+    profiling: bool
+    def __init__(self, prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., target: _Optional[_Union[KVTarget, _Mapping]] = ..., namespace_id: _Optional[bytes] = ..., cache_salt: _Optional[str] = ..., profiling: _Optional[bool] = ...) -> None: ...
 
 class PrefillResponse(_message.Message):
     __slots__ = ("first_token", "cached_local_tokens", "cached_store_tokens", "cached_remote_tokens", "computed_tokens", "queue_s", "compute_s")
@@ -71,20 +73,22 @@ class PrefillResponse(_message.Message):
     def __init__(self, first_token: _Optional[int] = ..., cached_local_tokens: _Optional[int] = ..., cached_store_tokens: _Optional[int] = ..., cached_remote_tokens: _Optional[int] = ..., computed_tokens: _Optional[int] = ..., queue_s: _Optional[float] = ..., compute_s: _Optional[float] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt_token_ids", "prompt", "sampling", "prefill_address", "cache_salt")
+    __slots__ = ("request_id", "prompt_token_ids", "prompt", "sampling", "prefill_address", "cache_salt", "profiling")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     PREFILL_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CACHE_SALT_FIELD_NUMBER: _ClassVar[int]
+    PROFILING_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     prompt: str
     sampling: SamplingParams
     prefill_address: str
     cache_salt: str
-    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., prefill_address: _Optional[str] = ..., cache_salt: _Optional[str] = ...) -> None: ...
+    profiling: bool
+    def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., prefill_address: _Optional[str] = ..., cache_salt: _Optional[str] = ..., profiling: _Optional[bool] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
     __slots__ = ("request_id", "token_ids", "text", "finish_reason", "prompt_tokens", "cached_tokens", "cached_remote_tokens", "cached_store_tokens")
@@ -135,6 +139,16 @@ class WorkerInfo(_message.Message):
     max_batch: int
     queued: int
     def __init__(self, role: _Optional[str] = ..., model_id: _Optional[str] = ..., namespace_id: _Optional[bytes] = ..., page_tokens: _Optional[int] = ..., store_address: _Optional[str] = ..., store_node_id: _Optional[str] = ..., kv_pages_total: _Optional[int] = ..., kv_pages_free: _Optional[int] = ..., running: _Optional[int] = ..., max_batch: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
+
+class EndProfilingRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EndProfilingResponse(_message.Message):
+    __slots__ = ("removed_blocks",)
+    REMOVED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    removed_blocks: int
+    def __init__(self, removed_blocks: _Optional[int] = ...) -> None: ...
 
 class EngineStatsRequest(_message.Message):
     __slots__ = ()

@@ -39,6 +39,11 @@ class PrefillServiceStub:
                 request_serializer=strata_dot_v1_dot_engine__pb2.PrefillRequest.SerializeToString,
                 response_deserializer=strata_dot_v1_dot_engine__pb2.PrefillResponse.FromString,
                 _registered_method=True)
+        self.EndProfiling = channel.unary_unary(
+                '/strata.v1.PrefillService/EndProfiling',
+                request_serializer=strata_dot_v1_dot_engine__pb2.EndProfilingRequest.SerializeToString,
+                response_deserializer=strata_dot_v1_dot_engine__pb2.EndProfilingResponse.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/strata.v1.PrefillService/Info',
                 request_serializer=strata_dot_v1_dot_engine__pb2.WorkerInfoRequest.SerializeToString,
@@ -56,6 +61,13 @@ class PrefillServiceServicer:
 
     def Prefill(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndProfiling(self, request, context):
+        """Start-up profiling is over: remove the blocks it left in the store.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -79,6 +91,11 @@ def add_PrefillServiceServicer_to_server(servicer, server):
                     servicer.Prefill,
                     request_deserializer=strata_dot_v1_dot_engine__pb2.PrefillRequest.FromString,
                     response_serializer=strata_dot_v1_dot_engine__pb2.PrefillResponse.SerializeToString,
+            ),
+            'EndProfiling': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndProfiling,
+                    request_deserializer=strata_dot_v1_dot_engine__pb2.EndProfilingRequest.FromString,
+                    response_serializer=strata_dot_v1_dot_engine__pb2.EndProfilingResponse.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -118,6 +135,33 @@ class PrefillService:
             '/strata.v1.PrefillService/Prefill',
             strata_dot_v1_dot_engine__pb2.PrefillRequest.SerializeToString,
             strata_dot_v1_dot_engine__pb2.PrefillResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndProfiling(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/strata.v1.PrefillService/EndProfiling',
+            strata_dot_v1_dot_engine__pb2.EndProfilingRequest.SerializeToString,
+            strata_dot_v1_dot_engine__pb2.EndProfilingResponse.FromString,
             options,
             channel_credentials,
             insecure,
