@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
+from engine.kv.page_reservations import NoRoom
 from engine.roles import WorkerRole
 from engine.router.costs import CostModel
 from engine.router.global_view import GlobalView
@@ -20,7 +21,7 @@ from engine.router.views import PolicyName
 from engine.router.workers import WorkerPool
 from engine.sampling import SamplingParams
 from engine.service.errors import ErrorKind, failure_of, worker_errors
-from engine.service.remote_prefill import NoRoom, PrefillUnavailable
+from engine.service.remote_prefill import PrefillUnavailable
 from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
 from kvstore.types import NamespaceId
 
