@@ -42,7 +42,7 @@ from kvstore.server.auth import AuthInterceptor
 from kvstore.transfer.connection import local_host_id
 from kvstore.transfer.engine import TransferEngine
 from kvstore.transfer.segments import Segment, SegmentRegistry
-from kvstore.transfer.server import DataPlaneServer
+from kvstore.transfer.server import SegmentServer
 
 logger = logging.getLogger(__name__)
 GUARDED = ("/strata.v1.PrefillService/", "/strata.v1.DecodeService/")
@@ -141,10 +141,9 @@ async def start_decode(config: EngineConfig) -> RunningWorker:
     else:
         registry = SegmentRegistry()
         registry.register(Segment("kv", cache.landing_memory()))
-        data_plane = DataPlaneServer(
+        data_plane = SegmentServer(  # segments only: no store ops are served here
             f"decode-{uuid.uuid4().hex[:8]}",
             local_host_id(),
-            None,
             registry,
             access=Access(writer_token=section.token),
         )

@@ -1,8 +1,12 @@
-"""A node's data plane: its segments, its data-plane server, its transfer engine and the
-links it measured to its peers.
+"""A node's data plane: its segments, its data-plane server serving the store's ops,
+its transfer engine and the links it measured to its peers.
 
 Segments: ``dram`` is the store's DRAM arena (a file in ``/dev/shm``, so same-host
-readers map it); ``probe`` is a small private region peers read to measure the link.
+readers map it; ranges of it are read only within leases and written only into
+reserved slots); ``probe`` is a small private region peers read to measure the link.
+The store's ops (``serve_store``: reads by key and leases in ``dataplane_reads.py``,
+puts and reservations in ``dataplane_writes.py``) are registered on the generic segment
+server of ``kvstore.transfer``.
 Every ``transfer.probe_interval_s`` the node measures each live peer (an empty request
 for the round trip, a ``probe_bytes`` read for the throughput, per data-plane address
 for TCP peers) and publishes the results in its ``NodeInfo.links``; the addresses of a
@@ -21,17 +25,43 @@ from collections.abc import Callable, Sequence
 from kvstore.config import Config
 from kvstore.errors import KVStoreError
 from kvstore.metadata.base import LinkInfo, NodeInfo
+from kvstore.server.dataplane_reads import StoreReads
+from kvstore.server.dataplane_writes import StoreWrites
 from kvstore.store import NodeStore
 from kvstore.transfer.connection import local_host_id
 from kvstore.transfer.engine import Peer, TransferEngine
 from kvstore.transfer.segments import Segment, SegmentRegistry
-from kvstore.transfer.server import ARENA_SEGMENT, DataPlaneServer
+from kvstore.transfer.server import SegmentServer
 from kvstore.transfer.shm import ShmTransport
 from kvstore.transfer.transports import RangeRead, TransportKind
 
 logger = logging.getLogger(__name__)
 
+ARENA_SEGMENT = "dram"
 PROBE_SEGMENT = "probe"
+QUOTA_FRACTION = 0.5  # of the arena: what all leases, and all reservations, may hold
+
+
+def serve_store(
+    server: SegmentServer,
+    store: NodeStore,
+    *,
+    lease_ttl_s: float = 10.0,
+    quota_fraction: float = QUOTA_FRACTION,
+) -> None:
+    """Serve ``store`` on ``server``: its reads by key, leases, puts and reservations,
+    and (when it has one) its DRAM arena as segment ``dram``, readable only within
+    leases and writable only into reserved slots."""
+    reads = StoreReads(store, ARENA_SEGMENT, lease_ttl_s=lease_ttl_s, quota_fraction=quota_fraction)
+    writes = StoreWrites(
+        store, quota_fraction=quota_fraction, sweep_interval_s=max(0.05, lease_ttl_s / 4)
+    )
+    reads.add_to(server)
+    writes.add_to(server)
+    arena = store.shared_arena()
+    if arena is not None:
+        server.guard(ARENA_SEGMENT, read=reads.check_leased, write=writes.check_reserved)
+        server.segments.register(Segment(ARENA_SEGMENT, arena.arena, arena.path))
 
 
 def host_id_of(config: Config) -> str:
@@ -49,24 +79,20 @@ class NodeDataPlane:
         self.node_id = config.store.node_id
         self.host_id = host_id_of(config)
         self.registry = SegmentRegistry()
-        arena = store.shared_arena()
-        if arena is not None:
-            self.registry.register(Segment(ARENA_SEGMENT, arena.arena, arena.path))
         probe = memoryview(bytearray(config.transfer.probe_bytes))
         self.registry.register(Segment(PROBE_SEGMENT, probe))
         token = config.auth.admin_token or config.auth.token
-        self.server = DataPlaneServer(
+        self.server = SegmentServer(
             self.node_id,
             self.host_id,
-            store,
             self.registry,
             access=config.auth.access,
             ssl_context=_server_ssl(config),
-            lease_ttl_s=config.transfer.lease_ttl_s,
             idle_timeout_s=config.transfer.idle_timeout_s,
             max_connections_per_peer=config.transfer.max_connections_per_peer,
             observe=observe,
         )
+        serve_store(self.server, store, lease_ttl_s=config.transfer.lease_ttl_s)
         self.engine = TransferEngine(
             host_id=self.host_id,
             token=token,

@@ -13,7 +13,7 @@ import torch
 from kvstore.connector.worker import KVConnector, PushFailed
 from kvstore.transfer.engine import TransferEngine
 from kvstore.transfer.segments import Segment, SegmentRegistry
-from kvstore.transfer.server import DataPlaneServer
+from kvstore.transfer.server import SegmentServer
 from tests.kvstore.connector.caches import NUM_PAGES, SPEC, block_of, page_major
 from tests.kvstore.connector.loop_thread import LoopThread
 from tests.kvstore.connector.passes import KEYS, PAGES, TOKENS, run_pass
@@ -34,7 +34,7 @@ class Decode:
     """The receiving worker: its pages, exposed as segment ``kv`` of its data plane."""
 
     pages: torch.Tensor
-    server: DataPlaneServer
+    server: SegmentServer
     addresses: tuple[str, ...]
 
 
@@ -43,7 +43,7 @@ def decode(loop_thread: LoopThread) -> Iterator[Decode]:
     pages = torch.zeros(NUM_PAGES, *SPEC.shape, dtype=SPEC.dtype.torch_dtype())
     registry = SegmentRegistry()
     registry.register(Segment("kv", pages.view(torch.uint8).reshape(-1).numpy().data.cast("B")))
-    server = DataPlaneServer("decode", "decode-host", None, registry)
+    server = SegmentServer("decode", "decode-host", registry)
     addresses = loop_thread.run(server.start(["127.0.0.1"], 0))
     try:
         yield Decode(pages, server, tuple(addresses))

@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
+from kvstore.server.dataplane import serve_store
 from kvstore.store import NodeStore
 from kvstore.transfer.engine import TransferEngine
 from kvstore.transfer.segments import Segment, SegmentRegistry
-from kvstore.transfer.server import ARENA_SEGMENT, DataPlaneServer
+from kvstore.transfer.server import SegmentServer
 
-ServerFactory = Callable[..., Awaitable[DataPlaneServer]]
+ServerFactory = Callable[..., Awaitable[SegmentServer]]
 EngineFactory = Callable[..., TransferEngine]
 HOST = "host-a"
 
@@ -22,7 +23,7 @@ def segment(name: str, size: int, fill: int = 0) -> Segment:
 
 @pytest.fixture
 async def make_server() -> AsyncIterator[ServerFactory]:
-    servers: list[DataPlaneServer] = []
+    servers: list[SegmentServer] = []
 
     async def factory(
         *segments: Segment,
@@ -31,13 +32,14 @@ async def make_server() -> AsyncIterator[ServerFactory]:
         node_id: str = "server",
         host_id: str = HOST,
         **kwargs: object,
-    ) -> DataPlaneServer:
+    ) -> SegmentServer:
+        """A server of ``segments``; with ``store``, serving its ops too."""
         registry = SegmentRegistry()
         for seg in segments:
             registry.register(seg)
-        if store is not None and (arena := store.shared_arena()) is not None:
-            registry.register(Segment(ARENA_SEGMENT, arena.arena, arena.path))
-        server = DataPlaneServer(node_id, host_id, store, registry, **kwargs)  # type: ignore[arg-type]
+        server = SegmentServer(node_id, host_id, registry, **kwargs)  # type: ignore[arg-type]
+        if store is not None:
+            serve_store(server, store)
         await server.start(hosts, 0)
         servers.append(server)
         return server

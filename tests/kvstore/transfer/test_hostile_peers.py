@@ -23,6 +23,7 @@ from kvstore.access import Access
 from kvstore.transfer import frames
 from kvstore.transfer.frames import Op, Status
 from kvstore.transfer.transports import RangeRead
+from tests.conftest import StoreFactory
 from tests.kvstore.transfer.conftest import EngineFactory, ServerFactory, segment
 from tests.processes import ROOT
 
@@ -120,9 +121,13 @@ async def test_a_refused_write_drains_its_bytes_and_keeps_the_connection(
     ],
 )
 async def test_malformed_frames_get_a_clean_protocol_error(
-    make_server: ServerFactory, no_server_errors: None, op: Op, payload: bytes
+    make_store: StoreFactory,
+    make_server: ServerFactory,
+    no_server_errors: None,
+    op: Op,
+    payload: bytes,
 ) -> None:
-    server = await make_server(segment("s", 64))
+    server = await make_server(segment("s", 64), store=await make_store())
     sock = await asyncio.to_thread(_greeted, server.addresses[0])
     _request(sock, op, payload)
     if op is not Op.RELEASE:  # fire and forget: no reply, only the hang-up
@@ -188,8 +193,9 @@ def fuzz_address() -> Iterator[str]:
         import asyncio, logging, sys, tempfile
         from pathlib import Path
         from kvstore.store import NodeStore
+        from kvstore.server.dataplane import serve_store
         from kvstore.transfer.segments import Segment, SegmentRegistry
-        from kvstore.transfer.server import ARENA_SEGMENT, DataPlaneServer
+        from kvstore.transfer.server import SegmentServer
         from tests.conftest import NAMESPACE, store_config
 
         logging.basicConfig(level=logging.ERROR, stream=sys.stdout)
@@ -200,11 +206,10 @@ def fuzz_address() -> Iterator[str]:
             config = store_config(Path(tempfile.mkdtemp()), **{"tiers.nvme.enabled": "false"})
             store = await NodeStore.open(config)
             store.register_namespace(NAMESPACE)
-            arena = store.shared_arena()
             registry = SegmentRegistry()
             registry.register(Segment("s", memoryview(bytearray(4096))))
-            registry.register(Segment(ARENA_SEGMENT, arena.arena, arena.path))
-            server = DataPlaneServer("fuzz", "host-a", store, registry, idle_timeout_s=2.0)
+            server = SegmentServer("fuzz", "host-a", registry, idle_timeout_s=2.0)
+            serve_store(server, store)
             await server.start(["127.0.0.1"], 0)
             print("PORT", server.addresses[0].rpartition(":")[2], flush=True)
             await loop.run_in_executor(None, sys.stdin.read)
@@ -252,12 +257,12 @@ def test_the_accept_loop_survives_running_out_of_descriptors() -> None:
         """
         import asyncio, os, resource, sys
         from kvstore.transfer.segments import Segment, SegmentRegistry
-        from kvstore.transfer.server import DataPlaneServer
+        from kvstore.transfer.server import SegmentServer
 
         async def main():
             registry = SegmentRegistry()
             registry.register(Segment("s", memoryview(bytes(range(64)) * 4)))
-            server = DataPlaneServer("emfile", "host-a", None, registry)
+            server = SegmentServer("emfile", "host-a", registry)
             await server.start(["127.0.0.1"], 0)
             num_open = len(os.listdir("/proc/self/fd"))
             resource.setrlimit(resource.RLIMIT_NOFILE, (num_open + 16, num_open + 16))

@@ -10,9 +10,9 @@ import pytest
 
 from kvstore.access import Access
 from kvstore.errors import CapacityExceeded, Unauthenticated
+from kvstore.server.dataplane import ARENA_SEGMENT
 from kvstore.transfer import frames
 from kvstore.transfer.frames import Op, Status
-from kvstore.transfer.server import ARENA_SEGMENT
 from kvstore.transfer.transports import RangeRead
 from tests.conftest import BLOCK, NAMESPACE, StoreFactory, block_bytes, chain_keys
 from tests.kvstore.transfer.conftest import EngineFactory, ServerFactory
