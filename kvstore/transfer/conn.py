@@ -20,6 +20,11 @@ class ServerConn(Protocol):
 
     async def send(self, parts: Sequence[bytes | memoryview]) -> None: ...
 
+    def shutdown_write(self) -> bool:
+        """Send the end of the stream but keep reading; False where the transport cannot
+        (TLS streams)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -70,6 +75,13 @@ class PlainConn:
         for part in parts:
             await self.loop.sock_sendall(self.sock, part)
 
+    def shutdown_write(self) -> bool:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        return True
+
     def close(self) -> None:
         self.sock.close()
 
@@ -90,6 +102,12 @@ class StreamConn:
         for part in parts:
             self.writer.write(part)
         await self.writer.drain()
+
+    def shutdown_write(self) -> bool:
+        if not self.writer.can_write_eof():
+            return False
+        self.writer.write_eof()
+        return True
 
     def close(self) -> None:
         self.writer.close()

@@ -47,6 +47,13 @@ logger = logging.getLogger(__name__)
 
 OPEN = Access()  # no tokens: every peer holds every right
 ACCEPT_BACKOFF_S = 0.05  # pause after a failed accept (out of descriptors, say)
+LINGER_S = 1.0  # after hanging up: drain what the peer still sends until it pauses this long
+MAX_LINGER_BYTES = 1 << 30  # ... or this much came
+SCRATCH_BYTES = 256 << 10
+
+
+class _HangUp(Exception):
+    """The request was answered (refused), but bytes of it may follow: hang up."""
 
 
 class _RateLimitedWarning:
@@ -102,6 +109,7 @@ class SegmentServer:
         self._accept_errors = _RateLimitedWarning("data-plane accept failed")
         self._observe = observe
         self._owners = itertools.count(1)
+        self._scratch = memoryview(bytearray(SCRATCH_BYTES))
         self._servers: list[asyncio.Server] = []
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -217,8 +225,9 @@ class SegmentServer:
                             return
                         continue
                     await self._dispatch(conn, header, payload, caller)
-        except frames.FrameError as exc:
-            logger.debug("data-plane peer %s sent a malformed frame: %s", peer, exc)
+        except (frames.FrameError, _HangUp) as exc:
+            logger.debug("data-plane peer %s hung up on: %s", peer, exc)
+            await self._linger(conn)
         except TimeoutError:
             logger.debug("data-plane connection from %s idle or stalled; closed", peer)
         except (ConnectionError, OSError) as exc:
@@ -230,6 +239,21 @@ class SegmentServer:
             self._per_peer[peer] -= 1
             if self._per_peer[peer] <= 0:
                 del self._per_peer[peer]
+
+    async def _linger(self, conn: ServerConn) -> None:
+        """Hang up after an answer the peer must still read (an error: its request's
+        bytes may follow, or our stream is out of step with its): end our side of the
+        stream, then drop what the peer still sends until it pauses, ends, or sent
+        ``MAX_LINGER_BYTES``. Closing with its bytes unread would reset the connection,
+        and a peer still sending would lose our answer."""
+        if not conn.shutdown_write():
+            return
+        drained = 0
+        with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+            while drained < MAX_LINGER_BYTES:
+                async with asyncio.timeout(LINGER_S):
+                    await conn.recv_into(self._scratch)
+                drained += self._scratch.nbytes
 
     async def _receive(
         self, conn: ServerConn, header_buf: memoryview, greeted: bool
@@ -293,7 +317,7 @@ class SegmentServer:
         if caller.role < served.role:  # data may follow: answer, hang up
             needed = f"{header.op.name} needs a {served.role.name.lower()} token"
             await reply(conn, header, Status.DENIED, needed.encode())
-            raise ConnectionError(f"{header.op.name} refused to a {caller.role.name}")
+            raise _HangUp(f"{header.op.name} refused to a {caller.role.name}")
         start = time.perf_counter()
         try:
             await served.handler(conn, Request(header, payload, caller))
