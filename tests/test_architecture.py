@@ -85,6 +85,16 @@ def test_the_transfer_engine_stands_below_server_client_and_metadata() -> None:
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
+def test_the_transfer_engine_knows_nothing_of_the_store() -> None:
+    """The store's data-plane ops are registered on the segment server from
+    kvstore/server; the transfer engine serves and moves segments only."""
+    store = ("kvstore.store", "kvstore.reads", "kvstore.writes", "kvstore.tiering")
+    store += ("kvstore.tiers", "kvstore.index")
+    for path in modules("kvstore/transfer"):
+        bad = {n for n in imports_of(path) if n.startswith(store)}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
 STORE_INTERNALS = (
     "kvstore.store",
     "kvstore.tiers",
