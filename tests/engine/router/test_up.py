@@ -26,10 +26,25 @@ def up(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_a_busy_port_stops_start_up_before_any_child_starts() -> None:
-    with socket.socket() as busy:
+def busy_port_after_a_free_one() -> socket.socket:
+    """A listening socket whose port's predecessor is free (the store's port below the
+    metrics port it takes, in the second half of the test)."""
+    while True:
+        busy = socket.socket()
         busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port - 1))
+            except OSError:
+                busy.close()
+                continue
         busy.listen()
+        return busy
+
+
+def test_a_busy_port_stops_start_up_before_any_child_starts() -> None:
+    with busy_port_after_a_free_one() as busy:
         port = busy.getsockname()[1]
         start = time.monotonic()
         result = up("--port", str(port), *FREE)
