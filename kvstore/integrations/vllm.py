@@ -21,8 +21,9 @@ one in each worker (``WORKER``). Each runs its own event loop on a daemon thread
   ``start_load_kv`` before the forward only in steps with loads; in the others, after
   it, and every layer is sent then), and ``wait_for_save``
   checks the loads (a block that failed its checksum or vanished is reported through
-  ``get_block_ids_with_load_errors``, and vLLM recomputes it) and commits the saves, or
-  aborts them when a load failed. Nothing outlives a step, so preemption and aborts
+  ``get_block_ids_with_load_errors``, and vLLM recomputes it; the store's copies of the
+  failed blocks are removed, so the recompute saves good ones) and commits the saves,
+  or aborts them when a load failed. Nothing outlives a step, so preemption and aborts
   leave no lease or reservation behind.
 
 Keys: ``prefix_keys`` with vLLM's block size in the namespace of ``namespace_for``; a
@@ -237,9 +238,11 @@ class StrataConnector(KVConnectorBase_V1):
         for o in opened:
             verified = connector.verify(o.kv) if o.hits else 0
             if verified < o.hits:  # never keep what was computed over bad KV
-                first = o.plan.load_first + verified
-                self._load_errors.update(o.kv.pages[first : o.plan.load_first + o.hits])
+                first, end = o.plan.load_first + verified, o.plan.load_first + o.hits
+                self._load_errors.update(o.kv.pages[first:end])
                 connector.abort(o.kv)
+                # drop the store's bad copies, so that vLLM's recompute saves good ones
+                self._loop.run(self.store.remove(o.kv.keys[first:end]), self.settings.timeout_s)
             else:
                 connector.commit(o.kv)
 

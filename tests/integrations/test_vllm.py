@@ -7,7 +7,9 @@ small random-weight Llama this test writes, against a store node it starts:
 - a fresh instance B gets the prompt's prefix from Strata (vLLM's ``num_cached_tokens``
   is the external hit: B has no cache of its own) and its greedy output equals plain
   vLLM's (no connector) token for token;
-- an instance whose store is down serves the same answer by recomputing.
+- an instance whose store is down serves the same answer by recomputing;
+- when the store's copy of the blocks is corrupted, the loaded blocks fail their
+  checksums, are reported to vLLM as load errors, and vLLM recomputes them: same answer.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ pytestmark = [
 
 
 def run_vllm(model: Path, prompt: Path, store: str = "") -> dict[str, Any]:
-    """One vLLM instance, start to exit; its ``RESULT`` line."""
+    """One vLLM instance, start to exit; its ``RESULT`` line (and its output as ``log``)."""
     env = dict(
         os.environ,
         VLLM_HOST_IP="127.0.0.1",
@@ -86,6 +88,7 @@ def run_vllm(model: Path, prompt: Path, store: str = "") -> dict[str, Any]:
     lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, out[-4000:]
     result: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
+    result["log"] = out
     return result
 
 
@@ -97,7 +100,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     prompt = folder / "prompt.json"
     prompt.write_text(json.dumps([rng.randrange(3, 256) for _ in range(PROMPT_TOKENS)]))
     down = f"127.0.0.1:{free_port()}"  # nothing listens there
-    with ServeProcess(**{"tiers.dram.capacity_bytes": "64MiB"}) as store:
+    node_id = f"vllm-test-{free_port()}"
+    flags = {"tiers.dram.capacity_bytes": "64MiB", "store.node_id": node_id}
+    with ServeProcess(**flags) as store:
         with ThreadPoolExecutor(3) as pool:
             first = {
                 name: pool.submit(run_vllm, model, prompt, address)
@@ -106,7 +111,20 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             results = {name: f.result() for name, f in first.items()}
         results["b"] = run_vllm(model, prompt, store.address)
         results["stats"] = _namespace_stats(store.address)
+        _corrupt_arena(node_id)
+        results["corrupted"] = run_vllm(model, prompt, store.address)
+        results["stats_after"] = _namespace_stats(store.address)
     return results
+
+
+def _corrupt_arena(node_id: str) -> None:
+    """Flip every bit of the node's first MiB of DRAM arena (where its blocks sit),
+    behind the store's back: the bytes no longer match their checksums."""
+    (arena,) = Path("/dev/shm").glob(f"strata-{node_id}-*")
+    with arena.open("r+b") as f:
+        data = f.read(1 << 20)
+        f.seek(0)
+        f.write(bytes(b ^ 0xFF for b in data))
 
 
 def _namespace_stats(address: str) -> dict[str, Any]:
@@ -135,3 +153,14 @@ def test_with_the_store_down_vllm_recomputes_and_answers_the_same(
 ) -> None:
     assert runs["down"]["num_cached_tokens"] == 0
     assert runs["down"]["tokens"] == runs["plain"]["tokens"]
+
+
+def test_corrupted_blocks_are_reported_as_load_errors_and_recomputed(
+    runs: dict[str, Any],
+) -> None:
+    assert "failed its checksum" in runs["corrupted"]["log"]
+    assert "Recovered from KV load failure" in runs["corrupted"]["log"]  # vLLM recomputed
+    assert runs["corrupted"]["tokens"] == runs["plain"]["tokens"]
+    # the bad copies were removed and the recompute saved the prompt's blocks anew
+    full_blocks = PROMPT_TOKENS // BLOCK_TOKENS
+    assert runs["stats_after"]["put_blocks"] == runs["stats"]["put_blocks"] + full_blocks
