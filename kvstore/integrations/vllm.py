@@ -56,6 +56,7 @@ from kvstore.integrations.vllm_settings import (
     namespace_for,
     settings_from_extra,
 )
+from kvstore.integrations.vllm_stats import StrataStats, counters, delta
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -109,6 +110,8 @@ class StrataConnector(KVConnectorBase_V1):
         self._hooks: StepHooks | None = None
         self._forward_ran = False  # this step's layers ran before start_load_kv
         self._load_errors: set[int] = set()
+        self._num_load_errors = 0  # blocks reported, ever
+        self._reported: dict[str, int] = {}  # counters at the last stats report
         if role == KVConnectorRole.WORKER:
             self._loop.run(self.store.connect(block_tokens_key="block_size"))
 
@@ -248,7 +251,19 @@ class StrataConnector(KVConnectorBase_V1):
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         errors, self._load_errors = self._load_errors, set()
+        self._num_load_errors += len(errors)
         return errors
+
+    def get_kv_connector_stats(self) -> StrataStats | None:
+        """What changed since the last report (None: nothing)."""
+        now = counters(self.store.stats, self._num_load_errors)
+        stats = StrataStats(delta(now, self._reported))
+        self._reported = now
+        return None if stats.is_empty() else stats
+
+    @classmethod
+    def build_kv_connector_stats(cls, data: dict[str, Any] | None = None) -> StrataStats:
+        return StrataStats(data) if data is not None else StrataStats()
 
     def shutdown(self) -> None:
         logger.info("Strata connector stats: %s", self.store.stats.as_dict())
