@@ -10,11 +10,21 @@ moves any engine's KV without knowing its cache.
   for byte a store block (the bundled engine). On a CPU a page *is* host memory: blocks
   move with no copy at all.
 - ``LayerMajorLayout``: one ``[2, page, token, kv_head, head_dim]`` tensor per layer
-  (vLLM's FlashAttention and CPU layouts): a layer of a page is two strided slices.
+  (vLLM's layout before its ``KVCacheLayout``): a layer of a page is two strided slices.
+- ``HeadMajorLayout``: one ``[page, kv_head, token, 2 * head_dim]`` tensor per layer, the
+  per-layer view every vLLM attention backend is given since ``KVCacheLayout`` (logical
+  ``[L, B, H, N, C]``; the physical order is the tensor's strides). Backends differ in
+  where K and V sit inside a head's ``[token, 2 * head_dim]``, the ``KVSplit``::
+
+      TOKENS   (vLLM's CPU backend)          CHANNELS (FlashAttention, FlashInfer)
+      head h:  K t0 | K t1 | ... | K tN-1    head h:  t0: K d0..dD-1 | V d0..dD-1
+               V t0 | V t1 | ... | V tN-1             t1: K ...     | V ...
+      (the head's rows viewed [2, N, D])      (each token's row viewed [2, D])
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -118,6 +128,58 @@ class LayerMajorLayout:
 
     def layer_offset(self, page: int, layer: int) -> int:
         raise InvalidArgument("a layer-major cache is not one host segment; peers cannot push")
+
+
+class KVSplit(enum.Enum):
+    """Where K and V sit inside one head of a page (see the module docstring)."""
+
+    TOKENS = "tokens"  # [2, token, head_dim]: all of K's tokens, then all of V's
+    CHANNELS = "channels"  # [token, 2, head_dim]: each token's K, then its V
+
+
+class HeadMajorLayout:
+    def __init__(self, layers: Sequence[torch.Tensor], spec: BlockSpec, split: KVSplit) -> None:
+        if len(layers) != spec.num_layers:
+            raise InvalidArgument(f"{len(layers)} layer tensors for {spec.num_layers} layers")
+        _, _, tokens, heads, dim = spec.shape
+        for i, t in enumerate(layers):
+            if t.dim() != 4 or tuple(t.shape[1:]) != (heads, tokens, 2 * dim):
+                raise InvalidArgument(
+                    f"layer {i} is {tuple(t.shape)}; expected [pages, {heads}, {tokens},"
+                    f" {2 * dim}] (kv_heads, block tokens, K and V head_dim)"
+                )
+            if t.dtype != spec.dtype.torch_dtype():
+                raise InvalidArgument(f"layer {i} is {t.dtype}; expected {spec.dtype.value}")
+            if t.shape != layers[0].shape:
+                raise InvalidArgument(
+                    f"layer {i} is {tuple(t.shape)}; layer 0 is {tuple(layers[0].shape)}"
+                )
+        self.layers = list(layers)
+        self.spec = spec
+        self.split = split
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0].device
+
+    def host_block(self, page: int) -> memoryview | None:
+        return None  # heads outermost, and layers apart: stage them
+
+    def read_layer(self, layer: int, pages: Sequence[int]) -> torch.Tensor:
+        got = self.layers[layer][_index(pages, self.device)]  # [n, head, token, 2 * dim]
+        n, heads, tokens, width = got.shape
+        if self.split is KVSplit.TOKENS:
+            return got.reshape(n, heads, 2, tokens, width // 2).permute(0, 2, 3, 1, 4)
+        return got.reshape(n, heads, tokens, 2, width // 2).permute(0, 3, 2, 1, 4)
+
+    def write_layer(self, layer: int, pages: Sequence[int], src: torch.Tensor) -> None:
+        n, _, tokens, heads, dim = src.shape  # [n, 2, token, head, dim]
+        order = (0, 3, 1, 2, 4) if self.split is KVSplit.TOKENS else (0, 3, 2, 1, 4)
+        rows = src.permute(*order).reshape(n, heads, tokens, 2 * dim)
+        self.layers[layer][_index(pages, self.device)] = rows.to(self.device, non_blocking=True)
+
+    def layer_offset(self, page: int, layer: int) -> int:
+        raise InvalidArgument("a head-major cache is not in block layout; peers cannot push")
 
 
 def _index(pages: Sequence[int], device: torch.device) -> torch.Tensor:

@@ -1,0 +1,88 @@
+"""The vLLM connector's scheduler-side bookkeeping and settings, without vLLM: which
+keys are looked up, what each step loads and computes, and which settings are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kvstore.errors import ConfigError
+from kvstore.integrations.vllm_plan import Planner, StepPlan
+from kvstore.integrations.vllm_settings import namespace_for, settings_from_extra
+from kvstore.types import BlockKey
+
+B = 32
+KEYS = tuple(BlockKey(bytes([i]) * 16) for i in range(10))  # a 330-token prompt's blocks
+
+
+def test_lookup_skips_the_last_tokens_block_and_nothing_is_asked_past_vllms_hit() -> None:
+    planner = Planner(B)
+    assert planner.lookup_keys("r", KEYS, 330, 0) == KEYS[:10]
+    assert planner.lookup_keys("r", (), 321, 0) == KEYS[:10]  # known: keys kept
+    assert Planner(B).lookup_keys("r", KEYS[:10], 320, 0) == KEYS[:9]  # 320th token's block
+    assert Planner(B).lookup_keys("r", KEYS, 330, 320) == ()  # vLLM holds all it can reuse
+
+
+def test_a_step_loads_the_stores_blocks_past_vllms_hit_then_computes_the_rest() -> None:
+    planner = Planner(B)
+    planner.lookup_keys("r", KEYS, 330, 2 * B)  # vLLM's own hit: 2 blocks
+    planner.will_load("r", 5 * B)
+    plan = planner.scheduled("r", list(range(11)), 7 * B, 330 - 7 * B, replace_blocks=True)
+    assert plan == StepPlan("r", KEYS, tuple(range(11)), 330, 7 * B, 330 - 7 * B, 2, 5)
+    # the next step decodes: nothing to load, nothing of the prompt to compute
+    assert planner.scheduled("r", None, 330, 1) is None
+
+
+def test_chunked_prefill_appends_pages_and_loads_only_once() -> None:
+    planner = Planner(B)
+    planner.lookup_keys("r", KEYS, 330, 0)
+    planner.will_load("r", 3 * B)
+    first = planner.scheduled("r", [5, 6, 7, 8], 3 * B, B, replace_blocks=True)
+    assert first is not None and (first.load_first, first.load_count) == (0, 3)
+    second = planner.scheduled("r", [9, 10], 4 * B, 2 * B)
+    assert second is not None and second.block_ids == (5, 6, 7, 8, 9, 10)
+    assert (second.start, second.num_tokens, second.load_count) == (4 * B, 2 * B, 0)
+    resumed = planner.scheduled("r", [1, 2], 0, B, replace_blocks=True)  # after preemption
+    assert resumed is not None and resumed.block_ids == (1, 2)
+
+
+def test_a_finished_request_is_forgotten() -> None:
+    planner = Planner(B)
+    planner.lookup_keys("r", KEYS, 330, 0)
+    planner.finished("r")
+    assert planner.num_requests == 0
+    assert planner.scheduled("r", [1], 0, 10, replace_blocks=True) is None
+
+
+def test_settings_need_a_store_and_refuse_unknown_keys_by_name() -> None:
+    settings = settings_from_extra({"store": "127.0.0.1:7600", "lookup_timeout_s": 0.2})
+    assert (settings.store, settings.lookup_timeout_s, settings.retry_after_s) == (
+        "127.0.0.1:7600",
+        0.2,
+        5.0,
+    )
+    with pytest.raises(ConfigError, match=r"kv_connector_extra_config.store"):
+        settings_from_extra({})
+    with pytest.raises(ConfigError, match=r"unknown keys \['stroe'\]"):
+        settings_from_extra({"stroe": "x:1"})
+    with pytest.raises(ConfigError, match="lookup_timeout_s: positive seconds"):
+        settings_from_extra({"store": "h:1", "lookup_timeout_s": 0})
+
+
+def test_the_namespace_names_model_shape_dtype_and_block_size() -> None:
+    ns = namespace_for(
+        "llama",
+        num_layers=2,
+        num_kv_heads=2,
+        head_size=32,
+        head_size_v=32,
+        dtype=torch.bfloat16,
+        block_size=B,
+    )
+    assert (ns.model_id, ns.spec.block_tokens, ns.spec.dtype.value) == ("llama", B, "bfloat16")
+    assert ns.block_bytes == 2 * 2 * B * 2 * 32 * 2
+    with pytest.raises(ConfigError, match="K and V head sizes differ"):
+        namespace_for(
+            "m", num_layers=1, num_kv_heads=1, head_size=32, head_size_v=16,
+            dtype=torch.float32, block_size=B,
+        )  # fmt: skip
