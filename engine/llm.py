@@ -32,12 +32,12 @@ from engine.config import ModelSection
 from engine.core import Engine, LocalPrefill
 from engine.kv.cache import PagedKVCache
 from engine.model.loader import TINY_MODEL_PATH, LoadedModel, load_model
-from engine.runtime import LoopThread
 from engine.sampling import SamplingParams
 from engine.workers.decode import DecodeWorker
 from engine.workers.device import Device
 from engine.workers.prefill import PrefillWorker
 from engine.workers.requests import FinishReason, InvalidRequest
+from kvstore.connector.loop import LoopThread
 from kvstore.hashing import Namespace
 
 MiB = 1 << 20
@@ -95,7 +95,7 @@ class LLM:
             device=device,
         )
         self.namespace = Namespace(config.model_id, self.cache.spec)
-        self._runtime = LoopThread()
+        self._runtime = LoopThread("strata-loop")
         self._store: StoreLink = self._runtime.run(
             open_store(store, self.namespace, store_bytes=store_bytes)
         )

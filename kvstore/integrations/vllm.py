@@ -47,9 +47,9 @@ from kvstore.client import StoreClient
 from kvstore.client.calls import CallOptions
 from kvstore.connector.backend import StoreBackend
 from kvstore.connector.layouts import HeadMajorLayout, KVSplit
+from kvstore.connector.loop import LoopThread
 from kvstore.connector.worker import KVConnector, RequestKV, StepHooks
 from kvstore.hashing import Namespace, prefix_keys
-from kvstore.integrations.loop import LoopThread
 from kvstore.integrations.vllm_plan import Planner, StepPlan
 from kvstore.integrations.vllm_settings import (
     ConnectorSettings,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from engine.runtime import LoopThread
 from kvstore.config import load_config
+from kvstore.connector.loop import LoopThread
 from kvstore.server.serve import RunningNode, start_node
 
 TINY_BLOCK = 32 * 1024  # a tiny-model page: 4 layers x K,V x 16 tokens x 2 heads x 32 x 4 B

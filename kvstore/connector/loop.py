@@ -1,9 +1,7 @@
-"""An event loop on a thread of its own, for synchronous callers of asynchronous parts.
-
-The engine's store client, transfer engine and servers are asyncio; its compute runs on
-worker threads; ``LLM`` is called from plain synchronous code. ``LoopThread`` runs one
-loop in the background and lets any other thread run a coroutine on it and wait.
-"""
+"""One asyncio event loop on a daemon thread, for synchronous callers of the asynchronous
+store client and transfer engine: an engine's compute threads (the bundled engine's
+``LLM``, vLLM's scheduler and worker) hand it coroutines and wait for their results. A
+daemon thread: a process that exits without closing it is never held up by it."""
 
 from __future__ import annotations
 
@@ -16,7 +14,7 @@ T = TypeVar("T")
 
 
 class LoopThread:
-    def __init__(self, name: str = "strata-loop") -> None:
+    def __init__(self, name: str = "strata-connector") -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -26,10 +24,19 @@ class LoopThread:
         self.loop.run_forever()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
-        """Run ``coro`` on the loop and wait for its result (not from the loop itself)."""
+        """Run ``coro`` on the loop and wait (at most ``timeout_s``) for its result.
+
+        Raises:
+            TimeoutError: ``timeout_s`` passed first (the coroutine is cancelled).
+        """
         if threading.current_thread() is self._thread:
             raise RuntimeError("LoopThread.run called from its own loop")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout_s)
+        except TimeoutError:
+            future.cancel()
+            raise
 
     def close(self) -> None:
         if not self._thread.is_alive():
