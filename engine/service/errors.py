@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import enum
 import functools
-import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -40,6 +39,7 @@ from engine.sampling import InvalidSampling
 from engine.service.remote_prefill import PrefillUnavailable
 from engine.workers.requests import InvalidRequest
 from kvstore.errors import KVStoreError
+from kvstore.servicer_errors import aborting_on_errors
 
 logger = logging.getLogger(__name__)
 ROLE_KEY = "strata-role"
@@ -149,35 +149,4 @@ F = TypeVar("F", bound=Callable[..., Any])
 def worker_errors(role: WorkerRole) -> Callable[[F], F]:
     """Decorate a ``role`` worker's servicer method (unary or streaming) so that its
     exceptions become statuses by the table above."""
-
-    def decorate(handler: F) -> F:
-        if inspect.isasyncgenfunction(handler):
-
-            @functools.wraps(handler)
-            async def stream(
-                self: object, request: object, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[object]:
-                try:
-                    async for item in handler(self, request, context):
-                        yield item
-                except (grpc.aio.AbortError, GeneratorExit):
-                    raise
-                except Exception as exc:
-                    await _abort(context, exc, role)
-
-            return stream  # type: ignore[return-value]
-
-        @functools.wraps(handler)
-        async def unary(self: object, request: object, context: grpc.aio.ServicerContext) -> object:
-            call: Awaitable[object] = handler(self, request, context)
-            try:
-                return await call
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                await _abort(context, exc, role)
-                raise  # unreachable: abort raises
-
-        return unary  # type: ignore[return-value]
-
-    return decorate
+    return aborting_on_errors(functools.partial(_abort, role=role))

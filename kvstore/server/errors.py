@@ -14,10 +14,8 @@ PERMISSION_DENIED) before a servicer runs.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -33,6 +31,7 @@ from kvstore.errors import (
     TransferFailed,
 )
 from kvstore.metadata.base import MetadataUnavailable
+from kvstore.servicer_errors import aborting_on_errors
 
 logger = logging.getLogger(__name__)
 
@@ -67,31 +66,4 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
 
 def grpc_errors(handler: F) -> F:
     """Decorate a servicer method (unary or streaming) to map exceptions to statuses."""
-    if inspect.isasyncgenfunction(handler):
-
-        @functools.wraps(handler)
-        async def stream(
-            self: object, request: object, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[object]:
-            try:
-                async for item in handler(self, request, context):
-                    yield item
-            except (grpc.aio.AbortError, GeneratorExit):
-                raise
-            except Exception as exc:
-                await _abort(context, exc)
-
-        return stream  # type: ignore[return-value]
-
-    @functools.wraps(handler)
-    async def unary(self: object, request: object, context: grpc.aio.ServicerContext) -> object:
-        call: Awaitable[object] = handler(self, request, context)
-        try:
-            return await call
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await _abort(context, exc)
-            raise  # unreachable: abort raises
-
-    return unary  # type: ignore[return-value]
+    return aborting_on_errors(_abort)(handler)
