@@ -3,6 +3,8 @@ from the worker's own cache and from the store, token-identical to recomputing i
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from engine import LLM, SamplingParams
@@ -20,6 +22,15 @@ def next_turn(answer: list[int]) -> list[int]:
 
 def full_blocks(num_tokens: int) -> int:
     return num_tokens // 16 * 16
+
+
+def kept(llm: LLM, blocks: int) -> None:
+    """Wait for the prefill worker to take the blocks finished generations handed it (it
+    does so on its own thread, before it admits the next prompt)."""
+    deadline = time.monotonic() + 30
+    while llm.prefill_worker.stats.kept_blocks < blocks:
+        assert time.monotonic() < deadline, llm.prefill_worker.stats
+        time.sleep(0.01)
 
 
 def recomputed(tokens: list[int]) -> list[int]:
@@ -56,12 +67,14 @@ def test_an_answers_kv_equals_what_a_prefill_of_the_same_tokens_computes() -> No
         answer = llm.generate([tokens], ANSWER)[0].token_ids
         fed = tokens + answer[:-1]
         keys = prefix_keys(llm.namespace.id, fed, 16)
+        kept(llm, len(keys))
         decoded = llm.prefill_worker.prefix.match(keys)
         assert len(decoded) == len(keys) == 6
         from_decode = llm.cache.pages[decoded].clone()
         llm.cache.release(decoded)
     with LLM(store=None, **SMALL) as ref:
         ref.generate([[*fed, 1]], SamplingParams(temperature=0, max_tokens=1))
+        kept(ref, len(keys))
         pages = ref.prefill_worker.prefix.match(keys)
         assert len(pages) == len(keys)
         from_prefill = ref.cache.pages[pages].clone()
