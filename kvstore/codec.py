@@ -125,6 +125,8 @@ def stats_to_pb(
         torn_writes=stats.torn_writes,
         reservations_reclaimed=stats.reservations_reclaimed,
         put_blocks=stats.put_blocks,
+        put_slow_blocks=stats.put_slow_blocks,
+        put_skipped_blocks=stats.put_skipped_blocks,
         since_s=stats.since_s,
         pinned_blocks=stats.num_pinned_blocks,
     )

@@ -23,7 +23,7 @@ from kvstore.access import Access
 from kvstore.buffers import align_up
 from kvstore.config_loader import check, positive, size
 from kvstore.errors import ConfigError
-from kvstore.types import EvictionPolicyKind
+from kvstore.types import AdmissionPolicyKind, EvictionPolicyKind
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -43,6 +43,8 @@ class StoreConfig:
     block_bytes: int = field(default=16 * MiB, metadata=size())  # the largest block accepted
     page_bytes: int = field(default=DEFAULT_PAGE_BYTES, metadata=size())  # carved by size class
     eviction_policy: EvictionPolicyKind = EvictionPolicyKind.PREFIX_LRU
+    admission_policy: AdmissionPolicyKind = AdmissionPolicyKind.ALL
+    admission_window_blocks: int = field(default=1_000_000, metadata=positive())  # doorkeepers
     promotion_min_hits: int = field(
         default=2, metadata=check(lambda v: v >= 0, "0 (never promote) or more")
     )

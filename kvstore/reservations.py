@@ -1,8 +1,9 @@
 """Reservations: the first phase of a two-phase put.
 
-A reservation holds slots in the store's fastest tier for the blocks a caller is about to
-write. Its blocks are invisible to readers until ``commit``; an abandoned reservation is
-reclaimed after its deadline and its slots return to the pool. Lifecycle::
+A reservation holds slots for the blocks a caller is about to write: in the tier the
+admission policy chose for each (the fastest, or the slowest), skipping those it
+refused. Its blocks are invisible to readers until ``commit``; an abandoned reservation
+is reclaimed after its deadline and its slots return to the pool. Lifecycle::
 
     OPEN --commit--> COMMITTING --> DONE
       |                  (never reclaimed while committing)
@@ -34,26 +35,36 @@ class ReservedBlock(NamedTuple):
     parent: BlockKey | None
     slot: SlotId
     buffer: memoryview  # write exactly namespace.block_bytes bytes here
+    tier: TierKind  # the slot's tier
+    staged: bool  # the buffer is not the slot: the tier is written at commit
+    sink: bool  # admitted to the slowest tier but written in the fastest: moved at commit
 
 
 @dataclass(slots=True)
 class Reservation:
     id: int
     namespace: Namespace
-    tier: TierKind
     blocks: list[ReservedBlock]
     deadline_s: float
     num_present: int  # keys already stored: nothing to write
     num_in_flight: int  # keys another reservation is writing
-    staged: bool  # buffers are not the slots: the tier is written at commit
+    num_skipped: int  # keys the admission policy refused (that one and every later one)
     staging: list[memoryview] = field(default_factory=list)  # pooled buffers to give back
     state: ReservationState = ReservationState.OPEN
 
+    @property
+    def staged(self) -> bool:
+        """Some buffers are not slots (the caller cannot write into the tiers itself)."""
+        return any(block.staged for block in self.blocks)
+
 
 class PutResult(NamedTuple):
+    """What became of a put's keys; the four counts add up to the number of keys."""
+
     num_stored: int
-    num_present: int
-    num_in_flight: int
+    num_present: int  # already stored: nothing written
+    num_in_flight: int  # being written by another put
+    num_skipped: int  # refused by the admission policy: not stored, never served
 
 
 class ReservationTable:

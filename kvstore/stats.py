@@ -81,6 +81,8 @@ class StatsSnapshot:
     put_blocks: int
     since_s: float
     num_pinned_blocks: int
+    put_slow_blocks: int = 0  # of put_blocks: admitted straight to the slowest tier
+    put_skipped_blocks: int = 0  # refused by the admission policy: not stored
 
     @property
     def hit_blocks(self) -> int:
@@ -118,6 +120,8 @@ class StoreStats:
     torn_writes: int = 0
     reservations_reclaimed: int = 0
     put_blocks: int = 0
+    put_slow_blocks: int = 0  # of put_blocks: admitted straight to the slowest tier
+    put_skipped_blocks: int = 0  # refused by the admission policy: not stored
 
     def record_get(
         self,
@@ -149,6 +153,7 @@ class StoreStats:
         ):
             counter.clear()
         self.torn_writes = self.reservations_reclaimed = self.put_blocks = 0
+        self.put_slow_blocks = self.put_skipped_blocks = 0
         self.since_s = now_s
 
     def namespace_stats(

@@ -1,9 +1,10 @@
 """The node store: one process's tiered, prefix-keyed KV block store.
 
-Puts land in the fastest enabled tier and sink as they age (hbm -> dram -> nvme ->
-dropped); hits in a slow tier may rise again (promotion). All bookkeeping happens on the
-event-loop thread, so metadata changes between two ``await`` points are atomic; byte
-copies to and from disk and device run on the tiers' own threads.
+Puts land in the tier their admission policy chooses (the fastest by default; see
+``writes``) and sink as they age (hbm -> dram -> nvme -> dropped); hits in a slow tier
+may rise again (promotion). All bookkeeping happens on the event-loop thread, so metadata
+changes between two ``await`` points are atomic; byte copies to and from disk and device
+run on the tiers' own threads.
 
 Guarantees (each tested):
     * Readers never see partial bytes: a block is visible only after ``commit``.
@@ -31,6 +32,7 @@ from kvstore.config import Config
 from kvstore.errors import CapacityExceeded, InvalidArgument, NotFound
 from kvstore.hashing import Namespace, check_key
 from kvstore.index import BlockIndex, BlockMeta
+from kvstore.policy.admission import make_admission_policy
 from kvstore.policy.eviction import make_eviction_policy
 from kvstore.policy.promotion import PromotionPolicy
 from kvstore.reads import LeasedRun, ReadPath
@@ -111,6 +113,9 @@ class NodeStore:
             reservation_timeout_s=config.store.reservation_timeout_s,
             clock=clock,
             write_through=config.tiers.nvme.write_through,
+            admission=make_admission_policy(
+                config.store.admission_policy, config.store.admission_window_blocks
+            ),
         )
         self._reads = ReadPath(self.index, self.tiering, self._stats, staging)
         self.closed = False
@@ -214,10 +219,16 @@ class NodeStore:
         ns_id: NamespaceId,
         keys: Sequence[BlockKey],
         parents: Sequence[BlockKey | None],
+        *,
+        in_memory: bool = False,
     ) -> Reservation:
-        """Phase one of a put: slots for the keys that are not stored yet, all or nothing.
+        """Phase one of a put: slots for the keys that are not stored yet and that the
+        admission policy takes (``Reservation.num_skipped`` counts those it refused),
+        all or nothing.
 
         Write each ``ReservedBlock.buffer`` (exactly ``block_bytes``), then ``commit``.
+        With ``in_memory`` every buffer is a slot of the fastest tier (blocks admitted
+        to a slower tier move there at commit).
 
         Raises:
             NotFound: unknown namespace. InvalidArgument: malformed keys.
@@ -228,7 +239,7 @@ class NodeStore:
         if len(parents) != len(keys):
             raise InvalidArgument(f"{len(keys)} keys but {len(parents)} parents")
         check_keys([p for p in parents if p is not None], "parent key")
-        return await self._writes.reserve(namespace, keys, parents)
+        return await self._writes.reserve(namespace, keys, parents, in_memory=in_memory)
 
     async def commit(self, reservation: Reservation) -> PutResult:
         """Phase two: checksum the written bytes and make the blocks visible.
@@ -253,6 +264,10 @@ class NodeStore:
 
         Args:
             blocks: One buffer of exactly the namespace's ``block_bytes`` per key.
+
+        Returns:
+            How many keys were stored, already present, being written by another put,
+            or refused by the admission policy (not stored; a later get misses them).
         """
         namespace = self.namespace(ns_id)
         check_keys(keys)
@@ -263,8 +278,8 @@ class NodeStore:
         views = [readable(b, namespace.block_bytes, i) for i, b in enumerate(blocks)]
         parents = [parent, *keys[:-1]] if keys else []
         reservation = await self._writes.reserve(namespace, keys, parents, sources=views)
-        if not reservation.staged:
-            for block in reservation.blocks:
+        for block in reservation.blocks:
+            if not block.staged:
                 block.buffer[: namespace.block_bytes] = views[block.position]
         return await self._commit(reservation)
 
@@ -427,6 +442,8 @@ class NodeStore:
             torn_writes=s.torn_writes,
             reservations_reclaimed=s.reservations_reclaimed,
             put_blocks=s.put_blocks,
+            put_slow_blocks=s.put_slow_blocks,
+            put_skipped_blocks=s.put_skipped_blocks,
             since_s=s.since_s,
             num_pinned_blocks=self.index.num_pinned(self._clock()),
         )

@@ -313,6 +313,29 @@ class Tiering:
             finally:
                 await self.release(metas)
 
+    async def sink(self, metas: Sequence[BlockMeta]) -> int:
+        """Move just-committed blocks to the slowest tier: their admission put them there,
+        but their writer could only write into the fastest tier's memory. Best effort: a
+        block that cannot move (the slow tier is full of ancestors, or fails) stays where
+        it is. Returns how many moved."""
+        lowest = self.order[-1]
+        todo = [m for m in metas if m.state is BlockState.RESIDENT and m.tier is not lowest]
+        if not todo:
+            return 0
+        for meta in todo:
+            self.index.begin_move(meta)
+            self.index.acquire(meta)
+        try:
+            return await self._move(todo, lowest)
+        except (KVStoreError, OSError) as exc:
+            logger.debug("%d admitted blocks stay in %s: %s", len(todo), todo[0].tier.value, exc)
+            for meta in todo:
+                if meta.state is BlockState.MOVING:
+                    self.index.abandon_move(meta)
+            return 0
+        finally:
+            await self.release(todo)
+
     # -- NVMe copies -------------------------------------------------------------------
 
     async def write_copies(self, metas: Sequence[BlockMeta]) -> int:

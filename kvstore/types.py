@@ -28,6 +28,7 @@ MAX_KEYS_PER_REQUEST = 1 << 16  # keys in one request (1 MiB): bounds one call's
 __all__ = [
     "KEY_BYTES",
     "TIERS_FASTEST_FIRST",
+    "AdmissionPolicyKind",
     "BlockKey",
     "BlockState",
     "Buffer",
@@ -99,3 +100,11 @@ class EvictionPolicyKind(enum.Enum):
     S3_FIFO = "s3_fifo"
     ARC = "arc"
     CHAIN_VALUE = "chain_value"
+
+
+class AdmissionPolicyKind(enum.Enum):
+    """Which blocks a put stores, and where (``kvstore.policy.admission``)."""
+
+    ALL = "all"  # every block, into the fastest tier
+    DOORKEEPER = "doorkeeper"  # first seen: the slowest tier; seen before: the fastest
+    DOORKEEPER_SKIP = "doorkeeper_skip"  # first seen: not stored; seen before: the fastest

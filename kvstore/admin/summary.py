@@ -94,6 +94,8 @@ def stats_summary(stats: admin_pb2.StatsResponse) -> dict[str, Any]:
         "demotions": _moves(stats.demotions),
         "promotions": _moves(stats.promotions),
         "put_blocks": stats.put_blocks,
+        "put_slow_blocks": stats.put_slow_blocks,
+        "put_skipped_blocks": stats.put_skipped_blocks,
         "peer_fetched_blocks": stats.peer_fetched_blocks,
         "torn_writes": stats.torn_writes,
         "reservations_reclaimed": stats.reservations_reclaimed,

@@ -105,7 +105,7 @@ class LayeredPut:
     async def commit(self) -> PutResult:
         """Wait for every layer, then store the blocks (all written layers are final)."""
         if not self.keys:
-            return PutResult(0, 0, 0)
+            return PutResult(0, 0, 0, 0)
         reserved = self._reserved
         if reserved is None:
             return await self._route.put(self._ns_id, self.keys, self._blocks, self._parent)

@@ -325,7 +325,10 @@ class StoreClient:
         async def attempt(timeout_s: float) -> list[PutResult]:
             response: Any = await method(messages(), timeout=timeout_s, metadata=metadata)
             results = [response] if what == "Put" else list(response.results)
-            return [PutResult(r.num_stored, r.num_present, r.num_in_flight) for r in results]
+            return [
+                PutResult(r.num_stored, r.num_present, r.num_in_flight, r.num_skipped)
+                for r in results
+            ]
 
         return await call(f"{what} on {self.address}", attempt, self.options, idempotent=True)
 

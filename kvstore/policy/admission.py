@@ -15,6 +15,13 @@ is the same as ``FAST`` (there is nowhere else to go).
 * ``FullBlocksOnly``: a request's last block is stored only when it is full. A partial
   last block is re-hashed with more tokens on the next turn, so its key is almost never
   read again (1.8% on the FAST'25 conversation trace); storing it costs a slot.
+
+The store applies the policy that ``store.admission_policy`` names
+(``make_admission_policy``; ``kvstore.writes`` is the mechanism). ``FullBlocksOnly`` is
+not among them: the store sees blocks of a fixed number of bytes and cannot tell whether
+their tokens filled them, nor whether a put's last key is its request's last block (a
+request may be put in parts). Only the client knows, so it is the client's rule:
+Strata's engines key full blocks only.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kvstore.types import BlockKey
+from kvstore.types import AdmissionPolicyKind, BlockKey
 
 
 class Admission(enum.Enum):
@@ -38,9 +45,9 @@ class Offer:
     """One block offered for storage."""
 
     key: BlockKey
-    depth: int  # blocks before it in the request
-    is_last: bool  # the request's last block
-    is_full: bool  # holds a whole block of tokens
+    depth: int  # blocks before it in the request (the store: in the put)
+    is_last: bool  # the request's last block (the store: the put's last key)
+    is_full: bool  # holds a whole block of tokens (the store cannot tell: always True)
 
 
 class AdmissionPolicy(Protocol):
@@ -72,3 +79,19 @@ class FrequencyAdmission:
 class FullBlocksOnly:
     def admit(self, offer: Offer) -> Admission:
         return Admission.SKIP if offer.is_last and not offer.is_full else Admission.FAST
+
+
+def make_admission_policy(kind: AdmissionPolicyKind, window_blocks: int) -> AdmissionPolicy | None:
+    """A fresh policy of ``kind``; None for ``ALL``, which has nothing to decide (the
+    write path then offers nothing and every block goes to the fastest tier).
+
+    Args:
+        window_blocks: How many recently offered keys the doorkeepers remember.
+    """
+    if kind is AdmissionPolicyKind.ALL:
+        return None
+    first_seen = {
+        AdmissionPolicyKind.DOORKEEPER: Admission.SLOW,
+        AdmissionPolicyKind.DOORKEEPER_SKIP: Admission.SKIP,
+    }[kind]
+    return FrequencyAdmission(first_seen=first_seen, window_blocks=window_blocks)

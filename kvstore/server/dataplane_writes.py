@@ -105,7 +105,7 @@ class StoreWrites:
                 f"{len(keys)} blocks ({wanted} bytes) would exceed this client's share of"
                 f" reserved arena bytes ({self._quota.available(owner)} left)"
             )
-        reservation = await self.store.reserve(ns_id, keys, _parents(keys, parent))
+        reservation = await self.store.reserve(ns_id, keys, _parents(keys, parent), in_memory=True)
         if reservation.staged:
             await self.store.abort(reservation)
             raise InvalidArgument("layer-wise writes need the store's DRAM tier on top")

@@ -12,6 +12,7 @@ state on the loop thread that owns it.
     strata_tier_blocks{tier}                        strata_evicted_blocks_total{tier}
     strata_demoted_blocks_total{source, target}     strata_promoted_blocks_total{source, target}
     strata_corrupted_blocks_total{tier}             strata_put_blocks_total
+    strata_put_slow_blocks_total                    strata_put_skipped_blocks_total
     strata_peer_hit_blocks_total{namespace}         strata_peer_hit_tokens_total{namespace}
     strata_pinned_blocks                            strata_stats_since_seconds
     strata_degraded                                 strata_rpc_duration_seconds{method, code}
@@ -113,6 +114,16 @@ class StoreCollector:
         put = CounterMetricFamily("strata_put_blocks_total", "Blocks stored by puts")
         put.add_metric([], s.put_blocks)
         yield put
+        slow = CounterMetricFamily(
+            "strata_put_slow_blocks_total", "Blocks put straight into the slowest tier (admission)"
+        )
+        slow.add_metric([], s.put_slow_blocks)
+        yield slow
+        skipped = CounterMetricFamily(
+            "strata_put_skipped_blocks_total", "Blocks the admission policy did not store"
+        )
+        skipped.add_metric([], s.put_skipped_blocks)
+        yield skipped
         pinned = GaugeMetricFamily("strata_pinned_blocks", "Blocks under an admin pin")
         pinned.add_metric([], s.num_pinned_blocks)
         yield pinned

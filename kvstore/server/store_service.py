@@ -280,6 +280,7 @@ def _put_response(result: PutResult) -> store_pb2.PutResponse:
         num_stored=result.num_stored,
         num_present=result.num_present,
         num_in_flight=result.num_in_flight,
+        num_skipped=result.num_skipped,
     )
 
 

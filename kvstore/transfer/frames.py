@@ -323,7 +323,7 @@ def unpack_u64(raw: memoryview, pos: int = 0) -> int:
     return value
 
 
-_PUT_RESULT = struct.Struct("<III")
+_PUT_RESULT = struct.Struct("<IIII")  # stored, present, in flight, skipped
 
 
 def pack_put(ns_id: NamespaceId, keys: Sequence[BlockKey], parent: BlockKey | None) -> bytes:
@@ -342,14 +342,14 @@ def unpack_put(raw: memoryview) -> tuple[NamespaceId, list[BlockKey], BlockKey |
     return ns_id, keys, parent
 
 
-def pack_put_result(stored: int, present: int, in_flight: int) -> bytes:
-    return _PUT_RESULT.pack(stored, present, in_flight)
+def pack_put_result(stored: int, present: int, in_flight: int, skipped: int) -> bytes:
+    return _PUT_RESULT.pack(stored, present, in_flight, skipped)
 
 
 @_decoder
-def unpack_put_result(raw: memoryview) -> tuple[int, int, int]:
-    stored, present, in_flight = _PUT_RESULT.unpack_from(raw, 0)
-    return stored, present, in_flight
+def unpack_put_result(raw: memoryview) -> tuple[int, int, int, int]:
+    stored, present, in_flight, skipped = _PUT_RESULT.unpack_from(raw, 0)
+    return stored, present, in_flight, skipped
 
 
 def pack_ids(ids: Sequence[int]) -> bytes:

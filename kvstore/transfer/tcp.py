@@ -109,7 +109,7 @@ class TcpTransport:
     async def finish(self, reservation_id: int, *, commit: bool) -> PutResult:
         op = Op.COMMIT if commit else Op.ABORT
         body = await self._small_call(op, frames.pack_u64(reservation_id))
-        return PutResult(*frames.unpack_put_result(body)) if commit else PutResult(0, 0, 0)
+        return PutResult(*frames.unpack_put_result(body)) if commit else PutResult(0, 0, 0, 0)
 
     async def _small_call(self, op: Op, payload: bytes) -> memoryview:
         if not self.pool.plain:  # TLS sockets are driven from worker threads

@@ -61,6 +61,8 @@ def test_flags_are_generated_for_every_key() -> None:
         ({"store.reservation_timeout_s": "-1"}, "store.reservation_timeout_s", "positive"),
         ({"tiers.dram.capacity_bytes": "1KiB"}, "tiers.dram.capacity_bytes", "holds no block"),
         ({"store.promotion_min_hits": "1.5"}, "store.promotion_min_hits", "integer"),
+        ({"store.admission_policy": "full_blocks"}, "store.admission_policy", "'all', 'door"),
+        ({"store.admission_window_blocks": "0"}, "store.admission_window_blocks", "positive"),
     ],
 )
 def test_bad_values_name_the_key(overrides: dict[str, str], key: str, message: str) -> None:

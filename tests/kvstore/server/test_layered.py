@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from kvstore.client import StoreClient
@@ -9,6 +11,7 @@ from kvstore.client.calls import CallOptions
 from kvstore.errors import InvalidArgument, KVStoreError
 from kvstore.transfer.tcp import TcpTransport
 from kvstore.transfer.transports import RangeWrite
+from kvstore.types import TierKind
 from tests.conftest import BLOCK, NAMESPACE, SPEC, block_bytes, chain_keys
 from tests.kvstore.server.conftest import NodeFactory
 
@@ -122,3 +125,33 @@ async def test_a_corrupted_cached_block_is_not_verified(make_node: NodeFactory) 
         dsts = [memoryview(bytearray(len(d))) for d in data]
         get = await client.get_layered(ns, keys, dsts, LAYERS)
         assert await get.verified() == 1
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+async def test_admission_applies_to_every_write_path(
+    make_node: NodeFactory, options: CallOptions, tmp_path: Path
+) -> None:
+    """Blocks the doorkeeper sends to NVMe end there however they were written (into the
+    arena, over TCP or gRPC); refused ones are reported as skipped and never served."""
+    nvme = {
+        "tiers.nvme.enabled": "true",
+        "tiers.nvme.path": str(tmp_path / "nvme"),
+        "tiers.nvme.capacity_bytes": str(16 * BLOCK),
+        "tiers.nvme.slab_bytes": str(8 * BLOCK),
+    }
+    slow = await make_node(**nvme, **{"store.admission_policy": "doorkeeper"})
+    skip = await make_node(**{"store.admission_policy": "doorkeeper_skip"})
+    keys, data = chain_keys(2), [memoryview(block_bytes(i + 3)) for i in range(2)]
+    for running, expected in ((slow, (2, 0)), (skip, (0, 2))):
+        async with StoreClient(running.address, options) as client:
+            ns = await client.register_namespace(NAMESPACE)
+            put = await client.put_layered(ns, keys, data, LAYERS)
+            for layer in range(LAYERS):
+                put.write_layer(layer)
+            result = await put.commit()
+            assert (result.num_stored, result.num_skipped) == expected
+            whole = await client.put(ns, chain_keys(1, start=500), data[:1])
+            assert (whole.num_stored, whole.num_skipped) == (expected[0] // 2, expected[1] // 2)
+    store = slow.node.store
+    assert store.lookup(NAMESPACE.id, keys).tiers == [TierKind.NVME] * 2
+    assert skip.node.store.lookup(NAMESPACE.id, keys).num_blocks == 0

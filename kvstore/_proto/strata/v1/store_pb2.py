@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from kvstore._proto.strata.v1 import common_pb2 as strata_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15strata/v1/store.proto\x12\tstrata.v1\x1a\x16strata/v1/common.proto\"C\n\x18RegisterNamespaceRequest\x12\'\n\tnamespace\x18\x01 \x01(\x0b\x32\x14.strata.v1.Namespace\"F\n\x19RegisterNamespaceResponse\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\x13\n\x0b\x62lock_bytes\x18\x02 \x01(\x04\"?\n\tPutHeader\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\x12\x0e\n\x06parent\x18\x03 \x01(\x0c\"L\n\nPutRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.strata.v1.PutHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"M\n\x0bPutResponse\x12\x12\n\nnum_stored\x18\x01 \x01(\r\x12\x13\n\x0bnum_present\x18\x02 \x01(\r\x12\x15\n\rnum_in_flight\x18\x03 \x01(\r\";\n\x10\x42\x61tchPutResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.strata.v1.PutResponse\"D\n\nGetRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\x12\x12\n\nlocal_only\x18\x03 \x01(\x08\"^\n\x0f\x42\x61tchGetRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12!\n\x05lists\x18\x02 \x03(\x0b\x32\x12.strata.v1.KeyList\x12\x12\n\nlocal_only\x18\x03 \x01(\x08\"\x17\n\x07KeyList\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\"\xb7\x01\n\tGetHeader\x12\x12\n\nlist_index\x18\x01 \x01(\r\x12\x10\n\x08num_hits\x18\x02 \x01(\r\x12\x1e\n\x05tiers\x18\x03 \x03(\x0e\x32\x0f.strata.v1.Tier\x12\x11\n\tchecksums\x18\x04 \x03(\x06\x12\x13\n\x0b\x62lock_bytes\x18\x05 \x01(\x04\x12*\n\x0bmiss_reason\x18\x06 \x01(\x0e\x32\x15.strata.v1.MissReason\x12\x10\n\x08node_ids\x18\x07 \x03(\t\"M\n\x0bGetResponse\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.strata.v1.GetHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"Z\n\rLookupRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\x12%\n\x05scope\x18\x03 \x01(\x0e\x32\x16.strata.v1.LookupScope\"b\n\nNodePrefix\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\nnum_blocks\x18\x03 \x01(\r\x12\x1e\n\x05tiers\x18\x04 \x03(\x0e\x32\x0f.strata.v1.Tier\"b\n\x0eLookupResponse\x12$\n\x05nodes\x18\x01 \x03(\x0b\x32\x15.strata.v1.NodePrefix\x12*\n\x0bmiss_reason\x18\x02 \x01(\x0e\x32\x15.strata.v1.MissReason\"1\n\x0bKeysRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\" \n\x0e\x45xistsResponse\x12\x0e\n\x06\x65xists\x18\x01 \x03(\x08\"?\n\nPinRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\x12\r\n\x05ttl_s\x18\x03 \x01(\x01\"\x1e\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\r\"\x12\n\x10\x44\x61taPlaneRequest\"i\n\x11\x44\x61taPlaneResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x11\n\taddresses\x18\x03 \x03(\t\x12\x0b\n\x03tls\x18\x04 \x01(\x08\x12\x12\n\npeer_fetch\x18\x05 \x01(\x08*?\n\x0bLookupScope\x12\x18\n\x14LOOKUP_SCOPE_CLUSTER\x10\x00\x12\x16\n\x12LOOKUP_SCOPE_LOCAL\x10\x01\x32\xd5\x05\n\x0cStoreService\x12^\n\x11RegisterNamespace\x12#.strata.v1.RegisterNamespaceRequest\x1a$.strata.v1.RegisterNamespaceResponse\x12\x36\n\x03Put\x12\x15.strata.v1.PutRequest\x1a\x16.strata.v1.PutResponse(\x01\x12@\n\x08\x42\x61tchPut\x12\x15.strata.v1.PutRequest\x1a\x1b.strata.v1.BatchPutResponse(\x01\x12\x36\n\x03Get\x12\x15.strata.v1.GetRequest\x1a\x16.strata.v1.GetResponse0\x01\x12@\n\x08\x42\x61tchGet\x12\x1a.strata.v1.BatchGetRequest\x1a\x16.strata.v1.GetResponse0\x01\x12=\n\x06Lookup\x12\x18.strata.v1.LookupRequest\x1a\x19.strata.v1.LookupResponse\x12;\n\x06\x45xists\x12\x16.strata.v1.KeysRequest\x1a\x19.strata.v1.ExistsResponse\x12:\n\x06Remove\x12\x16.strata.v1.KeysRequest\x1a\x18.strata.v1.CountResponse\x12\x36\n\x03Pin\x12\x15.strata.v1.PinRequest\x1a\x18.strata.v1.CountResponse\x12\x39\n\x05Unpin\x12\x16.strata.v1.KeysRequest\x1a\x18.strata.v1.CountResponse\x12\x46\n\tDataPlane\x12\x1b.strata.v1.DataPlaneRequest\x1a\x1c.strata.v1.DataPlaneResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15strata/v1/store.proto\x12\tstrata.v1\x1a\x16strata/v1/common.proto\"C\n\x18RegisterNamespaceRequest\x12\'\n\tnamespace\x18\x01 \x01(\x0b\x32\x14.strata.v1.Namespace\"F\n\x19RegisterNamespaceResponse\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\x13\n\x0b\x62lock_bytes\x18\x02 \x01(\x04\"?\n\tPutHeader\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\x12\x0e\n\x06parent\x18\x03 \x01(\x0c\"L\n\nPutRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.strata.v1.PutHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"b\n\x0bPutResponse\x12\x12\n\nnum_stored\x18\x01 \x01(\r\x12\x13\n\x0bnum_present\x18\x02 \x01(\r\x12\x15\n\rnum_in_flight\x18\x03 \x01(\r\x12\x13\n\x0bnum_skipped\x18\x04 \x01(\r\";\n\x10\x42\x61tchPutResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.strata.v1.PutResponse\"D\n\nGetRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\x12\x12\n\nlocal_only\x18\x03 \x01(\x08\"^\n\x0f\x42\x61tchGetRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12!\n\x05lists\x18\x02 \x03(\x0b\x32\x12.strata.v1.KeyList\x12\x12\n\nlocal_only\x18\x03 \x01(\x08\"\x17\n\x07KeyList\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\"\xb7\x01\n\tGetHeader\x12\x12\n\nlist_index\x18\x01 \x01(\r\x12\x10\n\x08num_hits\x18\x02 \x01(\r\x12\x1e\n\x05tiers\x18\x03 \x03(\x0e\x32\x0f.strata.v1.Tier\x12\x11\n\tchecksums\x18\x04 \x03(\x06\x12\x13\n\x0b\x62lock_bytes\x18\x05 \x01(\x04\x12*\n\x0bmiss_reason\x18\x06 \x01(\x0e\x32\x15.strata.v1.MissReason\x12\x10\n\x08node_ids\x18\x07 \x03(\t\"M\n\x0bGetResponse\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.strata.v1.GetHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"Z\n\rLookupRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\x12%\n\x05scope\x18\x03 \x01(\x0e\x32\x16.strata.v1.LookupScope\"b\n\nNodePrefix\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\nnum_blocks\x18\x03 \x01(\r\x12\x1e\n\x05tiers\x18\x04 \x03(\x0e\x32\x0f.strata.v1.Tier\"b\n\x0eLookupResponse\x12$\n\x05nodes\x18\x01 \x03(\x0b\x32\x15.strata.v1.NodePrefix\x12*\n\x0bmiss_reason\x18\x02 \x01(\x0e\x32\x15.strata.v1.MissReason\"1\n\x0bKeysRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\" \n\x0e\x45xistsResponse\x12\x0e\n\x06\x65xists\x18\x01 \x03(\x08\"?\n\nPinRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\x0c\n\x04keys\x18\x02 \x03(\x0c\x12\r\n\x05ttl_s\x18\x03 \x01(\x01\"\x1e\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\r\"\x12\n\x10\x44\x61taPlaneRequest\"i\n\x11\x44\x61taPlaneResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x11\n\taddresses\x18\x03 \x03(\t\x12\x0b\n\x03tls\x18\x04 \x01(\x08\x12\x12\n\npeer_fetch\x18\x05 \x01(\x08*?\n\x0bLookupScope\x12\x18\n\x14LOOKUP_SCOPE_CLUSTER\x10\x00\x12\x16\n\x12LOOKUP_SCOPE_LOCAL\x10\x01\x32\xd5\x05\n\x0cStoreService\x12^\n\x11RegisterNamespace\x12#.strata.v1.RegisterNamespaceRequest\x1a$.strata.v1.RegisterNamespaceResponse\x12\x36\n\x03Put\x12\x15.strata.v1.PutRequest\x1a\x16.strata.v1.PutResponse(\x01\x12@\n\x08\x42\x61tchPut\x12\x15.strata.v1.PutRequest\x1a\x1b.strata.v1.BatchPutResponse(\x01\x12\x36\n\x03Get\x12\x15.strata.v1.GetRequest\x1a\x16.strata.v1.GetResponse0\x01\x12@\n\x08\x42\x61tchGet\x12\x1a.strata.v1.BatchGetRequest\x1a\x16.strata.v1.GetResponse0\x01\x12=\n\x06Lookup\x12\x18.strata.v1.LookupRequest\x1a\x19.strata.v1.LookupResponse\x12;\n\x06\x45xists\x12\x16.strata.v1.KeysRequest\x1a\x19.strata.v1.ExistsResponse\x12:\n\x06Remove\x12\x16.strata.v1.KeysRequest\x1a\x18.strata.v1.CountResponse\x12\x36\n\x03Pin\x12\x15.strata.v1.PinRequest\x1a\x18.strata.v1.CountResponse\x12\x39\n\x05Unpin\x12\x16.strata.v1.KeysRequest\x1a\x18.strata.v1.CountResponse\x12\x46\n\tDataPlane\x12\x1b.strata.v1.DataPlaneRequest\x1a\x1c.strata.v1.DataPlaneResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'strata.v1.store_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOOKUPSCOPE']._serialized_start=1541
-  _globals['_LOOKUPSCOPE']._serialized_end=1604
+  _globals['_LOOKUPSCOPE']._serialized_start=1562
+  _globals['_LOOKUPSCOPE']._serialized_end=1625
   _globals['_REGISTERNAMESPACEREQUEST']._serialized_start=60
   _globals['_REGISTERNAMESPACEREQUEST']._serialized_end=127
   _globals['_REGISTERNAMESPACERESPONSE']._serialized_start=129
@@ -43,37 +43,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUTREQUEST']._serialized_start=266
   _globals['_PUTREQUEST']._serialized_end=342
   _globals['_PUTRESPONSE']._serialized_start=344
-  _globals['_PUTRESPONSE']._serialized_end=421
-  _globals['_BATCHPUTRESPONSE']._serialized_start=423
-  _globals['_BATCHPUTRESPONSE']._serialized_end=482
-  _globals['_GETREQUEST']._serialized_start=484
-  _globals['_GETREQUEST']._serialized_end=552
-  _globals['_BATCHGETREQUEST']._serialized_start=554
-  _globals['_BATCHGETREQUEST']._serialized_end=648
-  _globals['_KEYLIST']._serialized_start=650
-  _globals['_KEYLIST']._serialized_end=673
-  _globals['_GETHEADER']._serialized_start=676
-  _globals['_GETHEADER']._serialized_end=859
-  _globals['_GETRESPONSE']._serialized_start=861
-  _globals['_GETRESPONSE']._serialized_end=938
-  _globals['_LOOKUPREQUEST']._serialized_start=940
-  _globals['_LOOKUPREQUEST']._serialized_end=1030
-  _globals['_NODEPREFIX']._serialized_start=1032
-  _globals['_NODEPREFIX']._serialized_end=1130
-  _globals['_LOOKUPRESPONSE']._serialized_start=1132
-  _globals['_LOOKUPRESPONSE']._serialized_end=1230
-  _globals['_KEYSREQUEST']._serialized_start=1232
-  _globals['_KEYSREQUEST']._serialized_end=1281
-  _globals['_EXISTSRESPONSE']._serialized_start=1283
-  _globals['_EXISTSRESPONSE']._serialized_end=1315
-  _globals['_PINREQUEST']._serialized_start=1317
-  _globals['_PINREQUEST']._serialized_end=1380
-  _globals['_COUNTRESPONSE']._serialized_start=1382
-  _globals['_COUNTRESPONSE']._serialized_end=1412
-  _globals['_DATAPLANEREQUEST']._serialized_start=1414
-  _globals['_DATAPLANEREQUEST']._serialized_end=1432
-  _globals['_DATAPLANERESPONSE']._serialized_start=1434
-  _globals['_DATAPLANERESPONSE']._serialized_end=1539
-  _globals['_STORESERVICE']._serialized_start=1607
-  _globals['_STORESERVICE']._serialized_end=2332
+  _globals['_PUTRESPONSE']._serialized_end=442
+  _globals['_BATCHPUTRESPONSE']._serialized_start=444
+  _globals['_BATCHPUTRESPONSE']._serialized_end=503
+  _globals['_GETREQUEST']._serialized_start=505
+  _globals['_GETREQUEST']._serialized_end=573
+  _globals['_BATCHGETREQUEST']._serialized_start=575
+  _globals['_BATCHGETREQUEST']._serialized_end=669
+  _globals['_KEYLIST']._serialized_start=671
+  _globals['_KEYLIST']._serialized_end=694
+  _globals['_GETHEADER']._serialized_start=697
+  _globals['_GETHEADER']._serialized_end=880
+  _globals['_GETRESPONSE']._serialized_start=882
+  _globals['_GETRESPONSE']._serialized_end=959
+  _globals['_LOOKUPREQUEST']._serialized_start=961
+  _globals['_LOOKUPREQUEST']._serialized_end=1051
+  _globals['_NODEPREFIX']._serialized_start=1053
+  _globals['_NODEPREFIX']._serialized_end=1151
+  _globals['_LOOKUPRESPONSE']._serialized_start=1153
+  _globals['_LOOKUPRESPONSE']._serialized_end=1251
+  _globals['_KEYSREQUEST']._serialized_start=1253
+  _globals['_KEYSREQUEST']._serialized_end=1302
+  _globals['_EXISTSRESPONSE']._serialized_start=1304
+  _globals['_EXISTSRESPONSE']._serialized_end=1336
+  _globals['_PINREQUEST']._serialized_start=1338
+  _globals['_PINREQUEST']._serialized_end=1401
+  _globals['_COUNTRESPONSE']._serialized_start=1403
+  _globals['_COUNTRESPONSE']._serialized_end=1433
+  _globals['_DATAPLANEREQUEST']._serialized_start=1435
+  _globals['_DATAPLANEREQUEST']._serialized_end=1453
+  _globals['_DATAPLANERESPONSE']._serialized_start=1455
+  _globals['_DATAPLANERESPONSE']._serialized_end=1560
+  _globals['_STORESERVICE']._serialized_start=1628
+  _globals['_STORESERVICE']._serialized_end=2353
 # @@protoc_insertion_point(module_scope)

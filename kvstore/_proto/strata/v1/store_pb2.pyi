@@ -48,14 +48,16 @@ class PutRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[PutHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PutResponse(_message.Message):
-    __slots__ = ("num_stored", "num_present", "num_in_flight")
+    __slots__ = ("num_stored", "num_present", "num_in_flight", "num_skipped")
     NUM_STORED_FIELD_NUMBER: _ClassVar[int]
     NUM_PRESENT_FIELD_NUMBER: _ClassVar[int]
     NUM_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    NUM_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     num_stored: int
     num_present: int
     num_in_flight: int
-    def __init__(self, num_stored: _Optional[int] = ..., num_present: _Optional[int] = ..., num_in_flight: _Optional[int] = ...) -> None: ...
+    num_skipped: int
+    def __init__(self, num_stored: _Optional[int] = ..., num_present: _Optional[int] = ..., num_in_flight: _Optional[int] = ..., num_skipped: _Optional[int] = ...) -> None: ...
 
 class BatchPutResponse(_message.Message):
     __slots__ = ("results",)
