@@ -14,7 +14,9 @@ blocks requested (``bench.cache_replay`` states the model).
    request is extended, by turn, and the gaps before it is.
 4. Tiered: each eviction policy in the real ``NodeStore`` (demotion, promotion,
    checksums, NVMe files): DRAM of ``TIERED_DRAM_BLOCKS`` over NVMe of
-   ``TIERED_NVME_BLOCKS``; ``get_into`` then ``put`` of the missing tail.
+   ``TIERED_NVME_BLOCKS``; ``get_into`` then ``put`` of the missing tail. Then each
+   admission policy, set through the store's config (``store.admission_policy``), with
+   the default eviction policy: rows ``<eviction>+<admission>``.
 5. Cost: µs per access of each eviction policy with ``--cost-blocks`` resident
    (``bench.policy_cost``).
 
@@ -67,7 +69,7 @@ from kvstore.buffers import aligned_blocks
 from kvstore.config import Config, load_config
 from kvstore.errors import CapacityExceeded
 from kvstore.store import NodeStore
-from kvstore.types import BlockKey, EvictionPolicyKind, TierKind
+from kvstore.types import AdmissionPolicyKind, BlockKey, EvictionPolicyKind, TierKind
 
 CAPACITIES = (1_000, 10_000, 30_000, 50_000, 100_000)
 QUICK_CAPACITIES = (1_000, 10_000)
@@ -170,6 +172,8 @@ class TieredResult(NamedTuple):
     hits_by_tier: dict[TierKind, int]
     num_verified: int  # hit blocks whose bytes were compared with what was put
     num_failed_puts: int  # puts refused with CapacityExceeded (their blocks stay uncached)
+    num_slow_blocks: int  # put straight into NVMe by the admission policy
+    num_skipped_blocks: int  # not stored: refused by the admission policy
 
 
 def block_payload(key: BlockKey) -> bytes:
@@ -182,6 +186,7 @@ def tiered_config(
     dram_blocks: int,
     nvme_blocks: int,
     policy: EvictionPolicyKind = EvictionPolicyKind.PREFIX_LRU,
+    admission: AdmissionPolicyKind = AdmissionPolicyKind.ALL,
 ) -> Config:
     """DRAM of ``dram_blocks`` over NVMe of ``nvme_blocks`` (files under ``workdir``)."""
     nvme_bytes = nvme_blocks * BLOCK_BYTES
@@ -191,6 +196,7 @@ def tiered_config(
             "store.node_id": f"hitrate-{os.getpid()}",
             "store.block_bytes": str(BLOCK_BYTES),
             "store.eviction_policy": policy.value,
+            "store.admission_policy": admission.value,
             "tiers.dram.capacity_bytes": str(dram_blocks * BLOCK_BYTES),
             "tiers.dram.pin_memory": "false",
             "tiers.nvme.enabled": "true",
@@ -235,7 +241,35 @@ async def simulate_tiered(
                     num_failed += 1
             if advance is not None and i % 64 == 63:
                 advance(64)
-    return TieredResult(hits / max(1, total), dict(by_tier), num_verified, num_failed)
+        stats = store.stats()
+    return TieredResult(
+        hits / max(1, total),
+        dict(by_tier),
+        num_verified,
+        num_failed,
+        stats.put_slow_blocks,
+        stats.put_skipped_blocks,
+    )
+
+
+class TieredRow(NamedTuple):
+    eviction: EvictionPolicyKind
+    admission: AdmissionPolicyKind
+
+    @property
+    def name(self) -> str:
+        suffix = "" if self.admission is AdmissionPolicyKind.ALL else f"+{self.admission.value}"
+        return self.eviction.value + suffix
+
+
+def tiered_rows(
+    kinds: Sequence[EvictionPolicyKind], admissions: Sequence[AdmissionPolicyKind]
+) -> list[TieredRow]:
+    """Each eviction policy admitting all; then each other admission policy with the
+    store's default eviction policy."""
+    default = EvictionPolicyKind.PREFIX_LRU
+    rows = [TieredRow(kind, AdmissionPolicyKind.ALL) for kind in kinds]
+    return rows + [TieredRow(default, a) for a in admissions if a is not AdmissionPolicyKind.ALL]
 
 
 def tiered_figures(
@@ -243,30 +277,53 @@ def tiered_figures(
     bar: Progress,
     dram_blocks: int,
     nvme_blocks: int,
-    kinds: Sequence[EvictionPolicyKind] = tuple(EvictionPolicyKind),
+    rows: Sequence[TieredRow],
 ) -> dict[str, float]:
-    """Per eviction policy: ``hit_rate_tiered_<policy>`` and the share of hits from DRAM."""
+    """Per row: ``hit_rate_tiered_<row>``, the share of hits from DRAM and, with an
+    admission policy, how many blocks it put into NVMe directly or did not store."""
     requests = keyed(trace)
-    task = bar.add_task("tiered store", total=trace.num_requests * len(kinds))
+    task = bar.add_task("tiered store", total=trace.num_requests * len(rows))
     advance = functools.partial(bar.advance, task)
     results: dict[str, float] = {}
     start = time.perf_counter()
-    for kind in kinds:
-        bar.update(task, description=f"tiered {kind.value}")
+    for row in rows:
+        bar.update(task, description=f"tiered {row.name}")
         workdir = Path(tempfile.mkdtemp(prefix="strata-hitrate-"))
         try:
-            config = tiered_config(workdir, dram_blocks, nvme_blocks, kind)
+            config = tiered_config(workdir, dram_blocks, nvme_blocks, row.eviction, row.admission)
             run = asyncio.run(simulate_tiered(requests, config, advance=advance))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         num_hits = sum(run.hits_by_tier.values())
-        results[f"hit_rate_tiered_{kind.value}"] = run.hit_rate
+        results[f"hit_rate_tiered_{row.name}"] = run.hit_rate
         share = run.hits_by_tier.get(TierKind.DRAM, 0) / max(1, num_hits)
-        results[f"tiered_dram_share_{kind.value}"] = share
+        results[f"tiered_dram_share_{row.name}"] = share
+        if row.admission is not AdmissionPolicyKind.ALL:
+            results[f"tiered_slow_blocks_{row.name}"] = run.num_slow_blocks
+            results[f"tiered_skipped_blocks_{row.name}"] = run.num_skipped_blocks
         if run.num_failed_puts:
-            results[f"tiered_failed_puts_{kind.value}"] = run.num_failed_puts
+            results[f"tiered_failed_puts_{row.name}"] = run.num_failed_puts
     results["tiered_sim_s"] = time.perf_counter() - start
     return results
+
+
+def tiered_table(results: dict[str, float], rows: Sequence[TieredRow]) -> Table:
+    """One line per tiered run: hit rate, DRAM share, what admission did."""
+    table = Table(title="tiered store (DRAM over NVMe)", header_style="bold")
+    for name in ("eviction", "admission", "hit rate", "DRAM share", "to NVMe", "not stored"):
+        table.add_column(name, justify="left" if name in ("eviction", "admission") else "right")
+    for row in rows:
+        slow = results.get(f"tiered_slow_blocks_{row.name}", 0)
+        skipped = results.get(f"tiered_skipped_blocks_{row.name}", 0)
+        table.add_row(
+            row.eviction.value,
+            row.admission.value,
+            f"{results[f'hit_rate_tiered_{row.name}']:.4f}",
+            f"{results[f'tiered_dram_share_{row.name}']:.3f}",
+            f"{slow:,.0f}",
+            f"{skipped:,.0f}",
+        )
+    return table
 
 
 def cost_figures(num_blocks: int, num_accesses: int, seed: int) -> dict[str, float]:
@@ -376,14 +433,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
         results.update(gap_figures(results, capacities))
         results.update(extension_figures(trace))
+        rows = tiered_rows(
+            args.tiered or tuple(EvictionPolicyKind),
+            args.tiered_admission or tuple(AdmissionPolicyKind),
+        )
         if not args.no_tiered:
-            kinds = args.tiered or tuple(EvictionPolicyKind)
-            results.update(
-                tiered_figures(trace, bar, TIERED_DRAM_BLOCKS, TIERED_NVME_BLOCKS, kinds)
-            )
+            results.update(tiered_figures(trace, bar, TIERED_DRAM_BLOCKS, TIERED_NVME_BLOCKS, rows))
     if not args.no_cost:
         results.update(cost_figures(cost_blocks, args.cost_accesses, args.seed))
     console.print(matrix(results, capacities))
+    if not args.no_tiered:
+        console.print(tiered_table(results, rows))
     units = {k: "s" if k.endswith("_s") else "µs" if k.endswith("_us") else "" for k in results}
     targets = {k: t for k, t in _targets(capacities).items() if k in results}
     report("hitrate", config, results, units=units, targets=targets, json_path=args.json)
@@ -456,6 +516,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="A,B",
         help="eviction policies of the tiered runs (default: all)",
     )
+    p.add_argument(
+        "--tiered-admission",
+        type=_admissions,
+        metavar="A,B",
+        help="admission policies of the tiered runs, each with the default eviction policy"
+        " (default: all)",
+    )
     p.add_argument("--no-tiered", action="store_true", help="skip the tiered store runs")
     p.add_argument("--no-cost", action="store_true", help="skip the cost per access")
     p.add_argument("--plot", type=Path, metavar="PATH", help="PNG (default: --json path .png)")
@@ -482,6 +549,13 @@ def _names(text: str) -> tuple[str, ...]:
 def _kinds(text: str) -> tuple[EvictionPolicyKind, ...]:
     try:
         return tuple(EvictionPolicyKind(n) for n in _names(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _admissions(text: str) -> tuple[AdmissionPolicyKind, ...]:
+    try:
+        return tuple(AdmissionPolicyKind(n) for n in _names(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 

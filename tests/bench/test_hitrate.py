@@ -22,7 +22,7 @@ from bench.traces import (
 )
 from kvstore.policy.admission import AdmitAll
 from kvstore.policy.eviction import make_eviction_policy
-from kvstore.types import EvictionPolicyKind, TierKind
+from kvstore.types import AdmissionPolicyKind, EvictionPolicyKind, TierKind
 
 CAPACITIES = (50, 200, 1_000)
 
@@ -139,11 +139,15 @@ def test_main_writes_json_and_plot(tmp_path: Path) -> None:
         for name in [*names, "belady", "oracle_admission"]
         for c in hitrate.CAPACITIES
     }
-    expected |= {f"hit_rate_tiered_{k.value}" for k in EvictionPolicyKind}
-    expected |= {f"tiered_dram_share_{k.value}" for k in EvictionPolicyKind}
+    tiered = [k.value for k in EvictionPolicyKind]
+    tiered += ["prefix_lru+doorkeeper", "prefix_lru+doorkeeper_skip"]
+    expected |= {f"hit_rate_tiered_{name}" for name in tiered}
+    expected |= {f"tiered_dram_share_{name}" for name in tiered}
     expected |= {"hit_rate_bound", "p_extend_turn_1"}
     assert expected <= results.keys()
     assert all(0.0 <= results[k] <= 1.0 for k in expected)
+    assert results["tiered_slow_blocks_prefix_lru+doorkeeper"] > 0
+    assert results["tiered_skipped_blocks_prefix_lru+doorkeeper_skip"] > 0
     for k in EvictionPolicyKind:
         assert 0 < results[f"cost_{k.value}_p50_us"] <= results[f"cost_{k.value}_p99_us"]
     assert config["trace"] == str(source)
@@ -228,3 +232,22 @@ def test_bad_flags_are_refused_with_a_message(
     with pytest.raises(SystemExit):
         hitrate.main(argv)
     assert "error:" in capsys.readouterr().err
+
+
+async def test_tiered_runs_apply_the_admission_policy_through_the_store_config(
+    trace: Trace, tmp_path: Path
+) -> None:
+    kinds = (AdmissionPolicyKind.DOORKEEPER, AdmissionPolicyKind.DOORKEEPER_SKIP)
+    runs = {}
+    for kind in kinds:
+        config = hitrate.tiered_config(
+            tmp_path / kind.value, 300, 3_000, EvictionPolicyKind.PREFIX_LRU, kind
+        )
+        assert config.store.admission_policy is kind
+        runs[kind] = await hitrate.simulate_tiered(keyed(trace), config, verify_every=1)
+    slow, skip = runs[kinds[0]], runs[kinds[1]]
+    assert slow.num_slow_blocks > 0 and slow.num_skipped_blocks == 0
+    assert skip.num_slow_blocks == 0 and skip.num_skipped_blocks > 0
+    for run in runs.values():
+        assert run.num_verified == sum(run.hits_by_tier.values())
+    assert skip.hit_rate < slow.hit_rate  # a second turn can never hit a skipped chain
