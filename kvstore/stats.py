@@ -81,6 +81,10 @@ class StatsSnapshot:
     put_blocks: int
     since_s: float
     num_pinned_blocks: int
+    # what readers and writers hold right now (0 on an idle node: anything else is a
+    # read in flight, or a lease or reservation its client never ended)
+    num_open_reservations: int = 0
+    num_read_pins: int = 0  # block acquisitions by reads, moves and leases
 
     @property
     def hit_blocks(self) -> int:
