@@ -129,6 +129,8 @@ def stats_to_pb(
         put_skipped_blocks=stats.put_skipped_blocks,
         since_s=stats.since_s,
         pinned_blocks=stats.num_pinned_blocks,
+        open_reservations=stats.num_open_reservations,
+        read_pins=stats.num_read_pins,
     )
     for usage in stats.tiers:
         response.tiers.add(

@@ -119,6 +119,7 @@ class BlockIndex:
         self._pin_expiries: list[tuple[float, BlockKey]] = []
         self._access_seq = 0
         self._token = 0
+        self.num_read_pins = 0  # acquisitions not yet released (reads, moves, leases)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -209,11 +210,13 @@ class BlockIndex:
     def acquire(self, meta: BlockMeta) -> None:
         """Pin a block for a read: it is not evicted, moved away or freed until released."""
         meta.num_readers += 1
+        self.num_read_pins += 1
 
     def release(self, meta: BlockMeta) -> None:
         if meta.num_readers <= 0:
             raise AssertionError(f"block {meta.key.hex()} released more often than acquired")
         meta.num_readers -= 1
+        self.num_read_pins -= 1
         if meta.num_readers == 0:
             self._enqueue_if_evictable(meta)
 

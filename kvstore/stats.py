@@ -83,6 +83,10 @@ class StatsSnapshot:
     num_pinned_blocks: int
     put_slow_blocks: int = 0  # of put_blocks: admitted straight to the slowest tier
     put_skipped_blocks: int = 0  # refused by the admission policy: not stored
+    # what readers and writers hold right now (0 on an idle node: anything else is a
+    # read in flight, or a lease or reservation its client never ended)
+    num_open_reservations: int = 0
+    num_read_pins: int = 0  # block acquisitions by reads, moves and leases
 
     @property
     def hit_blocks(self) -> int:

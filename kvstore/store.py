@@ -446,6 +446,8 @@ class NodeStore:
             put_skipped_blocks=s.put_skipped_blocks,
             since_s=s.since_s,
             num_pinned_blocks=self.index.num_pinned(self._clock()),
+            num_open_reservations=len(self._writes.reservations),
+            num_read_pins=self.index.num_read_pins,
         )
 
     # -- internals ----------------------------------------------------------------------

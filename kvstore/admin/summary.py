@@ -99,6 +99,8 @@ def stats_summary(stats: admin_pb2.StatsResponse) -> dict[str, Any]:
         "peer_fetched_blocks": stats.peer_fetched_blocks,
         "torn_writes": stats.torn_writes,
         "reservations_reclaimed": stats.reservations_reclaimed,
+        "open_reservations": stats.open_reservations,
+        "read_pins": stats.read_pins,
     }
 
 

@@ -10,6 +10,7 @@ An engine's worker drives it from its compute thread, in the shape of vLLM's
                                                  # after it: save and push layer i
     verified = connector.verify(kv)              # loaded blocks that matched their checksums
     connector.commit(kv)  /  connector.abort(kv) # saves become visible, or nothing does
+    done = connector.commit_later(kv)            # or: visible later, the step goes on
 
 The connector owns the hop onto the event loop (the store client and the transfer engine
 are asynchronous), host staging (``HostBlocks``), the store's leases (inside the layered
@@ -19,9 +20,17 @@ get) and every byte offset (the layout's ``layer_offset`` and ``BlockSpec``).
   awaited just before the request's first pass runs layer ``i``. A load that breaks
   leaves the request to be recomputed; ``verify`` says how many leading blocks were whole
   and matched their checksums, before their KV outlives the pass that read them.
-- Saves: after layer ``i``, layer ``i`` of every block a pass completed goes to the store
-  (a layer-wise put into reserved slots). Nothing is visible until ``commit``; ``abort``
-  gives the slots back.
+- Saves: after layer ``i``, layer ``i`` of every block a pass completed is copied to host
+  memory (``HostBlocks``) and goes to the store (a layer-wise put into reserved slots).
+  Each save is one background task on the loop (reserve, send each layer once the
+  compute thread has handed it over, then commit or abort): the compute thread never
+  waits for the store, not even for the reservation. Nothing is visible until
+  ``commit``, and a commit happens only after every layer was sent; ``abort`` gives the
+  slots back. ``commit`` waits for the commits; ``commit_later`` does not (it returns a
+  future), and a request's saves commit in order, so a block never enters the store
+  before its parent from an earlier pass. Once a staged layer is copied the save no
+  longer reads the pages; zero-copy pages (a CPU cache of whole blocks) must keep their
+  KV until the commit is done.
 - Pushes: after layer ``i``, layer ``i`` of every page a pass finished goes to another
   worker's pages (``PushTarget``: a decode worker's data-plane segment), while layer
   ``i + 1`` computes. ``commit`` waits for them and fails if the peer did not get them.
@@ -35,12 +44,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import enum
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from kvstore.client.layered import LayeredGet, LayeredPut
+from kvstore.client.layered import LayeredGet
 from kvstore.connector.backend import StoreBackend
 from kvstore.connector.layouts import KVLayout
 from kvstore.connector.staging import HostBlocks
@@ -69,14 +79,28 @@ class PushFailed(RuntimeError):
     """The target worker did not get a request's KV."""
 
 
+class _End(enum.Enum):
+    ABORT = "abort"
+
+
+@dataclass(frozen=True, slots=True)
+class _Commit:
+    after: concurrent.futures.Future[None] | None  # an earlier save of the request
+
+
 @dataclass
 class _Save:
+    """One pass's layer-wise put, driven by its task through ``commands`` (on the loop):
+    layer numbers as they are computed, then a ``_Commit`` or ``_End.ABORT``."""
+
     first: int  # block index of the request
-    put: LayeredPut
+    num_blocks: int
+    commands: asyncio.Queue[int | _Commit | _End]
+    task: concurrent.futures.Future[None]
 
     @property
     def blocks(self) -> range:
-        return range(self.first, self.first + len(self.put.keys))
+        return range(self.first, self.first + self.num_blocks)
 
 
 @dataclass
@@ -175,14 +199,9 @@ class KVConnector:
         for kv, start, n in items:
             save = None
             first, last = start // block, min((start + n) // block, len(kv.keys))
-            if kv.store is not None and last > first:
-                parent = kv.keys[first - 1] if first else None
-                put = self._call(
-                    kv.store.save(kv.keys[first:last], kv.host.blocks[first:last], parent)
-                )
-                if put is not None:
-                    save = _Save(first, put)
-                    kv.saves.append(save)
+            if kv.store is not None and kv.store.available and last > first:
+                save = self._start_save(kv, first, last)
+                kv.saves.append(save)
             push = range(0)
             if kv.target is not None:
                 end = start + n
@@ -209,31 +228,48 @@ class KVConnector:
         return verified
 
     def commit(self, kv: RequestKV) -> None:
-        """Make the request's saves visible, and wait for its pushes.
+        """Make the request's saves visible, and wait for them and for its pushes.
 
         Raises:
             PushFailed: the target worker did not get every layer.
         """
-        saves, kv.saves = kv.saves, []
-        store = kv.store
-        if store is not None and saves:
-
-            async def commit_all() -> None:
-                for s in saves:
-                    await store.commit(s.put)
-
-            self._call(commit_all())
         try:
-            self._call(_gather_pushes(kv))
+            self.commit_later(kv).result()
+        except PushFailed:
+            raise
         except Exception as exc:
             raise PushFailed(f"the KV did not reach the target: {exc}") from exc
+
+    def commit_later(
+        self, kv: RequestKV, *, after: concurrent.futures.Future[None] | None = None
+    ) -> concurrent.futures.Future[None]:
+        """Commit the request's saves in the background (each once its layers are sent)
+        and return at once; the future is done when they are committed (a save the store
+        failed is counted, not raised) and its pushes arrived (else it raises).
+
+        Args:
+            after: an earlier ``commit_later`` of the same request (another ``RequestKV``
+                over its pages): these saves commit after it, parents before children.
+        """
+        saves, kv.saves = kv.saves, []
+        for s in saves:
+            self._loop.call_soon_threadsafe(s.commands.put_nowait, _Commit(after))
+            after = s.task
+        tasks = [s.task for s in saves]
+
+        async def committed() -> None:
+            for task in tasks:
+                await _settle(asyncio.wrap_future(task))
+            await _gather_pushes(kv)
+
+        return asyncio.run_coroutine_threadsafe(committed(), self._loop)
 
     def abort(self, kv: RequestKV) -> None:
         """Undo the request's transfers: nothing it saved becomes visible, and no load or
         push still writes its pages when this returns."""
         saves, kv.saves = kv.saves, []
         for s in saves:
-            asyncio.run_coroutine_threadsafe(s.put.abort(), self._loop)
+            self._loop.call_soon_threadsafe(s.commands.put_nowait, _End.ABORT)
         if kv.load is not None:
             self._call(_settle(kv.load.verified()))
         self._call(_gather_pushes(kv, quiet=True))
@@ -258,6 +294,19 @@ class KVConnector:
         )
 
     # -- the event-loop hop --------------------------------------------------------------
+
+    def _start_save(self, kv: RequestKV, first: int, last: int) -> _Save:
+        """Blocks ``[first, last)`` of the request, saved by a task of their own."""
+        store = kv.store
+        assert store is not None
+        parent = kv.keys[first - 1] if first else None
+        keys, blocks = kv.keys[first:last], kv.host.blocks[first:last]
+        commands: asyncio.Queue[int | _Commit | _End] = asyncio.Queue()
+        task = asyncio.run_coroutine_threadsafe(
+            _run_save(store, keys, blocks, parent, commands), self._loop
+        )
+        task.add_done_callback(_log_failure)
+        return _Save(first, last - first, commands, task)
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the loop and wait for it (from the compute thread)."""
@@ -318,7 +367,7 @@ class StepHooks:
         for kv, save, push in self._items:
             if save is not None:
                 kv.host.to_host(layer, save.blocks)
-                loop.call_soon_threadsafe(save.put.write_layer, layer)
+                loop.call_soon_threadsafe(save.commands.put_nowait, layer)
             if push:
                 self._connector._push_layer(kv, layer, push)
 
@@ -337,9 +386,44 @@ async def _gather_pushes(kv: RequestKV, *, quiet: bool = False) -> None:
     await asyncio.gather(*pushes, return_exceptions=quiet)
 
 
-async def _settle(result: Coroutine[Any, Any, int]) -> None:
+async def _settle(result: Awaitable[T]) -> None:
     """Wait for a transfer to end, however it ends."""
     try:
         await result
     except Exception as exc:
         logger.debug("abandoned transfer ended: %s", exc)
+
+
+async def _run_save(
+    store: StoreBackend,
+    keys: Sequence[BlockKey],
+    blocks: Sequence[memoryview],
+    parent: BlockKey | None,
+    commands: asyncio.Queue[int | _Commit | _End],
+) -> None:
+    """One save, start to end: reserve, send each layer as the compute thread hands it
+    over, then commit (after the request's earlier saves) or abort. A store that is down
+    or refuses the reservation (``put`` None) costs nothing: the commands are drained."""
+    put = await store.save(keys, blocks, parent)
+    try:
+        while True:
+            command = await commands.get()
+            if command is _End.ABORT:
+                break
+            if isinstance(command, _Commit):
+                if command.after is not None:
+                    await _settle(asyncio.wrap_future(command.after))
+                if put is not None:
+                    await store.commit(put)  # failures are counted there
+                put = None
+                break
+            if put is not None:
+                put.write_layer(command)
+    finally:
+        if put is not None:
+            await put.abort()
+
+
+def _log_failure(task: concurrent.futures.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("a KV save failed", exc_info=task.exception())

@@ -17,14 +17,23 @@ one in each worker (``WORKER``). Each runs its own event loop on a daemon thread
 - Worker: per step, ``KVConnector`` opens each planned request over its pages
   (``HeadMajorLayout`` over vLLM's per-layer caches), starts its store load,
   ``wait_for_layer_load`` waits for layer i before vLLM's attention reads it,
-  ``save_kv_layer`` sends layer i of the blocks the step completes (vLLM calls
-  ``start_load_kv`` before the forward only in steps with loads; in the others, after
-  it, and every layer is sent then), and ``wait_for_save``
-  checks the loads (a block that failed its checksum or vanished is reported through
+  ``save_kv_layer`` hands layer i of the blocks the step completes to their save (vLLM
+  calls ``start_load_kv`` before the forward only in steps with loads; in the others,
+  after it, and every layer is handed over then), and ``wait_for_save`` checks the
+  loads (a block that failed its checksum or vanished is reported through
   ``get_block_ids_with_load_errors``, and vLLM recomputes it; the store's copies of the
-  failed blocks are removed, so the recompute saves good ones) and commits the saves,
-  or aborts them when a load failed. Nothing outlives a step, so preemption and aborts
-  leave no lease or reservation behind.
+  failed blocks are removed, so the recompute saves good ones) and commits the saves in
+  the background, or aborts them when a load failed. Loads end within their step.
+- Asynchronous saves: a step never waits for the store (each save is a task on the
+  connector's loop: reserve, send the layers, commit; a request's saves commit in step
+  order). A request whose plans saved blocks is held when it finishes
+  (``request_finished`` returns True) until ``get_finished`` reports its saves done
+  (``PendingSaves``): only then does vLLM free its pages. A save reads vLLM's pages only
+  while its step runs (``HeadMajorLayout`` is always staged: each layer is copied to host
+  memory right after it is computed), so a request preempted with saves in flight (vLLM
+  frees its pages at once, with no call to the connector) loses nothing either. Every
+  save ends in a commit or an abort, so aborted and preempted requests leave no lease or
+  reservation behind; ``shutdown`` waits (up to ``timeout_s``) for saves in flight.
 
 Keys: ``prefix_keys`` with vLLM's block size in the namespace of ``namespace_for``; a
 request's ``cache_salt`` roots its chain apart (the tenant salt).
@@ -32,6 +41,7 @@ request's ``cache_salt`` roots its chain apart (the tenant salt).
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -51,6 +61,7 @@ from kvstore.connector.loop import LoopThread
 from kvstore.connector.worker import KVConnector, RequestKV, StepHooks
 from kvstore.hashing import Namespace, prefix_keys
 from kvstore.integrations.vllm_plan import Planner, StepPlan
+from kvstore.integrations.vllm_saves import PendingSaves
 from kvstore.integrations.vllm_settings import (
     ConnectorSettings,
     namespace_for,
@@ -107,6 +118,8 @@ class StrataConnector(KVConnectorBase_V1):
         self._connector: KVConnector | None = None  # the worker's, once caches are known
         self._layer_index: dict[str, int] = {}
         self._open: list[_Open] = []
+        # the worker's saves in flight, by request
+        self._saves: PendingSaves[concurrent.futures.Future[None]] = PendingSaves()
         self._hooks: StepHooks | None = None
         self._forward_ran = False  # this step's layers ran before start_load_kv
         self._load_errors: set[int] = set()
@@ -176,8 +189,8 @@ class StrataConnector(KVConnectorBase_V1):
     def request_finished(
         self, request: Request, block_ids: list[int]
     ) -> tuple[bool, dict[str, Any] | None]:
-        self._planner.finished(request.request_id)
-        return False, None  # every save was committed within its step
+        # held while the worker may still be saving it (reported by get_finished)
+        return self._planner.finished(request.request_id), None
 
     # -- worker side ----------------------------------------------------------------------
 
@@ -204,6 +217,8 @@ class StrataConnector(KVConnectorBase_V1):
         assert isinstance(meta, StrataMetadata)
         items = []
         for plan in meta.plans:
+            if plan.saves:  # the scheduler holds the request until its saves are done
+                self._saves.expect(plan.req_id)
             needed = -(-(plan.start + plan.num_tokens) // self.block_tokens)
             pages = plan.block_ids[: max(needed, plan.load_first + plan.load_count)]
             kv = connector.open(plan.keys[: len(pages)], pages, plan.num_prompt_tokens)
@@ -246,8 +261,16 @@ class StrataConnector(KVConnectorBase_V1):
                 connector.abort(o.kv)
                 # drop the store's bad copies, so that vLLM's recompute saves good ones
                 self._loop.run(self.store.remove(o.kv.keys[first:end]), self.settings.timeout_s)
+            elif o.plan.saves:  # held by the scheduler until these commits are done
+                req_id = o.plan.req_id
+                after = self._saves.last(req_id)
+                self._saves.add(req_id, connector.commit_later(o.kv, after=after))
             else:
-                connector.commit(o.kv)
+                connector.commit_later(o.kv)  # nothing was saved (a step with loads only)
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, None]:
+        """The finished requests whose saves are all committed (vLLM frees their pages)."""
+        return self._saves.finished(finished_req_ids) or None, None
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         errors, self._load_errors = self._load_errors, set()
@@ -266,6 +289,11 @@ class StrataConnector(KVConnectorBase_V1):
         return StrataStats(data) if data is not None else StrataStats()
 
     def shutdown(self) -> None:
+        in_flight = self._saves.in_flight()
+        if in_flight:  # let them commit: a dropped save would hold its reservation
+            _, late = concurrent.futures.wait(in_flight, timeout=self.settings.timeout_s)
+            if late:
+                logger.warning("Strata connector: %d saves still in flight at exit", len(late))
         logger.info("Strata connector stats: %s", self.store.stats.as_dict())
         try:
             self._loop.run(self.store.close(), self.settings.timeout_s)

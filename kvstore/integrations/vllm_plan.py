@@ -7,8 +7,9 @@ request's keys and pages between those calls and turns each step into ``StepPlan
 the only thing the worker is sent. A request is planned while its prompt is being
 computed; decode steps cost nothing. Pure bookkeeping: no vLLM, no I/O.
 
-A step's saves are committed by the worker before the step ends, so a finished request's
-pages are free at once (``request_finished`` keeps none).
+The worker commits a step's saves in the background, so a request whose plans saved
+blocks (``StepPlan.saves``) is held when it finishes: ``finished`` says so, vLLM keeps
+its pages until the worker reports its saves done (``vllm_saves.PendingSaves``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class StepPlan:
     num_tokens: int  # prompt tokens this step computes
     load_first: int = 0  # blocks [load_first, load_first + load_count) come from the store
     load_count: int = 0
+    saves: bool = False  # the step completes full blocks: the worker saves them
 
 
 @dataclass
@@ -40,6 +42,7 @@ class _Request:
     have_blocks: int = 0  # vLLM's own prefix-cache hit, in blocks
     load_count: int = 0  # blocks to load before the next step
     block_ids: list[int] = field(default_factory=list)
+    saved: bool = False  # a plan that saves was sent: the worker may still be saving
 
 
 class Planner:
@@ -96,6 +99,10 @@ class Planner:
         num_tokens = min(num_scheduled_tokens, request.num_prompt_tokens - num_computed_tokens)
         if num_tokens <= 0:
             return None
+        first = num_computed_tokens // self.block_tokens
+        last = min((num_computed_tokens + num_tokens) // self.block_tokens, len(request.keys))
+        saves = last > first
+        request.saved |= saves
         return StepPlan(
             req_id,
             request.keys,
@@ -105,10 +112,14 @@ class Planner:
             num_tokens,
             load_first=request.have_blocks if count else 0,
             load_count=count,
+            saves=saves,
         )
 
-    def finished(self, req_id: str) -> None:
-        self._requests.pop(req_id, None)
+    def finished(self, req_id: str) -> bool:
+        """Forget the request; whether its pages must wait for the worker's saves (a
+        plan that saves blocks was sent)."""
+        request = self._requests.pop(req_id, None)
+        return request is not None and request.saved
 
     @property
     def num_requests(self) -> int:

@@ -15,6 +15,7 @@ state on the loop thread that owns it.
     strata_put_slow_blocks_total                    strata_put_skipped_blocks_total
     strata_peer_hit_blocks_total{namespace}         strata_peer_hit_tokens_total{namespace}
     strata_pinned_blocks                            strata_stats_since_seconds
+    strata_open_reservations                        strata_read_pins
     strata_degraded                                 strata_rpc_duration_seconds{method, code}
     strata_dataplane_duration_seconds{op}
 
@@ -127,6 +128,16 @@ class StoreCollector:
         pinned = GaugeMetricFamily("strata_pinned_blocks", "Blocks under an admin pin")
         pinned.add_metric([], s.num_pinned_blocks)
         yield pinned
+        reserved = GaugeMetricFamily(
+            "strata_open_reservations", "Puts reserved and neither committed nor aborted"
+        )
+        reserved.add_metric([], s.num_open_reservations)
+        yield reserved
+        read = GaugeMetricFamily(
+            "strata_read_pins", "Block acquisitions by reads in flight, moves and leases"
+        )
+        read.add_metric([], s.num_read_pins)
+        yield read
         since = GaugeMetricFamily(
             "strata_stats_since_seconds", "Unix time the counters started (start or reset)"
         )

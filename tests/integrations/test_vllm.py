@@ -29,7 +29,8 @@ import pytest
 from engine.launch import free_port
 from kvstore.admin.summary import stats_summary
 from kvstore.client import StoreClient
-from tests.engine.checkpoints import LLAMA, write_checkpoint
+from tests.engine.checkpoints import write_checkpoint
+from tests.integrations.vllm_model import MODEL
 from tests.processes import ServeProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,16 +38,6 @@ VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 BLOCK_TOKENS = 32  # the driver's block_size
 PROMPT_TOKENS = 300  # 9 full blocks; the last token's block is always computed
 MAX_TOKENS = 8
-# head_dim 32: the smallest vLLM's CPU attention takes
-MODEL = dict(
-    LLAMA,
-    vocab_size=256,
-    hidden_size=128,
-    intermediate_size=256,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-)
 
 pytestmark = [
     pytest.mark.slow,

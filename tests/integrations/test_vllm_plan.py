@@ -28,7 +28,7 @@ def test_a_step_loads_the_stores_blocks_past_vllms_hit_then_computes_the_rest() 
     planner.lookup_keys("r", KEYS, 330, 2 * B)  # vLLM's own hit: 2 blocks
     planner.will_load("r", 5 * B)
     plan = planner.scheduled("r", list(range(11)), 7 * B, 330 - 7 * B, replace_blocks=True)
-    assert plan == StepPlan("r", KEYS, tuple(range(11)), 330, 7 * B, 330 - 7 * B, 2, 5)
+    assert plan == StepPlan("r", KEYS, tuple(range(11)), 330, 7 * B, 330 - 7 * B, 2, 5, True)
     # the next step decodes: nothing to load, nothing of the prompt to compute
     assert planner.scheduled("r", None, 330, 1) is None
 

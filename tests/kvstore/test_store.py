@@ -70,6 +70,38 @@ async def test_abandoned_reservations_are_reclaimed(
     assert (await store.put(NS, chain_keys(8), [block_bytes(i) for i in range(8)])).num_stored == 8
 
 
+async def test_stats_count_what_reservations_reads_and_leases_hold_right_now(
+    make_store: StoreFactory, clock: FakeClock
+) -> None:
+    store = await make_store(**{"tiers.nvme.enabled": "false", "store.reservation_timeout_s": "5"})
+    keys = chain_keys(4)
+    await store.put(NS, keys[:2], [block_bytes(0), block_bytes(1)])
+
+    def held() -> tuple[int, int]:
+        stats = store.stats()
+        return stats.num_open_reservations, stats.num_read_pins
+
+    assert held() == (0, 0)  # a finished put holds nothing
+    committed = await store.reserve(NS, keys[2:3], [keys[1]])
+    aborted = await store.reserve(NS, keys[3:], [keys[2]])
+    abandoned = await store.reserve(NS, chain_keys(1, start=500), [None])
+    assert held() == (3, 0)
+    await store.commit(committed)
+    await store.abort(aborted)
+    assert held() == (1, 0)
+    clock.advance(6)
+    assert store.reclaim_expired() == 1 and held() == (0, 0)
+    with pytest.raises(LeaseExpired):
+        await store.commit(abandoned)
+    async with store.read(NS, keys[:3]):
+        assert held() == (0, 3)
+        run = store.lease(NS, keys[:2])
+        assert held() == (0, 5)
+    assert held() == (0, 2)  # the lease outlives the read until it is released
+    await store.release_lease(run)
+    assert held() == (0, 0)
+
+
 async def test_present_and_in_flight_keys_are_not_written_twice(make_store: StoreFactory) -> None:
     store = await make_store()
     keys = chain_keys(3)

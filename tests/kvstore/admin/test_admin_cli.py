@@ -57,6 +57,7 @@ def test_stats(server: ServeProcess) -> None:
     assert stats["hit_blocks"] == 3 and stats["miss_blocks"] == 2
     assert stats["hit_rate"] == pytest.approx(0.6) and stats["tokens_saved"] == 48
     assert stats["miss_reasons"] == {"never_stored": 2}
+    assert (stats["open_reservations"], stats["read_pins"]) == (0, 0)  # the puts ended
     (tier,) = stats["tiers"]
     assert tier["tier"] == "dram" and tier["used_bytes"] == 3 * BLOCK and tier["hit_blocks"] == 3
     table = admin(server, "stats")

@@ -110,6 +110,8 @@ class FakeStore:
         self.puts: list[Put] = []
         self.failures: list[BaseException] = []
         self.lookups = 0
+        self.available = True  # False: the store is left alone (``StoreBackend``'s back-off)
+        self.reserving: dict[BlockKey, asyncio.Event] = {}  # a save of this first key waits
 
     def leading(self, keys: Sequence[BlockKey]) -> int:
         return next((i for i, k in enumerate(keys) if k not in self.blocks), len(keys))
@@ -134,6 +136,8 @@ class FakeStore:
     async def save(
         self, keys: Sequence[BlockKey], blocks: Sequence[memoryview], parent: BlockKey | None
     ) -> FakePut | None:
+        if keys[0] in self.reserving:  # a slow reservation
+            await self.reserving[keys[0]].wait()
         put = FakePut(list(keys), blocks, parent, self.num_layers)
         self.saves.append(put)
         return put

@@ -6,6 +6,8 @@ The request throughout is ``passes``'s: 3 full blocks and 2 tokens over 4 pages.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import threading
 
 import pytest
@@ -97,6 +99,7 @@ def test_a_load_lands_in_the_pages_and_each_layer_waits_for_that_layer_only(
 
     connector.step([(kv, 12, 2)]).before_layer(0)  # a later pass waits for nothing
     assert get.awaited == [0, 1]
+    connector.abort(kv)  # (the pass's save of block 2 ends)
 
 
 def test_a_load_starts_past_the_blocks_the_engine_has_and_counts_remote_hits(
@@ -161,16 +164,20 @@ def test_verify_counts_the_leading_blocks_that_matched_their_checksums(
 
 
 def test_each_pass_saves_the_blocks_it_completes_with_their_parent(
-    connector: KVConnector, store: FakeStore
+    connector: KVConnector, store: FakeStore, loop_thread: LoopThread
 ) -> None:
     kv = connector.open(KEYS, PAGES, TOKENS)
     short = connector.open([key("s0")], [1, 4], 5)
     run_pass(connector, [(kv, 0, 6), (short, 4, 1)])  # short's only block was done before
+    loop_thread.flush()
     assert [(s.keys, s.parent) for s in store.saves] == [([KEYS[0]], None)]
     run_pass(connector, [(kv, 6, 6)])  # tokens 6-11 complete blocks 1 and 2
+    loop_thread.flush()
     assert [(s.keys, s.parent) for s in store.saves][1:] == [(KEYS[1:], KEYS[0])]
     run_pass(connector, [(kv, 12, 2)])  # the last, partial block is never saved
+    loop_thread.flush()
     assert len(store.saves) == 2
+    connector.abort(kv)
 
 
 def test_a_save_sends_each_layer_once_it_is_computed(
@@ -178,6 +185,7 @@ def test_a_save_sends_each_layer_once_it_is_computed(
 ) -> None:
     kv = connector.open(KEYS, PAGES, TOKENS)
     hooks = connector.step([(kv, 0, 8)])
+    loop_thread.flush()
     (put,) = store.saves
     pages = PAGES[:2]
     hooks.before_layer(0)
@@ -191,6 +199,9 @@ def test_a_save_sends_each_layer_once_it_is_computed(
     loop_thread.flush()
     assert put.sent[1] == [layer_of(block_bytes_of(layout, p), 1) for p in pages]
     assert store.committed == [] and not put.aborted
+    connector.abort(kv)
+    loop_thread.flush()
+    assert store.saves[0].aborted and store.committed == []  # (put, re-read)
 
 
 def test_nothing_saved_is_visible_before_commit(
@@ -235,6 +246,61 @@ def test_abort_waits_until_no_load_still_writes_the_pages(
     loop_thread.call(store.gets[0].fail, TransferFailed("gone"))
     aborting.join(10.0)
     assert not aborting.is_alive()
+
+
+def test_a_pass_and_its_commit_never_wait_for_the_store(
+    connector: KVConnector, layout: KVLayout, store: FakeStore, loop_thread: LoopThread
+) -> None:
+    kv = connector.open(KEYS, PAGES, TOKENS)
+    busy = loop_thread.block()  # the loop (and so every store call) is held up
+    done: list[object] = []
+
+    def compute() -> None:
+        run_pass(connector, [(kv, 0, 8)])
+        done.append(connector.commit_later(kv))
+
+    thread = threading.Thread(target=compute)
+    thread.start()
+    thread.join(10.0)
+    finished = not thread.is_alive()
+    busy.set()
+    assert finished  # the pass ran and returned while the store could not answer
+    (committed,) = done
+    assert isinstance(committed, concurrent.futures.Future)
+    assert committed.result(10.0) is None
+    assert store.committed == store.saves
+    pages = dict(zip(KEYS[:2], PAGES[:2], strict=True))
+    assert store.blocks == {k: block_bytes_of(layout, p) for k, p in pages.items()}
+
+
+def test_later_commits_of_a_request_keep_their_order_parents_first(
+    connector: KVConnector, store: FakeStore, loop_thread: LoopThread
+) -> None:
+    slow = asyncio.Event()
+    store.reserving[KEYS[0]] = slow  # the first pass's reservation is slow
+    first = connector.open(KEYS, PAGES, TOKENS)
+    run_pass(connector, [(first, 0, 4)])
+    first_done = connector.commit_later(first)
+    second = connector.open(KEYS, PAGES, TOKENS)  # the next step's view of the request
+    run_pass(connector, [(second, 4, 8)])
+    second_done = connector.commit_later(second, after=first_done)
+    loop_thread.flush()
+    assert [s.keys for s in store.saves] == [KEYS[1:]]  # reserved, its layers sent...
+    assert store.committed == [] and not second_done.done()  # ...but not before its parent
+    loop_thread.call(slow.set)
+    second_done.result(10.0)
+    assert [s.keys for s in store.committed] == [KEYS[:1], KEYS[1:]]
+    assert first_done.done()
+
+
+def test_a_pass_while_the_store_is_down_saves_nothing_and_commits_at_once(
+    connector: KVConnector, store: FakeStore
+) -> None:
+    store.available = False
+    kv = connector.open(KEYS, PAGES, TOKENS)
+    run_pass(connector, [(kv, 0, TOKENS)])
+    assert kv.saves == [] and connector.commit_later(kv).result(10.0) is None
+    assert store.saves == []
 
 
 def test_save_blocks_saves_whole_blocks_and_says_how_many_were_new(

@@ -111,3 +111,4 @@ async def test_every_registered_metric_has_a_sample_after_a_workload(
     assert value(body, 'strata_promoted_blocks_total{source="nvme",target="dram"}') >= 1
     assert value(body, 'strata_evicted_blocks_total{tier="nvme"}') >= 1
     assert value(body, "strata_pinned_blocks") == 1
+    assert value(body, "strata_open_reservations") == value(body, "strata_read_pins") == 0

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from kvstore._proto.strata.v1 import common_pb2 as strata_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15strata/v1/admin.proto\x12\tstrata.v1\x1a\x16strata/v1/common.proto\"\x11\n\x0fListPinsRequest\"\x80\x01\n\x0bPinnedBlock\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\x0c\x12\x1d\n\x04tier\x18\x04 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\r\n\x05ttl_s\x18\x05 \x01(\x01\x12\x0e\n\x06parent\x18\x06 \x01(\x0c\":\n\x10ListPinsResponse\x12&\n\x06\x62locks\x18\x01 \x03(\x0b\x32\x16.strata.v1.PinnedBlock\"\x0e\n\x0cStatsRequest\"\x13\n\x11ResetStatsRequest\"\xb0\x01\n\tTierStats\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\x12\n\nnum_blocks\x18\x04 \x01(\x04\x12\x12\n\nhit_blocks\x18\x05 \x01(\x04\x12\x16\n\x0e\x65victed_blocks\x18\x06 \x01(\x04\x12\x18\n\x10\x63orrupted_blocks\x18\x07 \x01(\x04\"J\n\tTierCount\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x0e\n\x06\x62locks\x18\x02 \x01(\x04\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\"T\n\x0bReasonCount\x12%\n\x06reason\x18\x01 \x01(\x0e\x32\x15.strata.v1.MissReason\x12\x0e\n\x06\x62locks\x18\x02 \x01(\x04\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\"\xcd\x01\n\x0eNamespaceStats\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\'\n\tnamespace\x18\x02 \x01(\x0b\x32\x14.strata.v1.Namespace\x12\"\n\x04hits\x18\x03 \x03(\x0b\x32\x14.strata.v1.TierCount\x12&\n\x06misses\x18\x04 \x03(\x0b\x32\x16.strata.v1.ReasonCount\x12\x17\n\x0fpeer_hit_blocks\x18\x05 \x01(\x04\x12\x17\n\x0fpeer_hit_tokens\x18\x06 \x01(\x04\"X\n\x04Move\x12\x1f\n\x06source\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x1f\n\x06target\x18\x02 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x0e\n\x06\x62locks\x18\x03 \x01(\x04\"\x92\x03\n\rStatsResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12#\n\x05tiers\x18\x02 \x03(\x0b\x32\x14.strata.v1.TierStats\x12-\n\nnamespaces\x18\x03 \x03(\x0b\x32\x19.strata.v1.NamespaceStats\x12\"\n\tdemotions\x18\x04 \x03(\x0b\x32\x0f.strata.v1.Move\x12#\n\npromotions\x18\x05 \x03(\x0b\x32\x0f.strata.v1.Move\x12\x13\n\x0btorn_writes\x18\x06 \x01(\x04\x12\x1e\n\x16reservations_reclaimed\x18\x07 \x01(\x04\x12\x12\n\nput_blocks\x18\x08 \x01(\x04\x12\x10\n\x08\x64\x65graded\x18\t \x01(\x08\x12\x1b\n\x13peer_fetched_blocks\x18\n \x01(\x04\x12\x0f\n\x07since_s\x18\x0b \x01(\x01\x12\x15\n\rpinned_blocks\x18\x0c \x01(\x04\x12\x17\n\x0fput_slow_blocks\x18\r \x01(\x04\x12\x1a\n\x12put_skipped_blocks\x18\x0e \x01(\x04\"\x0e\n\x0cNodesRequest\"Y\n\x0cTierCapacity\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\"Y\n\x04Link\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x11\n\ttransport\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04gbps\x18\x04 \x01(\x01\x12\x0e\n\x06rtt_us\x18\x05 \x01(\x01\"\xd7\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07host_id\x18\x03 \x01(\t\x12&\n\x05tiers\x18\x04 \x03(\x0b\x32\x17.strata.v1.TierCapacity\x12\x11\n\tstarted_s\x18\x05 \x01(\x01\x12\x13\n\x0bheartbeat_s\x18\x06 \x01(\x01\x12\x10\n\x08\x64\x65graded\x18\x07 \x01(\x08\x12\x16\n\x0e\x64\x61ta_addresses\x18\x08 \x03(\t\x12\x1e\n\x05links\x18\t \x03(\x0b\x32\x0f.strata.v1.Link\"3\n\rNodesResponse\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.strata.v1.NodeInfo\"A\n\x0c\x45victRequest\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x12\n\nnum_blocks\x18\x02 \x01(\r\"-\n\x0c\x46lushRequest\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\"#\n\rEvictResponse\x12\x12\n\nnum_blocks\x18\x01 \x01(\x04\"\x12\n\x10GetConfigRequest\"!\n\x11GetConfigResponse\x12\x0c\n\x04json\x18\x01 \x01(\t\".\n\x16RemoveNamespaceRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\"-\n\x17RemoveNamespaceResponse\x12\x12\n\nnum_blocks\x18\x01 \x01(\x04\x32\xab\x04\n\x0c\x41\x64minService\x12:\n\x05Stats\x12\x17.strata.v1.StatsRequest\x1a\x18.strata.v1.StatsResponse\x12:\n\x05Nodes\x12\x17.strata.v1.NodesRequest\x1a\x18.strata.v1.NodesResponse\x12:\n\x05\x45vict\x12\x17.strata.v1.EvictRequest\x1a\x18.strata.v1.EvictResponse\x12:\n\x05\x46lush\x12\x17.strata.v1.FlushRequest\x1a\x18.strata.v1.EvictResponse\x12\x46\n\tGetConfig\x12\x1b.strata.v1.GetConfigRequest\x1a\x1c.strata.v1.GetConfigResponse\x12\x44\n\nResetStats\x12\x1c.strata.v1.ResetStatsRequest\x1a\x18.strata.v1.StatsResponse\x12\x43\n\x08ListPins\x12\x1a.strata.v1.ListPinsRequest\x1a\x1b.strata.v1.ListPinsResponse\x12X\n\x0fRemoveNamespace\x12!.strata.v1.RemoveNamespaceRequest\x1a\".strata.v1.RemoveNamespaceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15strata/v1/admin.proto\x12\tstrata.v1\x1a\x16strata/v1/common.proto\"\x11\n\x0fListPinsRequest\"\x80\x01\n\x0bPinnedBlock\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\x0c\x12\x1d\n\x04tier\x18\x04 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\r\n\x05ttl_s\x18\x05 \x01(\x01\x12\x0e\n\x06parent\x18\x06 \x01(\x0c\":\n\x10ListPinsResponse\x12&\n\x06\x62locks\x18\x01 \x03(\x0b\x32\x16.strata.v1.PinnedBlock\"\x0e\n\x0cStatsRequest\"\x13\n\x11ResetStatsRequest\"\xb0\x01\n\tTierStats\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\x12\x12\n\nnum_blocks\x18\x04 \x01(\x04\x12\x12\n\nhit_blocks\x18\x05 \x01(\x04\x12\x16\n\x0e\x65victed_blocks\x18\x06 \x01(\x04\x12\x18\n\x10\x63orrupted_blocks\x18\x07 \x01(\x04\"J\n\tTierCount\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x0e\n\x06\x62locks\x18\x02 \x01(\x04\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\"T\n\x0bReasonCount\x12%\n\x06reason\x18\x01 \x01(\x0e\x32\x15.strata.v1.MissReason\x12\x0e\n\x06\x62locks\x18\x02 \x01(\x04\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\"\xcd\x01\n\x0eNamespaceStats\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\x12\'\n\tnamespace\x18\x02 \x01(\x0b\x32\x14.strata.v1.Namespace\x12\"\n\x04hits\x18\x03 \x03(\x0b\x32\x14.strata.v1.TierCount\x12&\n\x06misses\x18\x04 \x03(\x0b\x32\x16.strata.v1.ReasonCount\x12\x17\n\x0fpeer_hit_blocks\x18\x05 \x01(\x04\x12\x17\n\x0fpeer_hit_tokens\x18\x06 \x01(\x04\"X\n\x04Move\x12\x1f\n\x06source\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x1f\n\x06target\x18\x02 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x0e\n\x06\x62locks\x18\x03 \x01(\x04\"\xc0\x03\n\rStatsResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12#\n\x05tiers\x18\x02 \x03(\x0b\x32\x14.strata.v1.TierStats\x12-\n\nnamespaces\x18\x03 \x03(\x0b\x32\x19.strata.v1.NamespaceStats\x12\"\n\tdemotions\x18\x04 \x03(\x0b\x32\x0f.strata.v1.Move\x12#\n\npromotions\x18\x05 \x03(\x0b\x32\x0f.strata.v1.Move\x12\x13\n\x0btorn_writes\x18\x06 \x01(\x04\x12\x1e\n\x16reservations_reclaimed\x18\x07 \x01(\x04\x12\x12\n\nput_blocks\x18\x08 \x01(\x04\x12\x10\n\x08\x64\x65graded\x18\t \x01(\x08\x12\x1b\n\x13peer_fetched_blocks\x18\n \x01(\x04\x12\x0f\n\x07since_s\x18\x0b \x01(\x01\x12\x15\n\rpinned_blocks\x18\x0c \x01(\x04\x12\x17\n\x0fput_slow_blocks\x18\r \x01(\x04\x12\x1a\n\x12put_skipped_blocks\x18\x0e \x01(\x04\x12\x19\n\x11open_reservations\x18\x0f \x01(\x04\x12\x11\n\tread_pins\x18\x10 \x01(\x04\"\x0e\n\x0cNodesRequest\"Y\n\x0cTierCapacity\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\"Y\n\x04Link\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x11\n\ttransport\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04gbps\x18\x04 \x01(\x01\x12\x0e\n\x06rtt_us\x18\x05 \x01(\x01\"\xd7\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07host_id\x18\x03 \x01(\t\x12&\n\x05tiers\x18\x04 \x03(\x0b\x32\x17.strata.v1.TierCapacity\x12\x11\n\tstarted_s\x18\x05 \x01(\x01\x12\x13\n\x0bheartbeat_s\x18\x06 \x01(\x01\x12\x10\n\x08\x64\x65graded\x18\x07 \x01(\x08\x12\x16\n\x0e\x64\x61ta_addresses\x18\x08 \x03(\t\x12\x1e\n\x05links\x18\t \x03(\x0b\x32\x0f.strata.v1.Link\"3\n\rNodesResponse\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.strata.v1.NodeInfo\"A\n\x0c\x45victRequest\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\x12\x12\n\nnum_blocks\x18\x02 \x01(\r\"-\n\x0c\x46lushRequest\x12\x1d\n\x04tier\x18\x01 \x01(\x0e\x32\x0f.strata.v1.Tier\"#\n\rEvictResponse\x12\x12\n\nnum_blocks\x18\x01 \x01(\x04\"\x12\n\x10GetConfigRequest\"!\n\x11GetConfigResponse\x12\x0c\n\x04json\x18\x01 \x01(\t\".\n\x16RemoveNamespaceRequest\x12\x14\n\x0cnamespace_id\x18\x01 \x01(\x0c\"-\n\x17RemoveNamespaceResponse\x12\x12\n\nnum_blocks\x18\x01 \x01(\x04\x32\xab\x04\n\x0c\x41\x64minService\x12:\n\x05Stats\x12\x17.strata.v1.StatsRequest\x1a\x18.strata.v1.StatsResponse\x12:\n\x05Nodes\x12\x17.strata.v1.NodesRequest\x1a\x18.strata.v1.NodesResponse\x12:\n\x05\x45vict\x12\x17.strata.v1.EvictRequest\x1a\x18.strata.v1.EvictResponse\x12:\n\x05\x46lush\x12\x17.strata.v1.FlushRequest\x1a\x18.strata.v1.EvictResponse\x12\x46\n\tGetConfig\x12\x1b.strata.v1.GetConfigRequest\x1a\x1c.strata.v1.GetConfigResponse\x12\x44\n\nResetStats\x12\x1c.strata.v1.ResetStatsRequest\x1a\x18.strata.v1.StatsResponse\x12\x43\n\x08ListPins\x12\x1a.strata.v1.ListPinsRequest\x1a\x1b.strata.v1.ListPinsResponse\x12X\n\x0fRemoveNamespace\x12!.strata.v1.RemoveNamespaceRequest\x1a\".strata.v1.RemoveNamespaceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,31 +53,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MOVE']._serialized_start=856
   _globals['_MOVE']._serialized_end=944
   _globals['_STATSRESPONSE']._serialized_start=947
-  _globals['_STATSRESPONSE']._serialized_end=1349
-  _globals['_NODESREQUEST']._serialized_start=1351
-  _globals['_NODESREQUEST']._serialized_end=1365
-  _globals['_TIERCAPACITY']._serialized_start=1367
-  _globals['_TIERCAPACITY']._serialized_end=1456
-  _globals['_LINK']._serialized_start=1458
-  _globals['_LINK']._serialized_end=1547
-  _globals['_NODEINFO']._serialized_start=1550
-  _globals['_NODEINFO']._serialized_end=1765
-  _globals['_NODESRESPONSE']._serialized_start=1767
-  _globals['_NODESRESPONSE']._serialized_end=1818
-  _globals['_EVICTREQUEST']._serialized_start=1820
-  _globals['_EVICTREQUEST']._serialized_end=1885
-  _globals['_FLUSHREQUEST']._serialized_start=1887
-  _globals['_FLUSHREQUEST']._serialized_end=1932
-  _globals['_EVICTRESPONSE']._serialized_start=1934
-  _globals['_EVICTRESPONSE']._serialized_end=1969
-  _globals['_GETCONFIGREQUEST']._serialized_start=1971
-  _globals['_GETCONFIGREQUEST']._serialized_end=1989
-  _globals['_GETCONFIGRESPONSE']._serialized_start=1991
-  _globals['_GETCONFIGRESPONSE']._serialized_end=2024
-  _globals['_REMOVENAMESPACEREQUEST']._serialized_start=2026
-  _globals['_REMOVENAMESPACEREQUEST']._serialized_end=2072
-  _globals['_REMOVENAMESPACERESPONSE']._serialized_start=2074
-  _globals['_REMOVENAMESPACERESPONSE']._serialized_end=2119
-  _globals['_ADMINSERVICE']._serialized_start=2122
-  _globals['_ADMINSERVICE']._serialized_end=2677
+  _globals['_STATSRESPONSE']._serialized_end=1395
+  _globals['_NODESREQUEST']._serialized_start=1397
+  _globals['_NODESREQUEST']._serialized_end=1411
+  _globals['_TIERCAPACITY']._serialized_start=1413
+  _globals['_TIERCAPACITY']._serialized_end=1502
+  _globals['_LINK']._serialized_start=1504
+  _globals['_LINK']._serialized_end=1593
+  _globals['_NODEINFO']._serialized_start=1596
+  _globals['_NODEINFO']._serialized_end=1811
+  _globals['_NODESRESPONSE']._serialized_start=1813
+  _globals['_NODESRESPONSE']._serialized_end=1864
+  _globals['_EVICTREQUEST']._serialized_start=1866
+  _globals['_EVICTREQUEST']._serialized_end=1931
+  _globals['_FLUSHREQUEST']._serialized_start=1933
+  _globals['_FLUSHREQUEST']._serialized_end=1978
+  _globals['_EVICTRESPONSE']._serialized_start=1980
+  _globals['_EVICTRESPONSE']._serialized_end=2015
+  _globals['_GETCONFIGREQUEST']._serialized_start=2017
+  _globals['_GETCONFIGREQUEST']._serialized_end=2035
+  _globals['_GETCONFIGRESPONSE']._serialized_start=2037
+  _globals['_GETCONFIGRESPONSE']._serialized_end=2070
+  _globals['_REMOVENAMESPACEREQUEST']._serialized_start=2072
+  _globals['_REMOVENAMESPACEREQUEST']._serialized_end=2118
+  _globals['_REMOVENAMESPACERESPONSE']._serialized_start=2120
+  _globals['_REMOVENAMESPACERESPONSE']._serialized_end=2165
+  _globals['_ADMINSERVICE']._serialized_start=2168
+  _globals['_ADMINSERVICE']._serialized_end=2723
 # @@protoc_insertion_point(module_scope)

@@ -106,7 +106,7 @@ class Move(_message.Message):
     def __init__(self, source: _Optional[_Union[_common_pb2.Tier, str]] = ..., target: _Optional[_Union[_common_pb2.Tier, str]] = ..., blocks: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("node_id", "tiers", "namespaces", "demotions", "promotions", "torn_writes", "reservations_reclaimed", "put_blocks", "degraded", "peer_fetched_blocks", "since_s", "pinned_blocks", "put_slow_blocks", "put_skipped_blocks")
+    __slots__ = ("node_id", "tiers", "namespaces", "demotions", "promotions", "torn_writes", "reservations_reclaimed", "put_blocks", "degraded", "peer_fetched_blocks", "since_s", "pinned_blocks", "put_slow_blocks", "put_skipped_blocks", "open_reservations", "read_pins")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,8 @@ class StatsResponse(_message.Message):
     PINNED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     PUT_SLOW_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     PUT_SKIPPED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    OPEN_RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    READ_PINS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
     namespaces: _containers.RepeatedCompositeFieldContainer[NamespaceStats]
@@ -135,7 +137,9 @@ class StatsResponse(_message.Message):
     pinned_blocks: int
     put_slow_blocks: int
     put_skipped_blocks: int
-    def __init__(self, node_id: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStats, _Mapping]]] = ..., demotions: _Optional[_Iterable[_Union[Move, _Mapping]]] = ..., promotions: _Optional[_Iterable[_Union[Move, _Mapping]]] = ..., torn_writes: _Optional[int] = ..., reservations_reclaimed: _Optional[int] = ..., put_blocks: _Optional[int] = ..., degraded: _Optional[bool] = ..., peer_fetched_blocks: _Optional[int] = ..., since_s: _Optional[float] = ..., pinned_blocks: _Optional[int] = ..., put_slow_blocks: _Optional[int] = ..., put_skipped_blocks: _Optional[int] = ...) -> None: ...
+    open_reservations: int
+    read_pins: int
+    def __init__(self, node_id: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStats, _Mapping]]] = ..., demotions: _Optional[_Iterable[_Union[Move, _Mapping]]] = ..., promotions: _Optional[_Iterable[_Union[Move, _Mapping]]] = ..., torn_writes: _Optional[int] = ..., reservations_reclaimed: _Optional[int] = ..., put_blocks: _Optional[int] = ..., degraded: _Optional[bool] = ..., peer_fetched_blocks: _Optional[int] = ..., since_s: _Optional[float] = ..., pinned_blocks: _Optional[int] = ..., put_slow_blocks: _Optional[int] = ..., put_skipped_blocks: _Optional[int] = ..., open_reservations: _Optional[int] = ..., read_pins: _Optional[int] = ...) -> None: ...
 
 class NodesRequest(_message.Message):
     __slots__ = ()

