@@ -112,42 +112,38 @@ class StoreCollector:
         )
         yield _moves("strata_demoted_blocks_total", "Blocks demoted", s.demotions)
         yield _moves("strata_promoted_blocks_total", "Blocks promoted", s.promotions)
-        put = CounterMetricFamily("strata_put_blocks_total", "Blocks stored by puts")
-        put.add_metric([], s.put_blocks)
-        yield put
-        slow = CounterMetricFamily(
-            "strata_put_slow_blocks_total", "Blocks put straight into the slowest tier (admission)"
+        yield _counter("strata_put_blocks_total", "Blocks stored by puts", s.put_blocks)
+        yield _counter(
+            "strata_put_slow_blocks_total",
+            "Blocks put straight into the slowest tier (admission)",
+            s.put_slow_blocks,
         )
-        slow.add_metric([], s.put_slow_blocks)
-        yield slow
-        skipped = CounterMetricFamily(
-            "strata_put_skipped_blocks_total", "Blocks the admission policy did not store"
+        yield _counter(
+            "strata_put_skipped_blocks_total",
+            "Blocks the admission policy did not store",
+            s.put_skipped_blocks,
         )
-        skipped.add_metric([], s.put_skipped_blocks)
-        yield skipped
-        pinned = GaugeMetricFamily("strata_pinned_blocks", "Blocks under an admin pin")
-        pinned.add_metric([], s.num_pinned_blocks)
-        yield pinned
-        reserved = GaugeMetricFamily(
-            "strata_open_reservations", "Puts reserved and neither committed nor aborted"
+        yield _gauge("strata_pinned_blocks", "Blocks under an admin pin", s.num_pinned_blocks)
+        yield _gauge(
+            "strata_open_reservations",
+            "Puts reserved and neither committed nor aborted",
+            s.num_open_reservations,
         )
-        reserved.add_metric([], s.num_open_reservations)
-        yield reserved
-        read = GaugeMetricFamily(
-            "strata_read_pins", "Block acquisitions by reads in flight, moves and leases"
+        yield _gauge(
+            "strata_read_pins",
+            "Block acquisitions by reads in flight, moves and leases",
+            s.num_read_pins,
         )
-        read.add_metric([], s.num_read_pins)
-        yield read
-        since = GaugeMetricFamily(
-            "strata_stats_since_seconds", "Unix time the counters started (start or reset)"
+        yield _gauge(
+            "strata_stats_since_seconds",
+            "Unix time the counters started (start or reset)",
+            s.since_s,
         )
-        since.add_metric([], s.since_s)
-        yield since
-        degraded = GaugeMetricFamily(
-            "strata_degraded", "1 while the metadata service is unreachable"
+        yield _gauge(
+            "strata_degraded",
+            "1 while the metadata service is unreachable",
+            float(self._degraded()),
         )
-        degraded.add_metric([], float(self._degraded()))
-        yield degraded
 
     def _hits_and_misses(self, s: StatsSnapshot) -> Iterator[Metric]:
         labels = namespace_labels(s.namespaces, self._max_labels)
@@ -199,6 +195,18 @@ def namespace_labels(namespaces: list[NamespaceStats], max_labels: int) -> dict[
 
 def _add(sums: dict[tuple[str, ...], int], key: tuple[str, ...], value: int) -> None:
     sums[key] = sums.get(key, 0) + value
+
+
+def _counter(name: str, doc: str, value: float) -> Metric:
+    family = CounterMetricFamily(name, doc)
+    family.add_metric([], value)
+    return family
+
+
+def _gauge(name: str, doc: str, value: float) -> Metric:
+    family = GaugeMetricFamily(name, doc)
+    family.add_metric([], value)
+    return family
 
 
 def _by_tier(name: str, doc: str, values: dict[Any, int], tiers: list[Any]) -> Metric:
