@@ -9,6 +9,9 @@ One TOML file, shaped like a real cluster's config where they overlap (``[store]
     num_decode = 3                  # disaggregated
     num_colocated = 0               # colocated
     profile = "llama3-70b-8xh100"   # a shipped profile name or a profile file
+    host_cores = 0                  # > 0: every instance on one host of this many cores,
+                                    # shared (processor sharing; engine.sim.host); 0: each
+                                    # instance on hardware of its own
 
     [store]
     block_tokens = 512              # tokens per block (the trace's block size)
@@ -73,6 +76,7 @@ class ClusterSpec:
     num_decode: int = 1
     num_colocated: int = 2
     profile: str = "llama3-8b-h100"
+    host_cores: int = 0
     block_tokens: int = 512
     eviction_policy: EvictionPolicyKind = EvictionPolicyKind.PREFIX_LRU
     shared: bool = True
@@ -112,7 +116,10 @@ class ClusterSpec:
 
 
 _SECTIONS: dict[str, dict[str, str]] = {  # TOML section -> key -> ClusterSpec field
-    "cluster": {k: k for k in ("layout", "num_prefill", "num_decode", "num_colocated", "profile")},
+    "cluster": {
+        k: k
+        for k in ("layout", "num_prefill", "num_decode", "num_colocated", "profile", "host_cores")
+    },
     "store": {k: k for k in ("block_tokens", "eviction_policy", "shared", "promotion_min_hits")},
     "network": {"bandwidth_bytes_per_s": "network_bytes_per_s", "latency_s": "network_latency_s"},
     "engine": {k: k for k in ("chunk_tokens", "max_batch", "kv_capacity_tokens")},

@@ -5,8 +5,12 @@ node holds then, not at routing time, decides what is loaded and what is compute
 router sees ``queued_s``: the predicted work of the queued jobs plus what is left of the
 running one (the production router accounts the same from its own predictions).
 
+On its own hardware (no ``host``) a job takes its duration. On a shared ``Host`` the
+duration is the job's work, and it takes longer while other instances' work runs on
+the host's cores too (processor sharing, ``engine.sim.host``).
+
 Invariants: at most one job runs; jobs start in submission order; ``busy_s`` sums the
-durations of finished and running jobs.
+wall seconds of finished jobs.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.sim.events import EventQueue
+from engine.sim.host import Host, Work
 
 
 @dataclass(slots=True)
@@ -26,18 +31,25 @@ class PrefillJob:
 
 
 class PrefillInstance:
-    def __init__(self, name: str, events: EventQueue) -> None:
+    def __init__(self, name: str, events: EventQueue, host: Host | None = None) -> None:
         self.name = name
         self.events = events
+        self.host = host
         self.queue: deque[PrefillJob] = deque()
         self.busy_s = 0.0
         self._queued_predicted_s = 0.0
         self._running_until = 0.0
         self._running = False
+        self._work: Work | None = None  # on a shared host: the running job's work
 
     def queued_s(self) -> float:
         """Predicted seconds of work ahead of a job submitted now."""
-        left = max(0.0, self._running_until - self.events.now) if self._running else 0.0
+        if not self._running:
+            left = 0.0
+        elif self.host is not None and self._work is not None:
+            left = self.host.work_left_s(self._work)
+        else:
+            left = max(0.0, self._running_until - self.events.now)
         return left + self._queued_predicted_s
 
     def submit(self, job: PrefillJob) -> None:
@@ -53,11 +65,15 @@ class PrefillInstance:
         job = self.queue.popleft()
         self._queued_predicted_s = max(0.0, self._queued_predicted_s - job.predicted_s)
         duration = job.begin()
-        self.busy_s += duration
         self._running = True
+        if self.host is not None:
+            self._work = self.host.run(duration, lambda wall_s: self._finish(job, wall_s))
+            return
         self._running_until = self.events.now + duration
-        self.events.after(duration, lambda: self._finish(job))
+        self.events.after(duration, lambda: self._finish(job, duration))
 
-    def _finish(self, job: PrefillJob) -> None:
+    def _finish(self, job: PrefillJob, wall_s: float) -> None:
+        self.busy_s += wall_s
+        self._work = None
         job.end()
         self._start_next()

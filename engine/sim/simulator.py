@@ -17,6 +17,10 @@ Colocated (``Layout.COLOCATED``): one ``BatchInstance`` per instance does both, 
 chunked prefill; its store node is its local prefix cache; the policy picks the
 instance (its decode choice is ignored: a colocated request decodes where it prefilled).
 
+With ``host_cores`` every instance runs on one host of that many cores and their work
+shares them (``engine.sim.host``: a local cluster's processes on one machine); else each
+instance has hardware of its own.
+
 The router sees: each instance's leading cached blocks (exact, from the directory),
 ``queued_s`` (predicted queued prefill work) and, per decode instance, running
 sequences, their context and ``max_batch``. Determinism: same inputs, same result (the
@@ -36,6 +40,7 @@ from engine.sim.batching import BatchInstance
 from engine.sim.cluster import ClusterSpec, Layout
 from engine.sim.directory import Directory
 from engine.sim.events import EventQueue
+from engine.sim.host import Host
 from engine.sim.loading import LoadPlan, plan_load
 from engine.sim.metrics import RequestRecord
 from engine.sim.prefill import PrefillInstance, PrefillJob
@@ -53,6 +58,7 @@ class SimResult:
     busy_s: dict[str, float]  # instance -> busy seconds
     num_events: int
     tier_blocks: dict[str, int]  # tier -> blocks held at the end, all nodes
+    intervals: tuple[list[float], list[int]]  # every token interval: (seconds, weights)
 
 
 class Simulator:
@@ -86,6 +92,7 @@ class Simulator:
         eviction = make_eviction_policy(spec.eviction_policy)
         promotion = PromotionPolicy(spec.promotion_min_hits)
         colocated = spec.layout is Layout.COLOCATED
+        host = Host(spec.host_cores, self.events) if spec.host_cores else None
         if colocated:
             nodes = [f"colocated-{i}" for i in range(spec.num_colocated)]
         else:
@@ -94,7 +101,7 @@ class Simulator:
             observer = self.directory.observer(name)
             self.stores[name] = NodeStore(capacities, eviction, promotion, observer)
             if not colocated:
-                self.prefills[name] = PrefillInstance(name, self.events)
+                self.prefills[name] = PrefillInstance(name, self.events, host)
         batch_names = nodes if colocated else [f"decode-{i}" for i in range(spec.num_decode)]
         for name in batch_names:
             self.batches[name] = BatchInstance(
@@ -104,6 +111,7 @@ class Simulator:
                 max_batch=spec.max_batch,
                 kv_capacity_tokens=spec.kv_capacity_tokens,
                 chunk_tokens=spec.chunk_tokens,
+                host=host,
             )
 
     def run(self, requests: Sequence[SimRequest]) -> SimResult:
@@ -120,7 +128,13 @@ class Simulator:
         tier_blocks = {
             t.value: sum(s.num_blocks(t) for s in self.stores.values()) for t in TIERS_FASTEST_FIRST
         }
-        return SimResult(records, busy, self.events.num_events, tier_blocks)
+        values: list[float] = []
+        weights: list[int] = []
+        for batch in self.batches.values():
+            v, w = batch.intervals()
+            values += v
+            weights += w
+        return SimResult(records, busy, self.events.num_events, tier_blocks, (values, weights))
 
     # -- routing ----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ GOOD = """
 [cluster]
 layout = "colocated"
 num_colocated = 4
+host_cores = 2
 profile = "llama3-70b-8xh100"
 [store]
 block_tokens = 512
@@ -28,6 +29,7 @@ def test_a_description_overrides_the_defaults() -> None:
     spec = parse_cluster(tomllib.loads(GOOD))
     assert spec.layout is Layout.COLOCATED
     assert spec.num_instances == 4
+    assert spec.host_cores == 2
     assert spec.eviction_policy is EvictionPolicyKind.LRU
     assert spec.shared is False
     assert spec.tiers[TierKind.DRAM].capacity_bytes == 1e12
@@ -43,6 +45,7 @@ def test_a_description_overrides_the_defaults() -> None:
         ("[cluster]\nlayout = 'split'", "cluster.layout"),
         ("[cluster]\nnum_prefill = 1.5", "cluster.num_prefill"),
         ("[cluster]\nnum_prefill = 0", "cluster.num_prefill"),
+        ("[cluster]\nhost_cores = 1.5", "cluster.host_cores"),
         ("[store]\nshared = 1", "store.shared"),
         ("[store]\nblock_tokens = -1", "store.block_tokens"),
         ("[tiers.ssd]\ncapacity_bytes = 1", "tiers.ssd"),
