@@ -71,6 +71,7 @@ from bench.models import ModelShape
 from bench.router_decision import DECISION_BUDGET_US, QUICK, DecisionConfig, decision_latency
 from bench.router_model import compare
 from bench.traces import load_trace, synthetic_trace
+from engine.config import ModelSection
 from engine.router.costs import CostModel
 
 E2E_POLICIES = ("cache_aware", "round_robin")  # run in this order
@@ -306,6 +307,8 @@ def end_to_end(config: EndToEndConfig, trace: Path | None, seed: int) -> EndToEn
         "working_set_bytes": working_set,
         "prefill_worker_cores": pinned or "not pinned",
         "host_cores": len(os.sched_getaffinity(0)),
+        "prefill_chunk_tokens": ModelSection().chunk_tokens,  # the workers' defaults
+        "prefill_max_batch_tokens": ModelSection().max_batch_tokens,
         "between_policies": "same processes; stores flushed (DRAM + global index)",
         "cost_model": costs.to_dict(),
         "predicted_prefill_ms_1k": round(costs.prefill_s(1024, 0) * 1e3, 1),

@@ -30,7 +30,11 @@ One TOML file, shaped like a real cluster's config where they overlap (``[store]
     latency_s = 20e-6
 
     [engine]
-    chunk_tokens = 2048             # colocated: prefill tokens per iteration (chunked prefill)
+    chunk_tokens = 2048             # colocated: prefill tokens per iteration (chunked prefill);
+                                    # batched disaggregated prefill: per prompt per pass
+    max_batch_tokens = 0            # > 0: a prefill instance computes several prompts per
+                                    # pass, up to this many tokens (the bundled prefill
+                                    # worker's engine.max_batch_tokens); 0: one at a time
     max_batch = 128                 # sequences per decode step
     kv_capacity_tokens = 1_000_000  # KV an instance holds for running sequences
 
@@ -91,6 +95,7 @@ class ClusterSpec:
     network_bytes_per_s: float = 400e9
     network_latency_s: float = 20e-6
     chunk_tokens: int = 2048
+    max_batch_tokens: int = 0
     max_batch: int = 128
     kv_capacity_tokens: int = 400_000
     policy: str = "cache_aware"
@@ -122,7 +127,9 @@ _SECTIONS: dict[str, dict[str, str]] = {  # TOML section -> key -> ClusterSpec f
     },
     "store": {k: k for k in ("block_tokens", "eviction_policy", "shared", "promotion_min_hits")},
     "network": {"bandwidth_bytes_per_s": "network_bytes_per_s", "latency_s": "network_latency_s"},
-    "engine": {k: k for k in ("chunk_tokens", "max_batch", "kv_capacity_tokens")},
+    "engine": {
+        k: k for k in ("chunk_tokens", "max_batch_tokens", "max_batch", "kv_capacity_tokens")
+    },
     "router": {k: k for k in ("policy", "ttft_slo_s", "tbt_slo_s", "balance_threshold")},
 }
 

@@ -5,9 +5,10 @@ Disaggregated (``Layout.DISAGGREGATED``)::
     arrival ──▶ policy.choose(RequestView, PrefillViews, DecodeViews, now)   (router's own)
        │          └─ Rejection: the request is rejected early (counts as an SLO miss)
        ▼
-    PrefillInstance (FIFO) ── at start: what the node holds now (its BlockIndex, then peers
-       │   through the global directory when the store is shared); ``plan_load`` picks
-       │   load or recompute per block; duration = max(load, compute)
+    PrefillInstance (FIFO, one prompt or a batch a pass) ── at start: what the node holds
+       │   now (its BlockIndex, then peers through the global directory when the store is
+       │   shared); ``plan_load`` picks load or recompute per block; a prompt alone takes
+       │   max(load, compute)
        │   at end: TTFT; the prompt's blocks are written back to the node (the index's
        │   eviction policy demotes/drops to make room)
        ▼   hand-off: transfer_s(prompt tokens) over the network
@@ -43,7 +44,7 @@ from engine.sim.events import EventQueue
 from engine.sim.host import Host
 from engine.sim.loading import LoadPlan, plan_load
 from engine.sim.metrics import RequestRecord
-from engine.sim.prefill import PrefillInstance, PrefillJob
+from engine.sim.prefill import PrefillInstance, PrefillJob, PrefillWork
 from engine.sim.profiles import Profile
 from engine.sim.store import NodeStore
 from engine.sim.workload import SimRequest
@@ -101,7 +102,14 @@ class Simulator:
             observer = self.directory.observer(name)
             self.stores[name] = NodeStore(capacities, eviction, promotion, observer)
             if not colocated:
-                self.prefills[name] = PrefillInstance(name, self.events, host)
+                self.prefills[name] = PrefillInstance(
+                    name,
+                    self.events,
+                    self.costs,
+                    chunk_tokens=spec.chunk_tokens,
+                    max_batch_tokens=spec.max_batch_tokens,
+                    host=host,
+                )
         batch_names = nodes if colocated else [f"decode-{i}" for i in range(spec.num_decode)]
         for name in batch_names:
             self.batches[name] = BatchInstance(
@@ -176,8 +184,10 @@ class Simulator:
 
     # -- prefill ----------------------------------------------------------------------
 
-    def _begin_prefill(self, request: SimRequest, record: RequestRecord) -> float:
-        return self._load(request, record).seconds
+    def _begin_prefill(self, request: SimRequest, record: RequestRecord) -> PrefillWork:
+        plan = self._load(request, record)
+        cached = plan.loaded_blocks * self.block_tokens
+        return PrefillWork(request.input_tokens - cached, cached, plan.load_s)
 
     def _end_prefill(self, request: SimRequest, record: RequestRecord, choice: Decision) -> None:
         now = self.events.now

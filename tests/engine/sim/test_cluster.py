@@ -20,6 +20,8 @@ shared = false
 capacity_bytes = 1e12
 [network]
 bandwidth_bytes_per_s = 12.5e9
+[engine]
+max_batch_tokens = 2048
 [router]
 policy = "round_robin"
 """
@@ -30,6 +32,7 @@ def test_a_description_overrides_the_defaults() -> None:
     assert spec.layout is Layout.COLOCATED
     assert spec.num_instances == 4
     assert spec.host_cores == 2
+    assert spec.max_batch_tokens == 2048
     assert spec.eviction_policy is EvictionPolicyKind.LRU
     assert spec.shared is False
     assert spec.tiers[TierKind.DRAM].capacity_bytes == 1e12
