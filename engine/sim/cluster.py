@@ -12,6 +12,8 @@ One TOML file, shaped like a real cluster's config where they overlap (``[store]
     host_cores = 0                  # > 0: every instance on one host of this many cores,
                                     # shared (processor sharing; engine.sim.host); 0: each
                                     # instance on hardware of its own
+    host_busy_share = 0.0           # of those cores, what other processes on the host use
+                                    # (measured); the instances share the rest
 
     [store]
     block_tokens = 512              # tokens per block (the trace's block size)
@@ -81,6 +83,7 @@ class ClusterSpec:
     num_colocated: int = 2
     profile: str = "llama3-8b-h100"
     host_cores: int = 0
+    host_busy_share: float = 0.0
     block_tokens: int = 512
     eviction_policy: EvictionPolicyKind = EvictionPolicyKind.PREFIX_LRU
     shared: bool = True
@@ -123,7 +126,15 @@ class ClusterSpec:
 _SECTIONS: dict[str, dict[str, str]] = {  # TOML section -> key -> ClusterSpec field
     "cluster": {
         k: k
-        for k in ("layout", "num_prefill", "num_decode", "num_colocated", "profile", "host_cores")
+        for k in (
+            "layout",
+            "num_prefill",
+            "num_decode",
+            "num_colocated",
+            "profile",
+            "host_cores",
+            "host_busy_share",
+        )
     },
     "store": {k: k for k in ("block_tokens", "eviction_policy", "shared", "promotion_min_hits")},
     "network": {"bandwidth_bytes_per_s": "network_bytes_per_s", "latency_s": "network_latency_s"},
@@ -228,6 +239,8 @@ def _check(spec: ClusterSpec) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(key, f"must be > 0, got {value}")
+    if spec.host_busy_share >= 1:
+        raise ConfigError("cluster.host_busy_share", "must be < 1 (a share of the host's cores)")
     if spec.policy not in POLICY_NAMES:
         raise ConfigError("router.policy", f"must be one of {list(POLICY_NAMES)}")
     if spec.balance_threshold < 1:

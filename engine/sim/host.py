@@ -41,11 +41,12 @@ class Work:
 
 
 class Host:
-    """``cores`` cores shared by every item started on it (see the module docstring)."""
+    """``cores`` cores shared by every item started on it (see the module docstring); a
+    fraction counts: what other processes leave of a busy host's cores."""
 
-    def __init__(self, cores: int, events: EventQueue) -> None:
-        if cores < 1:
-            raise ValueError(f"a host has at least one core, got {cores}")
+    def __init__(self, cores: float, events: EventQueue) -> None:
+        if cores <= 0:
+            raise ValueError(f"a host has cores, got {cores}")
         self.cores = cores
         self.events = events
         self.running: list[Work] = []

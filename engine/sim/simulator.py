@@ -19,8 +19,8 @@ chunked prefill; its store node is its local prefix cache; the policy picks the
 instance (its decode choice is ignored: a colocated request decodes where it prefilled).
 
 With ``host_cores`` every instance runs on one host of that many cores and their work
-shares them (``engine.sim.host``: a local cluster's processes on one machine); else each
-instance has hardware of its own.
+shares them (``engine.sim.host``: a local cluster's processes on one machine), less the
+``host_busy_share`` other processes use; else each instance has hardware of its own.
 
 The router sees: each instance's leading cached blocks (exact, from the directory),
 ``queued_s`` (predicted queued prefill work) and, per decode instance, running
@@ -93,7 +93,8 @@ class Simulator:
         eviction = make_eviction_policy(spec.eviction_policy)
         promotion = PromotionPolicy(spec.promotion_min_hits)
         colocated = spec.layout is Layout.COLOCATED
-        host = Host(spec.host_cores, self.events) if spec.host_cores else None
+        free_cores = spec.host_cores * (1 - spec.host_busy_share)
+        host = Host(free_cores, self.events) if spec.host_cores else None
         if colocated:
             nodes = [f"colocated-{i}" for i in range(spec.num_colocated)]
         else:

@@ -49,6 +49,7 @@ def test_a_description_overrides_the_defaults() -> None:
         ("[cluster]\nnum_prefill = 1.5", "cluster.num_prefill"),
         ("[cluster]\nnum_prefill = 0", "cluster.num_prefill"),
         ("[cluster]\nhost_cores = 1.5", "cluster.host_cores"),
+        ("[cluster]\nhost_busy_share = 1.0", "cluster.host_busy_share"),
         ("[store]\nshared = 1", "store.shared"),
         ("[store]\nblock_tokens = -1", "store.block_tokens"),
         ("[tiers.ssd]\ncapacity_bytes = 1", "tiers.ssd"),

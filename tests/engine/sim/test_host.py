@@ -54,5 +54,5 @@ def test_an_item_started_later_slows_the_running_ones_from_then_on() -> None:
 
 
 def test_a_host_has_cores() -> None:
-    with pytest.raises(ValueError, match="at least one core"):
+    with pytest.raises(ValueError, match="a host has cores"):
         Host(0, EventQueue())

@@ -109,6 +109,11 @@ def test_instances_on_one_host_share_its_cores() -> None:
     assert b.ttft_s == pytest.approx(0.042)
     own = Simulator(replace(spec, host_cores=0), PROFILE).run(requests).records
     assert [r.ttft_s for r in own] == pytest.approx([0.021, 0.021])
+    # two cores, other processes using half of them: one core left, as above
+    busy = replace(spec, host_cores=2, host_busy_share=0.5)
+    assert [r.ttft_s for r in Simulator(busy, PROFILE).run(requests).records] == pytest.approx(
+        [0.042, 0.042]
+    )
 
 
 def test_the_itl_figures_pool_every_token_interval() -> None:
