@@ -172,12 +172,7 @@ class BatchInstance:
         self._epoch += 1
         epoch = self._epoch
         if self.host is not None:
-            chunks = self._chunks() if self._prefilling else []
-
-            def end(wall_s: float) -> None:
-                self._end_steps(epoch, [wall_s], chunks)
-
-            self.host.run(self._step_s(chunks), end)
+            self._hosted_step(self.host, epoch)
             return
         if self._prefilling:
             chunks = self._chunks()
@@ -192,6 +187,15 @@ class BatchInstance:
         ends = list(itertools.accumulate(durations))
         self._run = _Run(self.events.now, durations, ends)
         self.events.after(ends[-1], lambda: self._end_steps(epoch, durations, []))
+
+    def _hosted_step(self, host: Host, epoch: int) -> None:
+        """One step as work on the shared host; its wall duration is what it took."""
+        chunks = self._chunks() if self._prefilling else []
+
+        def end(wall_s: float) -> None:
+            self._end_steps(epoch, [wall_s], chunks)
+
+        host.run(self._step_s(chunks), end)
 
     def _cut_run(self) -> None:
         """A sequence arrived during a decode-only run: end the run at the next step
