@@ -309,6 +309,7 @@ def end_to_end(config: EndToEndConfig, trace: Path | None, seed: int) -> EndToEn
         "host_cores": len(os.sched_getaffinity(0)),
         "prefill_chunk_tokens": ModelSection().chunk_tokens,  # the workers' defaults
         "prefill_max_batch_tokens": ModelSection().max_batch_tokens,
+        "decode_max_batch": ModelSection().max_batch,
         "between_policies": "same processes; stores flushed (DRAM + global index)",
         "cost_model": costs.to_dict(),
         "predicted_prefill_ms_1k": round(costs.prefill_s(1024, 0) * 1e3, 1),
