@@ -26,9 +26,10 @@ and its entries in the global index are empty.
 ``replay`` sends each request through ``Router.stream`` at its arrival time (all
 concurrently, in this process's event loop) and records its TTFT (the call to the first
 chunk), its inter-token intervals (between successive chunks as this process receives
-them; the decode worker streams one token a chunk) and what the first chunk says was
-reused. ``run_policy`` also records the CPU seconds each role of the cluster used during
-the replay (``ROLES``), read from ``/proc``.
+them; the decode worker streams one token a chunk), what the first chunk says was
+reused and the prefill worker's own timings of it (queued there, then computing).
+``run_policy`` also records the CPU seconds each role of the cluster used during the
+replay (``ROLES``), read from ``/proc``.
 """
 
 from __future__ import annotations
@@ -298,6 +299,8 @@ class Outcome:
     prefill: str
     num_rejections: int  # Overloaded answers before it ran (each waited out, then retried)
     itl_s: tuple[float, ...]  # between successive chunks after the first (one token each)
+    prefill_queue_s: float  # the prefill worker's own timings of it: waiting there,
+    prefill_compute_s: float  # and admitted to finished (computing, loading, batched)
 
 
 class PolicyRun(NamedTuple):
@@ -354,7 +357,16 @@ async def replay(
         late_s = sent - start - request.arrival_s
         cached, remote = first.cached_tokens, first.cached_remote_tokens
         return Outcome(
-            ttft_s, late_s, len(tokens), cached, remote, first.prefill, rejections, itl_s
+            ttft_s,
+            late_s,
+            len(tokens),
+            cached,
+            remote,
+            first.prefill,
+            rejections,
+            itl_s,
+            first.prefill_queue_s,
+            first.prefill_compute_s,
         )
 
     async with asyncio.TaskGroup() as group:

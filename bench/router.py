@@ -25,7 +25,8 @@ token-weighted over the slice: ``hit_rate`` = cached / prompt tokens,
 ``local_hit_rate`` = (cached - remote) / prompt tokens. Where the cores went
 (``cpu_figures``): each role's CPU seconds during the replay (from ``/proc``) over its
 wall seconds, and the prefill workers' CPU seconds over what the fitted cost model
-predicts for the prefill work they did.
+predicts for the prefill work they did; and where the TTFT went (``ttft_parts``) by the
+prefill worker's own timings of each request.
 
 Beside the measured figures, ``model_*`` figures replay the same requests through the
 same policy objects and cost model on an ideal cluster (``bench.router_model``: FIFO
@@ -213,6 +214,7 @@ def policy_figures(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, f
         f"itl_p50_ms_{policy}": float(np.percentile(itl_ms, 50)) if itl_ms.size else 0.0,
         f"itl_p90_ms_{policy}": float(np.percentile(itl_ms, 90)) if itl_ms.size else 0.0,
         **cpu_figures(policy, run, costs),
+        **ttft_parts(policy, run, costs),
     }
 
 
@@ -230,6 +232,31 @@ def cpu_figures(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, floa
     )
     figures[f"prefill_cpu_over_fit_{policy}"] = run.cpu_s.get("prefill", 0.0) / fitted_s
     figures[f"wall_s_{policy}"] = run.wall_s
+    return figures
+
+
+def ttft_parts(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, float]:
+    """Where a request's TTFT went, from the prefill worker's own timings: waiting at
+    the worker (``prefill_queue``), admitted to finished there (``prefill_compute``:
+    computing, loading, sharing passes with other prompts), and the rest (``outside``:
+    the router's lookups, the hand-off through the decode worker, the first chunk's
+    way back); p50 and p90 of each. ``prefill_compute_over_fit``: the worker's compute
+    seconds over the fitted cost model's prediction for the same prompts."""
+    outcomes = run.outcomes
+    parts = {
+        "prefill_queue": [o.prefill_queue_s for o in outcomes],
+        "prefill_compute": [o.prefill_compute_s for o in outcomes],
+        "outside_prefill": [o.ttft_s - o.prefill_queue_s - o.prefill_compute_s for o in outcomes],
+    }
+    figures = {
+        f"{name}_p{q}_ms_{policy}": float(np.percentile(np.array(values) * 1e3, q))
+        for name, values in parts.items()
+        for q in (50, 90)
+    }
+    fitted_s = sum(
+        costs.prefill_s(o.prompt_tokens - o.cached_tokens, o.cached_tokens) for o in outcomes
+    )
+    figures[f"prefill_compute_over_fit_{policy}"] = sum(parts["prefill_compute"]) / fitted_s
     return figures
 
 

@@ -74,6 +74,10 @@ def test_end_to_end_on_a_tiny_cluster(tmp_path: Path) -> None:
             assert results[f"cpu_cores_{role}_{policy}"] >= 0
         assert results[f"cpu_cores_prefill_{policy}"] > 0  # the prompts were computed
         assert results[f"prefill_cpu_over_fit_{policy}"] > 0
+        # the prefill worker's own timings came back with the first chunks
+        assert 0 < results[f"prefill_compute_p50_ms_{policy}"] < results[f"ttft_p90_ms_{policy}"]
+        assert results[f"prefill_queue_p50_ms_{policy}"] >= 0
+        assert results[f"outside_prefill_p50_ms_{policy}"] > 0
     assert set(payload["targets_met"]) == {
         "ttft_p90_headroom",
         "local_hit_rate_cache_aware",
