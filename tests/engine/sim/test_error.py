@@ -5,9 +5,10 @@ real local cluster (``bench.router --part e2e``): the requests, the cost model t
 fitted, the host's cores and the share other processes used, and the measured TTFT
 p50/p90, ITL p50/p90 and hit rate per policy, beside what the simulator gave then (on
 the host as described, and on what the other processes left of it). Replaying the slice
-through the simulator must give the recorded figures (within 2% / 0.005), so a change to the simulator or to the policies it shares with
-production that moves its figures fails here; re-run ``bench.sim --part error`` with the
-measured files to re-record it, and the README's error table with it.
+through the simulator must give the recorded figures (within 2% / 0.005), so a change
+to the simulator or to the policies it shares with production that moves its figures
+fails here; re-run ``bench.sim --part error`` with the measured files to re-record it,
+and the README's error table with it.
 """
 
 import json
