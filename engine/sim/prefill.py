@@ -22,8 +22,9 @@ On its own hardware (no ``host``) a pass takes its duration. On a shared ``Host`
 duration is the pass's work, and it takes longer while other instances' work runs on
 the host's cores too (processor sharing, ``engine.sim.host``).
 
-Invariants: prompts join and finish in submission order within a pass's order; at most
-one pass runs; ``busy_s`` sums the wall seconds of finished passes.
+Invariants: prompts join in submission order; at most one pass runs; a prompt finishes
+at the end of the pass that ran its last chunk; ``busy_s`` sums the wall seconds of
+finished passes. Cost: O(running prompts) a pass.
 """
 
 from __future__ import annotations
