@@ -25,12 +25,17 @@ and its entries in the global index are empty.
 
 ``replay`` sends each request through ``Router.stream`` at its arrival time (all
 concurrently, in this process's event loop) and records its TTFT (the call to the first
-chunk) and what the first chunk says was reused.
+chunk), its inter-token intervals (between successive chunks as this process receives
+them; the decode worker streams one token a chunk), what the first chunk says was
+reused and the prefill worker's own timings of it (queued there, then computing).
+``run_policy`` also records the CPU seconds each role of the cluster used during the
+replay (``ROLES``), read from ``/proc``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import statistics
@@ -66,6 +71,13 @@ MiB = 1 << 20
 KEY_PREFIX = "strata"  # the store's default metadata.key_prefix
 PAGE_TOKENS = 16  # the engine's KV page and store block
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+BENCH_ROLE = "bench"  # this process: the router and the load generator
+ROLES = {  # a child's name -> its role in the CPU accounting
+    "redis": "redis",
+    "strata": "store",
+    "engine-prefill": "prefill",
+    "engine-decode": "decode",
+}
 START_DELAY_S = 0.2  # a replay's first arrival comes this long after it starts
 
 
@@ -171,8 +183,15 @@ class LocalCluster:
 
     def cpu_s(self) -> float:
         """CPU seconds used so far by this process and every child of the cluster."""
-        pids = [os.getpid(), *(c.proc.pid for c in self.children)]
-        return sum(process_cpu_s(pid) for pid in pids)
+        return sum(self.cpu_s_by_role().values())
+
+    def cpu_s_by_role(self) -> dict[str, float]:
+        """CPU seconds used so far per role (``ROLES``; this process is ``BENCH_ROLE``)."""
+        used = {BENCH_ROLE: process_cpu_s(os.getpid())}
+        for child in self.children:
+            role = ROLES.get(child.name, child.name)
+            used[role] = used.get(role, 0.0) + process_cpu_s(child.proc.pid)
+        return used
 
     def router_overrides(self) -> dict[str, str]:
         """The ``router.*`` config keys that point a router at this cluster."""
@@ -279,6 +298,9 @@ class Outcome:
     remote_tokens: int  # of the cached ones, served by the other node
     prefill: str
     num_rejections: int  # Overloaded answers before it ran (each waited out, then retried)
+    itl_s: tuple[float, ...]  # between successive chunks after the first (one token each)
+    prefill_queue_s: float  # the prefill worker's own timings of it: waiting there,
+    prefill_compute_s: float  # and admitted to finished (computing, loading, batched)
 
 
 class PolicyRun(NamedTuple):
@@ -286,18 +308,25 @@ class PolicyRun(NamedTuple):
     lookups: dict[str, int]  # the global view's store lookups: answered, timed_out, failed
     pulled_blocks: int  # blocks the policy chose to pull from the other node
     others_cpu_share: float  # of the cores, used by processes outside the bench meanwhile
+    cpu_s: dict[str, float]  # CPU seconds each role of the cluster used during the replay
+    wall_s: float  # the replay's first send to its last answer
 
 
 def pooled(runs: Sequence[PolicyRun]) -> PolicyRun:
-    """Several runs of one policy as one: outcomes and counts added, host load averaged."""
+    """Several runs of one policy as one: outcomes, counts, CPU and wall seconds added,
+    host load averaged."""
     lookups: Counter[str] = Counter()
+    cpu_s: Counter[str] = Counter()
     for run in runs:
         lookups.update(run.lookups)
+        cpu_s.update(run.cpu_s)
     return PolicyRun(
         [o for run in runs for o in run.outcomes],
         dict(lookups),
         sum(run.pulled_blocks for run in runs),
         statistics.fmean(run.others_cpu_share for run in runs),
+        dict(cpu_s),
+        sum(run.wall_s for run in runs),
     )
 
 
@@ -319,7 +348,7 @@ async def replay(
         rejections = 0
         while True:
             try:
-                first, ttft_s = await _drain(router.stream(tokens, params), sent)
+                first, ttft_s, itl_s = await _drain(router.stream(tokens, params), sent)
                 break
             except Overloaded as exc:
                 rejections += 1
@@ -327,23 +356,43 @@ async def replay(
         advance()
         late_s = sent - start - request.arrival_s
         cached, remote = first.cached_tokens, first.cached_remote_tokens
-        return Outcome(ttft_s, late_s, len(tokens), cached, remote, first.prefill, rejections)
+        return Outcome(
+            ttft_s,
+            late_s,
+            len(tokens),
+            cached,
+            remote,
+            first.prefill,
+            rejections,
+            itl_s,
+            first.prefill_queue_s,
+            first.prefill_compute_s,
+        )
 
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(one(r, p)) for r, p in zip(requests, prompts, strict=True)]
     return [task.result() for task in tasks]
 
 
-async def _drain(chunks: AsyncIterator[Chunk], sent: float) -> tuple[Chunk, float]:
-    """Read a stream to its end: its first chunk and that chunk's seconds after ``sent``."""
+async def _drain(
+    chunks: AsyncIterator[Chunk], sent: float
+) -> tuple[Chunk, float, tuple[float, ...]]:
+    """Read a stream to its end: its first chunk, that chunk's seconds after ``sent``,
+    and the seconds between each token-carrying chunk and the one before it."""
     first: Chunk | None = None
     ttft_s = 0.0
+    arrivals: list[float] = []
     async for chunk in chunks:
+        now = time.perf_counter()
         if first is None:
-            first, ttft_s = chunk, time.perf_counter() - sent
+            first, ttft_s = chunk, now - sent
+        if len(chunk.token_ids) > 1:
+            raise RuntimeError(f"a chunk carried {len(chunk.token_ids)} tokens (one expected)")
+        if chunk.token_ids:
+            arrivals.append(now)
     if first is None:
         raise RuntimeError("a request streamed no token")
-    return first, ttft_s
+    return first, ttft_s, tuple(b - a for a, b in itertools.pairwise(arrivals))
 
 
 async def fit_costs(cluster: LocalCluster, model: Path | None, path: Path) -> CostModel:
@@ -433,15 +482,19 @@ async def run_policy(
     """Replay on a fresh router with ``flags``, then flush the stores."""
     service = await open_router(load_engine_config(env={}, overrides=flags))
     try:
-        start, host, ours = time.perf_counter(), host_cpu_s(), cluster.cpu_s()
+        start, host, ours = time.perf_counter(), host_cpu_s(), cluster.cpu_s_by_role()
         outcomes = await replay(service.router, requests, prompts, advance)
         wall_s = time.perf_counter() - start
-        others_s = (host_cpu_s() - host) - (cluster.cpu_s() - ours)
+        used = cluster.cpu_s_by_role()
+        cpu_s = {role: used[role] - ours.get(role, 0.0) for role in used}
+        others_s = (host_cpu_s() - host) - sum(cpu_s.values())
         run = PolicyRun(
             outcomes,
             dict(service.router.view.lookups),
             service.router.counts["pulled_blocks"],
             max(0.0, others_s) / (wall_s * len(os.sched_getaffinity(0))),
+            cpu_s,
+            wall_s,
         )
     finally:
         await service.close()

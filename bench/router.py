@@ -18,9 +18,15 @@ Scaled for a CPU: each hash id is a fixed block of ``block_tokens`` seeded rando
 ``Router.stream``) at their arrival times, all concurrently. Per request: TTFT =
 ``Router.stream`` called -> its first chunk (so it includes the placement's store
 lookups); the first chunk's ``cached_tokens`` (reused from anywhere) and
-``cached_remote_tokens`` (of those, served by the other node). Hit rates are
+``cached_remote_tokens`` (of those, served by the other node); its inter-token
+intervals (ITL: between successive streamed tokens as this process receives them;
+``itl_p50_ms`` / ``itl_p90_ms`` over every interval of the slice). Hit rates are
 token-weighted over the slice: ``hit_rate`` = cached / prompt tokens,
-``local_hit_rate`` = (cached - remote) / prompt tokens.
+``local_hit_rate`` = (cached - remote) / prompt tokens. Where the cores went
+(``cpu_figures``): each role's CPU seconds during the replay (from ``/proc``) over its
+wall seconds, and the prefill workers' CPU seconds over what the fitted cost model
+predicts for the prefill work they did; and where the TTFT went (``ttft_parts``) by the
+prefill worker's own timings of each request.
 
 Beside the measured figures, ``model_*`` figures replay the same requests through the
 same policy objects and cost model on an ideal cluster (``bench.router_model``: FIFO
@@ -37,6 +43,7 @@ import argparse
 import asyncio
 import functools
 import json
+import os
 import random
 import shutil
 import statistics
@@ -65,6 +72,7 @@ from bench.models import ModelShape
 from bench.router_decision import DECISION_BUDGET_US, QUICK, DecisionConfig, decision_latency
 from bench.router_model import compare
 from bench.traces import load_trace, synthetic_trace
+from engine.config import ModelSection
 from engine.router.costs import CostModel
 
 E2E_POLICIES = ("cache_aware", "round_robin")  # run in this order
@@ -180,7 +188,8 @@ class BlockTokens:
         return tokens
 
 
-def policy_figures(policy: str, run: PolicyRun) -> dict[str, float]:
+def policy_figures(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, float]:
+    """One policy's measured figures (see the module docstring), named ``*_<policy>``."""
     outcomes = run.outcomes
     prompt = sum(o.prompt_tokens for o in outcomes)
     cached = sum(o.cached_tokens for o in outcomes)
@@ -189,6 +198,7 @@ def policy_figures(policy: str, run: PolicyRun) -> dict[str, float]:
     busiest = max(Counter(o.prefill for o in outcomes).values())
     num_lookups = max(1, sum(run.lookups.values()))
     late_ms = np.array([o.late_s for o in outcomes]) * 1e3
+    itl_ms = np.array([s for o in outcomes for s in o.itl_s]) * 1e3
     return {
         f"local_hit_rate_{policy}": (cached - remote) / prompt,
         f"hit_rate_{policy}": cached / prompt,
@@ -201,7 +211,55 @@ def policy_figures(policy: str, run: PolicyRun) -> dict[str, float]:
         f"send_late_p99_ms_{policy}": float(np.percentile(late_ms, 99)),
         f"rejected_share_{policy}": sum(o.num_rejections > 0 for o in outcomes) / len(outcomes),
         f"others_cpu_share_{policy}": run.others_cpu_share,
+        f"itl_p50_ms_{policy}": float(np.percentile(itl_ms, 50)) if itl_ms.size else 0.0,
+        f"itl_p90_ms_{policy}": float(np.percentile(itl_ms, 90)) if itl_ms.size else 0.0,
+        **cpu_figures(policy, run, costs),
+        **ttft_parts(policy, run, costs),
     }
+
+
+def cpu_figures(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, float]:
+    """Where the cores went during the replay: each role's mean cores in use
+    (``cpu_cores_<role>``: its CPU seconds over the replay's wall seconds), and the
+    prefill workers' CPU seconds over the prefill seconds the fitted cost model predicts
+    for the work they did (``prefill_cpu_over_fit``: above 1, the work itself costs more
+    than the fit says; the rest of a slowdown is waiting for a core)."""
+    figures = {
+        f"cpu_cores_{role}_{policy}": cpu_s / run.wall_s for role, cpu_s in run.cpu_s.items()
+    }
+    fitted_s = sum(
+        costs.prefill_s(o.prompt_tokens - o.cached_tokens, o.cached_tokens) for o in run.outcomes
+    )
+    figures[f"prefill_cpu_over_fit_{policy}"] = run.cpu_s.get("prefill", 0.0) / fitted_s
+    figures[f"wall_s_{policy}"] = run.wall_s
+    return figures
+
+
+def ttft_parts(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, float]:
+    """Where a request's TTFT went, from the prefill worker's own timings: waiting at
+    the worker (``prefill_queue``), admitted to finished there (``prefill_compute``:
+    computing, loading, sharing passes with other prompts), and the rest (``outside``:
+    the router's lookups, the hand-off through the decode worker, the first chunk's
+    way back); p50 and p90 of each. ``prefill_compute_over_fit_p50``: the median over
+    requests of the worker's compute seconds over the fitted cost model's prediction for
+    that prompt alone (above 1: batched with others, or slowed by the host)."""
+    outcomes = run.outcomes
+    parts = {
+        "prefill_queue": [o.prefill_queue_s for o in outcomes],
+        "prefill_compute": [o.prefill_compute_s for o in outcomes],
+        "outside_prefill": [o.ttft_s - o.prefill_queue_s - o.prefill_compute_s for o in outcomes],
+    }
+    figures = {
+        f"{name}_p{q}_ms_{policy}": float(np.percentile(np.array(values) * 1e3, q))
+        for name, values in parts.items()
+        for q in (50, 90)
+    }
+    stretch = [
+        o.prefill_compute_s / costs.prefill_s(o.prompt_tokens - o.cached_tokens, o.cached_tokens)
+        for o in outcomes
+    ]
+    figures[f"prefill_compute_over_fit_p50_{policy}"] = float(np.median(stretch))
+    return figures
 
 
 class EndToEnd(NamedTuple):
@@ -251,7 +309,7 @@ def end_to_end(config: EndToEndConfig, trace: Path | None, seed: int) -> EndToEn
         shutil.rmtree(workdir, ignore_errors=True)
     results: dict[str, float] = {}
     for policy, run in runs.items():
-        results.update(policy_figures(policy, run))
+        results.update(policy_figures(policy, run, costs))
     ratio = results["ttft_p90_ms_cache_aware"] / results["ttft_p90_ms_round_robin"]
     results["ttft_p90_ratio"] = ratio
     results["ttft_p90_headroom"] = TTFT_P90_GOAL / ratio
@@ -277,6 +335,10 @@ def end_to_end(config: EndToEndConfig, trace: Path | None, seed: int) -> EndToEn
         "store_bytes_per_node": store_bytes,
         "working_set_bytes": working_set,
         "prefill_worker_cores": pinned or "not pinned",
+        "host_cores": len(os.sched_getaffinity(0)),
+        "prefill_chunk_tokens": ModelSection().chunk_tokens,  # the workers' defaults
+        "prefill_max_batch_tokens": ModelSection().max_batch_tokens,
+        "decode_max_batch": ModelSection().max_batch,
         "between_policies": "same processes; stores flushed (DRAM + global index)",
         "cost_model": costs.to_dict(),
         "predicted_prefill_ms_1k": round(costs.prefill_s(1024, 0) * 1e3, 1),

@@ -81,13 +81,26 @@ def local_spec(
     num_prefills: int = 2,
     peer_fetch: bool = True,
     eviction: EvictionPolicyKind = EvictionPolicyKind.LRU,
+    host_cores: int = 0,
+    host_busy_share: float = 0.0,
+    chunk_tokens: int = 512,
+    max_batch_tokens: int = 0,
+    decode_max_batch: int = 1 << 20,
 ) -> ClusterSpec:
     """The local replay's cluster: ``num_prefills`` prefill instances, each with a store
     node of ``capacity_blocks`` DRAM blocks (reuse from it is free: the fitted prefill
-    cost includes reading the cached blocks), linked by the fitted transfer cost."""
+    cost includes reading the cached blocks), linked by the fitted transfer cost. With
+    ``host_cores``, every instance shares one host of that many cores (the local
+    cluster's processes on this machine), less ``host_busy_share`` of them that other
+    processes used; 0: the ideal cluster, no contention. With
+    ``max_batch_tokens``, a prefill instance batches prompts as the bundled prefill
+    worker does (``chunk_tokens`` per prompt a pass); 0: one prompt at a time. The decode
+    instance runs up to ``decode_max_batch`` sequences a step (default: no limit)."""
     dram = TierSpec(float(capacity_blocks * block_tokens * KV_BYTES_PER_TOKEN), 1e18)
     return ClusterSpec(
         layout=Layout.DISAGGREGATED,
+        host_cores=host_cores,
+        host_busy_share=host_busy_share,
         num_prefill=num_prefills,
         num_decode=1,
         block_tokens=block_tokens,
@@ -97,7 +110,9 @@ def local_spec(
         tiers={TierKind.HBM: TierSpec(), TierKind.DRAM: dram, TierKind.NVME: TierSpec()},
         network_bytes_per_s=KV_BYTES_PER_TOKEN / max(costs.transfer_per_token_s, 1e-18),
         network_latency_s=costs.transfer_base_s,
-        max_batch=1 << 20,
+        max_batch=decode_max_batch,
+        chunk_tokens=chunk_tokens,
+        max_batch_tokens=max_batch_tokens,
         kv_capacity_tokens=1 << 50,
     )
 

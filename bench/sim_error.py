@@ -9,15 +9,25 @@ the run's settings, so the slice, block size, output cap and arrival scaling mat
 the same configuration (``bench.router_model.local_spec``): two prefill instances each
 with its own store node (DRAM only, the run's ``store_bytes_per_node``, prefix-aware LRU
 as the real store), peer fetch on, one decode instance, the run's cost model, its fitted
-transfer cost as the link between nodes. Local reuse is free in the simulator because
-the fitted prefill cost already includes reading cached blocks from the node (it was
-profiled through the store).
+transfer cost as the link between nodes, the workers' own batch sizes (prefill prompts
+batched per pass as the prefill worker's scheduler does, the decode worker's
+``max_batch``), every instance on one host of the run's
+``host_cores`` cores (processor sharing, ``engine.sim.host``: the replay's workers are
+processes of one machine). Local reuse is free in the simulator because the fitted
+prefill cost already includes reading cached blocks from the node (it was profiled
+through the store).
 
-Output: per load and policy, TTFT p50 and p90 and hit rate, measured and simulated,
-their errors (relative for TTFT, absolute for the hit rate), written to
+Each load is simulated twice: on the host's cores as described (``simulated``), and on
+what other processes left of them while each policy replayed (``simulated_busy_host``:
+the run's measured ``others_cpu_share`` of the cores taken away; a property of the host
+during the run, measured, not fitted). The first is the simulator's error for the cluster
+it describes; the second says how much of that error the host's other load explains.
+
+Output: per load and policy, TTFT p50 and p90, decode ITL p50 and p90 (every interval
+between streamed tokens) and hit rate, measured and simulated, their errors (relative
+for TTFT and ITL, absolute for the hit rate), written to
 ``bench/reference/sim_error.json`` together with the requests and the cost model, so
-``tests/engine/sim/test_error.py`` can replay it without the trace or the cluster. The
-measured decode ITL is not in ``bench.router``'s output, so it is not compared.
+``tests/engine/sim/test_error.py`` can replay it without the trace or the cluster.
 """
 
 from __future__ import annotations
@@ -39,10 +49,14 @@ LOCAL_PROFILE = Path(__file__).parents[1] / "engine" / "sim" / "profiles" / "loc
 POLICIES = ("cache_aware", "round_robin")
 TTFT_GOAL = 0.15
 HIT_RATE_GOAL = 0.02
+FIGURES = ("ttft_p50_ms", "ttft_p90_ms", "itl_p50_ms", "itl_p90_ms", "hit_rate")
+GROUPS = ("measured", "simulated", "errors", "simulated_busy_host", "errors_busy_host")
 
 
-def simulate(entry: dict[str, Any]) -> dict[str, float]:
-    """The simulator's figures for one stored load (see ``entry_for``)."""
+def simulate(entry: dict[str, Any], *, busy_host: bool = False) -> dict[str, float]:
+    """The simulator's figures for one stored load (see ``entry_for``): on the host's
+    cores as described, or (``busy_host``) on what other processes left of them during
+    each policy's replay (its measured ``others_cpu_share``)."""
     costs = CostModel.from_dict(entry["cost_model"])
     block_tokens = entry["block_tokens"]
     spec = local_spec(
@@ -50,16 +64,21 @@ def simulate(entry: dict[str, Any]) -> dict[str, float]:
         block_tokens=block_tokens,
         capacity_blocks=entry["capacity_blocks"],
         eviction=EvictionPolicyKind.PREFIX_LRU,  # the store's default, as in the replay
+        host_cores=entry["host_cores"],
+        chunk_tokens=entry["prefill_chunk_tokens"],
+        max_batch_tokens=entry["prefill_max_batch_tokens"],
+        decode_max_batch=entry["decode_max_batch"],
     )
     requests = as_sim_requests(
         [TimedRequest(t, tuple(ids), out) for t, ids, out in entry["requests"]], block_tokens
     )
     figures: dict[str, float] = {}
     for policy in POLICIES:
-        run = run_once(replace(spec, policy=policy), local_profile(costs), requests, None)
-        figures[f"ttft_p50_ms_{policy}"] = run.figures["ttft_p50_ms"]
-        figures[f"ttft_p90_ms_{policy}"] = run.figures["ttft_p90_ms"]
-        figures[f"hit_rate_{policy}"] = run.figures["hit_rate"]
+        busy_share = entry["others_cpu_share"][policy] if busy_host else 0.0
+        policy_spec = replace(spec, policy=policy, host_busy_share=busy_share)
+        run = run_once(policy_spec, local_profile(costs), requests, None)
+        for name in FIGURES:
+            figures[f"{name}_{policy}"] = run.figures[name]
     return figures
 
 
@@ -71,13 +90,16 @@ def entry_for(measured: Path, trace: Path | None, seed: int) -> dict[str, Any]:
     _, requests = trace_requests(trace, settings, seed)
     results = doc["results"]
     measured_figures = {
-        f"{name}_{policy}": results[f"{name}_{policy}"]
-        for policy in POLICIES
-        for name in ("ttft_p50_ms", "ttft_p90_ms", "hit_rate")
+        f"{name}_{policy}": results[f"{name}_{policy}"] for policy in POLICIES for name in FIGURES
     }
     return {
         "source": measured.name,
         "offered_load": results["offered_load"],
+        "host_cores": config["host_cores"],
+        "others_cpu_share": {p: results[f"others_cpu_share_{p}"] for p in POLICIES},
+        "prefill_chunk_tokens": config["prefill_chunk_tokens"],
+        "prefill_max_batch_tokens": config["prefill_max_batch_tokens"],
+        "decode_max_batch": config["decode_max_batch"],
         "block_tokens": settings.block_tokens,
         "store_bytes_per_node": config["store_bytes_per_node"],
         "capacity_blocks": config["store_bytes_per_node"]
@@ -107,18 +129,23 @@ def error_part(paths: list[Path], trace: Path | None, seed: int) -> dict[str, fl
         entry = entry_for(path, trace, seed)
         entry["simulated"] = simulate(entry)
         entry["errors"] = errors(entry["measured"], entry["simulated"])
+        entry["simulated_busy_host"] = simulate(entry, busy_host=True)
+        entry["errors_busy_host"] = errors(entry["measured"], entry["simulated_busy_host"])
         entries.append(entry)
         tag = f"load{entry['offered_load']:.2f}"
-        for group in ("measured", "simulated", "errors"):
+        for group in GROUPS:
             for key, value in entry[group].items():
                 results[f"{group}_{key}_{tag}"] = value
     REFERENCE.parent.mkdir(parents=True, exist_ok=True)
     REFERENCE.write_text(json.dumps({"entries": entries}, indent=1) + "\n")
-    _write_profile(CostModel.from_dict(entries[0]["cost_model"]), entries[0]["source"])
+    _write_profile(entries)
     return results
 
 
-def _write_profile(costs: CostModel, source: str) -> None:
+def _write_profile(entries: list[dict[str, Any]]) -> None:
+    """``engine/sim/profiles/local-cpu.json``: the first entry's fitted cost model, with
+    what the entries say of its uncertainty."""
+    costs = CostModel.from_dict(entries[0]["cost_model"])
     raw = {
         "name": "local-cpu",
         "model": "bench.models.ModelShape (random Llama: 4 layers, hidden 384, 1 KV head), float32",
@@ -127,14 +154,25 @@ def _write_profile(costs: CostModel, source: str) -> None:
         "kv_bytes_per_token": KV_BYTES_PER_TOKEN,
         "costs": {k: v for k, v in costs.to_dict().items() if not k.startswith("transfer_")},
         "fitted_transfer": {k: v for k, v in costs.to_dict().items() if k.startswith("transfer_")},
-        "uncertainty": "fitted once by the router's profiler at the start of a bench.router run"
-        " on a shared 2-core host: two fits the same day differed by 1.8x in prefill cost a"
-        " token, and the replays that followed ran 6-15x slower than the fit predicts while"
-        " other processes used 60-70% of the cores (bench/reference/sim_error.json)",
+        "uncertainty": _uncertainty(entries),
         "uncertainty_factor": 1.0,
         "sources": [
-            f"engine/router/profiling.py (bench.cluster.fit_costs) on this machine: {source}",
+            "engine/router/profiling.py (bench.cluster.fit_costs) on this machine: "
+            + entries[0]["source"],
             "the measured error against that run: bench/reference/sim_error.json",
         ],
     }
     LOCAL_PROFILE.write_text(json.dumps(raw, indent=2) + "\n")
+
+
+def _uncertainty(entries: list[dict[str, Any]]) -> str:
+    per_token = [e["cost_model"]["prefill_per_token_s"] * 1e3 for e in entries]
+    busy = [share for e in entries for share in e["others_cpu_share"].values()]
+    ttft = [v for e in entries for k, v in e["errors"].items() if k.startswith("ttft")]
+    return (
+        "fitted by the router's profiler at the start of each bench.router run on a shared"
+        f" 2-core host: prefill {min(per_token):.3f}-{max(per_token):.3f} ms a token across"
+        f" the runs; during the replays other processes used {min(busy):.0%}-{max(busy):.0%}"
+        f" of the cores, and the simulated TTFT p50/p90 was {min(ttft):+.0%} to"
+        f" {max(ttft):+.0%} off the measured (bench/reference/sim_error.json)"
+    )

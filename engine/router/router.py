@@ -92,6 +92,8 @@ class Chunk:
     cached_tokens: int  # on the first chunk
     prefill: str  # the prefill worker that served the request
     cached_remote_tokens: int = 0  # on the first chunk: reused from another worker's node
+    prefill_queue_s: float = 0.0  # on the first chunk: its wait at the prefill worker
+    prefill_compute_s: float = 0.0  # on the first chunk: its prefill there (admission to end)
 
 
 class Router:
@@ -225,6 +227,8 @@ class Router:
                     chunk.cached_tokens,
                     prefill.id,
                     chunk.cached_remote_tokens,
+                    chunk.prefill_queue_s,
+                    chunk.prefill_compute_s,
                 )
         except grpc.aio.AioRpcError as exc:
             failure = failure_of(exc)

@@ -161,6 +161,8 @@ class DecodeServicer(engine_pb2_grpc.DecodeServiceServicer):
                     chunk.cached_tokens = prefilled.cached_tokens
                     chunk.cached_remote_tokens = prefilled.cached_remote_tokens
                     chunk.cached_store_tokens = prefilled.cached_store_tokens
+                    chunk.prefill_queue_s = prefilled.queue_s
+                    chunk.prefill_compute_s = prefilled.compute_s
                 first = False
             yield chunk
 

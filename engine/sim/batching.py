@@ -15,7 +15,15 @@ tokens of ``kv_capacity_tokens`` (the production rule: a running sequence never 
 for pages) and needs ``running < max_batch``; otherwise it waits, first come first served.
 
 Per sequence the token intervals are the step durations it took part in; they are kept
-once per instance (``durations``) and sliced when the sequence finishes.
+once per instance (``durations``) and sliced when the sequence finishes. For the ITL
+distribution over every interval of every sequence (``intervals``), each step counts
+once per sequence that took a non-first token from it (a difference array over the
+steps, O(1) per finish) and each sequence's first interval (hand-off, then its first
+step) once.
+
+On a shared ``Host`` (``engine.sim.host``) a step's cost is its work: its wall duration
+stretches while other instances' work shares the host's cores; every step is then its
+own event (no runs), since the sharing can change between any two steps.
 
 Speed: while no prefill is pending and nothing arrives, the steps until the next
 sequence finishes are planned as one *run* (one event; each step's duration still
@@ -38,6 +46,7 @@ from dataclasses import dataclass, field
 
 from engine.router.costs import CostModel
 from engine.sim.events import EventQueue
+from engine.sim.host import Host
 
 SLOWEST_SHARE = 0.1  # TBT: the mean of the slowest 10% of a request's token intervals
 
@@ -78,14 +87,18 @@ class BatchInstance:
         max_batch: int,
         kv_capacity_tokens: int,
         chunk_tokens: int,
+        host: Host | None = None,
     ) -> None:
         self.name = name
+        self.host = host
         self.events = events
         self.costs = costs
         self.max_batch = max_batch
         self.kv_capacity_tokens = kv_capacity_tokens
         self.chunk_tokens = chunk_tokens
         self.durations: list[float] = []
+        self.first_intervals: list[float] = []  # of every finished sequence with two tokens+
+        self._covers = [0]  # difference array: sequences taking a later token from step i
         self.busy_s = 0.0
         self.reserved_tokens = 0
         self.context_tokens = 0  # of the running sequences
@@ -158,6 +171,9 @@ class BatchInstance:
         self._stepping = True
         self._epoch += 1
         epoch = self._epoch
+        if self.host is not None:
+            self._hosted_step(self.host, epoch)
+            return
         if self._prefilling:
             chunks = self._chunks()
             durations = [self._step_s(chunks)]
@@ -171,6 +187,15 @@ class BatchInstance:
         ends = list(itertools.accumulate(durations))
         self._run = _Run(self.events.now, durations, ends)
         self.events.after(ends[-1], lambda: self._end_steps(epoch, durations, []))
+
+    def _hosted_step(self, host: Host, epoch: int) -> None:
+        """One step as work on the shared host; its wall duration is what it took."""
+        chunks = self._chunks() if self._prefilling else []
+
+        def end(wall_s: float) -> None:
+            self._end_steps(epoch, [wall_s], chunks)
+
+        host.run(self._step_s(chunks), end)
 
     def _cut_run(self) -> None:
         """A sequence arrived during a decode-only run: end the run at the next step
@@ -219,6 +244,7 @@ class BatchInstance:
             return  # a run cut short since; its new end is scheduled
         self._run = None
         self.durations.extend(durations)
+        self._covers.extend([0] * len(durations))
         self.busy_s += sum(durations)
         steps = len(self.durations)
         self.context_tokens += len(self._running) * len(durations)
@@ -242,6 +268,9 @@ class BatchInstance:
         intervals = seq.intervals
         if seq.output_tokens > 1:
             first = intervals[0] + self.durations[seq.start_step]
+            self.first_intervals.append(first)
+            self._covers[seq.start_step + 1] += 1
+            self._covers[seq.start_step + seq.output_tokens - 1] -= 1
             intervals = [
                 first,
                 *self.durations[seq.start_step + 1 : seq.start_step + seq.output_tokens - 1],
@@ -251,6 +280,14 @@ class BatchInstance:
         self.reserved_tokens -= seq.prompt_tokens + seq.output_tokens
         if seq.on_done is not None:
             seq.on_done(self.events.now, slowest_mean(intervals))
+
+    def intervals(self) -> tuple[list[float], list[int]]:
+        """Every token interval of the finished sequences, as (values, how many times
+        each counts): each step's duration weighted by the sequences that took a later
+        token from it, then each sequence's first interval once."""
+        weights = list(itertools.accumulate(self._covers))[: len(self.durations)]
+        values = self.durations + self.first_intervals
+        return values, weights + [1] * len(self.first_intervals)
 
 
 def slowest_mean(intervals: list[float]) -> float:

@@ -9,6 +9,11 @@ One TOML file, shaped like a real cluster's config where they overlap (``[store]
     num_decode = 3                  # disaggregated
     num_colocated = 0               # colocated
     profile = "llama3-70b-8xh100"   # a shipped profile name or a profile file
+    host_cores = 0                  # > 0: every instance on one host of this many cores,
+                                    # shared (processor sharing; engine.sim.host); 0: each
+                                    # instance on hardware of its own
+    host_busy_share = 0.0           # of those cores, what other processes on the host use
+                                    # (measured); the instances share the rest
 
     [store]
     block_tokens = 512              # tokens per block (the trace's block size)
@@ -27,7 +32,11 @@ One TOML file, shaped like a real cluster's config where they overlap (``[store]
     latency_s = 20e-6
 
     [engine]
-    chunk_tokens = 2048             # colocated: prefill tokens per iteration (chunked prefill)
+    chunk_tokens = 2048             # colocated: prefill tokens per iteration (chunked prefill);
+                                    # batched disaggregated prefill: per prompt per pass
+    max_batch_tokens = 0            # > 0: a prefill instance computes several prompts per
+                                    # pass, up to this many tokens (the bundled prefill
+                                    # worker's engine.max_batch_tokens); 0: one at a time
     max_batch = 128                 # sequences per decode step
     kv_capacity_tokens = 1_000_000  # KV an instance holds for running sequences
 
@@ -73,6 +82,8 @@ class ClusterSpec:
     num_decode: int = 1
     num_colocated: int = 2
     profile: str = "llama3-8b-h100"
+    host_cores: int = 0
+    host_busy_share: float = 0.0
     block_tokens: int = 512
     eviction_policy: EvictionPolicyKind = EvictionPolicyKind.PREFIX_LRU
     shared: bool = True
@@ -87,6 +98,7 @@ class ClusterSpec:
     network_bytes_per_s: float = 400e9
     network_latency_s: float = 20e-6
     chunk_tokens: int = 2048
+    max_batch_tokens: int = 0
     max_batch: int = 128
     kv_capacity_tokens: int = 400_000
     policy: str = "cache_aware"
@@ -112,10 +124,23 @@ class ClusterSpec:
 
 
 _SECTIONS: dict[str, dict[str, str]] = {  # TOML section -> key -> ClusterSpec field
-    "cluster": {k: k for k in ("layout", "num_prefill", "num_decode", "num_colocated", "profile")},
+    "cluster": {
+        k: k
+        for k in (
+            "layout",
+            "num_prefill",
+            "num_decode",
+            "num_colocated",
+            "profile",
+            "host_cores",
+            "host_busy_share",
+        )
+    },
     "store": {k: k for k in ("block_tokens", "eviction_policy", "shared", "promotion_min_hits")},
     "network": {"bandwidth_bytes_per_s": "network_bytes_per_s", "latency_s": "network_latency_s"},
-    "engine": {k: k for k in ("chunk_tokens", "max_batch", "kv_capacity_tokens")},
+    "engine": {
+        k: k for k in ("chunk_tokens", "max_batch_tokens", "max_batch", "kv_capacity_tokens")
+    },
     "router": {k: k for k in ("policy", "ttft_slo_s", "tbt_slo_s", "balance_threshold")},
 }
 
@@ -214,6 +239,8 @@ def _check(spec: ClusterSpec) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(key, f"must be > 0, got {value}")
+    if spec.host_busy_share >= 1:
+        raise ConfigError("cluster.host_busy_share", "must be < 1 (a share of the host's cores)")
     if spec.policy not in POLICY_NAMES:
         raise ConfigError("router.policy", f"must be one of {list(POLICY_NAMES)}")
     if spec.balance_threshold < 1:

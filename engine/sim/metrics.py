@@ -6,6 +6,10 @@ Definitions (each figure's name says its unit):
 * TBT of a request: the mean of the slowest 10% of its token intervals (Mooncake's
   definition); the first interval after the prefill includes the hand-off to decode.
   A request with one output token has no interval (TBT 0).
+* ITL: every token interval of every request, pooled (``itl_p50_ms`` ...): what a
+  client timing each streamed token sees. Percentiles of a weighted set (a decode step
+  counts once per sequence it served), by the inverted CDF: the smallest interval with
+  at least q% of the intervals at or below it.
 * SLO attainment: the share of *all* requests (rejected ones count as misses) with
   TTFT <= ttft_slo_s and TBT <= tbt_slo_s.
 * Hit rate per tier: prompt tokens loaded from that tier of the serving node's store
@@ -65,9 +69,13 @@ def attainment(records: Sequence[RequestRecord], slo: Slo) -> float:
 
 
 def summarise(
-    records: Sequence[RequestRecord], busy_s: Mapping[str, float], slo: Slo | None
+    records: Sequence[RequestRecord],
+    busy_s: Mapping[str, float],
+    slo: Slo | None,
+    intervals: tuple[Sequence[float], Sequence[int]] = ((), ()),
 ) -> dict[str, float]:
-    """The figures of one run (see the module docstring), flat, units in the names."""
+    """The figures of one run (see the module docstring), flat, units in the names;
+    ``intervals``: every token interval as (seconds, how many times each counts)."""
     served = [r for r in records if r.done]
     out: dict[str, float] = {
         "requests": float(len(records)),
@@ -75,6 +83,7 @@ def summarise(
     }
     out |= _percentiles("ttft", [r.ttft_s for r in served])
     out |= _percentiles("tbt", [r.tbt_s for r in served if r.output_tokens > 1])
+    out |= {f"itl_p{q}_ms": weighted_percentile(*intervals, q) * 1e3 for q in (50, 90, 99)}
     prompt = sum(r.prompt_tokens for r in served) or 1
     loaded = {s: sum(r.loaded_tokens.get(s, 0) for r in served) for s in SOURCES}
     for source, tokens in loaded.items():
@@ -106,6 +115,20 @@ def _span(records: Iterable[RequestRecord]) -> float:
     first = min(r.arrival_s for r in records)
     last = max((r.finish_s for r in records if r.done), default=first)
     return last - first
+
+
+def weighted_percentile(values: Sequence[float], weights: Sequence[int], q: float) -> float:
+    """The smallest of ``values`` with at least ``q``% of the total weight at or below
+    it (the inverted CDF); 0 for an empty or weightless set."""
+    v = np.asarray(values, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    v, w = v[w > 0], w[w > 0]
+    if not v.size:
+        return 0.0
+    order = np.argsort(v, kind="stable")
+    cumulative = np.cumsum(w[order])
+    index = int(np.searchsorted(cumulative, q / 100 * cumulative[-1], side="left"))
+    return float(v[order][min(index, v.size - 1)])
 
 
 def _percentiles(name: str, seconds: Sequence[float]) -> dict[str, float]:

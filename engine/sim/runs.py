@@ -32,7 +32,7 @@ def run_once(
     seed: int = 0,
 ) -> Run:
     result = Simulator(spec, profile, seed=seed).run(requests)
-    figures = summarise(result.records, result.busy_s, slo)
+    figures = summarise(result.records, result.busy_s, slo, result.intervals)
     figures["events"] = float(result.num_events)
     figures["rate_rps"] = arrival_rate(requests)
     figures["gpus"] = float(spec.num_instances * profile.gpus_per_instance)

@@ -5,9 +5,10 @@ Disaggregated (``Layout.DISAGGREGATED``)::
     arrival ──▶ policy.choose(RequestView, PrefillViews, DecodeViews, now)   (router's own)
        │          └─ Rejection: the request is rejected early (counts as an SLO miss)
        ▼
-    PrefillInstance (FIFO) ── at start: what the node holds now (its BlockIndex, then peers
-       │   through the global directory when the store is shared); ``plan_load`` picks
-       │   load or recompute per block; duration = max(load, compute)
+    PrefillInstance (FIFO, one prompt or a batch a pass) ── at start: what the node holds
+       │   now (its BlockIndex, then peers through the global directory when the store is
+       │   shared); ``plan_load`` picks load or recompute per block; a prompt alone takes
+       │   max(load, compute)
        │   at end: TTFT; the prompt's blocks are written back to the node (the index's
        │   eviction policy demotes/drops to make room)
        ▼   hand-off: transfer_s(prompt tokens) over the network
@@ -16,6 +17,10 @@ Disaggregated (``Layout.DISAGGREGATED``)::
 Colocated (``Layout.COLOCATED``): one ``BatchInstance`` per instance does both, with
 chunked prefill; its store node is its local prefix cache; the policy picks the
 instance (its decode choice is ignored: a colocated request decodes where it prefilled).
+
+With ``host_cores`` every instance runs on one host of that many cores and their work
+shares them (``engine.sim.host``: a local cluster's processes on one machine), less the
+``host_busy_share`` other processes use; else each instance has hardware of its own.
 
 The router sees: each instance's leading cached blocks (exact, from the directory),
 ``queued_s`` (predicted queued prefill work) and, per decode instance, running
@@ -36,9 +41,10 @@ from engine.sim.batching import BatchInstance
 from engine.sim.cluster import ClusterSpec, Layout
 from engine.sim.directory import Directory
 from engine.sim.events import EventQueue
+from engine.sim.host import Host
 from engine.sim.loading import LoadPlan, plan_load
 from engine.sim.metrics import RequestRecord
-from engine.sim.prefill import PrefillInstance, PrefillJob
+from engine.sim.prefill import PrefillInstance, PrefillJob, PrefillWork
 from engine.sim.profiles import Profile
 from engine.sim.store import NodeStore
 from engine.sim.workload import SimRequest
@@ -53,6 +59,7 @@ class SimResult:
     busy_s: dict[str, float]  # instance -> busy seconds
     num_events: int
     tier_blocks: dict[str, int]  # tier -> blocks held at the end, all nodes
+    intervals: tuple[list[float], list[int]]  # every token interval: (seconds, weights)
 
 
 class Simulator:
@@ -86,6 +93,8 @@ class Simulator:
         eviction = make_eviction_policy(spec.eviction_policy)
         promotion = PromotionPolicy(spec.promotion_min_hits)
         colocated = spec.layout is Layout.COLOCATED
+        free_cores = spec.host_cores * (1 - spec.host_busy_share)
+        host = Host(free_cores, self.events) if spec.host_cores else None
         if colocated:
             nodes = [f"colocated-{i}" for i in range(spec.num_colocated)]
         else:
@@ -94,7 +103,14 @@ class Simulator:
             observer = self.directory.observer(name)
             self.stores[name] = NodeStore(capacities, eviction, promotion, observer)
             if not colocated:
-                self.prefills[name] = PrefillInstance(name, self.events)
+                self.prefills[name] = PrefillInstance(
+                    name,
+                    self.events,
+                    self.costs,
+                    chunk_tokens=spec.chunk_tokens,
+                    max_batch_tokens=spec.max_batch_tokens,
+                    host=host,
+                )
         batch_names = nodes if colocated else [f"decode-{i}" for i in range(spec.num_decode)]
         for name in batch_names:
             self.batches[name] = BatchInstance(
@@ -104,6 +120,7 @@ class Simulator:
                 max_batch=spec.max_batch,
                 kv_capacity_tokens=spec.kv_capacity_tokens,
                 chunk_tokens=spec.chunk_tokens,
+                host=host,
             )
 
     def run(self, requests: Sequence[SimRequest]) -> SimResult:
@@ -120,7 +137,13 @@ class Simulator:
         tier_blocks = {
             t.value: sum(s.num_blocks(t) for s in self.stores.values()) for t in TIERS_FASTEST_FIRST
         }
-        return SimResult(records, busy, self.events.num_events, tier_blocks)
+        values: list[float] = []
+        weights: list[int] = []
+        for batch in self.batches.values():
+            v, w = batch.intervals()
+            values += v
+            weights += w
+        return SimResult(records, busy, self.events.num_events, tier_blocks, (values, weights))
 
     # -- routing ----------------------------------------------------------------------
 
@@ -162,8 +185,10 @@ class Simulator:
 
     # -- prefill ----------------------------------------------------------------------
 
-    def _begin_prefill(self, request: SimRequest, record: RequestRecord) -> float:
-        return self._load(request, record).seconds
+    def _begin_prefill(self, request: SimRequest, record: RequestRecord) -> PrefillWork:
+        plan = self._load(request, record)
+        cached = plan.loaded_blocks * self.block_tokens
+        return PrefillWork(request.input_tokens - cached, cached, plan.load_s)
 
     def _end_prefill(self, request: SimRequest, record: RequestRecord, choice: Decision) -> None:
         now = self.events.now

@@ -68,6 +68,16 @@ def test_end_to_end_on_a_tiny_cluster(tmp_path: Path) -> None:
         assert 0 < results[f"ttft_p50_ms_{policy}"] <= results[f"ttft_p90_ms_{policy}"]
         local, anywhere = results[f"local_hit_rate_{policy}"], results[f"hit_rate_{policy}"]
         assert 0 <= local <= anywhere <= 1
+        # every request streams several tokens: their intervals are measured
+        assert 0 < results[f"itl_p50_ms_{policy}"] <= results[f"itl_p90_ms_{policy}"]
+        for role in ("bench", "redis", "store", "prefill", "decode"):
+            assert results[f"cpu_cores_{role}_{policy}"] >= 0
+        assert results[f"cpu_cores_prefill_{policy}"] > 0  # the prompts were computed
+        assert results[f"prefill_cpu_over_fit_{policy}"] > 0
+        # the prefill worker's own timings came back with the first chunks
+        assert 0 < results[f"prefill_compute_p50_ms_{policy}"] < results[f"ttft_p90_ms_{policy}"]
+        assert results[f"prefill_queue_p50_ms_{policy}"] >= 0
+        assert results[f"outside_prefill_p50_ms_{policy}"] > 0
     assert set(payload["targets_met"]) == {
         "ttft_p90_headroom",
         "local_hit_rate_cache_aware",

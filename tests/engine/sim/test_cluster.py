@@ -10,6 +10,7 @@ GOOD = """
 [cluster]
 layout = "colocated"
 num_colocated = 4
+host_cores = 2
 profile = "llama3-70b-8xh100"
 [store]
 block_tokens = 512
@@ -19,6 +20,8 @@ shared = false
 capacity_bytes = 1e12
 [network]
 bandwidth_bytes_per_s = 12.5e9
+[engine]
+max_batch_tokens = 2048
 [router]
 policy = "round_robin"
 """
@@ -28,6 +31,8 @@ def test_a_description_overrides_the_defaults() -> None:
     spec = parse_cluster(tomllib.loads(GOOD))
     assert spec.layout is Layout.COLOCATED
     assert spec.num_instances == 4
+    assert spec.host_cores == 2
+    assert spec.max_batch_tokens == 2048
     assert spec.eviction_policy is EvictionPolicyKind.LRU
     assert spec.shared is False
     assert spec.tiers[TierKind.DRAM].capacity_bytes == 1e12
@@ -43,6 +48,8 @@ def test_a_description_overrides_the_defaults() -> None:
         ("[cluster]\nlayout = 'split'", "cluster.layout"),
         ("[cluster]\nnum_prefill = 1.5", "cluster.num_prefill"),
         ("[cluster]\nnum_prefill = 0", "cluster.num_prefill"),
+        ("[cluster]\nhost_cores = 1.5", "cluster.host_cores"),
+        ("[cluster]\nhost_busy_share = 1.0", "cluster.host_busy_share"),
         ("[store]\nshared = 1", "store.shared"),
         ("[store]\nblock_tokens = -1", "store.block_tokens"),
         ("[tiers.ssd]\ncapacity_bytes = 1", "tiers.ssd"),

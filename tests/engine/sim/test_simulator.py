@@ -97,3 +97,31 @@ def test_the_same_inputs_give_the_same_run() -> None:
     requests = [request(i, 0.01 * i, [i % 3, 10 + i], 25, output=3) for i in range(30)]
     runs = [Simulator(spec, PROFILE, seed=7).run(requests).records for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+def test_instances_on_one_host_share_its_cores() -> None:
+    spec = replace(SPEC, policy="round_robin", host_cores=1)
+    requests = [request(0, 0.0, [1], 20), request(1, 0.0, [2], 20)]
+    a, b = Simulator(spec, PROFILE).run(requests).records
+    assert (a.instance, b.instance) == ("prefill-0", "prefill-1")
+    # 21 ms of work each, both at once on one core: each at half speed
+    assert a.ttft_s == pytest.approx(0.042)
+    assert b.ttft_s == pytest.approx(0.042)
+    own = Simulator(replace(spec, host_cores=0), PROFILE).run(requests).records
+    assert [r.ttft_s for r in own] == pytest.approx([0.021, 0.021])
+    # two cores, other processes using half of them: one core left, as above
+    busy = replace(spec, host_cores=2, host_busy_share=0.5)
+    assert [r.ttft_s for r in Simulator(busy, PROFILE).run(requests).records] == pytest.approx(
+        [0.042, 0.042]
+    )
+
+
+def test_the_itl_figures_pool_every_token_interval() -> None:
+    spec = replace(SPEC, num_prefill=1)
+    requests = [request(0, 0.0, [1], 20, output=3)]
+    result = Simulator(spec, PROFILE).run(requests)
+    figures = summarise(result.records, result.busy_s, None, result.intervals)
+    # the first interval: the hand-off (20 tokens of 1 kB at 1 GB/s: 20 us), then a
+    # decode step alone (11 ms); the second: a step (11 ms)
+    assert figures["itl_p50_ms"] == pytest.approx(11.0)
+    assert figures["itl_p90_ms"] == pytest.approx(11.02)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16strata/v1/engine.proto\x12\tstrata.v1\"\xf4\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seed\"R\n\x08KVTarget\x12\x11\n\taddresses\x18\x01 \x03(\t\x12\r\n\x05pages\x18\x02 \x03(\r\x12\x13\n\x0btransfer_id\x18\x03 \x01(\x04\x12\x0f\n\x07segment\x18\x04 \x01(\t\"\xb9\x01\n\x0ePrefillRequest\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12+\n\x08sampling\x18\x02 \x01(\x0b\x32\x19.strata.v1.SamplingParams\x12#\n\x06target\x18\x03 \x01(\x0b\x32\x13.strata.v1.KVTarget\x12\x14\n\x0cnamespace_id\x18\x04 \x01(\x0c\x12\x12\n\ncache_salt\x18\x05 \x01(\t\x12\x11\n\tprofiling\x18\x06 \x01(\x08\"\xbb\x01\n\x0fPrefillResponse\x12\x13\n\x0b\x66irst_token\x18\x01 \x01(\r\x12\x1b\n\x13\x63\x61\x63hed_local_tokens\x18\x02 \x01(\r\x12\x1b\n\x13\x63\x61\x63hed_store_tokens\x18\x03 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_remote_tokens\x18\x07 \x01(\r\x12\x17\n\x0f\x63omputed_tokens\x18\x04 \x01(\r\x12\x0f\n\x07queue_s\x18\x05 \x01(\x01\x12\x11\n\tcompute_s\x18\x06 \x01(\x01\"\xbc\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.strata.v1.SamplingParams\x12\x17\n\x0fprefill_address\x18\x05 \x01(\t\x12\x12\n\ncache_salt\x18\x06 \x01(\t\x12\x11\n\tprofiling\x18\x07 \x01(\x08\"\xc4\x01\n\rGenerateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x15\n\rcached_tokens\x18\x06 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_remote_tokens\x18\x07 \x01(\r\x12\x1b\n\x13\x63\x61\x63hed_store_tokens\x18\x08 \x01(\r\"\x13\n\x11WorkerInfoRequest\"\xe8\x01\n\nWorkerInfo\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x14\n\x0cnamespace_id\x18\x03 \x01(\x0c\x12\x13\n\x0bpage_tokens\x18\x04 \x01(\r\x12\x15\n\rstore_address\x18\x05 \x01(\t\x12\x15\n\rstore_node_id\x18\x06 \x01(\t\x12\x16\n\x0ekv_pages_total\x18\x07 \x01(\r\x12\x15\n\rkv_pages_free\x18\x08 \x01(\r\x12\x0f\n\x07running\x18\t \x01(\r\x12\x11\n\tmax_batch\x18\n \x01(\r\x12\x0e\n\x06queued\x18\x0b \x01(\r\"\x15\n\x13\x45ndProfilingRequest\".\n\x14\x45ndProfilingResponse\x12\x16\n\x0eremoved_blocks\x18\x01 \x01(\x04\"\x14\n\x12\x45ngineStatsRequest\"#\n\x13\x45ngineStatsResponse\x12\x0c\n\x04json\x18\x01 \x01(\t2\xa8\x02\n\x0ePrefillService\x12@\n\x07Prefill\x12\x19.strata.v1.PrefillRequest\x1a\x1a.strata.v1.PrefillResponse\x12O\n\x0c\x45ndProfiling\x12\x1e.strata.v1.EndProfilingRequest\x1a\x1f.strata.v1.EndProfilingResponse\x12;\n\x04Info\x12\x1c.strata.v1.WorkerInfoRequest\x1a\x15.strata.v1.WorkerInfo\x12\x46\n\x05Stats\x12\x1d.strata.v1.EngineStatsRequest\x1a\x1e.strata.v1.EngineStatsResponse2\xd8\x01\n\rDecodeService\x12\x42\n\x08Generate\x12\x1a.strata.v1.GenerateRequest\x1a\x18.strata.v1.GenerateChunk0\x01\x12;\n\x04Info\x12\x1c.strata.v1.WorkerInfoRequest\x1a\x15.strata.v1.WorkerInfo\x12\x46\n\x05Stats\x12\x1d.strata.v1.EngineStatsRequest\x1a\x1e.strata.v1.EngineStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16strata/v1/engine.proto\x12\tstrata.v1\"\xf4\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\r\n\x0b_max_tokensB\x07\n\x05_seed\"R\n\x08KVTarget\x12\x11\n\taddresses\x18\x01 \x03(\t\x12\r\n\x05pages\x18\x02 \x03(\r\x12\x13\n\x0btransfer_id\x18\x03 \x01(\x04\x12\x0f\n\x07segment\x18\x04 \x01(\t\"\xb9\x01\n\x0ePrefillRequest\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12+\n\x08sampling\x18\x02 \x01(\x0b\x32\x19.strata.v1.SamplingParams\x12#\n\x06target\x18\x03 \x01(\x0b\x32\x13.strata.v1.KVTarget\x12\x14\n\x0cnamespace_id\x18\x04 \x01(\x0c\x12\x12\n\ncache_salt\x18\x05 \x01(\t\x12\x11\n\tprofiling\x18\x06 \x01(\x08\"\xbb\x01\n\x0fPrefillResponse\x12\x13\n\x0b\x66irst_token\x18\x01 \x01(\r\x12\x1b\n\x13\x63\x61\x63hed_local_tokens\x18\x02 \x01(\r\x12\x1b\n\x13\x63\x61\x63hed_store_tokens\x18\x03 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_remote_tokens\x18\x07 \x01(\r\x12\x17\n\x0f\x63omputed_tokens\x18\x04 \x01(\r\x12\x0f\n\x07queue_s\x18\x05 \x01(\x01\x12\x11\n\tcompute_s\x18\x06 \x01(\x01\"\xbc\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12+\n\x08sampling\x18\x04 \x01(\x0b\x32\x19.strata.v1.SamplingParams\x12\x17\n\x0fprefill_address\x18\x05 \x01(\t\x12\x12\n\ncache_salt\x18\x06 \x01(\t\x12\x11\n\tprofiling\x18\x07 \x01(\x08\"\xf8\x01\n\rGenerateChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x15\n\rcached_tokens\x18\x06 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_remote_tokens\x18\x07 \x01(\r\x12\x1b\n\x13\x63\x61\x63hed_store_tokens\x18\x08 \x01(\r\x12\x17\n\x0fprefill_queue_s\x18\t \x01(\x01\x12\x19\n\x11prefill_compute_s\x18\n \x01(\x01\"\x13\n\x11WorkerInfoRequest\"\xe8\x01\n\nWorkerInfo\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x14\n\x0cnamespace_id\x18\x03 \x01(\x0c\x12\x13\n\x0bpage_tokens\x18\x04 \x01(\r\x12\x15\n\rstore_address\x18\x05 \x01(\t\x12\x15\n\rstore_node_id\x18\x06 \x01(\t\x12\x16\n\x0ekv_pages_total\x18\x07 \x01(\r\x12\x15\n\rkv_pages_free\x18\x08 \x01(\r\x12\x0f\n\x07running\x18\t \x01(\r\x12\x11\n\tmax_batch\x18\n \x01(\r\x12\x0e\n\x06queued\x18\x0b \x01(\r\"\x15\n\x13\x45ndProfilingRequest\".\n\x14\x45ndProfilingResponse\x12\x16\n\x0eremoved_blocks\x18\x01 \x01(\x04\"\x14\n\x12\x45ngineStatsRequest\"#\n\x13\x45ngineStatsResponse\x12\x0c\n\x04json\x18\x01 \x01(\t2\xa8\x02\n\x0ePrefillService\x12@\n\x07Prefill\x12\x19.strata.v1.PrefillRequest\x1a\x1a.strata.v1.PrefillResponse\x12O\n\x0c\x45ndProfiling\x12\x1e.strata.v1.EndProfilingRequest\x1a\x1f.strata.v1.EndProfilingResponse\x12;\n\x04Info\x12\x1c.strata.v1.WorkerInfoRequest\x1a\x15.strata.v1.WorkerInfo\x12\x46\n\x05Stats\x12\x1d.strata.v1.EngineStatsRequest\x1a\x1e.strata.v1.EngineStatsResponse2\xd8\x01\n\rDecodeService\x12\x42\n\x08Generate\x12\x1a.strata.v1.GenerateRequest\x1a\x18.strata.v1.GenerateChunk0\x01\x12;\n\x04Info\x12\x1c.strata.v1.WorkerInfoRequest\x1a\x15.strata.v1.WorkerInfo\x12\x46\n\x05Stats\x12\x1d.strata.v1.EngineStatsRequest\x1a\x1e.strata.v1.EngineStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,21 +42,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST']._serialized_start=747
   _globals['_GENERATEREQUEST']._serialized_end=935
   _globals['_GENERATECHUNK']._serialized_start=938
-  _globals['_GENERATECHUNK']._serialized_end=1134
-  _globals['_WORKERINFOREQUEST']._serialized_start=1136
-  _globals['_WORKERINFOREQUEST']._serialized_end=1155
-  _globals['_WORKERINFO']._serialized_start=1158
-  _globals['_WORKERINFO']._serialized_end=1390
-  _globals['_ENDPROFILINGREQUEST']._serialized_start=1392
-  _globals['_ENDPROFILINGREQUEST']._serialized_end=1413
-  _globals['_ENDPROFILINGRESPONSE']._serialized_start=1415
-  _globals['_ENDPROFILINGRESPONSE']._serialized_end=1461
-  _globals['_ENGINESTATSREQUEST']._serialized_start=1463
-  _globals['_ENGINESTATSREQUEST']._serialized_end=1483
-  _globals['_ENGINESTATSRESPONSE']._serialized_start=1485
-  _globals['_ENGINESTATSRESPONSE']._serialized_end=1520
-  _globals['_PREFILLSERVICE']._serialized_start=1523
-  _globals['_PREFILLSERVICE']._serialized_end=1819
-  _globals['_DECODESERVICE']._serialized_start=1822
-  _globals['_DECODESERVICE']._serialized_end=2038
+  _globals['_GENERATECHUNK']._serialized_end=1186
+  _globals['_WORKERINFOREQUEST']._serialized_start=1188
+  _globals['_WORKERINFOREQUEST']._serialized_end=1207
+  _globals['_WORKERINFO']._serialized_start=1210
+  _globals['_WORKERINFO']._serialized_end=1442
+  _globals['_ENDPROFILINGREQUEST']._serialized_start=1444
+  _globals['_ENDPROFILINGREQUEST']._serialized_end=1465
+  _globals['_ENDPROFILINGRESPONSE']._serialized_start=1467
+  _globals['_ENDPROFILINGRESPONSE']._serialized_end=1513
+  _globals['_ENGINESTATSREQUEST']._serialized_start=1515
+  _globals['_ENGINESTATSREQUEST']._serialized_end=1535
+  _globals['_ENGINESTATSRESPONSE']._serialized_start=1537
+  _globals['_ENGINESTATSRESPONSE']._serialized_end=1572
+  _globals['_PREFILLSERVICE']._serialized_start=1575
+  _globals['_PREFILLSERVICE']._serialized_end=1871
+  _globals['_DECODESERVICE']._serialized_start=1874
+  _globals['_DECODESERVICE']._serialized_end=2090
 # @@protoc_insertion_point(module_scope)

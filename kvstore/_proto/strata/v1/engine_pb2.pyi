@@ -91,7 +91,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., prompt: _Optional[str] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., prefill_address: _Optional[str] = ..., cache_salt: _Optional[str] = ..., profiling: _Optional[bool] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
-    __slots__ = ("request_id", "token_ids", "text", "finish_reason", "prompt_tokens", "cached_tokens", "cached_remote_tokens", "cached_store_tokens")
+    __slots__ = ("request_id", "token_ids", "text", "finish_reason", "prompt_tokens", "cached_tokens", "cached_remote_tokens", "cached_store_tokens", "prefill_queue_s", "prefill_compute_s")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,8 @@ class GenerateChunk(_message.Message):
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_REMOTE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_STORE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_QUEUE_S_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     text: str
@@ -108,7 +110,9 @@ class GenerateChunk(_message.Message):
     cached_tokens: int
     cached_remote_tokens: int
     cached_store_tokens: int
-    def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., cached_remote_tokens: _Optional[int] = ..., cached_store_tokens: _Optional[int] = ...) -> None: ...
+    prefill_queue_s: float
+    prefill_compute_s: float
+    def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., cached_remote_tokens: _Optional[int] = ..., cached_store_tokens: _Optional[int] = ..., prefill_queue_s: _Optional[float] = ..., prefill_compute_s: _Optional[float] = ...) -> None: ...
 
 class WorkerInfoRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,58 @@
+from collections.abc import Callable
+
+import pytest
+
+from engine.sim.events import EventQueue
+from engine.sim.host import Host
+
+
+def start(host: Host, work_s: float, on_done: Callable[[float], None]) -> None:
+    host.run(work_s, on_done)
+
+
+def test_work_alone_takes_its_own_time() -> None:
+    events = EventQueue()
+    host = Host(2, events)
+    walls: list[float] = []
+    events.at(1.0, lambda: start(host, 0.5, walls.append))
+    events.run()
+    assert walls == [pytest.approx(0.5)]
+    assert events.now == pytest.approx(1.5)
+
+
+def test_three_items_on_two_cores_share_them_until_one_ends() -> None:
+    events = EventQueue()
+    host = Host(2, events)
+    ends: dict[str, float] = {}
+
+    def start(name: str, work_s: float) -> None:
+        host.run(work_s, lambda wall_s: ends.__setitem__(name, wall_s))
+
+    events.at(0.0, lambda: start("a", 1.0))
+    events.at(0.0, lambda: start("b", 1.0))
+    events.at(0.0, lambda: start("c", 0.2))
+    events.run()
+    # three items at 2/3 each: c's 0.2 s of work ends at 0.3 s; a and b have done 0.2
+    # and run alone on a core each from then: 0.8 s more, ending at 1.1 s
+    assert ends == {"c": pytest.approx(0.3), "a": pytest.approx(1.1), "b": pytest.approx(1.1)}
+
+
+def test_an_item_started_later_slows_the_running_ones_from_then_on() -> None:
+    events = EventQueue()
+    host = Host(1, events)
+    ends: dict[str, float] = {}
+    first = host.run(1.0, lambda wall_s: ends.__setitem__("first", wall_s))
+    events.at(0.5, lambda: start(host, 0.25, lambda wall_s: ends.__setitem__("second", wall_s)))
+    events.at(0.6, lambda: ends.__setitem__("left at 0.6", host.work_left_s(first)))
+    events.run()
+    # one core: the first does 0.5 alone, then both at half speed; the second's 0.25
+    # takes 0.5 s (ends at 1.0), the first has 0.25 left then, alone again: ends at 1.25
+    assert ends["left at 0.6"] == pytest.approx(0.45)
+    assert ends["second"] == pytest.approx(0.5)
+    assert ends["first"] == pytest.approx(1.25)
+    assert host.work_left_s(first) == 0.0
+
+
+def test_a_host_has_cores() -> None:
+    with pytest.raises(ValueError, match="a host has cores"):
+        Host(0, EventQueue())
