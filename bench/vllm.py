@@ -290,24 +290,26 @@ def print_comparison(results: dict[str, float], unavailable: dict[str, str]) -> 
         table.add_column(f"{share:.0%}", justify="right")
     alone = results["ttft_alone_s"]
     table.add_row("fresh: vLLM alone", *(f"{alone:.3f}" for _ in SHARES))
-    table.add_row("fresh: Strata", *(_cell(results, f"strata_{s:.0%}", "") for s in SHARES))
+    fresh = [_cell(results, f"ttft_strata_{s:.0%}_s", f"speedup_{s:.0%}") for s in SHARES]
+    table.add_row("fresh: Strata", *fresh)
     for contender in CONTENDERS:
-        label = f"evicted: {contender}"
-        if contender in unavailable:
-            table.add_row(label, *("n/a" for _ in SHARES))
-            continue
-        table.add_row(
-            label, *(_cell(results, f"evicted_{contender}_{s:.0%}", "evicted_") for s in SHARES)
-        )
+        name = f"evicted_{contender}"
+        cells = [
+            "n/a"
+            if contender in unavailable
+            else _cell(results, f"ttft_{name}_{s:.0%}_s", f"speedup_{name}_{s:.0%}")
+            for s in SHARES
+        ]
+        table.add_row(f"evicted: {contender}", *cells)
     console.print(table)
     for contender, error in unavailable.items():
         console.print(f"[yellow]{contender} did not run here:[/yellow] {error}")
 
 
-def _cell(results: dict[str, float], name: str, prefix: str) -> str:
-    ttft = results[f"ttft_{name}_s"]
-    speedup = results.get(f"speedup_{prefix}{name.removeprefix('evicted_')}")
-    return f"{ttft:.3f}" + (f" ({speedup:.2f}x)" if speedup is not None else "")
+def _cell(results: dict[str, float], ttft_key: str, speedup_key: str) -> str:
+    """``TTFT (speedup x)``, or the TTFT alone where there is no speedup (a baseline)."""
+    speedup = results.get(speedup_key)
+    return f"{results[ttft_key]:.3f}" + (f" ({speedup:.2f}x)" if speedup is not None else "")
 
 
 def plot(results: dict[str, float], unavailable: dict[str, str], title: str, path: Path) -> None:
