@@ -6,6 +6,7 @@ A prefill engine computes layer i of its new blocks, then layer i + 1. With a
     put = await client.put_layered(ns, keys, blocks, num_layers, parent=parent)
     put.write_layer(i)          # on the loop, once layer i of every block is final
     result = await put.commit() # waits for the layers, then stores the blocks
+    put.save_s                  # seconds from the reservation to the commit
 
 and a ``LayeredGet`` loads a cached prefix the same way, layer i landing while the model
 computes layer i - 1::
@@ -14,6 +15,10 @@ computes layer i - 1::
     get.num_hits                # how many leading keys are coming
     await get.layer(i)          # layer i of every hit has landed
     await get.verified()        # leading hits whose whole block matched its checksum
+    get.load_s                  # seconds from the start to every hit landed and checked
+
+Both times overlap the model's compute (that is the point), so bytes over seconds is a
+lower bound of the transfer's bandwidth, not its measure.
 
 A block's layer ``i`` is the byte range ``[i, i + 1) * block_bytes / num_layers`` (the
 store's block layout puts layers outermost).
@@ -29,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
 from kvstore.client.route import Leased, Reserved, Route
@@ -71,6 +77,8 @@ class LayeredPut:
         self._parent = parent
         self._reserved: Reserved | None = None
         self._layers: list[asyncio.Future[None]] = []  # one per layer written
+        self._started_s = time.perf_counter()
+        self.save_s = 0.0  # from the reservation to the commit (overlaps the compute)
 
     @property
     def layer_wise(self) -> bool:
@@ -108,7 +116,9 @@ class LayeredPut:
             return PutResult(0, 0, 0, 0)
         reserved = self._reserved
         if reserved is None:
-            return await self._route.put(self._ns_id, self.keys, self._blocks, self._parent)
+            result = await self._route.put(self._ns_id, self.keys, self._blocks, self._parent)
+            self.save_s = time.perf_counter() - self._started_s
+            return result
         try:
             if len(self._layers) != self._num_layers:
                 raise InvalidArgument(
@@ -119,6 +129,7 @@ class LayeredPut:
         except BaseException:
             await self.abort()
             raise
+        self.save_s = time.perf_counter() - self._started_s
         return result
 
     async def abort(self) -> None:
@@ -137,6 +148,8 @@ class LayeredGet:
         self.num_hits = 0
         self.tiers: list[TierKind] = []  # where each hit was
         self.node_ids: list[str] = []  # the node that held each hit
+        self.load_s = 0.0  # from the start to every hit landed and checked (once verified)
+        self._started_s = time.perf_counter()
         self._num_layers = num_layers
         self._loading: asyncio.Future[int] | None = None  # resolves to the verified count
         self._layer_events = [asyncio.Event() for _ in range(num_layers)]
@@ -172,6 +185,7 @@ class LayeredGet:
         if leased is None:
             for event in get._layer_events:
                 event.set()
+            get.load_s = time.perf_counter() - get._started_s
             done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             done.set_result(get.num_hits)
             get._loading = done
@@ -201,6 +215,7 @@ class LayeredGet:
             leased.transport.release(leased.lease)
             for event in self._layer_events:  # a failure wakes waiters; layer() then raises
                 event.set()
+        self.load_s = time.perf_counter() - self._started_s
         good = next((i for i, b in enumerate(blocks) if sums[i] != b.checksum), len(blocks))
         if good < len(blocks):
             logger.warning("cached block %d failed its checksum; its run is recomputed", good)

@@ -7,12 +7,18 @@ timeout. A store that answers but refuses the namespace (its blocks are larger t
 node's ``store.block_bytes``) is not "unreachable": ``connect`` raises a ``ConfigError``
 naming both sizes, and the engine does not start.
 
+The counters (``ConnectorStats``) are the engine's view of the store: what it asked
+(``lookup_blocks``) and found, why a lookup came up short (``MissCause``), the bytes it
+moved and how long the transfers took (start to bytes in place: they overlap compute).
+The store node counts its own side (hits by tier, misses by ``MissReason``).
+
 Runs on the client's event loop (the client is asynchronous).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections import Counter
@@ -29,22 +35,45 @@ from kvstore.types import BlockKey, NamespaceId
 logger = logging.getLogger(__name__)
 
 
+class MissCause(enum.Enum):
+    """Why a lookup found a block missing, from the engine's side (a block held when
+    looked up that fails its load is counted by the engine: ``corrupted_blocks``, or
+    its own load errors)."""
+
+    NOT_CACHED = "not_cached"  # the store did not hold it when asked
+    STORE_DOWN = "store_down"  # the store could not be asked (down, slow, left alone)
+
+
 @dataclass
 class ConnectorStats:
+    lookup_blocks: int = 0  # blocks asked about (each lookup counts)
+    lookup_hit_blocks: int = 0  # of those, the leading ones the store held
+    miss_blocks: Counter[MissCause] = field(default_factory=Counter)
     loaded_blocks: Counter[str] = field(default_factory=Counter)  # by tier
     loaded_by_node: Counter[str] = field(default_factory=Counter)
+    loaded_bytes: int = 0
+    load_s: float = 0.0  # summed over loads, start to landed and checked
     corrupted_blocks: int = 0  # cached blocks that failed their checksum (recomputed)
     saved_blocks: int = 0
+    saved_bytes: int = 0  # of the blocks stored anew
+    save_s: float = 0.0  # summed over saves, start to committed
     save_failures: int = 0
     unreachable: int = 0  # store calls that failed: the engine recomputed instead
     skipped: int = 0  # store calls not tried while the store was down
 
     def as_dict(self) -> dict[str, object]:
         return {
+            "lookup_blocks": self.lookup_blocks,
+            "lookup_hit_blocks": self.lookup_hit_blocks,
+            "miss_blocks": {c.value: n for c, n in self.miss_blocks.items()},
             "loaded_blocks": dict(self.loaded_blocks),
             "loaded_by_node": dict(self.loaded_by_node),
+            "loaded_bytes": self.loaded_bytes,
+            "load_s": self.load_s,
             "corrupted_blocks": self.corrupted_blocks,
             "saved_blocks": self.saved_blocks,
+            "saved_bytes": self.saved_bytes,
+            "save_s": self.save_s,
             "save_failures": self.save_failures,
             "unreachable": self.unreachable,
             "skipped": self.skipped,
@@ -97,7 +126,11 @@ class StoreBackend:
         """How many leading ``keys`` the store holds now (0 when it cannot say within
         the lookup deadline: a slow store costs reuse, never a stalled scheduler)."""
         ns_id = await self._namespace()
-        if ns_id is None or not keys:
+        if not keys:
+            return 0
+        self.stats.lookup_blocks += len(keys)
+        if ns_id is None:
+            self.stats.miss_blocks[MissCause.STORE_DOWN] += len(keys)
             return 0
         try:
             found = await asyncio.wait_for(
@@ -105,8 +138,12 @@ class StoreBackend:
             )
         except (KVStoreError, TimeoutError) as exc:
             self._down(exc)
+            self.stats.miss_blocks[MissCause.STORE_DOWN] += len(keys)
             return 0
-        return max((p.num_blocks for p in found), default=0)
+        held = max((p.num_blocks for p in found), default=0)
+        self.stats.lookup_hit_blocks += held
+        self.stats.miss_blocks[MissCause.NOT_CACHED] += len(keys) - held
+        return held
 
     async def load(self, keys: Sequence[BlockKey], dsts: Sequence[memoryview]) -> LayeredGet | None:
         """Start loading the cached leading run of ``keys`` into ``dsts`` (None: the
@@ -121,6 +158,7 @@ class StoreBackend:
             return None
         self.stats.loaded_blocks.update(t.value for t in get.tiers)
         self.stats.loaded_by_node.update(get.node_ids)
+        self.stats.loaded_bytes += get.num_hits * self.namespace.block_bytes
         return get
 
     async def save(
@@ -145,13 +183,14 @@ class StoreBackend:
         ns_id = await self._namespace()
         if ns_id is None or not keys:
             return 0
+        started_s = time.perf_counter()
         try:
             result: PutResult = await self.client.put(ns_id, keys, blocks, parent)
         except KVStoreError as exc:
             self.stats.save_failures += 1
             self._down(exc)
             return 0
-        self.stats.saved_blocks += result.num_stored
+        self._saved(result, time.perf_counter() - started_s)
         return result.num_stored
 
     async def remove(self, keys: Sequence[BlockKey]) -> int:
@@ -172,7 +211,12 @@ class StoreBackend:
             self.stats.save_failures += 1
             self._down(exc)
             return
+        self._saved(result, put.save_s)
+
+    def _saved(self, result: PutResult, seconds: float) -> None:
         self.stats.saved_blocks += result.num_stored
+        self.stats.saved_bytes += result.num_stored * self.namespace.block_bytes
+        self.stats.save_s += seconds
 
     def failed(self, exc: BaseException) -> None:
         """A transfer the connector drove itself failed (e.g. mid-load)."""

@@ -219,6 +219,8 @@ class KVConnector:
         if not kv.load_failed:
             try:
                 verified = self._call(kv.load.verified())
+                if kv.store is not None:
+                    kv.store.stats.load_s += kv.load.load_s
             except Exception as exc:
                 logger.warning("loading cached KV failed (%s); recomputing", exc)
                 if kv.store is not None:

@@ -67,10 +67,11 @@ from kvstore.integrations.vllm_settings import (
     namespace_for,
     settings_from_extra,
 )
-from kvstore.integrations.vllm_stats import StrataStats, counters, delta
+from kvstore.integrations.vllm_stats import StrataPromMetrics, StrataStats, counters, delta
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
+    from vllm.distributed.kv_transfer.kv_connector.v1.metrics import PromMetric, PromMetricT
     from vllm.forward_context import ForwardContext
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
     from vllm.v1.core.sched.output import SchedulerOutput
@@ -287,6 +288,17 @@ class StrataConnector(KVConnectorBase_V1):
     @classmethod
     def build_kv_connector_stats(cls, data: dict[str, Any] | None = None) -> StrataStats:
         return StrataStats(data) if data is not None else StrataStats()
+
+    @classmethod
+    def build_prom_metrics(
+        cls,
+        vllm_config: VllmConfig,
+        metric_types: dict[type[PromMetric], type[PromMetricT]],
+        labelnames: list[str],
+        per_engine_labelvalues: dict[int, list[object]],
+    ) -> StrataPromMetrics:
+        """The counters on the OpenAI server's ``/metrics`` (``vllm:strata_*_total``)."""
+        return StrataPromMetrics(vllm_config, metric_types, labelnames, per_engine_labelvalues)
 
     def shutdown(self) -> None:
         in_flight = self._saves.in_flight()

@@ -1,59 +1,64 @@
-"""The vLLM connector's counters in vLLM's own statistics (``KVConnectorStats``): each
-worker reports what changed since its last report, vLLM adds the workers' reports up and
-logs them with its throughput line ("KV Transfer metrics: ...").
-
-The counters are the connector core's (``ConnectorStats``): blocks loaded from the store,
-blocks that failed their checksum, blocks saved, saves that failed, store calls that
-failed or were skipped while the store was down; and blocks reported to vLLM as load
-errors (recomputed).
+"""The vLLM connector's counters in vLLM's own statistics: ``StrataStats`` is what each
+worker and the scheduler report (``KVConnectorStats``), ``StrataPromMetrics`` what vLLM's
+Prometheus logger feeds them to (``KVConnectorPromMetrics``), so that the OpenAI server's
+``/metrics`` carries ``vllm:strata_*_total``. The arithmetic is ``vllm_counters``'s.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStats
-
-from kvstore.connector.backend import ConnectorStats
-
-COUNTERS = (
-    "loaded_blocks",
-    "corrupted_blocks",
-    "saved_blocks",
-    "save_failures",
-    "unreachable",
-    "skipped",
-    "load_error_blocks",
+from prometheus_client import Counter
+from vllm.config import VllmConfig
+from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (
+    KVConnectorPromMetrics,
+    KVConnectorStats,
+    PromMetric,
+    PromMetricT,
 )
 
+from kvstore.integrations import vllm_counters
+from kvstore.integrations.vllm_counters import COUNTERS, counters, delta
 
-def counters(stats: ConnectorStats, load_error_blocks: int) -> dict[str, int]:
-    return {
-        "loaded_blocks": sum(stats.loaded_blocks.values()),
-        "corrupted_blocks": stats.corrupted_blocks,
-        "saved_blocks": stats.saved_blocks,
-        "save_failures": stats.save_failures,
-        "unreachable": stats.unreachable,
-        "skipped": stats.skipped,
-        "load_error_blocks": load_error_blocks,
-    }
+__all__ = ["StrataPromMetrics", "StrataStats", "counters", "delta"]
 
 
 class StrataStats(KVConnectorStats):
     def reset(self) -> None:
-        self.data = dict.fromkeys(COUNTERS, 0)
+        self.data: dict[str, int] = dict.fromkeys(COUNTERS, 0)
 
     def aggregate(self, other: KVConnectorStats) -> StrataStats:
-        for key in COUNTERS:
-            self.data[key] = self.data.get(key, 0) + other.data.get(key, 0)
+        vllm_counters.add(self.data, other.data)
         return self
 
     def reduce(self) -> dict[str, int | float]:
-        return {key: self.data.get(key, 0) for key in COUNTERS}
+        return vllm_counters.reduce(self.data)
 
     def is_empty(self) -> bool:
-        return not any(self.data.get(key, 0) for key in COUNTERS)
+        return vllm_counters.is_empty(self.data)
 
 
-def delta(now: dict[str, int], before: dict[str, int]) -> dict[str, Any]:
-    return {key: now[key] - before.get(key, 0) for key in COUNTERS}
+class StrataPromMetrics(KVConnectorPromMetrics):
+    """One vLLM counter per ``vllm_counters.PROMETHEUS`` entry, labelled by engine (and
+    by reason where the entry has one); each report adds its amounts."""
+
+    def __init__(
+        self,
+        vllm_config: VllmConfig,
+        metric_types: dict[type[PromMetric], type[PromMetricT]],
+        labelnames: list[str],
+        per_engine_labelvalues: dict[int, list[object]],
+    ) -> None:
+        super().__init__(vllm_config, metric_types, labelnames, per_engine_labelvalues)
+        self._counters: dict[str, Counter] = {}
+        for metric in vllm_counters.PROMETHEUS:
+            names = [*labelnames, metric.label] if metric.label else list(labelnames)
+            self._counters[metric.name] = self._counter_cls(
+                name=metric.name, documentation=metric.documentation, labelnames=names
+            )
+
+    def observe(self, transfer_stats_data: dict[str, Any], engine_idx: int = 0) -> None:
+        labels = self.per_engine_labelvalues[engine_idx]
+        for metric, value, amount in vllm_counters.increments(transfer_stats_data):
+            extra = [value] if metric.label else []
+            self._counters[metric.name].labels(*labels, *extra).inc(amount)

@@ -35,6 +35,7 @@ class FakeGet:
         self.num_hits = len(blocks)
         self.tiers = [TierKind.DRAM] * self.num_hits
         self.node_ids = list(node_ids)
+        self.load_s = 0.25  # as if every load took this long
         self.awaited: list[int] = []  # layers the connector waited for, in order
         self._blocks = blocks
         self._dsts = dsts

@@ -96,6 +96,7 @@ def test_a_load_lands_in_the_pages_and_each_layer_waits_for_that_layer_only(
         )
         assert torch.equal(block_of(layout, page), want), f"page {page}"
     assert connector.verify(kv) == 2
+    assert store.stats.load_s == get.load_s  # the load's own time, counted once verified
 
     connector.step([(kv, 12, 2)]).before_layer(0)  # a later pass waits for nothing
     assert get.awaited == [0, 1]
