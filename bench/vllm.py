@@ -45,6 +45,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+# what a vLLM process runs with here (on top of the caller's environment): loopback only,
+# no usage statistics, Hugging Face offline, this project importable
+VLLM_ENV = {
+    "VLLM_HOST_IP": "127.0.0.1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "PYTHONPATH": str(ROOT),
+}
 BLOCK_TOKENS = 32
 SHARES = (0.0, 0.5, 0.9)
 TIER_BYTES = 1 << 30  # each tier's capacity, and vLLM's own KV cache
@@ -145,15 +154,7 @@ def run_instance(folder: Path, plan: dict[str, Any]) -> list[list[dict[str, floa
     """
     path = folder / f"plan-{len(os.listdir(folder))}.json"
     path.write_text(json.dumps(plan))
-    env = dict(
-        os.environ,
-        VLLM_HOST_IP="127.0.0.1",
-        VLLM_NO_USAGE_STATS="1",
-        DO_NOT_TRACK="1",
-        HF_HUB_OFFLINE="1",
-        PYTHONPATH=str(ROOT),
-        **(LMCACHE_ENV if plan["connector"] == "lmcache" else {}),
-    )
+    env = {**os.environ, **VLLM_ENV, **(LMCACHE_ENV if plan["connector"] == "lmcache" else {})}
     command = [str(VLLM_PYTHON), "-m", "bench.vllm", "--instance", str(path)]
     done = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600, check=False

@@ -30,7 +30,7 @@ from engine.launch import free_port
 from kvstore.admin.summary import stats_summary
 from kvstore.client import StoreClient
 from tests.engine.checkpoints import write_checkpoint
-from tests.integrations.vllm_env import ROOT, VLLM_MODULE, VLLM_PYTHON
+from tests.integrations.vllm_env import ROOT, VLLM_ENV, VLLM_MODULE, VLLM_PYTHON
 from tests.integrations.vllm_model import MODEL
 from tests.processes import ServeProcess
 
@@ -43,14 +43,7 @@ pytestmark = VLLM_MODULE
 
 def run_vllm(model: Path, prompt: Path, store: str = "") -> dict[str, Any]:
     """One vLLM instance, start to exit; its ``RESULT`` line (and its output as ``log``)."""
-    env = dict(
-        os.environ,
-        VLLM_HOST_IP="127.0.0.1",
-        VLLM_NO_USAGE_STATS="1",
-        DO_NOT_TRACK="1",
-        HF_HUB_OFFLINE="1",
-        PYTHONPATH=str(ROOT),
-    )
+    env = {**os.environ, **VLLM_ENV}
     command = [str(VLLM_PYTHON), "-m", "tests.integrations.vllm_driver"]
     command += [str(model), str(prompt), str(MAX_TOKENS), *([store] if store else [])]
     proc = subprocess.Popen(

@@ -24,7 +24,7 @@ import pytest
 from engine.launch import free_port
 from tests.engine.checkpoints import write_checkpoint
 from tests.integrations.test_vllm import BLOCK_TOKENS, MODEL, PROMPT_TOKENS
-from tests.integrations.vllm_env import ROOT, VLLM_MODULE, VLLM_PYTHON
+from tests.integrations.vllm_env import ROOT, VLLM_ENV, VLLM_MODULE, VLLM_PYTHON
 from tests.processes import ServeProcess
 
 pytestmark = VLLM_MODULE
@@ -50,14 +50,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         command += ["--kv-cache-memory-bytes", str(64 << 20), "--enforce-eager"]
         command += ["--dtype", "float32", "--max-model-len", "1024"]
         command += ["--no-enable-prefix-caching", "--kv-transfer-config", json.dumps(transfer)]
-        env = dict(
-            os.environ,
-            VLLM_HOST_IP="127.0.0.1",
-            VLLM_NO_USAGE_STATS="1",
-            DO_NOT_TRACK="1",
-            HF_HUB_OFFLINE="1",
-            PYTHONPATH=str(ROOT),
-        )
+        env = {**os.environ, **VLLM_ENV}
         log = (folder / "vllm.log").open("w")
         proc = subprocess.Popen(
             command,

@@ -31,7 +31,7 @@ import pytest
 from engine.launch import Child, free_port
 from kvstore.admin.summary import stats_summary
 from kvstore.client import StoreClient
-from tests.integrations.vllm_env import ROOT, VLLM_MODULE, VLLM_PYTHON
+from tests.integrations.vllm_env import ROOT, VLLM_ENV, VLLM_MODULE, VLLM_PYTHON
 from tests.integrations.vllm_model import words, write_model
 from tests.processes import ServeProcess
 
@@ -63,13 +63,7 @@ class ApiServer(Child):
         args += ["--max-model-len", str(MAX_MODEL_LEN)]
         args += ["--max-num-batched-tokens", str(STEP_TOKENS)]
         args += ["--enable-prompt-tokens-details", "--kv-transfer-config", json.dumps(strata)]
-        env = {
-            "VLLM_HOST_IP": "127.0.0.1",
-            "VLLM_NO_USAGE_STATS": "1",
-            "DO_NOT_TRACK": "1",
-            "HF_HUB_OFFLINE": "1",
-        }
-        super().__init__("vLLM api_server", args, env=env, cwd=ROOT, port=port)
+        super().__init__("vLLM api_server", args, env=VLLM_ENV, cwd=ROOT, port=port)
         self.url = f"http://127.0.0.1:{port}"
         self.model = str(model)
 

@@ -1,14 +1,14 @@
-"""Where the vLLM environment is (``.venv-vllm``, built by ``make vllm-env``), and the
-marks of a test that runs vLLM: it skips, saying why, where the environment is missing."""
+"""The vLLM environment for tests (``.venv-vllm``, built by ``make vllm-env``; where it is
+and what its processes run with are ``bench.vllm``'s), and the marks of a test that runs
+vLLM: it skips, saying why, where the environment is missing."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+from bench.vllm import ROOT, VLLM_ENV, VLLM_PYTHON
+
+__all__ = ["NEEDS_VLLM", "ROOT", "VLLM_ENV", "VLLM_MODULE", "VLLM_PYTHON"]
 
 NEEDS_VLLM = pytest.mark.skipif(
     not VLLM_PYTHON.exists(),
