@@ -51,8 +51,9 @@ class StoreReads:
         self._lease_ttl_s = lease_ttl_s
         self._leases: dict[int, _Lease] = {}
         arena = store.shared_arena()
-        arena_bytes = arena.capacity_bytes if arena is not None else 0
-        self._quota = ByteQuota(arena_bytes, quota_fraction, quota_fraction / 2)
+        self._quota = ByteQuota.of_arena(
+            arena.capacity_bytes if arena is not None else 0, quota_fraction
+        )
 
     def add_to(self, server: SegmentServer) -> None:
         server.register(Op.READ_KEYS, self.read_keys, role=Role.READER)

@@ -56,8 +56,9 @@ class StoreWrites:
         self._writable: dict[int, Reservation] = {}  # arena offset of a slot -> its writer
         self._scratch = memoryview(bytearray(SCRATCH_BYTES))
         arena = store.shared_arena()
-        arena_bytes = arena.capacity_bytes if arena is not None else 0
-        self._quota = ByteQuota(arena_bytes, quota_fraction, quota_fraction / 2)
+        self._quota = ByteQuota.of_arena(
+            arena.capacity_bytes if arena is not None else 0, quota_fraction
+        )
 
     def add_to(self, server: SegmentServer) -> None:
         server.register(Op.PUT_KEYS, self.put_keys, role=Role.WRITER)

@@ -2,7 +2,7 @@
 
 Leases (ACQUIRE) pin blocks and reservations (RESERVE) hold free slots until their
 holder lets go or a deadline passes, so without a bound a few requests take the whole
-arena and every other put fails until the deadlines pass. One ``SlotQuota`` per kind
+arena and every other put fails until the deadlines pass. One ``ByteQuota`` per kind
 bounds what all data-plane clients together may hold (``total_fraction`` of the arena's
 bytes), and what one connection may hold (``per_owner_fraction``), so the rest of the
 arena stays for other writers and readers. Bytes, not slots: an arena holds blocks of
@@ -23,6 +23,12 @@ class ByteQuota:
         self.per_owner_limit = max(1, int(num_bytes * per_owner_fraction))
         self.held = 0
         self.by_owner: Counter[int] = Counter()
+
+    @classmethod
+    def of_arena(cls, arena_bytes: int, fraction: float) -> ByteQuota:
+        """``fraction`` of the arena for all data-plane clients, half of that for one
+        connection."""
+        return cls(arena_bytes, fraction, fraction / 2)
 
     def available(self, owner: int) -> int:
         """How many more bytes ``owner`` may take now."""
