@@ -76,7 +76,20 @@ class Reply:
 async def sse(
     reply: Reply, chunks: AsyncIterator[Chunk], done: Callable[[], None], usage: bool
 ) -> AsyncIterator[str]:
-    """The stream as server-sent events; ``done`` is called when it ends, however."""
+    """The stream as server-sent events; ``done`` is called once when it ends, however.
+
+    ``done`` runs as soon as the last chunk is in, before the trailing events: a client
+    that hangs up after reading ``[DONE]`` may get the response cancelled while this
+    generator waits at its last ``yield``, and then only garbage collection would close
+    it (and call ``done``) — late, or for a generator caught in a cycle, much later."""
+    ended = False
+
+    def end() -> None:
+        nonlocal ended
+        if not ended:
+            ended = True
+            done()
+
     first = True
     try:
         try:
@@ -85,16 +98,18 @@ async def sse(
                 yield _event(reply.piece(chunk.text, chunk.finish_reason or None, first))
                 first = False
         except (BadRequest, WorkerFailed, Overloaded) as exc:
+            end()
             kind = "invalid_request_error" if isinstance(exc, BadRequest) else "server_error"
             yield _event(
                 {"error": {"message": str(exc), "type": kind, "param": None, "code": None}}
             )
             return
+        end()
         if usage:
             yield _event({**reply.piece("", None, False), "choices": [], "usage": reply.usage()})
         yield "data: [DONE]\n\n"
     finally:
-        done()
+        end()
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
