@@ -310,6 +310,7 @@ class PolicyRun(NamedTuple):
     others_cpu_share: float  # of the cores, used by processes outside the bench meanwhile
     cpu_s: dict[str, float]  # CPU seconds each role of the cluster used during the replay
     wall_s: float  # the replay's first send to its last answer
+    decode_steps: dict[str, float]  # the decode worker's own step counters meanwhile
 
 
 def pooled(runs: Sequence[PolicyRun]) -> PolicyRun:
@@ -317,9 +318,11 @@ def pooled(runs: Sequence[PolicyRun]) -> PolicyRun:
     host load averaged."""
     lookups: Counter[str] = Counter()
     cpu_s: Counter[str] = Counter()
+    steps: Counter[str] = Counter()
     for run in runs:
         lookups.update(run.lookups)
         cpu_s.update(run.cpu_s)
+        steps.update(run.decode_steps)
     return PolicyRun(
         [o for run in runs for o in run.outcomes],
         dict(lookups),
@@ -327,6 +330,7 @@ def pooled(runs: Sequence[PolicyRun]) -> PolicyRun:
         statistics.fmean(run.others_cpu_share for run in runs),
         dict(cpu_s),
         sum(run.wall_s for run in runs),
+        dict(steps),
     )
 
 
@@ -482,12 +486,14 @@ async def run_policy(
     """Replay on a fresh router with ``flags``, then flush the stores."""
     service = await open_router(load_engine_config(env={}, overrides=flags))
     try:
+        steps = await decode_step_counters(cluster.decode_address)
         start, host, ours = time.perf_counter(), host_cpu_s(), cluster.cpu_s_by_role()
         outcomes = await replay(service.router, requests, prompts, advance)
         wall_s = time.perf_counter() - start
         used = cluster.cpu_s_by_role()
         cpu_s = {role: used[role] - ours.get(role, 0.0) for role in used}
         others_s = (host_cpu_s() - host) - sum(cpu_s.values())
+        steps_after = await decode_step_counters(cluster.decode_address)
         run = PolicyRun(
             outcomes,
             dict(service.router.view.lookups),
@@ -495,8 +501,27 @@ async def run_policy(
             max(0.0, others_s) / (wall_s * len(os.sched_getaffinity(0))),
             cpu_s,
             wall_s,
+            {name: steps_after[name] - steps[name] for name in steps},
         )
     finally:
         await service.close()
     await cluster.flush()
     return run
+
+
+DECODE_STEP_COUNTERS = (
+    "steps",
+    "batched_tokens",
+    "batched_context_tokens",
+    "step_s",
+    "step_cpu_s",
+)
+
+
+async def decode_step_counters(address: str) -> dict[str, float]:
+    """The decode worker's step counters (``DecodeStats``): steps, the sequences they
+    fed and those sequences' context tokens, their wall seconds and the decode thread's
+    CPU seconds in them."""
+    async with DecodeClient(address) as client:
+        decode = (await client.stats())["decode"]
+    return {name: float(decode[name]) for name in DECODE_STEP_COUNTERS}

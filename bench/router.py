@@ -215,6 +215,7 @@ def policy_figures(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, f
         f"itl_p90_ms_{policy}": float(np.percentile(itl_ms, 90)) if itl_ms.size else 0.0,
         **cpu_figures(policy, run, costs),
         **ttft_parts(policy, run, costs),
+        **decode_step_figures(policy, run, costs),
     }
 
 
@@ -233,6 +234,29 @@ def cpu_figures(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, floa
     figures[f"prefill_cpu_over_fit_{policy}"] = run.cpu_s.get("prefill", 0.0) / fitted_s
     figures[f"wall_s_{policy}"] = run.wall_s
     return figures
+
+
+def decode_step_figures(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, float]:
+    """The decode worker's steps during the replay, by its own clock: their mean wall
+    milliseconds (``decode_step_ms``), of which its thread was on a core
+    (``decode_step_cpu_ms``), the mean batch, and the step the fitted cost model predicts
+    for the mean batch and context (``decode_step_fit_ms``). Steps slower
+    than the fit at equal CPU: waiting for a core; CPU above the fit: the step's work
+    costs more than the profile measured."""
+    counters = run.decode_steps
+    steps = counters.get("steps", 0.0)
+    if not steps:
+        return {}
+    batch = counters["batched_tokens"] / steps
+    context = counters["batched_context_tokens"] / steps
+    fit_s = costs.decode_base_s + costs.decode_per_seq_s * batch
+    return {
+        f"decode_steps_{policy}": steps,
+        f"decode_mean_batch_{policy}": batch,
+        f"decode_step_ms_{policy}": 1e3 * counters["step_s"] / steps,
+        f"decode_step_cpu_ms_{policy}": 1e3 * counters["step_cpu_s"] / steps,
+        f"decode_step_fit_ms_{policy}": 1e3 * (fit_s + costs.decode_per_context_token_s * context),
+    }
 
 
 def ttft_parts(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, float]:

@@ -25,7 +25,10 @@ it describes; the second says how much of that error the host's other load expla
 
 Output: per load and policy, TTFT p50 and p90, decode ITL p50 and p90 (every interval
 between streamed tokens) and hit rate, measured and simulated, their errors (relative
-for TTFT and ITL, absolute for the hit rate), written to
+for TTFT and ITL, absolute for the hit rate); where the run read the decode worker's
+step counters, also its mean step (wall ms) and mean batch against the simulated decode
+instance's, which says whether an ITL error is the step's cost or how often it runs.
+Written to
 ``bench/reference/sim_error.json`` together with the requests and the cost model, so
 ``tests/engine/sim/test_error.py`` can replay it without the trace or the cluster.
 """
@@ -42,6 +45,7 @@ from bench.router import QUICK_E2E, EndToEndConfig, trace_requests
 from bench.router_model import KV_BYTES_PER_TOKEN, as_sim_requests, local_profile, local_spec
 from engine.router.costs import CostModel
 from engine.sim.runs import run_once
+from engine.sim.simulator import SimResult
 from kvstore.types import EvictionPolicyKind
 
 REFERENCE = Path(__file__).parent / "reference" / "sim_error.json"
@@ -50,6 +54,7 @@ POLICIES = ("cache_aware", "round_robin")
 TTFT_GOAL = 0.15
 HIT_RATE_GOAL = 0.02
 FIGURES = ("ttft_p50_ms", "ttft_p90_ms", "itl_p50_ms", "itl_p90_ms", "hit_rate")
+STEP_FIGURES = ("decode_step_ms", "decode_mean_batch")  # the decode worker's own steps
 GROUPS = ("measured", "simulated", "errors", "simulated_busy_host", "errors_busy_host")
 
 
@@ -79,7 +84,22 @@ def simulate(entry: dict[str, Any], *, busy_host: bool = False) -> dict[str, flo
         run = run_once(policy_spec, local_profile(costs), requests, None)
         for name in FIGURES:
             figures[f"{name}_{policy}"] = run.figures[name]
+        figures |= decode_step_figures(policy, run.result)
     return figures
+
+
+def decode_step_figures(policy: str, result: SimResult) -> dict[str, float]:
+    """The decode instance's simulated steps, as ``bench.router`` reads the decode worker's:
+    mean wall milliseconds a step (stretched by the shared host) and mean batch."""
+    steps = sum(n for n, _ in result.steps.values())
+    if not steps:
+        return {}
+    fed = sum(f for _, f in result.steps.values())
+    busy_s = sum(result.busy_s[name] for name in result.steps)
+    return {
+        f"decode_step_ms_{policy}": 1e3 * busy_s / steps,
+        f"decode_mean_batch_{policy}": fed / steps,
+    }
 
 
 def entry_for(measured: Path, trace: Path | None, seed: int) -> dict[str, Any]:
@@ -90,7 +110,10 @@ def entry_for(measured: Path, trace: Path | None, seed: int) -> dict[str, Any]:
     _, requests = trace_requests(trace, settings, seed)
     results = doc["results"]
     measured_figures = {
-        f"{name}_{policy}": results[f"{name}_{policy}"] for policy in POLICIES for name in FIGURES
+        f"{name}_{policy}": results[f"{name}_{policy}"]
+        for policy in POLICIES
+        for name in (*FIGURES, *STEP_FIGURES)
+        if f"{name}_{policy}" in results  # step figures: measured since the decode step counters
     }
     return {
         "source": measured.name,

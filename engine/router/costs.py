@@ -106,14 +106,15 @@ class CostModel:
         cls,
         prefill_samples: Sequence[tuple[int, int, float]],
         transfer_samples: Sequence[tuple[int, float]],
-        decode_samples: Sequence[tuple[int, int, float]],
+        decode_samples: Sequence[tuple[float, float, float]],
     ) -> CostModel:
         """Fit every coefficient by non-negative least squares (see the module docstring).
 
         Args:
             prefill_samples: ``(uncached, cached, seconds)`` per measured prefill.
             transfer_samples: ``(tokens, seconds)`` per measured transfer.
-            decode_samples: ``(batch, context_tokens, seconds)`` per measured decode step.
+            decode_samples: ``(batch, context_tokens, seconds)`` per measured decode step
+                (or means over a run of steps).
 
         Raises:
             ValueError: a part has fewer samples than coefficients, samples that do not

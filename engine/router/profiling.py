@@ -6,8 +6,12 @@ prefill worker:
 - prefill: time to first token for a few prompt lengths, and for a prompt whose first
   three quarters were just computed (so the prefill reuses them): samples of
   (uncached tokens, cached tokens, seconds);
-- decode: time between tokens with 1, 2 and 4 requests generating at once: samples of
-  (batch, context tokens, seconds);
+- decode: batches of requests generating together (1 to 16, as the decode worker's
+  batch and cache allow), each sample read from the decode worker's own step counters
+  (``DecodeStats``) before and after: the batch it actually ran per step, its context
+  tokens and its seconds per step (requests sent together do not all decode together:
+  each waits for its prefill, so a sample labelled with the number sent would put a
+  bigger batch's step time on a smaller batch);
 - transfer: with prefill workers on two different store nodes, the time to first token
   of a prompt cached on the other node only, less its predicted prefill: samples of
   (tokens, seconds). With one node, an assumed 1 GB/s link (``ASSUMED_LINK_BPS``).
@@ -27,10 +31,9 @@ setting to change, never a traceback.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import json
 import logging
 import random
-import statistics
 import time
 
 import grpc
@@ -150,10 +153,9 @@ async def _profile(
     prefill_samples.append((longest - cached, cached, seconds))
 
     decode_samples = []
-    for batch, length in ((1, 32), (2, longest // 2), (4, longest // 8)):  # contexts vary
+    for batch, length in decode_shapes(longest, cache_tokens, max(1, decode.info.max_batch)):
         prompts = [prompt(length) for _ in range(batch)]
-        tbt, context = await _tbt(decode, first, prompts, metadata)
-        decode_samples.append((batch, context, tbt))
+        decode_samples.append(await decode_sample(decode, first, prompts, metadata))
 
     transfer_samples = _assumed_transfer(kv_bytes_per_token)
     prefill_only = CostModel.fit(prefill_samples, transfer_samples, decode_samples)
@@ -194,28 +196,58 @@ async def _ttft(
     raise RuntimeError(f"decode worker {decode.id} sent nothing")
 
 
-async def _tbt(
+DECODE_STEPS = 32  # tokens each profiling request generates
+
+
+def decode_shapes(longest: int, cache_tokens: int, max_batch: int) -> list[tuple[int, int]]:
+    """(requests, prompt tokens) of the decode samples: batches of 1 to 16 within the
+    decode worker's ``max_batch``, contexts varied, each batch's prompts and outputs
+    within half the smallest cache."""
+    shapes = [(1, 32), (2, longest // 2), (4, longest // 8), (8, 32), (16, 32)]
+    return [
+        (batch, length)
+        for batch, length in shapes
+        if batch <= max_batch and batch * (length + DECODE_STEPS) <= cache_tokens // 2
+    ]
+
+
+async def decode_sample(
     decode: Worker,
     prefill: Worker,
     prompts: list[list[int]],
     metadata: tuple[tuple[str, str], ...],
-) -> tuple[float, int]:
-    """Median seconds between tokens with ``prompts`` generating together, and their
-    mean total context."""
+) -> tuple[float, float, float]:
+    """``prompts`` generating together: the decode worker's mean batch per step, mean
+    context tokens per step and mean seconds per step meanwhile, by its own counters."""
     stub = engine_pb2_grpc.DecodeServiceStub(decode.channel)
-    steps = 16
-    params = params_to_pb(SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True))
+    params = params_to_pb(SamplingParams(temperature=0, max_tokens=DECODE_STEPS, ignore_eos=True))
 
-    async def one(tokens: list[int]) -> list[float]:
+    async def one(tokens: list[int]) -> None:
         request = engine_pb2.GenerateRequest(
             prompt_token_ids=tokens,
             sampling=params,
             prefill_address=prefill.address,
             profiling=True,
         )
-        arrivals = [time.perf_counter() async for _ in stub.Generate(request, metadata=metadata)]
-        return [b - a for a, b in itertools.pairwise(arrivals[1:])]
+        async for _ in stub.Generate(request, metadata=metadata):
+            pass
 
-    gaps = [g for run in await asyncio.gather(*(one(p) for p in prompts)) for g in run]
-    context = sum(len(p) for p in prompts) + len(prompts) * steps // 2
-    return statistics.median(gaps), context
+    before = await _step_counters(stub, metadata)
+    await asyncio.gather(*(one(p) for p in prompts))
+    after = await _step_counters(stub, metadata)
+    steps = after["steps"] - before["steps"]
+    if steps <= 0:
+        raise ProfilingError(f"decode worker {decode.id} counted no steps while profiling")
+
+    def mean(name: str) -> float:
+        return (after[name] - before[name]) / steps
+
+    return mean("batched_tokens"), mean("batched_context_tokens"), mean("step_s")
+
+
+async def _step_counters(
+    stub: engine_pb2_grpc.DecodeServiceStub, metadata: tuple[tuple[str, str], ...]
+) -> dict[str, float]:
+    reply = await stub.Stats(engine_pb2.EngineStatsRequest(), metadata=metadata)
+    decode: dict[str, float] = json.loads(reply.json)["decode"]
+    return decode

@@ -100,6 +100,7 @@ class BatchInstance:
         self.first_intervals: list[float] = []  # of every finished sequence with two tokens+
         self._covers = [0]  # difference array: sequences taking a later token from step i
         self.busy_s = 0.0
+        self.batched_sequences = 0  # sum over steps of the sequences each fed
         self.reserved_tokens = 0
         self.context_tokens = 0  # of the running sequences
         self._running: list[tuple[int, int, Sequence]] = []  # (finish step, seq no, seq)
@@ -246,6 +247,7 @@ class BatchInstance:
         self.durations.extend(durations)
         self._covers.extend([0] * len(durations))
         self.busy_s += sum(durations)
+        self.batched_sequences += len(self._running) * len(durations)
         steps = len(self.durations)
         self.context_tokens += len(self._running) * len(durations)
         while self._running and self._running[0][0] <= steps:

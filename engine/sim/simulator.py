@@ -60,6 +60,7 @@ class SimResult:
     num_events: int
     tier_blocks: dict[str, int]  # tier -> blocks held at the end, all nodes
     intervals: tuple[list[float], list[int]]  # every token interval: (seconds, weights)
+    steps: dict[str, tuple[int, int]]  # batching instance -> (steps, sequences they fed)
 
 
 class Simulator:
@@ -143,7 +144,10 @@ class Simulator:
             v, w = batch.intervals()
             values += v
             weights += w
-        return SimResult(records, busy, self.events.num_events, tier_blocks, (values, weights))
+        steps = {n: (len(b.durations), b.batched_sequences) for n, b in self.batches.items()}
+        return SimResult(
+            records, busy, self.events.num_events, tier_blocks, (values, weights), steps
+        )
 
     # -- routing ----------------------------------------------------------------------
 

@@ -42,12 +42,16 @@ class DecodeStats:
     generated_tokens: int = 0
     steps: int = 0
     batched_tokens: int = 0  # sum of batch sizes over steps
+    batched_context_tokens: int = 0  # sum over steps of the batch's context tokens
     max_batch: int = 0
     cancelled: int = 0
+    step_s: float = 0.0  # wall seconds of steps: pages, forward, sampling, streaming out
+    step_cpu_s: float = 0.0  # of which the decode thread was on a core
 
     def as_dict(self) -> dict[str, float]:
         out: dict[str, float] = dict(self.__dict__)
         out["mean_batch"] = self.batched_tokens / self.steps if self.steps else 0.0
+        out["mean_step_ms"] = 1e3 * self.step_s / self.steps if self.steps else 0.0
         return out
 
 
@@ -166,6 +170,7 @@ class DecodeWorker:
                         self._end(seq, FinishReason.ERROR, error=str(exc))
 
     def _step(self, batch: list[_Seq]) -> None:
+        start, start_cpu = time.perf_counter(), time.thread_time()
         ready = []
         for seq in batch:
             if seq.length > len(seq.pages) * self.cache.page_tokens:
@@ -182,9 +187,12 @@ class DecodeWorker:
             logits = self.model(slices, self.cache)
         self.stats.steps += 1
         self.stats.batched_tokens += len(ready)
+        self.stats.batched_context_tokens += sum(s.length for s in ready)
         self.stats.max_batch = max(self.stats.max_batch, len(ready))
         for seq, out in zip(ready, logits, strict=True):
             self._accept(seq, sample(out, seq.request.params, len(seq.generated)))
+        self.stats.step_s += time.perf_counter() - start
+        self.stats.step_cpu_s += time.thread_time() - start_cpu
 
     def _accept(self, seq: _Seq, token: int) -> None:
         """A new token: add it, find out whether the request is done, stream it out."""

@@ -20,6 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from engine.launch import free_port
 from engine.router.costs import CostModel
 from engine.router.metrics import RouterMetrics
+from engine.router.profiling import DECODE_STEPS, decode_sample
+from engine.router.workers import WorkerPool
+from engine.service.client import DecodeClient
 from kvstore._proto.strata.v1 import admin_pb2
 from kvstore.client import StoreClient
 from tests.engine.router.servers import RouterThread
@@ -191,6 +194,41 @@ def test_too_many_requests_in_flight_is_a_429(cluster: dict[str, Any]) -> None:
             (("outcome", "ok"),): 2,
             (("outcome", "rejected"),): 1,
         }
+
+
+def test_a_profiled_decode_step_is_labelled_with_the_batch_the_worker_ran(
+    cluster: dict[str, Any],
+) -> None:
+    """Requests sent together do not all decode together (each waits for its prefill):
+    the cost model's decode samples carry the decode worker's own count of sequences
+    and context per step, never the number of requests sent."""
+    decode_address, prefill_address = cluster["decode"].address, cluster["prefill"][0].address
+    prompts = [[(7 * i + j) % 200 + 3 for j in range(48 * (i + 1))] for i in range(4)]
+
+    async def profile() -> tuple[tuple[float, float, float], dict[str, Any], dict[str, Any]]:
+        pool = WorkerPool([prefill_address], [decode_address])
+        async with DecodeClient(decode_address) as client:
+            try:
+                await pool.start()
+                before = (await client.stats())["decode"]
+                sample = await decode_sample(
+                    pool.decode[decode_address], pool.prefill[prefill_address], prompts, ()
+                )
+                after = (await client.stats())["decode"]
+            finally:
+                await pool.close()
+        return sample, before, after
+
+    (batch, context, seconds), before, after = asyncio.run(profile())
+    steps = after["steps"] - before["steps"]
+    assert after["requests"] - before["requests"] == len(prompts)
+    assert batch == pytest.approx((after["batched_tokens"] - before["batched_tokens"]) / steps)
+    assert 1 <= batch <= len(prompts)
+    per_step_context = (after["batched_context_tokens"] - before["batched_context_tokens"]) / steps
+    assert context == pytest.approx(per_step_context)
+    assert 48 <= context / batch <= 4 * 48 + DECODE_STEPS  # each one's prompt and tokens so far
+    assert seconds == pytest.approx((after["step_s"] - before["step_s"]) / steps)
+    assert seconds > 0
 
 
 def test_an_api_key_is_required_when_set(cluster: dict[str, Any]) -> None:
