@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import random
 import statistics
@@ -48,6 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
 
+import grpc
 import numpy as np
 import redis
 
@@ -62,6 +64,7 @@ from engine.router.service import open_router
 from engine.router.workers import WorkerPool
 from engine.sampling import SamplingParams
 from engine.service.client import DecodeClient
+from kvstore._proto.strata.v1 import engine_pb2, engine_pb2_grpc
 from kvstore.client import StoreClient
 from kvstore.client.calls import CallOptions
 from kvstore.hashing import prefix_keys
@@ -310,7 +313,7 @@ class PolicyRun(NamedTuple):
     others_cpu_share: float  # of the cores, used by processes outside the bench meanwhile
     cpu_s: dict[str, float]  # CPU seconds each role of the cluster used during the replay
     wall_s: float  # the replay's first send to its last answer
-    decode_steps: dict[str, float]  # the decode worker's own step counters meanwhile
+    counters: dict[str, float]  # the workers' own counters meanwhile (``worker_counters``)
 
 
 def pooled(runs: Sequence[PolicyRun]) -> PolicyRun:
@@ -318,11 +321,11 @@ def pooled(runs: Sequence[PolicyRun]) -> PolicyRun:
     host load averaged."""
     lookups: Counter[str] = Counter()
     cpu_s: Counter[str] = Counter()
-    steps: Counter[str] = Counter()
+    counters: Counter[str] = Counter()
     for run in runs:
         lookups.update(run.lookups)
         cpu_s.update(run.cpu_s)
-        steps.update(run.decode_steps)
+        counters.update(run.counters)
     return PolicyRun(
         [o for run in runs for o in run.outcomes],
         dict(lookups),
@@ -330,7 +333,7 @@ def pooled(runs: Sequence[PolicyRun]) -> PolicyRun:
         statistics.fmean(run.others_cpu_share for run in runs),
         dict(cpu_s),
         sum(run.wall_s for run in runs),
-        dict(steps),
+        dict(counters),
     )
 
 
@@ -486,14 +489,14 @@ async def run_policy(
     """Replay on a fresh router with ``flags``, then flush the stores."""
     service = await open_router(load_engine_config(env={}, overrides=flags))
     try:
-        steps = await decode_step_counters(cluster.decode_address)
+        counters = await worker_counters(cluster)
         start, host, ours = time.perf_counter(), host_cpu_s(), cluster.cpu_s_by_role()
         outcomes = await replay(service.router, requests, prompts, advance)
         wall_s = time.perf_counter() - start
         used = cluster.cpu_s_by_role()
         cpu_s = {role: used[role] - ours.get(role, 0.0) for role in used}
         others_s = (host_cpu_s() - host) - sum(cpu_s.values())
-        steps_after = await decode_step_counters(cluster.decode_address)
+        counters_after = await worker_counters(cluster)
         run = PolicyRun(
             outcomes,
             dict(service.router.view.lookups),
@@ -501,7 +504,7 @@ async def run_policy(
             max(0.0, others_s) / (wall_s * len(os.sched_getaffinity(0))),
             cpu_s,
             wall_s,
-            {name: steps_after[name] - steps[name] for name in steps},
+            {name: counters_after[name] - counters[name] for name in counters},
         )
     finally:
         await service.close()
@@ -509,19 +512,33 @@ async def run_policy(
     return run
 
 
-DECODE_STEP_COUNTERS = (
-    "steps",
-    "batched_tokens",
-    "batched_context_tokens",
-    "step_s",
-    "step_cpu_s",
+DECODE_COUNTERS = ("steps", "batched_tokens", "batched_context_tokens", "step_s", "step_cpu_s")
+PREFILL_COUNTERS = (
+    "requests",
+    "forward_passes",
+    "admit_s",
+    "forward_s",
+    "forward_cpu_s",
+    "pass_end_s",
+    "finish_s",
 )
 
 
-async def decode_step_counters(address: str) -> dict[str, float]:
-    """The decode worker's step counters (``DecodeStats``): steps, the sequences they
-    fed and those sequences' context tokens, their wall seconds and the decode thread's
-    CPU seconds in them."""
-    async with DecodeClient(address) as client:
+async def worker_counters(cluster: LocalCluster) -> dict[str, float]:
+    """The workers' own counters (``DecodeStats``, ``PrefillStats``; the prefill workers'
+    summed), named ``decode_<counter>`` and ``prefill_<counter>``: the decode worker's
+    steps, the sequences they fed and those sequences' context tokens, their wall seconds
+    and the decode thread's CPU seconds in them; the prefill workers' prompts, passes and
+    where their threads' wall seconds went."""
+    async with DecodeClient(cluster.decode_address) as client:
         decode = (await client.stats())["decode"]
-    return {name: float(decode[name]) for name in DECODE_STEP_COUNTERS}
+    counters = {f"decode_{name}": float(decode[name]) for name in DECODE_COUNTERS}
+    for address in cluster.prefill_addresses:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = engine_pb2_grpc.PrefillServiceStub(channel)
+            reply = await stub.Stats(engine_pb2.EngineStatsRequest())
+        prefill = json.loads(reply.json)["prefill"]
+        for name in PREFILL_COUNTERS:
+            key = f"prefill_{name}"
+            counters[key] = counters.get(key, 0.0) + float(prefill[name])
+    return counters

@@ -215,7 +215,7 @@ def policy_figures(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, f
         f"itl_p90_ms_{policy}": float(np.percentile(itl_ms, 90)) if itl_ms.size else 0.0,
         **cpu_figures(policy, run, costs),
         **ttft_parts(policy, run, costs),
-        **decode_step_figures(policy, run, costs),
+        **worker_figures(policy, run, costs),
     }
 
 
@@ -236,27 +236,39 @@ def cpu_figures(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, floa
     return figures
 
 
-def decode_step_figures(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, float]:
-    """The decode worker's steps during the replay, by its own clock: their mean wall
+def worker_figures(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, float]:
+    """The workers during the replay, by their own clocks. Decode: its steps' mean wall
     milliseconds (``decode_step_ms``), of which its thread was on a core
     (``decode_step_cpu_ms``), the mean batch, and the step the fitted cost model predicts
-    for the mean batch and context (``decode_step_fit_ms``). Steps slower
-    than the fit at equal CPU: waiting for a core; CPU above the fit: the step's work
-    costs more than the profile measured."""
-    counters = run.decode_steps
-    steps = counters.get("steps", 0.0)
-    if not steps:
-        return {}
-    batch = counters["batched_tokens"] / steps
-    context = counters["batched_context_tokens"] / steps
-    fit_s = costs.decode_base_s + costs.decode_per_seq_s * batch
-    return {
-        f"decode_steps_{policy}": steps,
-        f"decode_mean_batch_{policy}": batch,
-        f"decode_step_ms_{policy}": 1e3 * counters["step_s"] / steps,
-        f"decode_step_cpu_ms_{policy}": 1e3 * counters["step_cpu_s"] / steps,
-        f"decode_step_fit_ms_{policy}": 1e3 * (fit_s + costs.decode_per_context_token_s * context),
-    }
+    for the mean batch and context (``decode_step_fit_ms``): steps slower than the fit at
+    equal CPU wait for a core; CPU above the fit, the step's work costs more than the
+    profile measured. Prefill: a prompt's mean milliseconds of the prefill thread in each
+    part (``prefill_<part>_ms``: admit, forward, pass end, finish; see ``PrefillStats``)
+    and the forward passes' CPU share of their wall time."""
+    counters = run.counters
+    figures: dict[str, float] = {}
+    steps = counters.get("decode_steps", 0.0)
+    if steps:
+        batch = counters["decode_batched_tokens"] / steps
+        context = counters["decode_batched_context_tokens"] / steps
+        fit_s = costs.decode_base_s + costs.decode_per_seq_s * batch
+        figures |= {
+            f"decode_steps_{policy}": steps,
+            f"decode_mean_batch_{policy}": batch,
+            f"decode_step_ms_{policy}": 1e3 * counters["decode_step_s"] / steps,
+            f"decode_step_cpu_ms_{policy}": 1e3 * counters["decode_step_cpu_s"] / steps,
+            f"decode_step_fit_ms_{policy}": 1e3
+            * (fit_s + costs.decode_per_context_token_s * context),
+        }
+    prompts = counters.get("prefill_requests", 0.0)
+    if prompts:
+        for part in ("admit", "forward", "pass_end", "finish"):
+            figures[f"prefill_{part}_ms_{policy}"] = 1e3 * counters[f"prefill_{part}_s"] / prompts
+        forward_s = counters["prefill_forward_s"]
+        figures[f"prefill_forward_cpu_share_{policy}"] = (
+            counters["prefill_forward_cpu_s"] / forward_s if forward_s else 0.0
+        )
+    return figures
 
 
 def ttft_parts(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, float]:

@@ -67,8 +67,14 @@ class PrefillStats:
     recomputed_requests: int = 0  # a cached block failed its checksum or its load failed
     forward_passes: int = 0
     kept_blocks: int = 0  # blocks of finished generations taken into the prefix cache
+    # where the prefill thread's wall seconds go (the thread does one thing at a time):
+    admit_s: float = 0.0  # opening prompts: pages, and loading their cached blocks
+    forward_s: float = 0.0  # forward passes (the model with the connector's layer hooks)
+    forward_cpu_s: float = 0.0  # of which the thread was on a core
+    pass_end_s: float = 0.0  # after a pass: waiting for its layers' saves and pushes
+    finish_s: float = 0.0  # finishing prompts: verify, commit to the store, first token
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
 
 
@@ -298,9 +304,14 @@ class PrefillWorker:
                 )
                 for p, n in plan.chunks
             ]
+            start, start_cpu = time.perf_counter(), time.thread_time()
             with self.device.turn():
                 logits = self.model(slices, self.cache, hooks=hooks)
+            forward_end = time.perf_counter()
+            self.stats.forward_s += forward_end - start
+            self.stats.forward_cpu_s += time.thread_time() - start_cpu
             hooks.done()
+            self.stats.pass_end_s += time.perf_counter() - forward_end
         except Exception as exc:  # a bug or a device error: fail the running prompts only
             logger.exception("prefill failed")
             for prompt in list(self.scheduler.running):
@@ -314,16 +325,25 @@ class PrefillWorker:
             if prompt.position + n == prompt.num_tokens:
                 prompt.logits = out
         for prompt in self.scheduler.advance(plan):  # its first token goes out now
+            start = time.perf_counter()
             try:
-                self._finish(prompt, time.perf_counter() - prompt.admitted_s)
+                self._finish(prompt, start - prompt.admitted_s)
             except Exception as exc:
                 logger.exception("finishing a prefill failed")
                 self._drop(prompt)
                 if not prompt.job.future.done():
                     prompt.job.future.set_exception(exc)
+            self.stats.finish_s += time.perf_counter() - start
 
     def _admit(self, job: Job) -> Prompt | None:
         """Pages for the prompt and what of it is cached (None: no room now)."""
+        start = time.perf_counter()
+        try:
+            return self._open(job)
+        finally:
+            self.stats.admit_s += time.perf_counter() - start
+
+    def _open(self, job: Job) -> Prompt | None:
         block = self.cache.page_tokens
         store = self.store
         namespace = self.namespace
