@@ -70,6 +70,7 @@ def simulate(entry: dict[str, Any], *, busy_host: bool = False) -> dict[str, flo
         capacity_blocks=entry["capacity_blocks"],
         eviction=EvictionPolicyKind.PREFIX_LRU,  # the store's default, as in the replay
         host_cores=entry["host_cores"],
+        pin_prefills=entry.get("pinned", False),
         chunk_tokens=entry["prefill_chunk_tokens"],
         max_batch_tokens=entry["prefill_max_batch_tokens"],
         decode_max_batch=entry["decode_max_batch"],
@@ -119,6 +120,7 @@ def entry_for(measured: Path, trace: Path | None, seed: int) -> dict[str, Any]:
         "source": measured.name,
         "offered_load": results["offered_load"],
         "host_cores": config["host_cores"],
+        "pinned": config["prefill_worker_cores"] != "not pinned",
         "others_cpu_share": {p: results[f"others_cpu_share_{p}"] for p in POLICIES},
         "prefill_chunk_tokens": config["prefill_chunk_tokens"],
         "prefill_max_batch_tokens": config["prefill_max_batch_tokens"],

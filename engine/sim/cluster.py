@@ -14,6 +14,9 @@ One TOML file, shaped like a real cluster's config where they overlap (``[store]
                                     # instance on hardware of its own
     host_busy_share = 0.0           # of those cores, what other processes on the host use
                                     # (measured); the instances share the rest
+    host_pin_prefills = false       # prefill instance i on core i (mod host_cores), the
+                                    # others on whichever core has fewest items; each core
+                                    # shared by its own (as bench.router pins its workers)
 
     [store]
     block_tokens = 512              # tokens per block (the trace's block size)
@@ -84,6 +87,7 @@ class ClusterSpec:
     profile: str = "llama3-8b-h100"
     host_cores: int = 0
     host_busy_share: float = 0.0
+    host_pin_prefills: bool = False
     block_tokens: int = 512
     eviction_policy: EvictionPolicyKind = EvictionPolicyKind.PREFIX_LRU
     shared: bool = True
@@ -134,6 +138,7 @@ _SECTIONS: dict[str, dict[str, str]] = {  # TOML section -> key -> ClusterSpec f
             "profile",
             "host_cores",
             "host_busy_share",
+            "host_pin_prefills",
         )
     },
     "store": {k: k for k in ("block_tokens", "eviction_policy", "shared", "promotion_min_hits")},

@@ -74,6 +74,7 @@ class PrefillInstance:
         chunk_tokens: int = 0,
         max_batch_tokens: int = 0,
         host: Host | None = None,
+        core: int | None = None,
     ) -> None:
         if max_batch_tokens and chunk_tokens < 1:
             raise ValueError("batched prefill needs chunk_tokens >= 1")
@@ -83,6 +84,7 @@ class PrefillInstance:
         self.chunk_tokens = chunk_tokens
         self.max_batch_tokens = max_batch_tokens
         self.host = host
+        self.core = core  # the host's core it is pinned to, if any
         self.queue: deque[PrefillJob] = deque()
         self.running: list[_Prompt] = []
         self.busy_s = 0.0
@@ -120,7 +122,9 @@ class PrefillInstance:
             self.costs.prefill_s(p.left - take, p.position + take) for p, take in chunks
         )
         if self.host is not None:
-            self._work = self.host.run(seconds, lambda wall_s: self._end_pass(chunks, wall_s))
+            self._work = self.host.run(
+                seconds, lambda wall_s: self._end_pass(chunks, wall_s), self.core
+            )
             return
         self._pass_until = self.events.now + seconds
         self.events.after(seconds, lambda: self._end_pass(chunks, seconds))

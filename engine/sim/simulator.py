@@ -95,12 +95,13 @@ class Simulator:
         promotion = PromotionPolicy(spec.promotion_min_hits)
         colocated = spec.layout is Layout.COLOCATED
         free_cores = spec.host_cores * (1 - spec.host_busy_share)
-        host = Host(free_cores, self.events) if spec.host_cores else None
+        per_core = spec.host_cores if spec.host_pin_prefills else 0
+        host = Host(free_cores, self.events, per_core=per_core) if spec.host_cores else None
         if colocated:
             nodes = [f"colocated-{i}" for i in range(spec.num_colocated)]
         else:
             nodes = [f"prefill-{i}" for i in range(spec.num_prefill)]
-        for name in nodes:
+        for i, name in enumerate(nodes):
             observer = self.directory.observer(name)
             self.stores[name] = NodeStore(capacities, eviction, promotion, observer)
             if not colocated:
@@ -111,6 +112,7 @@ class Simulator:
                     chunk_tokens=spec.chunk_tokens,
                     max_batch_tokens=spec.max_batch_tokens,
                     host=host,
+                    core=i if spec.host_pin_prefills else None,
                 )
         batch_names = nodes if colocated else [f"decode-{i}" for i in range(spec.num_decode)]
         for name in batch_names:

@@ -11,6 +11,7 @@ GOOD = """
 layout = "colocated"
 num_colocated = 4
 host_cores = 2
+host_pin_prefills = true
 profile = "llama3-70b-8xh100"
 [store]
 block_tokens = 512
@@ -31,7 +32,7 @@ def test_a_description_overrides_the_defaults() -> None:
     spec = parse_cluster(tomllib.loads(GOOD))
     assert spec.layout is Layout.COLOCATED
     assert spec.num_instances == 4
-    assert spec.host_cores == 2
+    assert spec.host_cores == 2 and spec.host_pin_prefills
     assert spec.max_batch_tokens == 2048
     assert spec.eviction_policy is EvictionPolicyKind.LRU
     assert spec.shared is False

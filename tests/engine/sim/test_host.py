@@ -56,3 +56,36 @@ def test_an_item_started_later_slows_the_running_ones_from_then_on() -> None:
 def test_a_host_has_cores() -> None:
     with pytest.raises(ValueError, match="a host has cores"):
         Host(0, EventQueue())
+
+
+def test_pinned_items_share_only_their_own_core() -> None:
+    """Two prefill workers pinned to a core each and an unpinned decode step: the step
+    lands on core 0 (fewest items, the first on a tie) and shares it with that worker,
+    at half speed, while the other worker keeps its core."""
+    events = EventQueue()
+    host = Host(2, events, per_core=2)
+    ends: dict[str, float] = {}
+
+    def start(name: str, work_s: float, core: int | None) -> None:
+        host.run(work_s, lambda wall_s: ends.__setitem__(name, wall_s), core)
+
+    events.at(0.0, lambda: start("prefill-0", 1.0, 0))
+    events.at(0.0, lambda: start("prefill-1", 1.0, 1))
+    events.at(0.0, lambda: start("step", 0.2, None))
+    events.run()
+    # core 0: both at 1/2; the step's 0.2 ends at 0.4, prefill-0 has 0.8 left, ends at 1.2
+    assert ends == {
+        "step": pytest.approx(0.4),
+        "prefill-0": pytest.approx(1.2),
+        "prefill-1": pytest.approx(1.0),
+    }
+
+
+def test_an_unpinned_item_takes_an_idle_core_and_a_share_counts_per_core() -> None:
+    events = EventQueue()
+    host = Host(1.6, events, per_core=2)  # two cores, 0.8 of each left by other processes
+    ends: dict[str, float] = {}
+    events.at(0.0, lambda: host.run(0.8, lambda w: ends.__setitem__("pinned", w), 2))  # core 0
+    events.at(0.0, lambda: host.run(0.4, lambda w: ends.__setitem__("anywhere", w)))
+    events.run()
+    assert ends == {"pinned": pytest.approx(1.0), "anywhere": pytest.approx(0.5)}

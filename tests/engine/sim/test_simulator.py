@@ -114,6 +114,11 @@ def test_instances_on_one_host_share_its_cores() -> None:
     assert [r.ttft_s for r in Simulator(busy, PROFILE).run(requests).records] == pytest.approx(
         [0.042, 0.042]
     )
+    # pinned to a core each of two: neither waits for the other
+    pinned = replace(spec, host_cores=2, host_pin_prefills=True)
+    assert [r.ttft_s for r in Simulator(pinned, PROFILE).run(requests).records] == pytest.approx(
+        [0.021, 0.021]
+    )
 
 
 def test_the_itl_figures_pool_every_token_interval() -> None:
