@@ -36,6 +36,7 @@ Written to
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,7 @@ def entry_for(measured: Path, trace: Path | None, seed: int) -> dict[str, Any]:
     return {
         "source": measured.name,
         "offered_load": results["offered_load"],
+        "time_scale": settings.time_scale,
         "host_cores": config["host_cores"],
         "pinned": config["prefill_worker_cores"] != "not pinned",
         "others_cpu_share": {p: results[f"others_cpu_share_{p}"] for p in POLICIES},
@@ -157,14 +159,33 @@ def error_part(paths: list[Path], trace: Path | None, seed: int) -> dict[str, fl
         entry["simulated_busy_host"] = simulate(entry, busy_host=True)
         entry["errors_busy_host"] = errors(entry["measured"], entry["simulated_busy_host"])
         entries.append(entry)
-        tag = f"load{entry['offered_load']:.2f}"
+        tag = f"{Path(entry['source']).stem}_load{entry['offered_load']:.2f}"
         for group in GROUPS:
             for key, value in entry[group].items():
                 results[f"{group}_{key}_{tag}"] = value
+    results |= error_spread(entries)
     REFERENCE.parent.mkdir(parents=True, exist_ok=True)
     REFERENCE.write_text(json.dumps({"entries": entries}, indent=1) + "\n")
     _write_profile(entries)
     return results
+
+
+def error_spread(entries: list[dict[str, Any]]) -> dict[str, float]:
+    """Runs at the same arrival scale (each its own replay and its own fitted cost model)
+    taken together: per error, its median and its range over the runs, named
+    ``error_{median,min,max}_<figure>_<policy>_x<time scale>``."""
+    by_scale: dict[float, list[dict[str, Any]]] = {}
+    for entry in entries:
+        by_scale.setdefault(entry["time_scale"], []).append(entry)
+    out: dict[str, float] = {}
+    for scale, group in by_scale.items():
+        for key in group[0]["errors"]:
+            values = [e["errors"][key] for e in group if key in e["errors"]]
+            name = f"{key.removesuffix('_rel_error').removesuffix('_abs_error')}_x{scale:g}"
+            out[f"error_median_{name}"] = statistics.median(values)
+            out[f"error_min_{name}"] = min(values)
+            out[f"error_max_{name}"] = max(values)
+    return out
 
 
 def _write_profile(entries: list[dict[str, Any]]) -> None:
