@@ -164,6 +164,12 @@ def _router(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     config = engine_config_from_args(args)
+    if config.router.vllm_servers:  # in front of vLLM OpenAI servers
+        from engine.router.vllm_api import create_vllm_app
+
+        vllm = create_vllm_app(config)
+        uvicorn.run(vllm, host=config.router.host, port=config.router.port, log_level="warning")
+        return 0
     app = create_app(
         lambda: open_router(config),
         api_keys=config.router.api_keys,
