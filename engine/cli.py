@@ -4,7 +4,8 @@ kvengine up [--model PATH] [--port N]     the whole stack on one machine: a stor
                                           a prefill and a decode worker, the router and
                                           the OpenAI-compatible endpoint (8000)
 kvengine chat [--url URL]                 a terminal chat with the endpoint
-kvengine router [config flags]            the router and endpoint alone (a cluster role)
+kvengine router [config flags]            the router and endpoint alone (a cluster role; in
+                                          front of vLLM OpenAI servers with router.vllm)
 kvengine generate TEXT [sampling flags] [--decode HOST:PORT] [--chat] [--json]
     generate from TEXT: in this process (the tiny model unless --engine.model PATH),
     or on a running decode worker

@@ -43,13 +43,18 @@ from engine.router.vllm_backends import VllmPool, find_namespace
 from engine.router.vllm_router import Forwarded, VllmError, VllmRouter
 
 logger = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 600.0  # between two reads of an answer (a whole one, when not streamed)
 
 
 async def open_vllm_router(config: EngineConfig, *, wait_s: float = 120.0) -> VllmRouter:
     """Reach the servers (waiting up to ``wait_s``), find their store namespace, load the
     cost model (``router.cost_model``, else ``CostModel.default()``) and build the router."""
     section = config.router
-    http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0))
+    # a server silent for READ_TIMEOUT_S mid-answer is taken as hung; the connections
+    # are bounded by router.max_concurrency, not by the client
+    timeout = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+    http = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=None))
     pool = VllmPool(section.vllm_servers, http, health_interval_s=section.health_interval_s)
     try:
         await pool.start(wait_s)

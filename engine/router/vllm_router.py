@@ -13,10 +13,14 @@ choose a server from two sources of prefix, the same two a vLLM server reuses:
 
 A store node is no server, so it is never chosen; it is a holder the servers load from,
 which ``CacheAware`` prices as a pull (``transfer_s`` of the blocks past the server's own
-cache). So a server that has the prefix in its own cache wins over one that would load it,
-and either wins over computing it. The approximation: the policy's ``best`` is the most
-blocks any holder has, so a server may be credited with a prefix only another server's
-cache holds (the connector saves every full block, so the store normally holds it too).
+cache). So a server that has the prefix in its own cache wins over one that would load
+it, and either wins over computing it. A request runs wholly on the server chosen for
+its prefill; the policy's decode choice (among the same servers) only lets it refuse a
+request by its TBT SLO. The approximation: the policy's ``best`` is the most blocks any
+holder has, so every server is credited with it. A prefix only another server's cache
+holds is rare (the connector saves every full block, so its node holds it too); a prefix
+only another store node holds is loaded through the server's own node where the nodes
+share metadata (the store's peer fetch), else recomputed.
 
 ``forward`` sends the client's body unchanged to the chosen server's endpoint and hands
 the response back as it comes (SSE passed through). A server that cannot be reached
