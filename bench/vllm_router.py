@@ -4,18 +4,20 @@ placing by the store's and the servers' caches buy over spreading requests blind
 when every server can load any prefix from Strata anyway?).
 
 Each conversation has a system prompt of its own and grows by a user turn and an
-answer's worth of tokens per request, the way a chat re-sends its history. The turns
-of all conversations interleave (turn 1 of each, then turn 2 of each, ...), one
-request at a time, each answering one token through the router (``/v1/completions``
-with token ids, so its latency is the time to first token plus one HTTP hop). Every
-policy runs the same requests under a ``cache_salt`` of its own, so neither vLLM's
-prefix cache nor the store serves one run from another's.
+answer's worth of tokens per request, the way a chat re-sends its history. All
+conversations run at once (``--concurrency``: fewer), each one request at a time, each
+request answering one token through the router (``/v1/completions`` with token ids, so
+its latency is the time to first token plus one HTTP hop). Every policy runs the same
+requests under a ``cache_salt`` of its own, so neither vLLM's prefix cache nor the
+store serves one run from another's. Default cost model (``CostModel.default()``).
 
 Per policy: the share of prompt tokens the servers reused (``cached_tokens``: their
 own cache or loaded from Strata; vLLM does not say which), the blocks the router
-planned to load from the store, and the median and p90 TTFT.
+planned to load from the store, how often a conversation's turn ran on another server
+than its previous turn, the busiest server's share of the requests, and the median and
+p90 TTFT.
 
-    python -m bench.vllm_router [--quick] [--json PATH]
+    python -m bench.vllm_router [--quick] [--concurrency N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -79,72 +84,88 @@ def answers(url: str) -> bool:
         return False
 
 
-def conversations(shape: dict[str, int], vocab: int, seed: int) -> list[list[int]]:
-    """The requests' prompts (``shape``: ``conversations``, ``turns``, ``system_tokens``,
-    ``turn_tokens``), turns interleaved across conversations."""
+def conversations(shape: dict[str, int], vocab: int, seed: int) -> list[list[list[int]]]:
+    """Per conversation, its requests' prompts (``shape``: ``conversations``, ``turns``,
+    ``system_tokens``, ``turn_tokens``)."""
     rng = random.Random(seed)
 
     def tokens(n: int) -> list[int]:
         return [rng.randrange(10, vocab) for _ in range(n)]
 
-    histories = [tokens(shape["system_tokens"]) for _ in range(shape["conversations"])]
-    prompts = []
-    for _ in range(shape["turns"]):
-        for history in histories:
-            history.extend(tokens(shape["turn_tokens"]))
-            prompts.append(list(history))
-    return prompts
+    out = []
+    for _ in range(shape["conversations"]):
+        history = tokens(shape["system_tokens"])
+        turns = []
+        for _ in range(shape["turns"]):
+            history = [*history, *tokens(shape["turn_tokens"])]
+            turns.append(history)
+        out.append(turns)
+    return out
 
 
-def replay(router: Child, model: str, prompts: list[list[int]], salt: str) -> list[dict[str, Any]]:
+def replay(
+    router: Child, model: str, chats: list[list[list[int]]], salt: str, concurrency: int
+) -> list[list[dict[str, Any]]]:
+    """``concurrency`` conversations at a time, each one request at a time; per
+    conversation, per turn: the server, the time to the answer's token and the usage."""
     url = f"http://127.0.0.1:{router.port}/v1/completions"
-    rows = []
-    for prompt in prompts:
+
+    def ask(prompt: list[int]) -> dict[str, Any]:
         body = {"model": model, "prompt": prompt, "max_tokens": 1, "cache_salt": salt}
         request = urllib.request.Request(
             url, json.dumps(body).encode(), {"Content-Type": "application/json"}
         )
         start = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=120) as response:
+        with urllib.request.urlopen(request, timeout=300) as response:
             answer = json.loads(response.read())
             server = response.headers["X-Strata-Prefill"]
         usage = answer["usage"]
-        rows.append(
-            {
-                "server": server,
-                "ttft_s": time.perf_counter() - start,
-                "prompt_tokens": usage["prompt_tokens"],
-                "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
-            }
-        )
-    return rows
+        details = usage.get("prompt_tokens_details") or {}
+        return {
+            "server": server,
+            "ttft_s": time.perf_counter() - start,
+            "prompt_tokens": usage["prompt_tokens"],
+            "cached_tokens": details.get("cached_tokens", 0),
+        }
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(lambda turns: [ask(p) for p in turns], chats))
 
 
-def summary(rows: list[dict[str, Any]], stats: dict[str, Any], num: int) -> dict[str, float]:
-    """The figures of one policy's run (``num`` conversations, turns interleaved)."""
+def summary(chats: list[list[dict[str, Any]]], stats: dict[str, Any]) -> dict[str, float]:
+    """The figures of one policy's run."""
+    rows = [row for turns in chats for row in turns]
     ttfts = sorted(r["ttft_s"] for r in rows)
     prompt = sum(r["prompt_tokens"] for r in rows)
-    # a conversation's turn on another server than its previous turn
-    moves = sum(rows[i]["server"] != rows[i - num]["server"] for i in range(num, len(rows)))
+    per_server = Counter(r["server"] for r in rows)
     return {
         "reused_share": sum(r["cached_tokens"] for r in rows) / prompt,
         "ttft_median_s": statistics.median(ttfts),
         "ttft_p90_s": ttfts[int(0.9 * (len(ttfts) - 1))],
         "loaded_blocks_planned": float(stats.get("loaded_blocks", 0)),
-        "server_changes": float(moves),  # of a conversation, between turns,
+        # a conversation's turn on another server than its previous turn
+        "server_changes": float(
+            sum(a["server"] != b["server"] for turns in chats for a, b in pairwise(turns))
+        ),
+        "busiest_server_share": max(per_server.values()) / len(rows),
     }
 
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
+    p.add_argument(
+        "--concurrency", type=int, default=0, help="conversations at once (default: all)"
+    )
     args = p.parse_args()
     num, turns = (3, 4) if args.quick else (5, 8)
+    concurrency = args.concurrency or num
     shape = ModelShape()
     workload = {"conversations": num, "turns": turns, "system_tokens": 1024, "turn_tokens": 128}
     config = {
         **workload,
         "block_tokens": BLOCK_TOKENS,
         "servers": 2,
+        "concurrency": concurrency,
         "policies": ",".join(POLICIES),
         "seed": args.seed,
     }
@@ -164,12 +185,12 @@ def main() -> None:
             for policy in POLICIES:
                 router = start_router(servers, f"127.0.0.1:{store.port}", policy)
                 try:
-                    rows = replay(router, str(model), prompts, salt=f"bench-{policy}")
+                    chats = replay(router, str(model), prompts, f"bench-{policy}", concurrency)
                     with urllib.request.urlopen(f"http://127.0.0.1:{router.port}/stats") as r:
                         stats = json.loads(r.read())
                 finally:
                     router.stop()
-                for key, value in summary(rows, stats, num).items():
+                for key, value in summary(chats, stats).items():
                     results[f"{policy}.{key}"] = value
         finally:
             for server in servers:
