@@ -4,7 +4,8 @@ kvengine up [--model PATH] [--port N]     the whole stack on one machine: a stor
                                           a prefill and a decode worker, the router and
                                           the OpenAI-compatible endpoint (8000)
 kvengine chat [--url URL]                 a terminal chat with the endpoint
-kvengine router [config flags]            the router and endpoint alone (a cluster role)
+kvengine router [config flags]            the router and endpoint alone (a cluster role; in
+                                          front of vLLM OpenAI servers with router.vllm)
 kvengine generate TEXT [sampling flags] [--decode HOST:PORT] [--chat] [--json]
     generate from TEXT: in this process (the tiny model unless --engine.model PATH),
     or on a running decode worker
@@ -164,6 +165,12 @@ def _router(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     config = engine_config_from_args(args)
+    if config.router.vllm_servers:  # in front of vLLM OpenAI servers
+        from engine.router.vllm_api import create_vllm_app
+
+        vllm = create_vllm_app(config)
+        uvicorn.run(vllm, host=config.router.host, port=config.router.port, log_level="warning")
+        return 0
     app = create_app(
         lambda: open_router(config),
         api_keys=config.router.api_keys,

@@ -130,6 +130,32 @@ class RouterSection:
     max_concurrency: int = field(default=256, metadata=positive())  # requests in flight
     access_log: bool = True  # an INFO line per request and a periodic throughput line
     log_interval_s: float = field(default=10.0, metadata=positive())  # throughput line
+    # vLLM OpenAI servers, comma-separated, each HOST:PORT=STORE_HOST:PORT (the store node
+    # its Strata connector uses); set: the router fronts them instead of the workers above
+    vllm: str = ""
+    vllm_model_id: str = ""  # the connector's model_id, if set there; empty: the model path
+
+    @property
+    def vllm_servers(self) -> list[tuple[str, str]]:
+        """``vllm`` as (server address, store node address) pairs.
+
+        Raises:
+            ConfigError: an entry that is not ``HOST:PORT=HOST:PORT``, or a server twice.
+        """
+        pairs: list[tuple[str, str]] = []
+        for entry in (e.strip() for e in self.vllm.split(",")):
+            if not entry:
+                continue
+            server, _, store = (part.strip() for part in entry.partition("="))
+            if not _is_address(server) or not _is_address(store):
+                raise ConfigError(
+                    "router.vllm", f"{entry!r}: expected SERVER_HOST:PORT=STORE_HOST:PORT"
+                )
+            pairs.append((server, store))
+        servers = [server for server, _ in pairs]
+        if len(set(servers)) != len(servers):
+            raise ConfigError("router.vllm", "a server is named twice")
+        return pairs
 
     @property
     def prefill_addresses(self) -> list[str]:
@@ -150,6 +176,11 @@ class RouterSection:
     @property
     def decode_addresses(self) -> list[str]:
         return [a.strip() for a in self.decode.split(",") if a.strip()]
+
+
+def _is_address(value: str) -> bool:
+    host, _, port = value.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) <= 65535
 
 
 @dataclass(frozen=True, slots=True)

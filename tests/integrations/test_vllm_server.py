@@ -19,76 +19,20 @@ client leaves behind stays visible instead of being reclaimed):
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from engine.launch import Child, free_port
 from kvstore.admin.summary import stats_summary
 from kvstore.client import StoreClient
-from tests.integrations.vllm_env import ROOT, VLLM_ENV, VLLM_MODULE, VLLM_PYTHON
+from tests.integrations.vllm_env import VLLM_MODULE
 from tests.integrations.vllm_model import words, write_model
+from tests.integrations.vllm_server import BLOCK_TOKENS, PROMPT_TOKENS, ApiServer, stored_blocks
 from tests.processes import ServeProcess
 
-BLOCK_TOKENS = 32
-PROMPT_TOKENS = 300
-KV_CACHE_BYTES = 1 << 20  # 32 pages of 32 tokens (2 layers, 2 KV heads of 32, float32)
-MAX_MODEL_LEN = 512
-STEP_TOKENS = 128  # long prompts are prefilled in chunks
-
 pytestmark = VLLM_MODULE
-
-
-class ApiServer(Child):
-    """One vLLM OpenAI server with ``StrataConnector``; ``url`` once ``/health`` answers."""
-
-    def __init__(self, model: Path, store: str) -> None:
-        port = free_port()
-        strata = {
-            "kv_connector": "StrataConnector",
-            "kv_connector_module_path": "kvstore.integrations.vllm",
-            "kv_role": "kv_both",
-            "kv_load_failure_policy": "recompute",
-            "kv_connector_extra_config": {"store": store},
-        }
-        args = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server"]
-        args += ["--model", str(model), "--port", str(port), "--dtype", "float32"]
-        args += ["--block-size", str(BLOCK_TOKENS), "--enforce-eager"]
-        args += ["--kv-cache-memory-bytes", str(KV_CACHE_BYTES)]
-        args += ["--max-model-len", str(MAX_MODEL_LEN)]
-        args += ["--max-num-batched-tokens", str(STEP_TOKENS)]
-        args += ["--enable-prompt-tokens-details", "--kv-transfer-config", json.dumps(strata)]
-        super().__init__("vLLM api_server", args, env=VLLM_ENV, cwd=ROOT, port=port)
-        self.url = f"http://127.0.0.1:{port}"
-        self.model = str(model)
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def metric(self, name: str) -> float:
-        """One of vLLM's Prometheus gauges or counters (its only sample)."""
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
-            body = response.read().decode()
-        (value,) = [
-            float(line.rsplit(" ", 1)[1])
-            for line in body.splitlines()
-            if line.startswith(f"vllm:{name}{{")
-        ]
-        return value
-
-    def client(self, **options: Any) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=f"{self.url}/v1", api_key="unused", max_retries=0, **options
-        )
 
 
 Cluster = tuple[ServeProcess, list[ApiServer]]
@@ -119,14 +63,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             for out in outputs:
                 start = out.find("Traceback")
                 assert start < 0, out[max(0, start - 2000) : start + 6000]
-
-
-def stored_blocks(address: str) -> int:
-    async def stats() -> int:
-        async with StoreClient(address) as client:
-            return (await client.stats()).put_blocks
-
-    return asyncio.run(stats())
 
 
 def held(address: str) -> dict[str, Any]:

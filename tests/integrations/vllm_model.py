@@ -3,7 +3,8 @@ loads: config, weights and a tokenizer (``tokenizer.json`` + ``tokenizer_config.
 
 The tokenizer is a word-level one: token ``i`` (3 to 255) is the word ``w<i>``, 0 to 2
 are ``<unk>``, ``<s>`` and ``</s>``, and words are split on whitespace, so a prompt of N
-words is exactly N tokens (no BOS is added) and an answer decodes to words again.
+words is exactly N tokens (no BOS is added) and an answer decodes to words again. Its
+chat template joins the messages' contents, so a chat's tokens are its messages' words.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ MODEL = dict(
     eos_token_id=2,
 )
 
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+
 
 def write_model(folder: Path) -> Path:
     """The checkpoint folder, with a tokenizer vLLM's server can load."""
@@ -44,6 +47,7 @@ def write_model(folder: Path) -> Path:
         "unk_token": "<unk>",
         "bos_token": "<s>",
         "eos_token": "</s>",
+        "chat_template": CHAT_TEMPLATE,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return folder
