@@ -19,8 +19,6 @@ request; the decode worker frees its pages at its next step.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -33,9 +31,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.chat import ChatTemplateError, encode_chat
-from engine.errors import EngineError
 from engine.router.access_log import RequestLog, current_request, log_throughput
 from engine.router.access_log import logger as access_logger
+from engine.router.api_errors import ApiError
+from engine.router.api_keys import ApiKeys
 from engine.router.openai_schema import (
     ChatMessage,
     ChatRequest,
@@ -49,26 +48,6 @@ from engine.router.router import BadRequest, Chunk, NoHealthyWorker, Overloaded,
 from engine.router.service import RouterService
 from engine.sampling import InvalidSampling, SamplingParams
 from engine.workers.requests import InvalidRequest, check_prompt
-
-
-class ApiError(EngineError):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        kind: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.param, self.code = status, kind, param, code
-        self.headers = headers or {}
-
-    def response(self) -> JSONResponse:
-        body = {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
 
 
 def create_app(
@@ -157,8 +136,7 @@ class _Api:
     ) -> None:
         self.access_log = access_log
         self.open_service = open_service
-        self.api_keys = [k.encode() for k in api_keys if k]
-        self.salt_by_api_key = salt_by_api_key
+        self.keys = ApiKeys(api_keys, salt_by_key=salt_by_api_key)
         self.max_concurrency = max_concurrency
         self.in_flight = 0
         self.service: RouterService | None = None
@@ -169,23 +147,12 @@ class _Api:
         return self.service
 
     async def authenticate(self, request: Request, call_next: Any) -> Response:
-        """Check the API key of ``/v1/*`` and ``/tokenize`` requests: one of the keys,
-        compared in constant time (every key each time) and remembered for salting by key;
-        count the outcome of each ``/v1/*`` request."""
+        """Check the API key (``ApiKeys``); count the outcome of each ``/v1/*`` request."""
         api = request.url.path.startswith("/v1/")
-        guarded = api or request.url.path == "/tokenize"
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        raw = presented.strip().encode() if scheme.lower() == "bearer" else b""
-        matched = [hmac.compare_digest(raw, key) for key in self.api_keys]
-        request.state.api_key = raw if any(matched) else b""
+        refused = self.keys.check(request)
         response: Response
-        if guarded and self.api_keys and not any(matched):
-            response = ApiError(
-                401,
-                "a valid API key is required (Authorization: Bearer KEY)",
-                kind="authentication_error",
-                code="invalid_api_key",
-            ).response()
+        if refused is not None:
+            response = refused.response()
         else:
             log = RequestLog(request.method, request.url.path) if api else None
             token = current_request.set(log)
@@ -242,7 +209,7 @@ class _Api:
     async def chat(self, body: ChatRequest, request: Request) -> Response:
         svc = self._check(body)
         tokens = _chat_tokens(svc, body.messages)
-        return await self._generate(svc, body, tokens, chat=True, api_key=_api_key(request))
+        return await self._generate(svc, body, tokens, request, chat=True)
 
     async def tokenize(self, body: TokenizeRequest) -> dict[str, Any]:
         """Token ids exactly as a chat or completion request would be tokenized, the
@@ -270,7 +237,7 @@ class _Api:
         svc = self._check(body)
         prompt = body.single_prompt()
         tokens = svc.model.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
-        return await self._generate(svc, body, list(tokens), chat=False, api_key=_api_key(request))
+        return await self._generate(svc, body, list(tokens), request, chat=False)
 
     def _check(self, body: Sampling) -> RouterService:
         svc = self.svc()
@@ -292,9 +259,9 @@ class _Api:
         svc: RouterService,
         body: ChatRequest | CompletionRequest,
         tokens: list[int],
+        request: Request,
         *,
         chat: bool,
-        api_key: bytes = b"",
     ) -> Response:
         config = svc.model.config
         try:
@@ -308,7 +275,7 @@ class _Api:
             raise ApiError(400, str(exc), param=str(exc).split(":")[0]) from None
         if self.in_flight >= self.max_concurrency:
             raise _overloaded(f"{self.max_concurrency} requests in flight", 1.0)
-        salt = self._cache_salt(body, api_key)
+        salt = self.keys.cache_salt(body.cache_salt or "", request)
         try:
             placement = await svc.router.place(tokens, params.max_tokens, cache_salt=salt)
         except Overloaded as exc:
@@ -351,19 +318,6 @@ class _Api:
 
     def _finished(self) -> None:
         self.in_flight -= 1
-
-    def _cache_salt(self, body: ChatRequest | CompletionRequest, api_key: bytes) -> str:
-        """The request's cache salt: its ``cache_salt`` field, under its API key's digest
-        when salting by key (the key itself never leaves the router)."""
-        salt = body.cache_salt or ""
-        if self.salt_by_api_key and api_key:
-            return hashlib.sha256(b"strata.api-key.v1" + api_key).hexdigest()[:32] + "/" + salt
-        return salt
-
-
-def _api_key(request: Request) -> bytes:
-    key: bytes = getattr(request.state, "api_key", b"")
-    return key
 
 
 async def _observed(chunks: AsyncIterator[Chunk], log: RequestLog) -> AsyncIterator[Chunk]:

@@ -19,8 +19,6 @@ object or a field of the wrong kind, 429 overload (``Retry-After``), 503 no serv
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -35,7 +33,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from engine.config import EngineConfig
 from engine.router.access_log import RequestLog, log_throughput
 from engine.router.access_log import logger as access_logger
-from engine.router.api import ApiError
+from engine.router.api_errors import ApiError
+from engine.router.api_keys import ApiKeys
 from engine.router.costs import CostModel
 from engine.router.policy import make_policy
 from engine.router.router import NoHealthyWorker, Overloaded, WorkerFailed
@@ -70,7 +69,7 @@ async def open_vllm_router(config: EngineConfig, *, wait_s: float = 120.0) -> Vl
         costs = CostModel.default()
         logger.warning(
             "no router.cost_model: using the built-in estimates (the policy's ranking holds,"
-            " its predicted seconds do not); fit one with bench/router_model.py"
+            " its predicted seconds do not)"
         )
     policy = make_policy(
         section.policy,
@@ -135,8 +134,7 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 class _VllmApi:
     def __init__(self, config: EngineConfig) -> None:
-        self.api_keys = [k.encode() for k in config.router.api_keys]
-        self.salt_by_api_key = config.router.salt_by_api_key
+        self.keys = ApiKeys(config.router.api_keys, salt_by_key=config.router.salt_by_api_key)
         self.max_concurrency = config.router.max_concurrency
         self.access_log = config.router.access_log
         self.in_flight = 0
@@ -148,23 +146,10 @@ class _VllmApi:
         return self.router
 
     async def authenticate(self, request: Request, call_next: Any) -> Response:
-        """The API key of ``/v1/*`` and ``/tokenize`` (any of ``router.api_keys``, each
-        compared in constant time); counts each ``/v1/*`` response by outcome."""
+        """Check the API key (``ApiKeys``); count each ``/v1/*`` response by outcome."""
         api = request.url.path.startswith("/v1/")
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        raw = presented.strip().encode() if scheme.lower() == "bearer" else b""
-        matched = [hmac.compare_digest(raw, key) for key in self.api_keys]
-        request.state.api_key = raw if any(matched) else b""
-        response: Response
-        if (api or request.url.path == "/tokenize") and self.api_keys and not any(matched):
-            response = ApiError(
-                401,
-                "a valid API key is required (Authorization: Bearer KEY)",
-                kind="authentication_error",
-                code="invalid_api_key",
-            ).response()
-        else:
-            response = await call_next(request)
+        refused = self.keys.check(request)
+        response = refused.response() if refused is not None else await call_next(request)
         if api and self.router is not None:
             self.router.metrics.count_response(response.status_code)
         return response
@@ -198,7 +183,7 @@ class _VllmApi:
         router = self.svc()
         log = RequestLog(request.method, path)
         body = await _json_object(request)
-        salt = self._cache_salt(body, request.state.api_key)
+        salt = self._cache_salt(body, request)
         if salt:
             body["cache_salt"] = salt
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 0
@@ -256,14 +241,12 @@ class _VllmApi:
             return Response(response.content, response.status_code, media_type=media_type)
         raise _error(NoHealthyWorker("no healthy vLLM server; retry shortly"))
 
-    def _cache_salt(self, body: dict[str, Any], api_key: bytes) -> str:
+    def _cache_salt(self, body: dict[str, Any], request: Request) -> str:
         """The request's ``cache_salt``, under its API key's digest when salting by key."""
         salt = body.get("cache_salt") or ""
         if not isinstance(salt, str):
             raise ApiError(400, "cache_salt: a string expected", param="cache_salt")
-        if self.salt_by_api_key and api_key:
-            return hashlib.sha256(b"strata.api-key.v1" + api_key).hexdigest()[:32] + "/" + salt
-        return salt
+        return self.keys.cache_salt(salt, request)
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
