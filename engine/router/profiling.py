@@ -5,7 +5,9 @@ prefill worker:
 
 - prefill: time to first token for a few prompt lengths, and for a prompt whose first
   three quarters were just computed (so the prefill reuses them): samples of
-  (uncached tokens, cached tokens, seconds);
+  (uncached tokens, cached tokens, seconds), each the median of ``PREFILL_REPEATS``
+  prompts, after two unmeasured ones (a fresh worker's first passes of a shape are
+  slower; with one prompt a length, two fits on a quiet host differed 2x in the base);
 - decode: batches of requests generating together (1 to 16, as the decode worker's
   batch and cache allow), each sample read from the decode worker's own step counters
   (``DecodeStats``) before and after: the batch it actually ran per step, its context
@@ -34,6 +36,7 @@ import asyncio
 import json
 import logging
 import random
+import statistics
 import time
 
 import grpc
@@ -48,6 +51,7 @@ from kvstore.access import bearer_metadata
 
 logger = logging.getLogger(__name__)
 ASSUMED_LINK_BPS = 1e9
+PREFILL_REPEATS = 3  # prompts of each length; their median is the sample
 
 
 MIN_PROFILE_TOKENS = 64
@@ -142,15 +146,21 @@ async def _profile(
     cache_tokens = min(i.kv_pages_total for i in infos) * page_tokens
     longest = profile_lengths(max_context, cache_tokens, page_tokens)
     sizes = sorted({16, longest // 8, longest // 2, longest})
+    for n in (longest, 16):  # unmeasured: a fresh worker's first passes of a shape are slower
+        await _ttft(decode, first, prompt(n), metadata)
     prefill_samples = []
     for n in sizes:
-        seconds, cached = await _ttft(decode, first, prompt(n), metadata)
-        prefill_samples.append((n - cached, cached, seconds))
-    shared = prompt(longest)
-    await _ttft(decode, first, shared, metadata)
+        runs = [await _ttft(decode, first, prompt(n), metadata) for _ in range(PREFILL_REPEATS)]
+        cached = min(c for _, c in runs)
+        prefill_samples.append((n - cached, cached, statistics.median(s for s, _ in runs)))
     tail = longest // 4
-    seconds, cached = await _ttft(decode, first, shared[:-tail] + prompt(tail), metadata)
-    prefill_samples.append((longest - cached, cached, seconds))
+    runs = []
+    for _ in range(PREFILL_REPEATS):
+        shared = prompt(longest)
+        await _ttft(decode, first, shared, metadata)
+        runs.append(await _ttft(decode, first, shared[:-tail] + prompt(tail), metadata))
+    cached = min(c for _, c in runs)
+    prefill_samples.append((longest - cached, cached, statistics.median(s for s, _ in runs)))
 
     decode_samples = []
     for batch, length in decode_shapes(longest, cache_tokens, max(1, decode.info.max_batch)):
