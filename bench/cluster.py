@@ -304,6 +304,7 @@ class Outcome:
     itl_s: tuple[float, ...]  # between successive chunks after the first (one token each)
     prefill_queue_s: float  # the prefill worker's own timings of it: waiting there,
     prefill_compute_s: float  # and admitted to finished (computing, loading, batched)
+    place_s: float  # the router's placement of it: store lookups and the policy
 
 
 class PolicyRun(NamedTuple):
@@ -355,7 +356,11 @@ async def replay(
         rejections = 0
         while True:
             try:
-                first, ttft_s, itl_s = await _drain(router.stream(tokens, params), sent)
+                placing = time.perf_counter()
+                placement = await router.place(tokens, params.max_tokens)
+                place_s = time.perf_counter() - placing
+                stream = router.stream(tokens, params, placement=placement)
+                first, ttft_s, itl_s = await _drain(stream, sent)
                 break
             except Overloaded as exc:
                 rejections += 1
@@ -374,6 +379,7 @@ async def replay(
             itl_s,
             first.prefill_queue_s,
             first.prefill_compute_s,
+            place_s,
         )
 
     async with asyncio.TaskGroup() as group:

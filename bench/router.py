@@ -276,11 +276,13 @@ def ttft_parts(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, float
     the worker (``prefill_queue``), admitted to finished there (``prefill_compute``:
     computing, loading, sharing passes with other prompts), and the rest (``outside``:
     the router's lookups, the hand-off through the decode worker, the first chunk's
-    way back); p50 and p90 of each. ``prefill_compute_over_fit_p50``: the median over
+    way back), and of that the router's placement alone (``router_place``: store
+    lookups and the policy); p50 and p90 of each. ``prefill_compute_over_fit_p50``: the median over
     requests of the worker's compute seconds over the fitted cost model's prediction for
     that prompt alone (above 1: batched with others, or slowed by the host)."""
     outcomes = run.outcomes
     parts = {
+        "router_place": [o.place_s for o in outcomes],
         "prefill_queue": [o.prefill_queue_s for o in outcomes],
         "prefill_compute": [o.prefill_compute_s for o in outcomes],
         "outside_prefill": [o.ttft_s - o.prefill_queue_s - o.prefill_compute_s for o in outcomes],
