@@ -182,7 +182,7 @@ class KVConnector:
         if store is None or count <= 0:
             return 0
         keys = kv.keys[first : first + count]
-        get = self._call(store.load(keys, kv.host.blocks[first : first + count]))
+        get = self._call(store.load(keys, kv.host.views(range(first, first + count))))
         if get is None:
             return 0
         kv.load, kv.load_first, kv.load_hits = get, first, get.num_hits
@@ -289,10 +289,11 @@ class KVConnector:
             done.set_result(0)
             return done
         host = HostBlocks(self.layout, pages)
+        everything = range(len(pages))
         for layer in range(self.layout.spec.num_layers):
-            host.to_host(layer, range(len(pages)))
+            host.to_host(layer, everything)
         return asyncio.run_coroutine_threadsafe(
-            self.store.put(keys, host.blocks, parent), self._loop
+            self.store.put(keys, host.views(everything), parent), self._loop
         )
 
     # -- the event-loop hop --------------------------------------------------------------
@@ -302,7 +303,7 @@ class KVConnector:
         store = kv.store
         assert store is not None
         parent = kv.keys[first - 1] if first else None
-        keys, blocks = kv.keys[first:last], kv.host.blocks[first:last]
+        keys, blocks = kv.keys[first:last], kv.host.views(range(first, last))
         commands: asyncio.Queue[int | _Commit | _End] = asyncio.Queue()
         task = asyncio.run_coroutine_threadsafe(
             _run_save(store, keys, blocks, parent, commands), self._loop
@@ -324,9 +325,9 @@ class KVConnector:
             RangeWrite(
                 target.segment,
                 self.layout.layer_offset(target.pages[i], layer),
-                kv.host.blocks[i][span.offset : span.offset + span.length],
+                block[span.offset : span.offset + span.length],
             )
-            for i in indices
+            for i, block in zip(indices, kv.host.views(indices), strict=True)
         ]
 
         def start() -> None:
