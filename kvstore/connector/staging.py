@@ -95,6 +95,4 @@ class HostBlocks:
                 rows, chosen = groups.setdefault(buffer, ([], []))
                 rows.append(row)
                 chosen.append(i)
-        return [
-            (self._buffers[b], torch.as_tensor(rows), chosen) for b, (rows, chosen) in groups.items()
-        ]
+        return [(self._buffers[b], torch.as_tensor(r), c) for b, (r, c) in groups.items()]

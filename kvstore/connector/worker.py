@@ -4,6 +4,7 @@ An engine's worker drives it from its compute thread, in the shape of vLLM's
 ``KVConnectorBase_V1``::
 
     kv = connector.open(keys, pages, num_tokens, target=None)   # a request's pages
+                                                 # (save=False: its passes only load)
     hits = connector.load(kv, first, count)      # start loading cached blocks into pages
     hooks = connector.step([(kv, start, n), ...]) # one forward pass over those tokens
     model(..., hooks=hooks)                      # before layer i: wait for its loads;
@@ -112,6 +113,7 @@ class RequestKV:
     num_tokens: int
     host: HostBlocks
     store: StoreBackend | None = None  # its namespace's
+    save: bool = True  # its passes save the blocks they complete
     target: PushTarget | None = None
     peer: Peer | None = None
     load: LayeredGet | None = None
@@ -162,12 +164,14 @@ class KVConnector:
         *,
         target: PushTarget | None = None,
         store: StoreBackend | None = None,
+        save: bool = True,
     ) -> RequestKV:
         """``store``: the backend of the request's namespace when it is not the
-        connector's own (e.g. start-up profiling, kept apart from users' blocks)."""
-        kv = RequestKV(
-            list(keys), list(pages), num_tokens, HostBlocks(self.layout, pages), store or self.store
-        )
+        connector's own (e.g. start-up profiling, kept apart from users' blocks).
+        ``save``: whether its passes save the blocks they complete (else they only load
+        and push)."""
+        host = HostBlocks(self.layout, pages)
+        kv = RequestKV(list(keys), list(pages), num_tokens, host, store or self.store, save)
         if target is not None:
             if self._transfer is None:
                 raise RuntimeError("this connector has no transfer engine for push targets")
@@ -199,7 +203,7 @@ class KVConnector:
         for kv, start, n in items:
             save = None
             first, last = start // block, min((start + n) // block, len(kv.keys))
-            if kv.store is not None and kv.store.available and last > first:
+            if kv.save and kv.store is not None and kv.store.available and last > first:
                 save = self._start_save(kv, first, last)
                 kv.saves.append(save)
             push = range(0)
