@@ -54,12 +54,16 @@ class HostBlocks:
         """Copy layer ``layer`` of the pages at ``indices`` (of this set) to host memory."""
         for buffer, rows, chosen in self._staged_rows(indices):
             src = self.layout.read_layer(layer, [self.pages[i] for i in chosen])
-            buffer[rows, layer] = src.cpu()
+            if rows is None:
+                buffer[:, layer].copy_(src)
+            else:
+                buffer[:, layer].index_copy_(0, rows, src.cpu())
 
     def to_device(self, layer: int, indices: Sequence[int]) -> None:
         """Copy layer ``layer`` of the pages at ``indices`` from host memory to the cache."""
         for buffer, rows, chosen in self._staged_rows(indices):
-            self.layout.write_layer(layer, [self.pages[i] for i in chosen], buffer[rows, layer])
+            src = buffer[:, layer] if rows is None else buffer[:, layer].index_select(0, rows)
+            self.layout.write_layer(layer, [self.pages[i] for i in chosen], src)
 
     def _touch(self, indices: Sequence[int]) -> None:
         """Give every page at ``indices`` its host bytes: a zero-copy view of the page
@@ -85,8 +89,9 @@ class HostBlocks:
 
     def _staged_rows(
         self, indices: Sequence[int]
-    ) -> list[tuple[torch.Tensor, torch.Tensor, list[int]]]:
-        """Per staging buffer that ``indices`` span: (buffer, its rows, those indices)."""
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None, list[int]]]:
+        """Per staging buffer that ``indices`` span: (buffer, its rows, or None for all
+        of them in order, those indices)."""
         self._touch(indices)
         groups: dict[int, tuple[list[int], list[int]]] = {}
         for i in indices:
@@ -95,4 +100,12 @@ class HostBlocks:
                 rows, chosen = groups.setdefault(buffer, ([], []))
                 rows.append(row)
                 chosen.append(i)
-        return [(self._buffers[b], torch.as_tensor(r), c) for b, (r, c) in groups.items()]
+        return [
+            (self._buffers[b], _rows(r, len(self._buffers[b])), c) for b, (r, c) in groups.items()
+        ]
+
+
+def _rows(rows: list[int], num_rows: int) -> torch.Tensor | None:
+    """The rows as an index, or None when they are the whole buffer in order (a slice
+    then: no gather)."""
+    return None if rows == list(range(num_rows)) else torch.as_tensor(rows)
