@@ -19,7 +19,9 @@ against the store node and with the client options the vLLM runs use:
   background: the bytes staged per prompt (``staged_mib``, against
   ``every_page_mib``: what staging every page opened would take, as the connector did
   before staging only what a pass touches) and the compute thread's time in the
-  connector per prompt (``connector_ms``, commits not awaited).
+  connector per prompt (``connector_ms``, commits not awaited); then the wait for the
+  prompt's commits after its last pass (``commit_wait_ms``: what a ``kv_producer``'s
+  last prompt step adds, on the same node and route).
 
 Medians over ``rounds``. A library for ``bench.vllm`` (which starts the node); it needs
 no vLLM.
@@ -180,7 +182,7 @@ def _checksums_once(connector: KVConnector, pages: Sequence[int]) -> float:
 
 def chunked_figures(rig: Rig, config: CoreConfig, rng: random.Random) -> dict[str, float]:
     block = rig.namespace.spec.block_tokens
-    staged, every_page, seconds = [], [], []
+    staged, every_page, seconds, waits = [], [], [], []
     for _ in range(config.rounds):
         keys = rig.keys(config.num_tokens, rng)
         pages = rng.sample(range(rig.num_pages), -(-config.num_tokens // block))
@@ -188,18 +190,21 @@ def chunked_figures(rig: Rig, config: CoreConfig, rng: random.Random) -> dict[st
         staged.append(one[0])
         every_page.append(one[1])
         seconds.append(one[2])
+        waits.append(one[3])
     return {
         "chunked_staged_mib": statistics.median(staged) / MIB,
         "chunked_every_page_mib": statistics.median(every_page) / MIB,
         "chunked_connector_ms": statistics.median(seconds) * 1e3,
+        "chunked_commit_wait_ms": statistics.median(waits) * 1e3,
     }
 
 
 def _prefill_once(
     connector: KVConnector, keys: Sequence[BlockKey], pages: Sequence[int], config: CoreConfig
-) -> tuple[int, int, float]:
+) -> tuple[int, int, float, float]:
     """One chunked prefill's passes, each opening the request anew; (bytes staged,
-    bytes every page opened would take, compute-thread seconds in the connector)."""
+    bytes every page opened would take, compute-thread seconds in the connector,
+    seconds then waited for the commits)."""
     spec = connector.layout.spec
     staged = every_page = 0
     seconds = 0.0
@@ -218,9 +223,10 @@ def _prefill_once(
         seconds += time.perf_counter() - began
         staged += kv.host.staged_bytes
         every_page += needed * spec.block_bytes
+    began = time.perf_counter()
     if last is not None:
         last.result(timeout=60)
-    return staged, every_page, seconds
+    return staged, every_page, seconds, time.perf_counter() - began
 
 
 async def _backend(address: str, namespace: Namespace) -> StoreBackend:

@@ -35,3 +35,8 @@ def test_load_is_timed_beside_memcpy_and_chunks_stage_only_what_they_save() -> N
     # 4 passes of 2 blocks each; opened anew, they span 2, 4, 6 and 8 pages
     assert figures["chunked_staged_mib"] == 8 * mib
     assert figures["chunked_every_page_mib"] == 20 * mib
+    assert set(figures) == {
+        *("load_gbps", "memcpy_gbps", "load_over_memcpy", "scatter_gbps", "checksum_gbps"),
+        *("load_ms", "load_start_ms", "chunked_staged_mib", "chunked_every_page_mib"),
+        *("chunked_connector_ms", "chunked_commit_wait_ms"),
+    }
