@@ -128,8 +128,8 @@ class StrataConnector(KVConnectorBase_V1):
         )
         # the client's gRPC channel belongs to the loop it is made on: make it there
         self.store = self._loop.run(_open_backend(self.settings, self.namespace, timeout_s))
-        role = self.settings.role
-        self._planner = Planner(self.block_tokens, loads=role.loads, saves=role.saves)
+        kv_role = self.settings.role  # what it does with the store (``role``: which side)
+        self._planner = Planner(self.block_tokens, loads=kv_role.loads, saves=kv_role.saves)
         self._connector: KVConnector | None = None  # the worker's, once caches are known
         self._layer_index: dict[str, int] = {}
         self._open: list[_Open] = []
