@@ -21,6 +21,11 @@ Two shapes:
   vLLM recomputes them: the baseline of this shape.
 
 Each shape runs ``rounds`` rounds of prompts of their own; the figures are medians.
+
+Before the vLLM runs, on the same node, ``bench.vllm_core`` times the connector's load
+path alone (blocks as many as the 90% prompts load, into a cache laid out as vLLM's CPU
+KV cache) against memcpy of the same bytes, and what a chunked prefill of the prompt
+length stages (``CHUNK_TOKENS`` a pass); its figures go in the same table and JSON.
 A contender that cannot run here, or reuses nothing, is reported with the first error
 its log shows (vLLM's CPU tier and LMCache need CUDA).
 
@@ -40,8 +45,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
+
+    from bench.models import ModelShape
+    from bench.vllm_core import CoreConfig
+    from kvstore.hashing import Namespace
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
@@ -58,6 +71,7 @@ BLOCK_TOKENS = 32
 SHARES = (0.0, 0.5, 0.9)
 TIER_BYTES = 1 << 30  # each tier's capacity, and vLLM's own KV cache
 CONTENDERS = ("vllm", "strata", "offloading", "lmcache")  # the same-instance shape
+CHUNK_TOKENS = 512  # a pass of the connector core's chunked prefill
 LMCACHE_ENV = {
     "LMCACHE_LOCAL_CPU": "True",
     "LMCACHE_MAX_LOCAL_CPU_SIZE": "1.0",  # GB
@@ -73,11 +87,11 @@ def transfer_config(connector: str, store: str) -> Any:
     """vLLM's ``KVTransferConfig`` for a contender (None: plain vLLM)."""
     from vllm.config import KVTransferConfig
 
-    if connector == "strata":
+    if connector in ("strata", "strata_producer"):
         return KVTransferConfig(
             kv_connector="StrataConnector",
             kv_connector_module_path="kvstore.integrations.vllm",
-            kv_role="kv_both",
+            kv_role="kv_producer" if connector == "strata_producer" else "kv_both",
             kv_load_failure_policy="recompute",
             kv_connector_extra_config={"store": store},
         )
@@ -117,8 +131,8 @@ def instance(plan_path: str) -> None:
     for r in rounds:
         for prompt in r["seed"]:
             llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
-        if plan["evict"] and not llm.reset_prefix_cache():
-            raise RuntimeError("vLLM did not empty its prefix cache")
+        if plan["evict"]:
+            empty_prefix_cache(llm, params)
         timed = []
         for prompt in r["measure"]:
             start = time.perf_counter()
@@ -126,6 +140,22 @@ def instance(plan_path: str) -> None:
             timed.append({"ttft_s": time.perf_counter() - start, "cached": out.num_cached_tokens})
         results.append(timed)
     print("RESULT " + json.dumps(results), flush=True)
+
+
+def empty_prefix_cache(llm: Any, params: Any) -> None:
+    """Empty vLLM's KV cache. A finished request whose saves are still in flight keeps
+    its pages until a step reports it (``get_finished``), and an idle engine takes no
+    step: run a prompt of less than a block (nothing cached, nothing saved) until the
+    held pages are free.
+
+    Raises:
+        RuntimeError: the cache still held pages after 20 tries.
+    """
+    for _ in range(20):
+        if llm.reset_prefix_cache():
+            return
+        llm.generate([{"prompt_token_ids": [5] * 8}], params, use_tqdm=False)
+    raise RuntimeError("vLLM did not empty its prefix cache")
 
 
 # -- the bench's side -------------------------------------------------------------------
@@ -166,7 +196,8 @@ def run_instance(folder: Path, plan: dict[str, Any]) -> list[list[dict[str, floa
         raise Unavailable(first_error(log))
     timings: list[list[dict[str, float]]] = json.loads(lines[-1].removeprefix("RESULT "))
     measured = [t for r in timings for t in r]
-    if plan["connector"] and measured and not any(t["cached"] for t in measured):
+    reuses = plan["connector"] not in ("", "strata_producer")  # a producer never loads
+    if reuses and measured and not any(t["cached"] for t in measured):
         raise Unavailable(f"reused no prefix; {first_error(log)}")
     return timings
 
@@ -213,6 +244,7 @@ def plans(
         "fresh_seed": plan("strata", False, rounds_of(fresh, SEEDS, ())),
         "fresh_strata": plan("strata", False, rounds_of(fresh, (), SHARED)),
         "fresh_alone": plan("", False, rounds_of(fresh, (), ("alone",))),
+        "fresh_producer": plan("strata_producer", False, rounds_of(fresh, (), ("alone",))),
     }
     for contender in CONTENDERS:
         connector = "" if contender == "vllm" else contender
@@ -248,10 +280,13 @@ def figures(out: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
     Raises:
         RuntimeError: a run Strata's figures need failed.
     """
-    for needed in ("fresh_seed", "fresh_strata", "fresh_alone", "evicted_vllm", "evicted_strata"):
+    needed_runs = ("fresh_seed", "fresh_strata", "fresh_alone", "fresh_producer")
+    for needed in (*needed_runs, "evicted_vllm", "evicted_strata"):
         if isinstance(out[needed], Unavailable):
             raise RuntimeError(f"{needed} failed: {out[needed]}")
     results: dict[str, float] = {"ttft_alone_s": medians(out["fresh_alone"], "ttft_s")[0]}
+    # a producer computes and saves the whole prompt, then waits for the commits
+    results["ttft_producer_s"] = medians(out["fresh_producer"], "ttft_s")[0]
     ttfts = medians(out["fresh_strata"], "ttft_s")
     fresh_cached = medians(out["fresh_strata"], "cached")
     for i, share in enumerate(SHARES):
@@ -293,6 +328,8 @@ def print_comparison(results: dict[str, float], unavailable: dict[str, str]) -> 
     table.add_row("fresh: vLLM alone", *(f"{alone:.3f}" for _ in SHARES))
     fresh = [_cell(results, f"ttft_strata_{s:.0%}_s", f"speedup_{s:.0%}") for s in SHARES]
     table.add_row("fresh: Strata", *fresh)
+    producer = f"{results['ttft_producer_s']:.3f}"
+    table.add_row("fresh: Strata kv_producer", producer, *("" for _ in SHARES[1:]))
     for contender in CONTENDERS:
         name = f"evicted_{contender}"
         cells = [
@@ -338,10 +375,39 @@ def plot(results: dict[str, float], unavailable: dict[str, str], title: str, pat
     save_plot(fig, ax, title, path)
 
 
+def core_namespace(shape: ModelShape) -> Namespace:
+    """The vLLM runs' block shape (float32, ``BLOCK_TOKENS``), under a model id of its
+    own: the core's blocks are never a vLLM run's."""
+    import torch
+
+    from kvstore.integrations.vllm_settings import namespace_for
+
+    head_dim = shape.hidden_size // shape.num_heads
+    return namespace_for(
+        "bench-vllm-core",
+        num_layers=shape.num_layers,
+        num_kv_heads=shape.num_kv_heads,
+        head_size=head_dim,
+        head_size_v=head_dim,
+        dtype=torch.float32,
+        block_size=BLOCK_TOKENS,
+    )
+
+
+def core_config(num_tokens: int, args: argparse.Namespace) -> CoreConfig:
+    """As many blocks as the 90% prompts load; a chunked prefill of the prompt length."""
+    from bench.vllm_core import CoreConfig
+
+    num_blocks = int(num_tokens * SHARES[-1]) // BLOCK_TOKENS
+    rounds = 5 if args.quick else 9
+    return CoreConfig(num_blocks, num_tokens, CHUNK_TOKENS, rounds, args.seed)
+
+
 def main() -> None:
     from bench.common import Target, parser, report
     from bench.models import ModelShape
     from bench.procs import start_strata
+    from bench.vllm_core import core_figures
 
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--png", type=Path, default=None, metavar="PATH")
@@ -369,11 +435,13 @@ def main() -> None:
         store = start_strata(block_bytes, TIER_BYTES, 2 << 20)
         try:
             address = f"127.0.0.1:{store.port}"
+            core = core_figures(address, core_namespace(shape), core_config(num_tokens, args))
             fresh, same = prompts(args.seed * 1000), prompts(args.seed * 1000 + 500)
             out, loads = run_all(folder, plans(str(model), address, fresh, same))
         finally:
             store.stop()
     results, unavailable = figures(out)
+    results.update(core)
     config = {
         "prompt_tokens": num_tokens,
         "block_tokens": BLOCK_TOKENS,
@@ -381,11 +449,16 @@ def main() -> None:
         "tier_bytes": TIER_BYTES,
         "model": str(shape),
         "load_avg_1m_at_each_run": loads,
+        "core": asdict(core_config(num_tokens, args)),
         "unavailable": unavailable,
     }
     units = {k: "s" for k in results if k.endswith("_s")}
     units.update({k: "x" for k in results if k.startswith("speedup")})
     units.update({k: "tokens" for k in results if k.startswith("cached_tokens")})
+    units.update({k: "GB/s" for k in core if k.endswith("_gbps")})
+    units.update({k: "ms" for k in core if k.endswith("_ms")})
+    units.update({k: "MiB" for k in core if k.endswith("_mib")})
+    units["load_over_memcpy"] = "x"
     targets = {"speedup_90%": Target(3.0)}
     report("vllm", config, results, units=units, targets=targets, json_path=args.json)
     print_comparison(results, unavailable)

@@ -57,6 +57,7 @@ class ConnectorStats:
     saved_blocks: int = 0
     saved_bytes: int = 0  # of the blocks stored anew
     save_s: float = 0.0  # summed over saves, start to committed
+    commit_wait_s: float = 0.0  # the engine waited for commits (its answers wait for them)
     save_failures: int = 0
     unreachable: int = 0  # store calls that failed: the engine recomputed instead
     skipped: int = 0  # store calls not tried while the store was down
@@ -74,6 +75,7 @@ class ConnectorStats:
             "saved_blocks": self.saved_blocks,
             "saved_bytes": self.saved_bytes,
             "save_s": self.save_s,
+            "commit_wait_s": self.commit_wait_s,
             "save_failures": self.save_failures,
             "unreachable": self.unreachable,
             "skipped": self.skipped,

@@ -80,12 +80,11 @@ class PageMajorLayout:
         return self.pages[page].view(torch.uint8).reshape(-1).numpy().data.cast("B")
 
     def read_layer(self, layer: int, pages: Sequence[int]) -> torch.Tensor:
-        return self.pages[_index(pages, self.pages.device), layer]
+        return self.pages[:, layer].index_select(0, _index(pages, self.pages.device))
 
     def write_layer(self, layer: int, pages: Sequence[int], src: torch.Tensor) -> None:
-        self.pages[_index(pages, self.pages.device), layer] = src.to(
-            self.pages.device, non_blocking=True
-        )
+        index = _index(pages, self.pages.device)
+        self.pages[:, layer].index_copy_(0, index, src.to(self.pages.device, non_blocking=True))
 
     def layer_offset(self, page: int, layer: int) -> int:
         return page * self.spec.block_bytes + self.spec.layer_range(layer).offset
@@ -119,12 +118,11 @@ class LayerMajorLayout:
         return None  # a block's layers are spread over the layer tensors: stage them
 
     def read_layer(self, layer: int, pages: Sequence[int]) -> torch.Tensor:
-        return self.layers[layer][:, _index(pages, self.device)].transpose(0, 1)
+        return self.layers[layer].index_select(1, _index(pages, self.device)).transpose(0, 1)
 
     def write_layer(self, layer: int, pages: Sequence[int], src: torch.Tensor) -> None:
-        self.layers[layer][:, _index(pages, self.device)] = src.transpose(0, 1).to(
-            self.device, non_blocking=True
-        )
+        src = src.transpose(0, 1).to(self.device, non_blocking=True)
+        self.layers[layer].index_copy_(1, _index(pages, self.device), src)
 
     def layer_offset(self, page: int, layer: int) -> int:
         raise InvalidArgument("a layer-major cache is not one host segment; peers cannot push")
@@ -166,7 +164,8 @@ class HeadMajorLayout:
         return None  # heads outermost, and layers apart: stage them
 
     def read_layer(self, layer: int, pages: Sequence[int]) -> torch.Tensor:
-        got = self.layers[layer][_index(pages, self.device)]  # [n, head, token, 2 * dim]
+        # [n, head, token, 2 * dim]
+        got = self.layers[layer].index_select(0, _index(pages, self.device))
         n, heads, tokens, width = got.shape
         if self.split is KVSplit.TOKENS:
             return got.reshape(n, heads, 2, tokens, width // 2).permute(0, 2, 3, 1, 4)
@@ -176,11 +175,14 @@ class HeadMajorLayout:
         n, _, tokens, heads, dim = src.shape  # [n, 2, token, head, dim]
         order = (0, 3, 1, 2, 4) if self.split is KVSplit.TOKENS else (0, 3, 2, 1, 4)
         rows = src.permute(*order).reshape(n, heads, tokens, 2 * dim)
-        self.layers[layer][_index(pages, self.device)] = rows.to(self.device, non_blocking=True)
+        rows = rows.to(self.device, non_blocking=True)
+        self.layers[layer].index_copy_(0, _index(pages, self.device), rows)
 
     def layer_offset(self, page: int, layer: int) -> int:
         raise InvalidArgument("a head-major cache is not in block layout; peers cannot push")
 
 
 def _index(pages: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Pages as an index tensor (``index_select``/``index_copy_``: a gather or scatter
+    along one dimension, several times faster on a CPU than advanced indexing)."""
     return torch.as_tensor(list(pages), dtype=torch.long, device=device)

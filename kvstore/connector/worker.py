@@ -4,6 +4,7 @@ An engine's worker drives it from its compute thread, in the shape of vLLM's
 ``KVConnectorBase_V1``::
 
     kv = connector.open(keys, pages, num_tokens, target=None)   # a request's pages
+                                                 # (save=False: its passes only load)
     hits = connector.load(kv, first, count)      # start loading cached blocks into pages
     hooks = connector.step([(kv, start, n), ...]) # one forward pass over those tokens
     model(..., hooks=hooks)                      # before layer i: wait for its loads;
@@ -112,6 +113,7 @@ class RequestKV:
     num_tokens: int
     host: HostBlocks
     store: StoreBackend | None = None  # its namespace's
+    save: bool = True  # its passes save the blocks they complete
     target: PushTarget | None = None
     peer: Peer | None = None
     load: LayeredGet | None = None
@@ -162,12 +164,14 @@ class KVConnector:
         *,
         target: PushTarget | None = None,
         store: StoreBackend | None = None,
+        save: bool = True,
     ) -> RequestKV:
         """``store``: the backend of the request's namespace when it is not the
-        connector's own (e.g. start-up profiling, kept apart from users' blocks)."""
-        kv = RequestKV(
-            list(keys), list(pages), num_tokens, HostBlocks(self.layout, pages), store or self.store
-        )
+        connector's own (e.g. start-up profiling, kept apart from users' blocks).
+        ``save``: whether its passes save the blocks they complete (else they only load
+        and push)."""
+        host = HostBlocks(self.layout, pages)
+        kv = RequestKV(list(keys), list(pages), num_tokens, host, store or self.store, save)
         if target is not None:
             if self._transfer is None:
                 raise RuntimeError("this connector has no transfer engine for push targets")
@@ -182,7 +186,7 @@ class KVConnector:
         if store is None or count <= 0:
             return 0
         keys = kv.keys[first : first + count]
-        get = self._call(store.load(keys, kv.host.blocks[first : first + count]))
+        get = self._call(store.load(keys, kv.host.views(range(first, first + count))))
         if get is None:
             return 0
         kv.load, kv.load_first, kv.load_hits = get, first, get.num_hits
@@ -199,7 +203,7 @@ class KVConnector:
         for kv, start, n in items:
             save = None
             first, last = start // block, min((start + n) // block, len(kv.keys))
-            if kv.store is not None and kv.store.available and last > first:
+            if kv.save and kv.store is not None and kv.store.available and last > first:
                 save = self._start_save(kv, first, last)
                 kv.saves.append(save)
             push = range(0)
@@ -289,10 +293,11 @@ class KVConnector:
             done.set_result(0)
             return done
         host = HostBlocks(self.layout, pages)
+        everything = range(len(pages))
         for layer in range(self.layout.spec.num_layers):
-            host.to_host(layer, range(len(pages)))
+            host.to_host(layer, everything)
         return asyncio.run_coroutine_threadsafe(
-            self.store.put(keys, host.blocks, parent), self._loop
+            self.store.put(keys, host.views(everything), parent), self._loop
         )
 
     # -- the event-loop hop --------------------------------------------------------------
@@ -302,7 +307,7 @@ class KVConnector:
         store = kv.store
         assert store is not None
         parent = kv.keys[first - 1] if first else None
-        keys, blocks = kv.keys[first:last], kv.host.blocks[first:last]
+        keys, blocks = kv.keys[first:last], kv.host.views(range(first, last))
         commands: asyncio.Queue[int | _Commit | _End] = asyncio.Queue()
         task = asyncio.run_coroutine_threadsafe(
             _run_save(store, keys, blocks, parent, commands), self._loop
@@ -324,9 +329,9 @@ class KVConnector:
             RangeWrite(
                 target.segment,
                 self.layout.layer_offset(target.pages[i], layer),
-                kv.host.blocks[i][span.offset : span.offset + span.length],
+                block[span.offset : span.offset + span.length],
             )
-            for i in indices
+            for i, block in zip(indices, kv.host.views(indices), strict=True)
         ]
 
         def start() -> None:

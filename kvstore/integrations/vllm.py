@@ -35,6 +35,16 @@ one in each worker (``WORKER``). Each runs its own event loop on a daemon thread
   save ends in a commit or an abort, so aborted and preempted requests leave no lease or
   reservation behind; ``shutdown`` waits (up to ``timeout_s``) for saves in flight.
 
+- Roles (``kv_role``, ``vllm_settings.KVRole``): ``kv_both`` loads and saves as above;
+  ``kv_consumer`` (a decode instance) loads and never saves; ``kv_producer`` (a prefill
+  instance) never looks the store up (0 external tokens) and saves, and the step that
+  computes a prompt's last token waits (up to ``timeout_s``) for the request's saves to
+  commit before it ends. vLLM returns that step's token only after the step, so once a
+  producer's answer is out, the prompt's blocks are in the store: a proxy may send the
+  request to a consumer at once. Only that step waits (a request's saves commit in
+  order, so its last commit covers the earlier chunks'), for the commit round trip
+  left after the forward pass (``commit_wait_s`` counts it).
+
 Keys: ``prefix_keys`` with vLLM's block size in the namespace of ``namespace_for``; a
 request's ``cache_salt`` roots its chain apart (the tenant salt).
 """
@@ -43,6 +53,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +75,7 @@ from kvstore.integrations.vllm_plan import Planner, StepPlan
 from kvstore.integrations.vllm_saves import PendingSaves
 from kvstore.integrations.vllm_settings import (
     ConnectorSettings,
+    KVRole,
     namespace_for,
     settings_from_extra,
 )
@@ -102,8 +114,9 @@ class StrataConnector(KVConnectorBase_V1):
         self, vllm_config: VllmConfig, role: KVConnectorRole, kv_cache_config: KVCacheConfig
     ) -> None:
         super().__init__(vllm_config, role, kv_cache_config)
+        config = self._kv_transfer_config
         self.settings: ConnectorSettings = settings_from_extra(
-            self._kv_transfer_config.kv_connector_extra_config
+            config.kv_connector_extra_config, config.kv_role
         )
         self.namespace = _namespace(vllm_config, kv_cache_config)
         self.block_tokens = self.namespace.spec.block_tokens
@@ -115,10 +128,12 @@ class StrataConnector(KVConnectorBase_V1):
         )
         # the client's gRPC channel belongs to the loop it is made on: make it there
         self.store = self._loop.run(_open_backend(self.settings, self.namespace, timeout_s))
-        self._planner = Planner(self.block_tokens)
+        kv_role = self.settings.role  # what it does with the store (``role``: which side)
+        self._planner = Planner(self.block_tokens, loads=kv_role.loads, saves=kv_role.saves)
         self._connector: KVConnector | None = None  # the worker's, once caches are known
         self._layer_index: dict[str, int] = {}
         self._open: list[_Open] = []
+        self._ending: list[str] = []  # a producer's requests whose prompt this step ends
         # the worker's saves in flight, by request
         self._saves: PendingSaves[concurrent.futures.Future[None]] = PendingSaves()
         self._hooks: StepHooks | None = None
@@ -217,12 +232,17 @@ class StrataConnector(KVConnectorBase_V1):
         meta = self._get_connector_metadata()
         assert isinstance(meta, StrataMetadata)
         items = []
+        if self.settings.role is KVRole.PRODUCER:
+            self._ending = [plan.req_id for plan in meta.plans if plan.ends_prompt]
         for plan in meta.plans:
+            if not plan.saves and not plan.load_count:
+                continue  # nothing to move
             if plan.saves:  # the scheduler holds the request until its saves are done
                 self._saves.expect(plan.req_id)
             needed = -(-(plan.start + plan.num_tokens) // self.block_tokens)
             pages = plan.block_ids[: max(needed, plan.load_first + plan.load_count)]
-            kv = connector.open(plan.keys[: len(pages)], pages, plan.num_prompt_tokens)
+            keys = plan.keys[: len(pages)]
+            kv = connector.open(keys, pages, plan.num_prompt_tokens, save=plan.saves)
             hits = connector.load(kv, plan.load_first, plan.load_count)
             if hits < plan.load_count:  # gone since the lookup: vLLM recomputes them
                 first = plan.load_first + hits
@@ -249,25 +269,50 @@ class StrataConnector(KVConnectorBase_V1):
             self._forward_ran = True
 
     def wait_for_save(self) -> None:
-        connector, hooks, opened = self._connector, self._hooks, self._open
-        self._hooks, self._open, self._forward_ran = None, [], False
-        if connector is None or hooks is None:
+        connector, hooks, opened, ending = self._connector, self._hooks, self._open, self._ending
+        self._hooks, self._open, self._ending, self._forward_ran = None, [], [], False
+        if connector is None:
             return
-        hooks.done()
+        if hooks is not None:
+            hooks.done()
         for o in opened:
-            verified = connector.verify(o.kv) if o.hits else 0
-            if verified < o.hits:  # never keep what was computed over bad KV
-                first, end = o.plan.load_first + verified, o.plan.load_first + o.hits
-                self._load_errors.update(o.kv.pages[first:end])
-                connector.abort(o.kv)
-                # drop the store's bad copies, so that vLLM's recompute saves good ones
-                self._loop.run(self.store.remove(o.kv.keys[first:end]), self.settings.timeout_s)
-            elif o.plan.saves:  # held by the scheduler until these commits are done
-                req_id = o.plan.req_id
-                after = self._saves.last(req_id)
-                self._saves.add(req_id, connector.commit_later(o.kv, after=after))
-            else:
-                connector.commit_later(o.kv)  # nothing was saved (a step with loads only)
+            self._settle(connector, o)
+        if ending:
+            self._wait_for_commits(ending)
+
+    def _settle(self, connector: KVConnector, o: _Open) -> None:
+        """Check the step's load of a request, then commit its saves in the background
+        (or abort them when the load failed)."""
+        verified = connector.verify(o.kv) if o.hits else 0
+        if verified < o.hits:  # never keep what was computed over bad KV
+            first, end = o.plan.load_first + verified, o.plan.load_first + o.hits
+            self._load_errors.update(o.kv.pages[first:end])
+            connector.abort(o.kv)
+            # drop the store's bad copies, so that vLLM's recompute saves good ones
+            self._loop.run(self.store.remove(o.kv.keys[first:end]), self.settings.timeout_s)
+        elif o.plan.saves:  # held by the scheduler until these commits are done
+            req_id = o.plan.req_id
+            after = self._saves.last(req_id)
+            self._saves.add(req_id, connector.commit_later(o.kv, after=after))
+        else:
+            connector.commit_later(o.kv)  # nothing was saved (a step with loads only)
+
+    def _wait_for_commits(self, req_ids: list[str]) -> None:
+        """A producer's step ends once the saves of the requests whose prompts it ends
+        are committed (each request's last save commits after its earlier ones)."""
+        saves = [s for s in map(self._saves.last, req_ids) if s is not None]
+        if not saves:
+            return
+        started_s = time.perf_counter()
+        _, late = concurrent.futures.wait(saves, timeout=self.settings.timeout_s)
+        self.store.stats.commit_wait_s += time.perf_counter() - started_s
+        if late:
+            logger.warning(
+                "Strata connector: %d prompts answered before their KV was committed"
+                " (waited %.1f s)",
+                len(late),
+                self.settings.timeout_s,
+            )
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, None]:
         """The finished requests whose saves are all committed (vLLM frees their pages)."""

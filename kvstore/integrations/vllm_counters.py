@@ -10,7 +10,8 @@ counter (``increments``), so that ``/metrics`` carries running totals.
 
 The numbers are the connector core's (``ConnectorStats``): the scheduler's lookups and
 their misses by cause, the worker's loads and saves in blocks, bytes and seconds (start
-to bytes in place: the transfers overlap the forward pass), blocks that failed their
+to bytes in place: the transfers overlap the forward pass), the time a producer's steps
+waited for their saves' commits (that is not overlapped), blocks that failed their
 checksum, failed saves, store calls that failed or were skipped while the store was
 down; and the blocks reported to vLLM as load errors (it recomputed them).
 """
@@ -32,6 +33,7 @@ COUNTERS = (
     "saved_blocks",
     "saved_bytes",
     "save_us",
+    "commit_wait_us",
     "corrupted_blocks",
     "load_error_blocks",
     "save_failures",
@@ -76,6 +78,12 @@ PROMETHEUS = (
     _one("saved_bytes", "Bytes of the blocks the Strata store took anew.", "saved_bytes"),
     _one("save_seconds", "Seconds saves took, reservation to commit.", "save_us", 1e-6),
     _one(
+        "commit_wait_seconds",
+        "Seconds steps waited for their saves' commits (a kv_producer's answers wait).",
+        "commit_wait_us",
+        1e-6,
+    ),
+    _one(
         "corrupted_blocks",
         "Loaded blocks that failed their checksum (recomputed).",
         "corrupted_blocks",
@@ -102,6 +110,7 @@ def counters(stats: ConnectorStats, load_error_blocks: int) -> dict[str, int]:
         "saved_blocks": stats.saved_blocks,
         "saved_bytes": stats.saved_bytes,
         "save_us": round(stats.save_s * 1e6),
+        "commit_wait_us": round(stats.commit_wait_s * 1e6),
         "corrupted_blocks": stats.corrupted_blocks,
         "load_error_blocks": load_error_blocks,
         "save_failures": stats.save_failures,

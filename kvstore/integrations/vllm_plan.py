@@ -10,6 +10,10 @@ computed; decode steps cost nothing. Pure bookkeeping: no vLLM, no I/O.
 The worker commits a step's saves in the background, so a request whose plans saved
 blocks (``StepPlan.saves``) is held when it finishes: ``finished`` says so, vLLM keeps
 its pages until the worker reports its saves done (``vllm_saves.PendingSaves``).
+
+The instance's role (``vllm_settings.KVRole``) decides what is planned at all: a
+producer's requests look nothing up (so nothing is loaded), a consumer's plans never
+save (so its requests are never held).
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ class StepPlan:
     load_count: int = 0
     saves: bool = False  # the step completes full blocks: the worker saves them
 
+    @property
+    def ends_prompt(self) -> bool:
+        """The step computes the prompt's last token (its answer's first follows)."""
+        return self.start + self.num_tokens >= self.num_prompt_tokens
+
 
 @dataclass
 class _Request:
@@ -46,8 +55,12 @@ class _Request:
 
 
 class Planner:
-    def __init__(self, block_tokens: int) -> None:
+    def __init__(self, block_tokens: int, *, loads: bool = True, saves: bool = True) -> None:
+        """``loads``/``saves``: whether the instance's requests load from the store, and
+        save to it (its ``KVRole``)."""
         self.block_tokens = block_tokens
+        self._loads = loads
+        self._saves = saves
         self._requests: dict[str, _Request] = {}
 
     def lookup_keys(
@@ -55,14 +68,14 @@ class Planner:
     ) -> tuple[BlockKey, ...]:
         """Note a waiting request (``keys``: its prompt's full blocks) and vLLM's hit;
         the keys worth looking up: past the hit, never the block of the last prompt
-        token (vLLM always computes it)."""
+        token (vLLM always computes it); none when the instance never loads."""
         request = self._requests.get(req_id)
         if request is None:
             request = _Request(tuple(keys), num_prompt_tokens)
             self._requests[req_id] = request
         request.have_blocks = have_tokens // self.block_tokens
         reusable = (num_prompt_tokens - 1) // self.block_tokens
-        if request.have_blocks >= reusable:
+        if not self._loads or request.have_blocks >= reusable:
             return ()
         return request.keys[:reusable]
 
@@ -101,7 +114,7 @@ class Planner:
             return None
         first = num_computed_tokens // self.block_tokens
         last = min((num_computed_tokens + num_tokens) // self.block_tokens, len(request.keys))
-        saves = last > first
+        saves = self._saves and last > first
         request.saved |= saves
         return StepPlan(
             req_id,

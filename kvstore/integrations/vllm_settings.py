@@ -1,5 +1,6 @@
-"""The vLLM connector's settings: ``kv_connector_extra_config`` and the KV cache vLLM
-allocated, read into Strata's terms (a store address, deadlines, a ``Namespace``).
+"""The vLLM connector's settings: ``kv_connector_extra_config``, ``kv_role`` and the KV
+cache vLLM allocated, read into Strata's terms (a store address, deadlines, what the
+instance does with the store, a ``Namespace``).
 
 Plain values in, a frozen ``ConnectorSettings`` out: no vLLM import, so it is checked
 without vLLM installed. Every refusal is a ``ConfigError`` naming the setting.
@@ -7,6 +8,7 @@ without vLLM installed. Every refusal is a ``ConfigError`` naming the setting.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,21 +21,50 @@ from kvstore.layout import BlockSpec, KVDtype
 _KNOWN = {"store", "model_id", "token", "lookup_timeout_s", "timeout_s", "retry_after_s"}
 
 
+class KVRole(enum.Enum):
+    """What an instance does with the store (vLLM's ``kv_role``). In disaggregated
+    serving a prefill instance produces a prompt's KV and a decode instance consumes it:
+    a producer never looks the store up (it computes every prompt, so that its saves are
+    whole), a consumer never saves (what it computes is not worth the store's bytes)."""
+
+    PRODUCER = "kv_producer"  # saves, never loads
+    CONSUMER = "kv_consumer"  # loads, never saves
+    BOTH = "kv_both"  # loads what the store holds, saves what it computes
+
+    @property
+    def loads(self) -> bool:
+        return self is not KVRole.PRODUCER
+
+    @property
+    def saves(self) -> bool:
+        return self is not KVRole.CONSUMER
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectorSettings:
     store: str  # HOST:PORT of the store node
+    role: KVRole = KVRole.BOTH
     token: str = ""  # bearer token, when the node checks rights
     lookup_timeout_s: float = 0.5  # the scheduler never waits longer for a lookup
     timeout_s: float = 5.0  # every other store call
     retry_after_s: float = 5.0  # after a failure, the store is left alone this long
 
 
-def settings_from_extra(extra: Mapping[str, object] | None) -> ConnectorSettings:
-    """``kv_connector_extra_config`` -> settings.
+def settings_from_extra(
+    extra: Mapping[str, object] | None, kv_role: str | None = KVRole.BOTH.value
+) -> ConnectorSettings:
+    """``kv_connector_extra_config`` and vLLM's ``kv_role`` -> settings.
 
     Raises:
-        ConfigError: no ``store``, an unknown key, or a value of the wrong kind.
+        ConfigError: no ``store``, an unknown key, a value of the wrong kind, or a
+            ``kv_role`` that is none of ``KVRole``'s.
     """
+    try:
+        role = KVRole(kv_role)
+    except ValueError:
+        known = [r.value for r in KVRole]
+        message = f"one of {known}, got {kv_role!r}"
+        raise ConfigError("kv_transfer_config.kv_role", message) from None
     extra = dict(extra or {})
     unknown = sorted(set(extra) - _KNOWN)
     if unknown:
@@ -48,6 +79,7 @@ def settings_from_extra(extra: Mapping[str, object] | None) -> ConnectorSettings
         raise ConfigError("kv_connector_extra_config.token", "a string expected")
     return ConnectorSettings(
         store=store,
+        role=role,
         token=token,
         lookup_timeout_s=_seconds(extra, "lookup_timeout_s", 0.5),
         timeout_s=_seconds(extra, "timeout_s", 5.0),

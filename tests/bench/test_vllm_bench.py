@@ -28,12 +28,14 @@ def test_each_contender_seeds_evicts_and_measures_the_same_prompts() -> None:
         "fresh_seed",
         "fresh_strata",
         "fresh_alone",
+        "fresh_producer",
         *(f"evicted_{c}" for c in vllm.CONTENDERS),
     ]
     assert [r["connector"] for r in runs.values()] == [
-        "strata", "strata", "", "", "strata", "offloading", "lmcache"
+        "strata", "strata", "", "strata_producer", "", "strata", "offloading", "lmcache"
     ]  # fmt: skip
-    assert [r["evict"] for r in runs.values()] == [False] * 3 + [True] * 4
+    assert [r["evict"] for r in runs.values()] == [False] * 4 + [True] * 4
+    assert runs["fresh_producer"]["rounds"] == runs["fresh_alone"]["rounds"]
     evicted = runs["evicted_offloading"]["rounds"]
     assert evicted == runs["evicted_vllm"]["rounds"] and len(evicted) == 2
     assert evicted[1]["seed"] == [rounds[1]["seed_50%"], rounds[1]["seed_90%"]]
@@ -66,6 +68,7 @@ def test_figures_are_medians_over_rounds_and_speedups_over_the_baseline() -> Non
         "fresh_seed": [[], []],
         "fresh_strata": [timings(2.0, 1.0, 0.4, cached=576), timings(2.2, 1.2, 0.6, cached=576)],
         "fresh_alone": [timings(2.0), timings(2.4)],
+        "fresh_producer": [timings(2.1), timings(2.5)],
         "evicted_vllm": [timings(2.0, 2.0, 2.0), timings(2.0, 2.0, 2.0)],
         "evicted_strata": [timings(2.1, 1.0, 0.5, cached=320), timings(2.1, 1.0, 0.5, cached=320)],
         "evicted_offloading": vllm.Unavailable("RuntimeError: CPU Offloading ..."),
@@ -75,6 +78,7 @@ def test_figures_are_medians_over_rounds_and_speedups_over_the_baseline() -> Non
     assert results["ttft_alone_s"] == pytest.approx(2.2)
     assert results["ttft_strata_90%_s"] == pytest.approx(0.5)
     assert results["speedup_90%"] == pytest.approx(4.4)
+    assert results["ttft_producer_s"] == pytest.approx(2.3)
     assert results["speedup_evicted_strata_90%"] == pytest.approx(4.0)
     assert results["cached_tokens_evicted_strata_50%"] == 320
     assert "ttft_evicted_offloading_90%_s" not in results

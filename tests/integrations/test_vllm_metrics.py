@@ -25,13 +25,14 @@ from engine.launch import free_port
 from tests.engine.checkpoints import write_checkpoint
 from tests.integrations.test_vllm import BLOCK_TOKENS, MODEL, PROMPT_TOKENS
 from tests.integrations.vllm_env import ROOT, VLLM_ENV, VLLM_MODULE, VLLM_PYTHON
+from tests.integrations.vllm_server import stored_blocks
 from tests.processes import ServeProcess
 
 pytestmark = VLLM_MODULE
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """The base URL of a ``vllm serve`` with the connector, until the module ends."""
     folder = tmp_path_factory.mktemp("vllm-serve")
     model = write_checkpoint(folder / "llama", MODEL)
@@ -63,7 +64,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         try:
             url = f"http://127.0.0.1:{port}"
             _wait_until_healthy(url, proc, folder / "vllm.log")
-            yield url
+            yield url, store.address
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
@@ -98,15 +99,21 @@ def _counter(metrics: str, name: str, **labels: str) -> float:
     return total
 
 
-def test_metrics_show_the_saves_loads_and_lookups_of_strata(server: str) -> None:
+def test_metrics_show_the_saves_loads_and_lookups_of_strata(server: tuple[str, str]) -> None:
+    url, store = server
     rng = random.Random(11)
     prompt = [rng.randrange(3, 256) for _ in range(PROMPT_TOKENS)]
     body = {"model": "", "prompt": prompt, "max_tokens": 1, "temperature": 0.0}
-    for _ in range(2):  # saved by the first, loaded by the second
-        reply = httpx.post(f"{server}/v1/completions", json=body, timeout=300)
+    for i in range(2):  # saved by the first, loaded by the second
+        reply = httpx.post(f"{url}/v1/completions", json=body, timeout=300)
         assert reply.status_code == 200, reply.text
+        # saves are asynchronous: the answer can come back before its blocks are stored
+        deadline = time.monotonic() + 60
+        while i == 0 and stored_blocks(store) < PROMPT_TOKENS // BLOCK_TOKENS:
+            assert time.monotonic() < deadline, "the first answer's blocks were never stored"
+            time.sleep(0.1)
     reusable = (PROMPT_TOKENS - 1) // BLOCK_TOKENS
-    metrics = httpx.get(f"{server}/metrics", timeout=30).text
+    metrics = httpx.get(f"{url}/metrics", timeout=30).text
     assert _counter(metrics, "vllm:strata_saved_blocks_total") == PROMPT_TOKENS // BLOCK_TOKENS
     assert _counter(metrics, "vllm:strata_loaded_blocks_total") == reusable
     assert _counter(metrics, "vllm:strata_loaded_bytes_total") > 0

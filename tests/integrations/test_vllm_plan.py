@@ -8,7 +8,7 @@ import torch
 
 from kvstore.errors import ConfigError
 from kvstore.integrations.vllm_plan import Planner, StepPlan
-from kvstore.integrations.vllm_settings import namespace_for, settings_from_extra
+from kvstore.integrations.vllm_settings import KVRole, namespace_for, settings_from_extra
 from kvstore.types import BlockKey
 
 B = 32
@@ -44,6 +44,37 @@ def test_chunked_prefill_appends_pages_and_loads_only_once() -> None:
     assert (second.start, second.num_tokens, second.load_count) == (4 * B, 2 * B, 0)
     resumed = planner.scheduled("r", [1, 2], 0, B, replace_blocks=True)  # after preemption
     assert resumed is not None and resumed.block_ids == (1, 2)
+
+
+def test_a_producer_looks_nothing_up_and_saves_every_full_block_it_computes() -> None:
+    planner = Planner(B, loads=False)
+    assert planner.lookup_keys("r", KEYS, 330, 0) == ()  # 0 external tokens, no lookup
+    first = planner.scheduled("r", list(range(4)), 0, 128, replace_blocks=True)
+    assert first is not None and first.saves and first.load_count == 0
+    assert not first.ends_prompt
+    last = planner.scheduled("r", list(range(4, 11)), 128, 202)
+    assert last is not None and last.saves and last.keys == KEYS  # keys kept for saves
+    assert last.ends_prompt  # its step waits for the request's commits
+    assert planner.finished("r") is True
+
+
+def test_a_consumer_loads_and_its_plans_never_save_so_it_is_never_held() -> None:
+    planner = Planner(B, saves=False)
+    assert planner.lookup_keys("r", KEYS, 330, 0) == KEYS
+    planner.will_load("r", 4 * B)  # the store held 4 blocks; vLLM computes the rest
+    plan = planner.scheduled("r", list(range(11)), 4 * B, 330 - 4 * B, replace_blocks=True)
+    assert plan is not None and (plan.load_first, plan.load_count) == (0, 4)
+    assert not plan.saves  # completes blocks 4-9, saves none of them
+    assert planner.finished("r") is False
+
+
+def test_kv_role_says_what_the_instance_does_with_the_store() -> None:
+    roles = [settings_from_extra({"store": "h:1"}, r).role for r in ("kv_producer",
+        "kv_consumer", "kv_both")]  # fmt: skip
+    assert [(r.loads, r.saves) for r in roles] == [(False, True), (True, False), (True, True)]
+    assert settings_from_extra({"store": "h:1"}).role is KVRole.BOTH
+    with pytest.raises(ConfigError, match=r"kv_transfer_config.kv_role.*got 'kv_prefill'"):
+        settings_from_extra({"store": "h:1"}, "kv_prefill")
 
 
 def test_a_finished_request_is_forgotten() -> None:

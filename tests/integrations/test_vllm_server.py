@@ -13,13 +13,20 @@ client leaves behind stays visible instead of being reclaimed):
   want of pages (a KV cache of 32 pages for six 500-token requests) leave no
   reservation and no lease on the node (``open_reservations``, ``read_pins``), none
   reclaimed, and every page back in vLLM's free pool (``kv_cache_usage_perc`` 0: every
-  request held for its saves was released).
+  request held for its saves was released);
+- disaggregated serving: a ``kv_producer`` server and a ``kv_consumer`` server on the same
+  node, a proxy's two hops: the prompt on the producer (one token), and as soon as its
+  answer is back, the whole request on the consumer, which loads every full block of
+  the prompt and answers as the producer does; the producer never loads (not even what
+  the store holds), the consumer never saves.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -38,6 +45,28 @@ pytestmark = VLLM_MODULE
 Cluster = tuple[ServeProcess, list[ApiServer]]
 
 
+@contextmanager
+def serving(model: Path, store: str, roles: Sequence[str]) -> Iterator[list[ApiServer]]:
+    """One healthy server per role (``kv_role``), stopped at the end; none printed a
+    traceback."""
+    servers: list[ApiServer] = []
+    try:
+        # all start at once (each takes a while), from this thread: a child dies
+        # with the thread that started it (its parent-death signal)
+        servers = [ApiServer(model, store, role) for role in roles]
+        for server in servers:
+            server.wait_until(server.healthy, timeout_s=300, what="healthy")
+        yield servers
+    finally:
+        # what they printed while serving (vLLM's own SIGTERM shutdown logs one)
+        outputs = [server.output() for server in servers]
+        for server in servers:
+            server.stop(grace_s=30.0)
+        for out in outputs:
+            start = out.find("Traceback")
+            assert start < 0, out[max(0, start - 2000) : start + 6000]
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     model = write_model(tmp_path_factory.mktemp("vllm-server") / "llama")
@@ -46,23 +75,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "store.reservation_timeout_s": "3600",
         "transfer.lease_ttl_s": "3600",
     }
-    with ServeProcess(**flags) as store:
-        servers: list[ApiServer] = []
-        try:
-            # both start at once (each takes a while), from this thread: a child dies
-            # with the thread that started it (its parent-death signal)
-            servers = [ApiServer(model, store.address) for _ in range(2)]
-            for server in servers:
-                server.wait_until(server.healthy, timeout_s=300, what="healthy")
-            yield store, servers
-        finally:
-            # what they printed while serving (vLLM's own SIGTERM shutdown logs one)
-            outputs = [server.output() for server in servers]
-            for server in servers:
-                server.stop(grace_s=30.0)
-            for out in outputs:
-                start = out.find("Traceback")
-                assert start < 0, out[max(0, start - 2000) : start + 6000]
+    with ServeProcess(**flags) as store, serving(model, store.address, ["kv_both"] * 2) as both:
+        yield store, both
+
+
+@pytest.fixture(scope="module")
+def disaggregated(cluster: Cluster) -> Iterator[list[ApiServer]]:
+    """A producer and a consumer, on the cluster's store node."""
+    store, (a, _) = cluster
+    with serving(Path(a.model), store.address, ["kv_producer", "kv_consumer"]) as servers:
+        yield servers
 
 
 def held(address: str) -> dict[str, Any]:
@@ -175,3 +197,46 @@ def test_aborted_and_preempted_requests_leave_nothing_held(
         "read_pins": 0,
         "reservations_reclaimed": 0,
     }
+
+
+def test_a_consumer_answers_from_the_producers_kv_as_soon_as_the_producer_answers(
+    cluster: Cluster, disaggregated: list[ApiServer]
+) -> None:
+    store, (a, _) = cluster
+    producer, consumer = disaggregated
+    prompt = words(PROMPT_TOKENS, seed=20)
+    reusable = (PROMPT_TOKENS - 1) // BLOCK_TOKENS * BLOCK_TOKENS  # 288: every full block
+    # a proxy's two hops, the second as soon as the first answers (no wait for the store)
+    prefilled = producer.complete(prompt, max_tokens=1)
+    decoded = consumer.complete(prompt, max_tokens=8)
+    assert prefilled.usage is not None and decoded.usage is not None
+    assert decoded.usage.prompt_tokens_details is not None
+    assert decoded.usage.prompt_tokens_details.cached_tokens == reusable
+    # the producer computed the prompt itself (it never loads); its own answer from there
+    # is plain vLLM's
+    own = producer.complete(prompt, max_tokens=8)
+    assert decoded.choices[0].text == own.choices[0].text
+    assert len(own.choices[0].text.split()) == 8
+    assert consumer.strata_counter("loaded_blocks") == reusable // BLOCK_TOKENS
+    assert producer.strata_counter("saved_blocks") == PROMPT_TOKENS // BLOCK_TOKENS
+    assert producer.strata_counter("commit_wait_seconds") > 0
+
+    # the producer does not load what the store holds (a kv_both server would)
+    held_prompt = words(PROMPT_TOKENS, seed=21)
+    stored = stored_blocks(store.address)
+    a.complete(held_prompt, max_tokens=1)
+    a.wait_until(lambda: stored_blocks(store.address) >= stored + 9, timeout_s=60, what="saved")
+    again = producer.complete(held_prompt, max_tokens=1)
+    assert again.usage is not None and again.usage.prompt_tokens_details is not None
+    assert again.usage.prompt_tokens_details.cached_tokens == 0
+    assert producer.strata_counter("lookup_blocks") == 0
+    assert producer.strata_counter("loaded_blocks") == 0
+
+    # the consumer does not save what it computes (its request is never held for saves)
+    stored = stored_blocks(store.address)
+    consumer.complete(words(PROMPT_TOKENS, seed=22), max_tokens=1)
+    consumer.wait_until(
+        lambda: consumer.metric("kv_cache_usage_perc") == 0, timeout_s=60, what="idle"
+    )
+    assert stored_blocks(store.address) == stored
+    assert consumer.strata_counter("saved_blocks") == 0

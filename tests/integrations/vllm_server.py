@@ -26,14 +26,15 @@ STEP_TOKENS = 128  # long prompts are prefilled in chunks
 
 
 class ApiServer(Child):
-    """One vLLM OpenAI server with ``StrataConnector``; ``url`` once ``/health`` answers."""
+    """One vLLM OpenAI server with ``StrataConnector`` in ``role`` (vLLM's ``kv_role``);
+    ``url`` once ``/health`` answers."""
 
-    def __init__(self, model: Path, store: str) -> None:
+    def __init__(self, model: Path, store: str, role: str = "kv_both") -> None:
         port = free_port()
         strata = {
             "kv_connector": "StrataConnector",
             "kv_connector_module_path": "kvstore.integrations.vllm",
-            "kv_role": "kv_both",
+            "kv_role": role,
             "kv_load_failure_policy": "recompute",
             "kv_connector_extra_config": {"store": store},
         }
@@ -92,6 +93,25 @@ class ApiServer(Child):
             if line.startswith(f"vllm:{name}{{")
         ]
         return value
+
+    def strata_counter(self, name: str) -> float:
+        """A ``vllm:strata_*_total`` counter, summed over its samples (0 before any)."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as response:
+            body = response.read().decode()
+        prefix = f"vllm:strata_{name}_total{{"
+        lines = body.splitlines()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
+
+    def complete(self, prompt: str, max_tokens: int) -> openai.types.Completion:
+        """A greedy completion of ``prompt``."""
+
+        async def ask() -> openai.types.Completion:
+            async with self.client() as client:
+                return await client.completions.create(
+                    model=self.model, prompt=prompt, max_tokens=max_tokens, temperature=0.0
+                )
+
+        return asyncio.run(ask())
 
     def client(self, **options: Any) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(

@@ -181,6 +181,22 @@ def test_each_pass_saves_the_blocks_it_completes_with_their_parent(
     connector.abort(kv)
 
 
+def test_a_request_opened_to_load_only_loads_and_saves_nothing_it_computes(
+    connector: KVConnector, layout: KVLayout, store: FakeStore, loop_thread: LoopThread
+) -> None:
+    store.blocks[KEYS[0]] = cached(1)
+    kv = connector.open(KEYS, PAGES, TOKENS, save=False)  # a consumer's request
+    assert connector.load(kv, 0, 1) == 1
+    for layer in range(SPEC.num_layers):
+        loop_thread.call(store.gets[0].land, layer)
+    run_pass(connector, [(kv, 4, 10)])  # completes blocks 1 and 2
+    assert torch.equal(block_of(layout, PAGES[0]), as_block(cached(1)))
+    assert connector.verify(kv) == 1
+    connector.commit(kv)
+    loop_thread.flush()
+    assert store.saves == [] and set(store.blocks) == {KEYS[0]}
+
+
 def test_a_save_sends_each_layer_once_it_is_computed(
     connector: KVConnector, layout: KVLayout, store: FakeStore, loop_thread: LoopThread
 ) -> None:
