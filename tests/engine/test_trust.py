@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from engine.config import load_engine_config
-from engine.router.api import _Api, create_app
-from engine.router.openai_schema import CompletionRequest
+from engine.router.api import create_app
 from kvstore.errors import ConfigError
 
 
@@ -57,14 +56,3 @@ def test_an_unreadable_keys_file_names_the_key(tmp_path: Path) -> None:
     ).router
     with pytest.raises(ConfigError, match=r"router\.api_keys_file"):
         _ = section.api_keys
-
-
-def test_salting_by_api_key_gives_each_key_its_own_cache() -> None:
-    api = _Api(lambda: None, ["a", "b"], 8, salt_by_api_key=True, access_log=False)  # type: ignore[arg-type, return-value]
-    body = CompletionRequest(model="m", prompt="p")
-    salted = CompletionRequest(model="m", prompt="p", cache_salt="x")
-    a, b = api._cache_salt(body, b"a"), api._cache_salt(body, b"b")
-    assert a != b and a == api._cache_salt(body, b"a") and a.endswith("/")
-    assert api._cache_salt(salted, b"a") == a + "x"  # the request's salt, under its key's
-    plain = _Api(lambda: None, ["a"], 8, salt_by_api_key=False, access_log=False)  # type: ignore[arg-type, return-value]
-    assert plain._cache_salt(body, b"a") == "" and plain._cache_salt(salted, b"a") == "x"

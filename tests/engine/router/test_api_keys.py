@@ -33,6 +33,7 @@ def test_salting_by_key_keeps_each_keys_requests_apart_and_never_shows_the_key()
     again = request("/v1/completions", "alice")
     keys.check(again)
     assert keys.cache_salt("doc", again) == salts["alice"]
+    assert keys.cache_salt("", again) + "doc" == salts["alice"]  # the key's root, then the salt
     unsalted = request("/v1/completions", "alice")
     assert ApiKeys(["alice"]).check(unsalted) is None
     assert ApiKeys(["alice"]).cache_salt("doc", unsalted) == "doc"
