@@ -25,8 +25,10 @@ token-weighted over the slice: ``hit_rate`` = cached / prompt tokens,
 ``local_hit_rate`` = (cached - remote) / prompt tokens. Where the cores went
 (``cpu_figures``): each role's CPU seconds during the replay (from ``/proc``) over its
 wall seconds, and the prefill workers' CPU seconds over what the fitted cost model
-predicts for the prefill work they did; and where the TTFT went (``ttft_parts``) by the
-prefill worker's own timings of each request.
+predicts for the prefill work they did; where the TTFT went (``ttft_parts``) by the
+router's placement and the prefill worker's own timings of each request; and the
+workers' own counters over the replay (``worker_figures``: the decode worker's steps
+against the fitted step, where the prefill threads' time went).
 
 Beside the measured figures, ``model_*`` figures replay the same requests through the
 same policy objects and cost model on an ideal cluster (``bench.router_model``: FIFO

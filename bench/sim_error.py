@@ -18,10 +18,12 @@ prefill cost already includes reading cached blocks from the node (it was profil
 through the store).
 
 Each load is simulated twice: on the host's cores as described (``simulated``), and on
-what other processes left of them while each policy replayed (``simulated_busy_host``:
-the run's measured ``others_cpu_share`` of the cores taken away; a property of the host
-during the run, measured, not fitted). The first is the simulator's error for the cluster
-it describes; the second says how much of that error the host's other load explains.
+what was left of them while each policy replayed (``simulated_busy_host``): the run's
+measured CPU of everything the simulator does not model taken away (``busy_cpu_share``:
+other processes, the store nodes, Redis, the router and load generator, and the decode
+worker's work outside its steps: landing hand-offs, streaming), measured, not fitted.
+The first is the simulator's error for the cluster it describes; the second says how
+much of that error the CPU it leaves out explains.
 
 Output: per load and policy, TTFT p50 and p90, decode ITL p50 and p90 (every interval
 between streamed tokens) and hit rate, measured and simulated, their errors (relative
@@ -61,8 +63,8 @@ GROUPS = ("measured", "simulated", "errors", "simulated_busy_host", "errors_busy
 
 def simulate(entry: dict[str, Any], *, busy_host: bool = False) -> dict[str, float]:
     """The simulator's figures for one stored load (see ``entry_for``): on the host's
-    cores as described, or (``busy_host``) on what other processes left of them during
-    each policy's replay (its measured ``others_cpu_share``)."""
+    cores as described, or (``busy_host``) on what the CPU the simulator does not model
+    left of them during each policy's replay (``busy_cpu_share``)."""
     costs = CostModel.from_dict(entry["cost_model"])
     block_tokens = entry["block_tokens"]
     spec = local_spec(
@@ -81,7 +83,8 @@ def simulate(entry: dict[str, Any], *, busy_host: bool = False) -> dict[str, flo
     )
     figures: dict[str, float] = {}
     for policy in POLICIES:
-        busy_share = entry["others_cpu_share"][policy] if busy_host else 0.0
+        shares = entry.get("busy_cpu_share", entry["others_cpu_share"])  # older entries
+        busy_share = shares[policy] if busy_host else 0.0
         policy_spec = replace(spec, policy=policy, host_busy_share=busy_share)
         run = run_once(policy_spec, local_profile(costs), requests, None)
         for name in FIGURES:
@@ -124,6 +127,7 @@ def entry_for(measured: Path, trace: Path | None, seed: int) -> dict[str, Any]:
         "host_cores": config["host_cores"],
         "pinned": config["prefill_worker_cores"] != "not pinned",
         "others_cpu_share": {p: results[f"others_cpu_share_{p}"] for p in POLICIES},
+        "busy_cpu_share": {p: busy_cpu_share(results, p, config["host_cores"]) for p in POLICIES},
         "prefill_chunk_tokens": config["prefill_chunk_tokens"],
         "prefill_max_batch_tokens": config["prefill_max_batch_tokens"],
         "decode_max_batch": config["decode_max_batch"],
@@ -135,6 +139,22 @@ def entry_for(measured: Path, trace: Path | None, seed: int) -> dict[str, Any]:
         "requests": [[r.arrival_s, list(r.hash_ids), r.output_tokens] for r in requests],
         "measured": measured_figures,
     }
+
+
+UNMODELLED_ROLES = ("store", "redis", "bench")  # bench.cluster's roles: whole processes
+
+
+def busy_cpu_share(results: dict[str, float], policy: str, host_cores: int) -> float:
+    """The share of the host's cores that what the simulator does not model used during
+    ``policy``'s replay: other processes, the store nodes, Redis, the bench process (the
+    router and the load generator), and the decode worker's CPU outside its steps."""
+    cores = results[f"others_cpu_share_{policy}"] * host_cores
+    cores += sum(results.get(f"cpu_cores_{role}_{policy}", 0.0) for role in UNMODELLED_ROLES)
+    steps_cpu_s = results[f"decode_steps_{policy}"] * results[f"decode_step_cpu_ms_{policy}"] / 1e3
+    cores += max(
+        0.0, results[f"cpu_cores_decode_{policy}"] - steps_cpu_s / results[f"wall_s_{policy}"]
+    )
+    return min(0.9, cores / host_cores)
 
 
 def errors(measured: dict[str, float], simulated: dict[str, float]) -> dict[str, float]:
@@ -214,11 +234,14 @@ def _write_profile(entries: list[dict[str, Any]]) -> None:
 def _uncertainty(entries: list[dict[str, Any]]) -> str:
     per_token = [e["cost_model"]["prefill_per_token_s"] * 1e3 for e in entries]
     busy = [share for e in entries for share in e["others_cpu_share"].values()]
+    left_out = [share for e in entries for share in e["busy_cpu_share"].values()]
     ttft = [v for e in entries for k, v in e["errors"].items() if k.startswith("ttft")]
     return (
         "fitted by the router's profiler at the start of each bench.router run on a shared"
         f" 2-core host: prefill {min(per_token):.3f}-{max(per_token):.3f} ms a token across"
         f" the runs; during the replays other processes used {min(busy):.0%}-{max(busy):.0%}"
-        f" of the cores, and the simulated TTFT p50/p90 was {min(ttft):+.0%} to"
+        f" of the cores and what the simulator does not model (store nodes, router, the"
+        f" decode worker outside its steps, other processes) {min(left_out):.0%}-"
+        f"{max(left_out):.0%}, and the simulated TTFT p50/p90 was {min(ttft):+.0%} to"
         f" {max(ttft):+.0%} off the measured (bench/reference/sim_error.json)"
     )
