@@ -26,14 +26,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.chat import ChatTemplateError, encode_chat
 from engine.router.access_log import RequestLog, current_request, log_throughput
 from engine.router.access_log import logger as access_logger
-from engine.router.api_errors import ApiError
+from engine.router.api_errors import ApiError, install_error_handlers
 from engine.router.api_keys import ApiKeys
 from engine.router.openai_schema import (
     ChatMessage,
@@ -84,9 +82,7 @@ def create_app(
             await api.service.close()
 
     app = FastAPI(title="Strata", lifespan=lifespan)
-    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    install_error_handlers(app)
     app.middleware("http")(api.authenticate)
     app.add_api_route("/health", api.health, methods=["GET"])
     app.add_api_route("/metrics", api.metrics, methods=["GET"])
@@ -96,33 +92,6 @@ def create_app(
     app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"], response_model=None)
     app.add_api_route("/v1/completions", api.completions, methods=["POST"], response_model=None)
     return app
-
-
-async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return exc.response()
-
-
-async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid body"}
-    if first.get("type") == "json_invalid":
-        return ApiError(400, f"the body is not valid JSON: {first.get('msg')}").response()
-    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-    text = str(first.get("msg")).removeprefix("Value error, ")  # pydantic's wording
-    message = f"{param}: {text}" if param else text
-    return ApiError(400, message, param=param).response()
-
-
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """Errors raised by the framework itself (an unknown path, a wrong method, a body that
-    is not UTF-8) in OpenAI's error body."""
-    messages = {
-        404: f"no such endpoint: {request.url.path}",
-        405: f"{request.method} is not allowed on {request.url.path}",
-    }
-    message = messages.get(exc.status_code, str(exc.detail))
-    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    error = ApiError(exc.status_code, message, kind=kind, headers=dict(exc.headers or {}))
-    return error.response()
 
 
 class _Api:

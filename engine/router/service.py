@@ -15,6 +15,7 @@ from engine.router.global_view import GlobalView
 from engine.router.policy import make_policy
 from engine.router.profiling import profile_costs
 from engine.router.router import Router
+from engine.router.views import Policy
 from engine.router.workers import WorkerPool
 from kvstore.types import NamespaceId
 
@@ -60,13 +61,7 @@ async def open_router(config: EngineConfig, *, wait_s: float = 60.0) -> RouterSe
     view = GlobalView(
         pool, namespace_id, lookup_timeout_s=section.lookup_timeout_s, token=config.engine.token
     )
-    policy = make_policy(
-        section.policy,
-        costs,
-        ttft_slo_s=section.ttft_slo_s or None,
-        tbt_slo_s=section.tbt_slo_s or None,
-        balance_threshold=section.balance_threshold,
-    )
+    policy = configured_policy(config, costs)
     router = Router(
         pool,
         view,
@@ -77,6 +72,18 @@ async def open_router(config: EngineConfig, *, wait_s: float = 60.0) -> RouterSe
         token=config.engine.token,
     )
     return RouterService(router, model, served_model_name(config), int(time.time()))
+
+
+def configured_policy(config: EngineConfig, costs: CostModel) -> Policy:
+    """The policy ``router.policy`` names, with the ``[router]`` SLOs and threshold."""
+    section = config.router
+    return make_policy(
+        section.policy,
+        costs,
+        ttft_slo_s=section.ttft_slo_s or None,
+        tbt_slo_s=section.tbt_slo_s or None,
+        balance_threshold=section.balance_threshold,
+    )
 
 
 def served_model_name(config: EngineConfig) -> str:

@@ -33,11 +33,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from engine.config import EngineConfig
 from engine.router.access_log import RequestLog, log_throughput
 from engine.router.access_log import logger as access_logger
-from engine.router.api_errors import ApiError
+from engine.router.api_errors import ApiError, install_error_handlers
 from engine.router.api_keys import ApiKeys
 from engine.router.costs import CostModel
-from engine.router.policy import make_policy
 from engine.router.router import NoHealthyWorker, Overloaded, WorkerFailed
+from engine.router.service import configured_policy
 from engine.router.vllm_backends import VllmPool, find_namespace
 from engine.router.vllm_router import Forwarded, VllmError, VllmRouter
 
@@ -71,13 +71,7 @@ async def open_vllm_router(config: EngineConfig, *, wait_s: float = 120.0) -> Vl
             "no router.cost_model: using the built-in estimates (the policy's ranking holds,"
             " its predicted seconds do not)"
         )
-    policy = make_policy(
-        section.policy,
-        costs,
-        ttft_slo_s=section.ttft_slo_s or None,
-        tbt_slo_s=section.tbt_slo_s or None,
-        balance_threshold=section.balance_threshold,
-    )
+    policy = configured_policy(config, costs)
     logger.info(
         "routing to %d vLLM servers of %s (blocks of %d tokens), policy %s",
         len(pool.servers),
@@ -116,7 +110,7 @@ def create_vllm_app(config: EngineConfig) -> FastAPI:
             await http.aclose()
 
     app = FastAPI(title="Strata router (vLLM)", lifespan=lifespan)
-    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    install_error_handlers(app)
     app.middleware("http")(api.authenticate)
     app.add_api_route("/health", api.health, methods=["GET"])
     app.add_api_route("/metrics", api.metrics, methods=["GET"])
@@ -126,10 +120,6 @@ def create_vllm_app(config: EngineConfig) -> FastAPI:
     app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"], response_model=None)
     app.add_api_route("/v1/completions", api.completions, methods=["POST"], response_model=None)
     return app
-
-
-async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return exc.response()
 
 
 class _VllmApi:
