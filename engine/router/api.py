@@ -31,8 +31,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from engine.chat import ChatTemplateError, encode_chat
 from engine.router.access_log import RequestLog, current_request, log_throughput
 from engine.router.access_log import logger as access_logger
-from engine.router.api_errors import ApiError, install_error_handlers
+from engine.router.api_errors import ApiError
 from engine.router.api_keys import ApiKeys
+from engine.router.endpoints import mount
 from engine.router.openai_schema import (
     ChatMessage,
     ChatRequest,
@@ -81,17 +82,7 @@ def create_app(
                 throughput.cancel()
             await api.service.close()
 
-    app = FastAPI(title="Strata", lifespan=lifespan)
-    install_error_handlers(app)
-    app.middleware("http")(api.authenticate)
-    app.add_api_route("/health", api.health, methods=["GET"])
-    app.add_api_route("/metrics", api.metrics, methods=["GET"])
-    app.add_api_route("/stats", api.stats, methods=["GET"])
-    app.add_api_route("/v1/models", api.models, methods=["GET"])
-    app.add_api_route("/tokenize", api.tokenize, methods=["POST"])
-    app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"], response_model=None)
-    app.add_api_route("/v1/completions", api.completions, methods=["POST"], response_model=None)
-    return app
+    return mount(FastAPI(title="Strata", lifespan=lifespan), api)
 
 
 class _Api:

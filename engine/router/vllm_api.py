@@ -33,9 +33,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from engine.config import EngineConfig
 from engine.router.access_log import RequestLog, log_throughput
 from engine.router.access_log import logger as access_logger
-from engine.router.api_errors import ApiError, install_error_handlers
+from engine.router.api_errors import ApiError
 from engine.router.api_keys import ApiKeys
 from engine.router.costs import CostModel
+from engine.router.endpoints import mount
 from engine.router.router import NoHealthyWorker, Overloaded, WorkerFailed
 from engine.router.service import configured_policy
 from engine.router.vllm_backends import VllmPool, find_namespace
@@ -109,17 +110,7 @@ def create_vllm_app(config: EngineConfig) -> FastAPI:
             await api.router.close()
             await http.aclose()
 
-    app = FastAPI(title="Strata router (vLLM)", lifespan=lifespan)
-    install_error_handlers(app)
-    app.middleware("http")(api.authenticate)
-    app.add_api_route("/health", api.health, methods=["GET"])
-    app.add_api_route("/metrics", api.metrics, methods=["GET"])
-    app.add_api_route("/stats", api.stats, methods=["GET"])
-    app.add_api_route("/v1/models", api.models, methods=["GET"])
-    app.add_api_route("/tokenize", api.tokenize, methods=["POST"])
-    app.add_api_route("/v1/chat/completions", api.chat, methods=["POST"], response_model=None)
-    app.add_api_route("/v1/completions", api.completions, methods=["POST"], response_model=None)
-    return app
+    return mount(FastAPI(title="Strata router (vLLM)", lifespan=lifespan), api)
 
 
 class _VllmApi:
