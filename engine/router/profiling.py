@@ -18,7 +18,8 @@ prefill worker:
   of a prompt cached on the other node only, less its predicted prefill: samples of
   (tokens, seconds). With one node, an assumed 1 GB/s link (``ASSUMED_LINK_BPS``).
 
-Costs include the gRPC and hand-off overheads the router will see, which is the point.
+Prefill costs include the gRPC and hand-off overheads the router will see, which is the
+point; a decode step's, by the worker's clock, include handing each token to its stream.
 Profiling requests run in the prefill workers' profiling namespace (the model id with
 ``#profiling``): the store counts them apart, they never enter a user's namespace or a
 worker's prefix cache, and ``end_profiling`` has their blocks removed when profiling ends.
