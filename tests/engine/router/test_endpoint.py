@@ -387,5 +387,6 @@ def test_each_request_gets_an_access_line_and_traffic_a_throughput_line(
     while time.monotonic() < deadline and not all(re.search(e, up.output()) for e in expected):
         time.sleep(0.2)
     lines = up.output()
-    for pattern in expected:
-        assert re.search(pattern, lines), (pattern, lines)
+    missing = [pattern for pattern in expected if not re.search(pattern, lines)]
+    if missing:  # the whole output, untruncated, to tell a late line from a wrong one
+        pytest.fail(f"no line matches {missing} in the output:\n{lines}")
