@@ -31,7 +31,6 @@ bodies unchanged; a stream cut mid-way simply ends.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -46,11 +45,9 @@ from engine.router.costs import CostModel
 from engine.router.metrics import RouterMetrics
 from engine.router.prefix_index import PrefixIndex
 from engine.router.router import NoHealthyWorker, Overloaded, WorkerFailed
+from engine.router.store_lookups import StoreLookups
 from engine.router.views import Decision, Policy, Rejection, RequestView
 from engine.router.vllm_backends import VllmNamespace, VllmPool, VllmServer
-from kvstore.client import StoreClient
-from kvstore.client.calls import CallOptions
-from kvstore.errors import KVStoreError, NotFound
 from kvstore.hashing import prefix_keys
 from kvstore.types import BlockKey
 
@@ -110,14 +107,13 @@ class VllmRouter:
         self.index = PrefixIndex(max_blocks=1_000_000)
         self.metrics = metrics or RouterMetrics()
         self.counts: Counter[str] = Counter()
-        self.lookups = {"answered": 0, "timed_out": 0, "failed": 0}
-        self._timeout_s = lookup_timeout_s
-        options = CallOptions(token=token, timeout_s=max(lookup_timeout_s, 0.5), retries=0)
-        self._stores = {a: StoreClient(a, options) for a in pool.store_addresses()}
+        self.stores = StoreLookups(
+            pool.store_addresses(), namespace.namespace_id, timeout_s=lookup_timeout_s, token=token
+        )
+        self.lookups = self.stores.lookups
 
     async def close(self) -> None:
-        for client in self._stores.values():
-            await client.close()
+        await self.stores.close()
         await self.pool.close()
 
     async def tokens(self, chat: bool, body: dict[str, Any]) -> list[int]:
@@ -181,14 +177,8 @@ class VllmRouter:
         if not keys:
             return {}
         blocks = self.index.longest(keys)
-        calls = [self._lookup(client, keys) for client in self._stores.values()]
-        try:
-            answers = await asyncio.wait_for(asyncio.gather(*calls), self._timeout_s)
-        except TimeoutError:
-            self.lookups["timed_out"] += 1
-            return blocks
-        self.lookups["answered" if None not in answers else "failed"] += 1
-        for address, held in zip(self._stores, answers, strict=True):
+        for address, nodes in (await self.stores.ask(keys) or {}).items():
+            held = max((n.num_blocks for n in nodes or ()), default=0)
             if held:
                 blocks[STORE + address] = held
         return blocks
@@ -259,16 +249,6 @@ class VllmRouter:
         full = len(placement.tokens) // self.block_tokens
         self.index.add(placement.server.id, placement.keys[:full])
         self.metrics.ttft.observe(time.perf_counter() - placement.decided_s)
-
-    async def _lookup(self, client: StoreClient, keys: Sequence[BlockKey]) -> int | None:
-        try:
-            nodes = await client.lookup(self.namespace.namespace_id, keys, local=True)
-        except NotFound:
-            return 0
-        except KVStoreError as exc:
-            logger.debug("lookup on %s failed: %s", client.address, exc)
-            return None
-        return max((n.num_blocks for n in nodes), default=0)
 
     def stats(self) -> dict[str, object]:
         return {
