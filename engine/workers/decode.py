@@ -30,6 +30,7 @@ from engine.sampling import sample
 from engine.tokenizer import Detokenizer, Tokenizer
 from engine.workers.device import Device
 from engine.workers.requests import FinishReason, GenerationRequest, TokenEvent
+from engine.workers.thread_clock import ThreadClock
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class DecodeStats:
     cancelled: int = 0
     step_s: float = 0.0  # wall seconds of steps: pages, forward, sampling, streaming out
     step_cpu_s: float = 0.0  # of which the decode thread was on a core
+    step_wait_s: float = 0.0  # and of which it waited for a core (run queue)
 
     def as_dict(self) -> dict[str, float]:
         out: dict[str, float] = dict(self.__dict__)
@@ -170,7 +172,7 @@ class DecodeWorker:
                         self._end(seq, FinishReason.ERROR, error=str(exc))
 
     def _step(self, batch: list[_Seq]) -> None:
-        start, start_cpu = time.perf_counter(), time.thread_time()
+        start = ThreadClock.now()
         ready = []
         for seq in batch:
             if seq.length > len(seq.pages) * self.cache.page_tokens:
@@ -191,8 +193,10 @@ class DecodeWorker:
         self.stats.max_batch = max(self.stats.max_batch, len(ready))
         for seq, out in zip(ready, logits, strict=True):
             self._accept(seq, sample(out, seq.request.params, len(seq.generated)))
-        self.stats.step_s += time.perf_counter() - start
-        self.stats.step_cpu_s += time.thread_time() - start_cpu
+        step = ThreadClock.now() - start
+        self.stats.step_s += step.wall_s
+        self.stats.step_cpu_s += step.cpu_s
+        self.stats.step_wait_s += step.wait_s
 
     def _accept(self, seq: _Seq, token: int) -> None:
         """A new token: add it, find out whether the request is done, stream it out."""

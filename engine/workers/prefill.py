@@ -46,6 +46,7 @@ from engine.sampling import SamplingParams, sample
 from engine.workers.device import Device
 from engine.workers.prefill_scheduler import PrefillScheduler, StepPlan
 from engine.workers.requests import InvalidRequest, KVTarget, PrefillResult, check_prompt
+from engine.workers.thread_clock import ThreadClock
 from kvstore.connector.backend import StoreBackend
 from kvstore.connector.layouts import PageMajorLayout
 from kvstore.connector.worker import KVConnector, RequestKV
@@ -71,6 +72,7 @@ class PrefillStats:
     admit_s: float = 0.0  # opening prompts: pages, and loading their cached blocks
     forward_s: float = 0.0  # forward passes (the model with the connector's layer hooks)
     forward_cpu_s: float = 0.0  # of which the thread was on a core
+    forward_wait_s: float = 0.0  # and of which it waited for a core (run queue)
     pass_end_s: float = 0.0  # after a pass: waiting for its layers' saves and pushes
     finish_s: float = 0.0  # finishing prompts: verify, commit to the store, first token
 
@@ -304,12 +306,14 @@ class PrefillWorker:
                 )
                 for p, n in plan.chunks
             ]
-            start, start_cpu = time.perf_counter(), time.thread_time()
+            clock = ThreadClock.now()
             with self.device.turn():
                 logits = self.model(slices, self.cache, hooks=hooks)
+            forward = ThreadClock.now() - clock
             forward_end = time.perf_counter()
-            self.stats.forward_s += forward_end - start
-            self.stats.forward_cpu_s += time.thread_time() - start_cpu
+            self.stats.forward_s += forward.wall_s
+            self.stats.forward_cpu_s += forward.cpu_s
+            self.stats.forward_wait_s += forward.wait_s
             hooks.done()
             self.stats.pass_end_s += time.perf_counter() - forward_end
         except Exception as exc:  # a bug or a device error: fail the running prompts only
