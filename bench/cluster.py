@@ -190,10 +190,17 @@ class LocalCluster:
 
     def cpu_s_by_role(self) -> dict[str, float]:
         """CPU seconds used so far per role (``ROLES``; this process is ``BENCH_ROLE``)."""
-        used = {BENCH_ROLE: process_cpu_s(os.getpid())}
+        return self._by_role(process_cpu_s)
+
+    def wait_s_by_role(self) -> dict[str, float]:
+        """Seconds the threads of each role have waited on a run queue for a core so far."""
+        return self._by_role(process_wait_s)
+
+    def _by_role(self, clock: Callable[[int], float]) -> dict[str, float]:
+        used = {BENCH_ROLE: clock(os.getpid())}
         for child in self.children:
             role = ROLES.get(child.name, child.name)
-            used[role] = used.get(role, 0.0) + process_cpu_s(child.proc.pid)
+            used[role] = used.get(role, 0.0) + clock(child.proc.pid)
         return used
 
     def router_overrides(self) -> dict[str, str]:
@@ -274,6 +281,22 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
 
 
+def process_wait_s(pid: int) -> float:
+    """Seconds the threads of ``pid`` have waited on a run queue, runnable, for a core
+    (Linux scheduler statistics; 0 where the kernel keeps none)."""
+    waited_ns = 0
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in threads:
+        try:
+            waited_ns += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended, or no scheduler statistics
+    return waited_ns / 1e9
+
+
 def host_cpu_s() -> float:
     """CPU seconds every core has spent busy (or stolen by the hypervisor) since boot."""
     with open("/proc/stat") as stat:
@@ -313,6 +336,7 @@ class PolicyRun(NamedTuple):
     pulled_blocks: int  # blocks the policy chose to pull from the other node
     others_cpu_share: float  # of the cores, used by processes outside the bench meanwhile
     cpu_s: dict[str, float]  # CPU seconds each role of the cluster used during the replay
+    wait_s: dict[str, float]  # seconds each role's threads waited for a core meanwhile
     wall_s: float  # the replay's first send to its last answer
     counters: dict[str, float]  # the workers' own counters meanwhile (``worker_counters``)
 
@@ -322,10 +346,12 @@ def pooled(runs: Sequence[PolicyRun]) -> PolicyRun:
     host load averaged."""
     lookups: Counter[str] = Counter()
     cpu_s: Counter[str] = Counter()
+    wait_s: Counter[str] = Counter()
     counters: Counter[str] = Counter()
     for run in runs:
         lookups.update(run.lookups)
         cpu_s.update(run.cpu_s)
+        wait_s.update(run.wait_s)
         counters.update(run.counters)
     return PolicyRun(
         [o for run in runs for o in run.outcomes],
@@ -333,6 +359,7 @@ def pooled(runs: Sequence[PolicyRun]) -> PolicyRun:
         sum(run.pulled_blocks for run in runs),
         statistics.fmean(run.others_cpu_share for run in runs),
         dict(cpu_s),
+        dict(wait_s),
         sum(run.wall_s for run in runs),
         dict(counters),
     )
@@ -408,11 +435,22 @@ async def _drain(
     return first, ttft_s, tuple(b - a for a, b in itertools.pairwise(arrivals))
 
 
-async def fit_costs(cluster: LocalCluster, model: Path | None, path: Path) -> CostModel:
+class FittedCosts(NamedTuple):
+    costs: CostModel
+    side_share: float  # other processes' CPU per CPU second of the workers' own work
+
+
+async def fit_costs(cluster: LocalCluster, model: Path | None, path: Path) -> FittedCosts:
     """The router's cost model for this cluster, saved to ``path``; the stores are then
     flushed. Prefill and decode: the router's own profiling (``profile_costs``) of
     prefill worker 0. Transfer: measured here between the two nodes (with peer fetch
     off nothing moves between them: the profile's assumed link stays).
+
+    Side share: while profiling, the CPU seconds of everything else in the cluster (the
+    store nodes writing and serving blocks, Redis, the decode worker outside its steps:
+    receiving hand-offs, streaming; this process: the client) over the CPU seconds of the
+    work the cost model prices (the prefill workers, the decode worker's steps). The
+    simulator runs that share of each instance's work beside it (``engine.sim.host``).
 
     Why not ``profile_costs`` over both workers: it sends each pulling request right after
     the holder's first token, before the holder has published the blocks to the global
@@ -424,12 +462,14 @@ async def fit_costs(cluster: LocalCluster, model: Path | None, path: Path) -> Co
     pool = WorkerPool(cluster.prefill_addresses[:1], [cluster.decode_address])
     try:
         await pool.start()
+        counters, cpu_s = await worker_counters(cluster), cluster.cpu_s_by_role()
         costs = await profile_costs(
             pool,
             vocab_size=min(c.vocab_size, 256),
             max_context=c.max_position_embeddings,
             kv_bytes_per_token=c.num_layers * 2 * c.num_kv_heads * c.head_dim * 4,
         )
+        side_share = _side_share(cluster, cpu_s, counters, await worker_counters(cluster))
         ns_id = NamespaceId(pool.any_info().namespace_id)
     finally:
         await pool.close()
@@ -440,7 +480,20 @@ async def fit_costs(cluster: LocalCluster, model: Path | None, path: Path) -> Co
         costs = replace(costs, transfer_base_s=base_s, transfer_per_token_s=per_token_s)
     costs.save(path)
     await cluster.flush()
-    return costs
+    return FittedCosts(costs, side_share)
+
+
+def _side_share(
+    cluster: LocalCluster,
+    cpu_before: dict[str, float],
+    counters_before: dict[str, float],
+    counters_after: dict[str, float],
+) -> float:
+    """The side work's share since ``cpu_before`` (see ``fit_costs``)."""
+    used = {role: s - cpu_before.get(role, 0.0) for role, s in cluster.cpu_s_by_role().items()}
+    steps_s = counters_after["decode_step_cpu_s"] - counters_before["decode_step_cpu_s"]
+    own_s = used.get("prefill", 0.0) + steps_s
+    return max(0.0, sum(used.values()) - own_s) / own_s if own_s > 0 else 0.0
 
 
 async def _transfer_samples(
@@ -497,10 +550,12 @@ async def run_policy(
     try:
         counters = await worker_counters(cluster)
         start, host, ours = time.perf_counter(), host_cpu_s(), cluster.cpu_s_by_role()
+        waited = cluster.wait_s_by_role()
         outcomes = await replay(service.router, requests, prompts, advance)
         wall_s = time.perf_counter() - start
         used = cluster.cpu_s_by_role()
         cpu_s = {role: used[role] - ours.get(role, 0.0) for role in used}
+        wait_s = {role: s - waited.get(role, 0.0) for role, s in cluster.wait_s_by_role().items()}
         others_s = (host_cpu_s() - host) - sum(cpu_s.values())
         counters_after = await worker_counters(cluster)
         run = PolicyRun(
@@ -509,6 +564,7 @@ async def run_policy(
             service.router.counts["pulled_blocks"],
             max(0.0, others_s) / (wall_s * len(os.sched_getaffinity(0))),
             cpu_s,
+            wait_s,
             wall_s,
             {name: counters_after[name] - counters[name] for name in counters},
         )
@@ -518,13 +574,21 @@ async def run_policy(
     return run
 
 
-DECODE_COUNTERS = ("steps", "batched_tokens", "batched_context_tokens", "step_s", "step_cpu_s")
+DECODE_COUNTERS = (
+    "steps",
+    "batched_tokens",
+    "batched_context_tokens",
+    "step_s",
+    "step_cpu_s",
+    "step_wait_s",
+)
 PREFILL_COUNTERS = (
     "requests",
     "forward_passes",
     "admit_s",
     "forward_s",
     "forward_cpu_s",
+    "forward_wait_s",
     "pass_end_s",
     "finish_s",
 )

@@ -60,6 +60,7 @@ import numpy as np
 
 from bench.cluster import (
     ClusterSpec,
+    FittedCosts,
     LocalCluster,
     PolicyRun,
     TimedRequest,
@@ -223,12 +224,19 @@ def policy_figures(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, f
 
 def cpu_figures(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, float]:
     """Where the cores went during the replay: each role's mean cores in use
-    (``cpu_cores_<role>``: its CPU seconds over the replay's wall seconds), and the
+    (``cpu_cores_<role>``: its CPU seconds over the replay's wall seconds), the seconds
+    its threads waited on a run queue for a core per CPU second (``cpu_wait_over_cpu_<role>``:
+    how crowded the cores were when it had work), and the
     prefill workers' CPU seconds over the prefill seconds the fitted cost model predicts
     for the work they did (``prefill_cpu_over_fit``: above 1, the work itself costs more
     than the fit says; the rest of a slowdown is waiting for a core)."""
     figures = {
         f"cpu_cores_{role}_{policy}": cpu_s / run.wall_s for role, cpu_s in run.cpu_s.items()
+    }
+    figures |= {
+        f"cpu_wait_over_cpu_{role}_{policy}": run.wait_s.get(role, 0.0) / cpu_s
+        for role, cpu_s in run.cpu_s.items()
+        if cpu_s > 0
     }
     fitted_s = sum(
         costs.prefill_s(o.prompt_tokens - o.cached_tokens, o.cached_tokens) for o in run.outcomes
@@ -244,9 +252,12 @@ def worker_figures(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, f
     (``decode_step_cpu_ms``), the mean batch, and the step the fitted cost model predicts
     for the mean batch and context (``decode_step_fit_ms``): steps slower than the fit at
     equal CPU wait for a core; CPU above the fit, the step's work costs more than the
-    profile measured. Prefill: a prompt's mean milliseconds of the prefill thread in each
-    part (``prefill_<part>_ms``: admit, forward, pass end, finish; see ``PrefillStats``)
-    and the forward passes' CPU share of their wall time."""
+    profile measured; of a step's wall time, the decode thread waited on a run queue for
+    a core ``decode_step_wait_ms`` (the rest off a core it was blocked). Prefill: a
+    prompt's mean milliseconds of the prefill thread in each part (``prefill_<part>_ms``:
+    admit, forward, pass end, finish; see ``PrefillStats``) and the shares of the forward
+    passes' wall time the thread was on a core (``prefill_forward_cpu_share``) and waiting
+    for one (``prefill_forward_wait_share``)."""
     counters = run.counters
     figures: dict[str, float] = {}
     steps = counters.get("decode_steps", 0.0)
@@ -259,6 +270,7 @@ def worker_figures(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, f
             f"decode_mean_batch_{policy}": batch,
             f"decode_step_ms_{policy}": 1e3 * counters["decode_step_s"] / steps,
             f"decode_step_cpu_ms_{policy}": 1e3 * counters["decode_step_cpu_s"] / steps,
+            f"decode_step_wait_ms_{policy}": 1e3 * counters["decode_step_wait_s"] / steps,
             f"decode_step_fit_ms_{policy}": 1e3
             * (fit_s + costs.decode_per_context_token_s * context),
         }
@@ -267,9 +279,10 @@ def worker_figures(policy: str, run: PolicyRun, costs: CostModel) -> dict[str, f
         for part in ("admit", "forward", "pass_end", "finish"):
             figures[f"prefill_{part}_ms_{policy}"] = 1e3 * counters[f"prefill_{part}_s"] / prompts
         forward_s = counters["prefill_forward_s"]
-        figures[f"prefill_forward_cpu_share_{policy}"] = (
-            counters["prefill_forward_cpu_s"] / forward_s if forward_s else 0.0
-        )
+        for clock in ("cpu", "wait"):
+            figures[f"prefill_forward_{clock}_share_{policy}"] = (
+                counters[f"prefill_forward_{clock}_s"] / forward_s if forward_s else 0.0
+            )
     return figures
 
 
@@ -343,7 +356,7 @@ def end_to_end(config: EndToEndConfig, trace: Path | None, seed: int) -> EndToEn
                 repeats=config.repeats,
                 warmup=config.warmup_requests,
             )
-            runs, costs = asyncio.run(replay)
+            runs, (costs, side_share) = asyncio.run(replay)
             pinned = [cores for cores in cluster.pinned.values()]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -381,6 +394,7 @@ def end_to_end(config: EndToEndConfig, trace: Path | None, seed: int) -> EndToEn
         "decode_max_batch": ModelSection().max_batch,
         "between_policies": "same processes; stores flushed (DRAM + global index)",
         "cost_model": costs.to_dict(),
+        "host_side_share": round(side_share, 4),
         "predicted_prefill_ms_1k": round(costs.prefill_s(1024, 0) * 1e3, 1),
     }
     ttft_ms = {p: [o.ttft_s * 1e3 for o in run.outcomes] for p, run in runs.items()}
@@ -397,7 +411,7 @@ async def _run_policies(
     costs_path: Path,
     repeats: int,
     warmup: int,
-) -> tuple[dict[str, PolicyRun], CostModel]:
+) -> tuple[dict[str, PolicyRun], FittedCosts]:
     """Fit the cost model, warm the cluster up, then replay under each policy ``repeats``
     times (ABBA order); each policy's runs pooled.
 
@@ -406,7 +420,7 @@ async def _run_policies(
     touched for the first time, kernels prepared for new shapes), whichever policy it is.
     """
     console.print("profiling the cluster for the router's cost model ...")
-    costs = await fit_costs(cluster, model, costs_path)
+    fitted = await fit_costs(cluster, model, costs_path)
     if warmup > 0:
         console.print(f"warming up on the first {min(warmup, len(requests))} requests ...")
         warm_flags = {**flags, "router.policy": "round_robin", "router.cost_model": str(costs_path)}
@@ -419,7 +433,7 @@ async def _run_policies(
             advance = functools.partial(bar.advance, task)
             policy_flags = {**flags, "router.policy": policy, "router.cost_model": str(costs_path)}
             runs[policy].append(await run_policy(cluster, policy_flags, requests, prompts, advance))
-    return {p: pooled(rs) for p, rs in runs.items()}, costs
+    return {p: pooled(rs) for p, rs in runs.items()}, fitted
 
 
 def plot_ttft(

@@ -13,17 +13,20 @@ transfer cost as the link between nodes, the workers' own batch sizes (prefill p
 batched per pass as the prefill worker's scheduler does, the decode worker's
 ``max_batch``), every instance on one host of the run's
 ``host_cores`` cores (processor sharing, ``engine.sim.host``: the replay's workers are
-processes of one machine). Local reuse is free in the simulator because the fitted
+processes of one machine), with the side work the run measured while profiling
+(``host_side_share``: the store nodes, Redis, the client and the decode worker outside
+its steps, per CPU second of the workers' own work; each prefill pass and decode step
+brings that share beside it). Local reuse is free in the simulator because the fitted
 prefill cost already includes reading cached blocks from the node (it was profiled
 through the store).
 
 Each load is simulated twice: on the host's cores as described (``simulated``), and on
-what was left of them while each policy replayed (``simulated_busy_host``): the run's
-measured CPU of everything the simulator does not model taken away (``busy_cpu_share``:
-other processes, the store nodes, Redis, the router and load generator, and the decode
-worker's work outside its steps: landing hand-offs, streaming), measured, not fitted.
-The first is the simulator's error for the cluster it describes; the second says how
-much of that error the CPU it leaves out explains.
+what processes outside the cluster left of them while each policy replayed
+(``simulated_busy_host``: ``others_cpu_share``, measured, taken off the cores). The
+first is the simulator's error for the cluster it describes; the second says how much
+of that error the host's other load explains. Beside the profiled side share, each
+entry keeps the share the replay itself showed (``replay_side_share``, per policy), to
+say whether profiling saw the side work the replay did.
 
 Output: per load and policy, TTFT p50 and p90, decode ITL p50 and p90 (every interval
 between streamed tokens) and hit rate, measured and simulated, their errors (relative
@@ -63,8 +66,8 @@ GROUPS = ("measured", "simulated", "errors", "simulated_busy_host", "errors_busy
 
 def simulate(entry: dict[str, Any], *, busy_host: bool = False) -> dict[str, float]:
     """The simulator's figures for one stored load (see ``entry_for``): on the host's
-    cores as described, or (``busy_host``) on what the CPU the simulator does not model
-    left of them during each policy's replay (``busy_cpu_share``)."""
+    cores as described, or (``busy_host``) on what processes outside the cluster left of
+    them during each policy's replay (``others_cpu_share``)."""
     costs = CostModel.from_dict(entry["cost_model"])
     block_tokens = entry["block_tokens"]
     spec = local_spec(
@@ -74,6 +77,7 @@ def simulate(entry: dict[str, Any], *, busy_host: bool = False) -> dict[str, flo
         eviction=EvictionPolicyKind.PREFIX_LRU,  # the store's default, as in the replay
         host_cores=entry["host_cores"],
         pin_prefills=entry.get("pinned", False),
+        host_side_share=entry["side_share"],
         chunk_tokens=entry["prefill_chunk_tokens"],
         max_batch_tokens=entry["prefill_max_batch_tokens"],
         decode_max_batch=entry["decode_max_batch"],
@@ -83,8 +87,7 @@ def simulate(entry: dict[str, Any], *, busy_host: bool = False) -> dict[str, flo
     )
     figures: dict[str, float] = {}
     for policy in POLICIES:
-        shares = entry.get("busy_cpu_share", entry["others_cpu_share"])  # older entries
-        busy_share = shares[policy] if busy_host else 0.0
+        busy_share = entry["others_cpu_share"][policy] if busy_host else 0.0
         policy_spec = replace(spec, policy=policy, host_busy_share=busy_share)
         run = run_once(policy_spec, local_profile(costs), requests, None)
         for name in FIGURES:
@@ -126,8 +129,9 @@ def entry_for(measured: Path, trace: Path | None, seed: int) -> dict[str, Any]:
         "time_scale": settings.time_scale,
         "host_cores": config["host_cores"],
         "pinned": config["prefill_worker_cores"] != "not pinned",
+        "side_share": config["host_side_share"],
         "others_cpu_share": {p: results[f"others_cpu_share_{p}"] for p in POLICIES},
-        "busy_cpu_share": {p: busy_cpu_share(results, p, config["host_cores"]) for p in POLICIES},
+        "replay_side_share": {p: replay_side_share(results, p) for p in POLICIES},
         "prefill_chunk_tokens": config["prefill_chunk_tokens"],
         "prefill_max_batch_tokens": config["prefill_max_batch_tokens"],
         "decode_max_batch": config["decode_max_batch"],
@@ -141,20 +145,19 @@ def entry_for(measured: Path, trace: Path | None, seed: int) -> dict[str, Any]:
     }
 
 
-UNMODELLED_ROLES = ("store", "redis", "bench")  # bench.cluster's roles: whole processes
+SIDE_ROLES = ("store", "redis", "bench")  # bench.cluster's roles: whole processes
 
 
-def busy_cpu_share(results: dict[str, float], policy: str, host_cores: int) -> float:
-    """The share of the host's cores that what the simulator does not model used during
-    ``policy``'s replay: other processes, the store nodes, Redis, the bench process (the
-    router and the load generator), and the decode worker's CPU outside its steps."""
-    cores = results[f"others_cpu_share_{policy}"] * host_cores
-    cores += sum(results.get(f"cpu_cores_{role}_{policy}", 0.0) for role in UNMODELLED_ROLES)
-    steps_cpu_s = results[f"decode_steps_{policy}"] * results[f"decode_step_cpu_ms_{policy}"] / 1e3
-    cores += max(
-        0.0, results[f"cpu_cores_decode_{policy}"] - steps_cpu_s / results[f"wall_s_{policy}"]
-    )
-    return min(0.9, cores / host_cores)
+def replay_side_share(results: dict[str, float], policy: str) -> float:
+    """Side work during ``policy``'s replay, as ``bench.cluster.fit_costs`` measures it
+    while profiling: the store nodes', Redis's, the bench process's (the router and the
+    load generator) and the decode worker's CPU outside its steps, over the prefill
+    workers' CPU and the decode steps'."""
+    steps = results[f"decode_steps_{policy}"] * results[f"decode_step_cpu_ms_{policy}"] / 1e3
+    steps /= results[f"wall_s_{policy}"]  # cores, as the cpu_cores_* figures
+    side = sum(results.get(f"cpu_cores_{role}_{policy}", 0.0) for role in SIDE_ROLES)
+    side += max(0.0, results[f"cpu_cores_decode_{policy}"] - steps)
+    return side / (results[f"cpu_cores_prefill_{policy}"] + steps)
 
 
 def errors(measured: dict[str, float], simulated: dict[str, float]) -> dict[str, float]:
@@ -185,9 +188,21 @@ def error_part(paths: list[Path], trace: Path | None, seed: int) -> dict[str, fl
                 results[f"{group}_{key}_{tag}"] = value
     results |= error_spread(entries)
     REFERENCE.parent.mkdir(parents=True, exist_ok=True)
-    REFERENCE.write_text(json.dumps({"entries": entries}, indent=1) + "\n")
+    REFERENCE.write_text(_dumps(entries))
     _write_profile(entries)
     return results
+
+
+def _dumps(entries: list[dict[str, Any]]) -> str:
+    """The reference file: indented, but each request on one line (a slice is hundreds)."""
+    lines = ['{"entries": [']
+    for i, entry in enumerate(entries):
+        head = json.dumps({k: v for k, v in entry.items() if k != "requests"}, indent=1)
+        requests = ",\n  ".join(json.dumps(r, separators=(",", ":")) for r in entry["requests"])
+        comma = "," if i < len(entries) - 1 else ""
+        lines.append(f'{head[:-2]},\n "requests": [\n  {requests}\n ]\n}}{comma}')
+    lines.append("]}")
+    return "\n".join(lines) + "\n"
 
 
 def error_spread(entries: list[dict[str, Any]]) -> dict[str, float]:
@@ -234,14 +249,16 @@ def _write_profile(entries: list[dict[str, Any]]) -> None:
 def _uncertainty(entries: list[dict[str, Any]]) -> str:
     per_token = [e["cost_model"]["prefill_per_token_s"] * 1e3 for e in entries]
     busy = [share for e in entries for share in e["others_cpu_share"].values()]
-    left_out = [share for e in entries for share in e["busy_cpu_share"].values()]
+    side = [e["side_share"] for e in entries]
+    replay_side = [share for e in entries for share in e["replay_side_share"].values()]
     ttft = [v for e in entries for k, v in e["errors"].items() if k.startswith("ttft")]
     return (
         "fitted by the router's profiler at the start of each bench.router run on a shared"
         f" 2-core host: prefill {min(per_token):.3f}-{max(per_token):.3f} ms a token across"
-        f" the runs; during the replays other processes used {min(busy):.0%}-{max(busy):.0%}"
-        f" of the cores and what the simulator does not model (store nodes, router, the"
-        f" decode worker outside its steps, other processes) {min(left_out):.0%}-"
-        f"{max(left_out):.0%}, and the simulated TTFT p50/p90 was {min(ttft):+.0%} to"
-        f" {max(ttft):+.0%} off the measured (bench/reference/sim_error.json)"
+        f" the runs; side work (store nodes, Redis, client, decode worker outside its steps)"
+        f" {min(side):.2f}-{max(side):.2f} of the workers' CPU while profiling and"
+        f" {min(replay_side):.2f}-{max(replay_side):.2f} during the replays; other processes"
+        f" used {min(busy):.0%}-{max(busy):.0%} of the cores; the simulated TTFT p50/p90 was"
+        f" {min(ttft):+.0%} to {max(ttft):+.0%} off the measured"
+        " (bench/reference/sim_error.json)"
     )

@@ -19,10 +19,20 @@ takes an idle core if there is one, and a running thread is not migrated while t
 cores differ by a single thread. So an unpinned decode worker beside two pinned prefill
 workers that both compute gets half a core, not two thirds.
 
+Side work (``side_share``): the other processes of a local cluster work *because* the
+instances do (a prefill pass's layers are written to its store node, a finished prompt's
+KV is handed to the decode worker, tokens are streamed through the router). Each item
+started on the host brings ``side_share`` times its work as a second, unpinned item
+started with it (on the core with the fewest items); the item does not wait for it. On
+an idle host the side item takes the other core, so it costs the item nothing, which
+is how the profile measured it; on a crowded one it shares a core with someone's work.
+The share is measured (``bench.cluster.fit_costs``: the other processes' CPU over the
+workers' own while profiling), not fitted to a replay.
+
 Approximation: Linux's fair scheduler idealised: equal shares, no switching or cache
 cost, no thread uses more than one core (the workers run one torch thread each), and
-only the instances' own work competes (the store nodes, the router and anything else on
-the host are not modelled: their CPU is outside the profile).
+side work is the only other work that competes (anything else on the host is
+``host_busy_share``, taken off the cores' capacity).
 
 Mechanism: within a pool of cores (the whole host, or one core) every running item
 progresses at the same rate, so the one with the least work left finishes first; one
@@ -69,19 +79,30 @@ class Host:
     """``cores`` cores shared by every item started on it (see the module docstring); a
     fraction counts: what other processes leave of a busy host's cores. ``per_core``
     (> 0): that many cores, each with an equal part of ``cores``, each shared only by the
-    items on it."""
+    items on it. ``side_share``: the side work each item brings (see the module docstring)."""
 
-    def __init__(self, cores: float, events: EventQueue, *, per_core: int = 0) -> None:
+    def __init__(
+        self, cores: float, events: EventQueue, *, per_core: int = 0, side_share: float = 0.0
+    ) -> None:
         if cores <= 0:
             raise ValueError(f"a host has cores, got {cores}")
+        if side_share < 0:
+            raise ValueError(f"side work is a share >= 0, got {side_share}")
         self.cores = cores
         self.events = events
+        self.side_share = side_share
         count = max(1, per_core)
         self._pools = [_Pool(cores / count) for _ in range(count)]
 
     def run(self, work_s: float, on_done: Callable[[float], None], core: int | None = None) -> Work:
         """Start ``work_s`` core-seconds of work now, on ``core`` if pinned (per-core
-        hosts); ``on_done(wall_s)`` when it ends."""
+        hosts); ``on_done(wall_s)`` when it ends. Its side work starts with it."""
+        item = self._start(work_s, on_done, core)
+        if self.side_share and work_s > 0:
+            self._start(work_s * self.side_share, _ignore, None)
+        return item
+
+    def _start(self, work_s: float, on_done: Callable[[float], None], core: int | None) -> Work:
         if core is not None:
             pool = self._pools[core % len(self._pools)]
         else:
@@ -123,3 +144,7 @@ class Host:
         now = self.events.now
         for item in done:
             item.on_done(now - item.started_s)
+
+
+def _ignore(_wall_s: float) -> None:
+    """Side work's end: nothing waits for it."""

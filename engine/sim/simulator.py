@@ -19,8 +19,9 @@ chunked prefill; its store node is its local prefix cache; the policy picks the
 instance (its decode choice is ignored: a colocated request decodes where it prefilled).
 
 With ``host_cores`` every instance runs on one host of that many cores and their work
-shares them (``engine.sim.host``: a local cluster's processes on one machine), less the
-``host_busy_share`` other processes use; else each instance has hardware of its own.
+shares them (``engine.sim.host``: a local cluster's processes on one machine), with the
+side work of the other processes (``host_side_share``), less the ``host_busy_share``
+anything else uses; else each instance has hardware of its own.
 
 The router sees: each instance's leading cached blocks (exact, from the directory),
 ``queued_s`` (predicted queued prefill work) and, per decode instance, running
@@ -96,7 +97,11 @@ class Simulator:
         colocated = spec.layout is Layout.COLOCATED
         free_cores = spec.host_cores * (1 - spec.host_busy_share)
         per_core = spec.host_cores if spec.host_pin_prefills else 0
-        host = Host(free_cores, self.events, per_core=per_core) if spec.host_cores else None
+        host = (
+            Host(free_cores, self.events, per_core=per_core, side_share=spec.host_side_share)
+            if spec.host_cores
+            else None
+        )
         if colocated:
             nodes = [f"colocated-{i}" for i in range(spec.num_colocated)]
         else:

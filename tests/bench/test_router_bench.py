@@ -78,6 +78,14 @@ def test_end_to_end_on_a_tiny_cluster(tmp_path: Path) -> None:
         assert 0 < results[f"prefill_compute_p50_ms_{policy}"] < results[f"ttft_p90_ms_{policy}"]
         assert results[f"prefill_queue_p50_ms_{policy}"] >= 0
         assert results[f"outside_prefill_p50_ms_{policy}"] > 0
+        # a forward pass's wall time: on a core, waiting for one, or blocked
+        on_core = results[f"prefill_forward_cpu_share_{policy}"]
+        waiting = results[f"prefill_forward_wait_share_{policy}"]
+        assert 0 < on_core and 0 <= waiting and on_core + waiting <= 1.01
+        assert 0 <= results[f"decode_step_wait_ms_{policy}"] <= results[f"decode_step_ms_{policy}"]
+        assert results[f"cpu_wait_over_cpu_prefill_{policy}"] >= 0
+    # while profiling, the store nodes wrote blocks and the decode worker took hand-offs
+    assert payload["config"]["host_side_share"] > 0
     assert set(payload["targets_met"]) == {
         "ttft_p90_headroom",
         "local_hit_rate_cache_aware",

@@ -2,7 +2,8 @@
 
 ``bench/reference/sim_error.json`` holds, per offered load, a trace slice replayed on the
 real local cluster (``bench.router --part e2e``): the requests, the cost model the run
-fitted, the host's cores and the share other processes used, and the measured TTFT
+fitted and the side work it measured while profiling, the host's cores and the share
+other processes used, and the measured TTFT
 p50/p90, ITL p50/p90 and hit rate per policy, beside what the simulator gave then (on
 the host as described, and on what the other processes left of it). Replaying the slice
 through the simulator must give the recorded figures (within 2% / 0.005), so a change

@@ -89,3 +89,29 @@ def test_an_unpinned_item_takes_an_idle_core_and_a_share_counts_per_core() -> No
     events.at(0.0, lambda: host.run(0.4, lambda w: ends.__setitem__("anywhere", w)))
     events.run()
     assert ends == {"pinned": pytest.approx(1.0), "anywhere": pytest.approx(0.5)}
+
+
+def test_side_work_is_free_beside_an_idle_core_and_slows_a_crowded_host() -> None:
+    """Each item brings a quarter of its work as side work (its store node, its RPCs):
+    alone, that runs on the idle core and the item ends on its own time, as when it was
+    profiled; with both cores busy, each side item shares a core with the other worker."""
+    walls: dict[str, float] = {}
+
+    def run(pinned: list[int]) -> dict[str, float]:
+        events = EventQueue()
+        host = Host(2, events, per_core=2, side_share=0.25)
+        walls.clear()
+        for core in pinned:
+            events.at(0.0, lambda c=core: host.run(1.0, lambda w: walls.__setitem__(c, w), c))
+        events.run()
+        return dict(walls)
+
+    assert run([0]) == {0: pytest.approx(1.0)}
+    # core 0: worker 0 and worker 1's side item, core 1 the reverse: the side items'
+    # 0.25 take 0.5 s at half speed, then the workers' 0.75 left run alone
+    assert run([0, 1]) == {0: pytest.approx(1.25), 1: pytest.approx(1.25)}
+
+
+def test_side_work_is_a_share() -> None:
+    with pytest.raises(ValueError, match="share >= 0"):
+        Host(2, EventQueue(), side_share=-0.1)
