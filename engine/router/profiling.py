@@ -8,12 +8,16 @@ prefill worker:
   (uncached tokens, cached tokens, seconds), each the median of ``PREFILL_REPEATS``
   prompts, after two unmeasured ones (a fresh worker's first passes of a shape are
   slower; with one prompt a length, two fits on a quiet host differed 2x in the base);
-- decode: batches of requests generating together (1 to 16, as the decode worker's
-  batch and cache allow), each sample read from the decode worker's own step counters
-  (``DecodeStats``) before and after: the batch it actually ran per step, its context
-  tokens and its seconds per step (requests sent together do not all decode together:
-  each waits for its prefill, so a sample labelled with the number sent would put a
-  bigger batch's step time on a smaller batch);
+- decode: batches of requests generating together (1 to 16, short and long prompts, as
+  the decode worker's batch and cache allow), each sample read from the decode worker's
+  own step counters (``DecodeStats``) over ``DECODE_STEPS`` steps once every request of
+  the batch has its first token, after which the requests are cancelled: the batch it
+  ran per step, its context tokens and its seconds per step. Requests sent together do
+  not start decoding together (each waits for its own prefill, one after another on the
+  prefill worker), so a window from the first request on would put a ramp of small
+  batches under the label of a big one, and a batch of long prompts would never decode
+  together at all: 16 requests of 1,024 tokens averaged about 2 sequences a step. The
+  samples cover the batches and contexts a loaded decode worker runs;
 - transfer: with prefill workers on two different store nodes, the time to first token
   of a prompt cached on the other node only, less its predicted prefill: samples of
   (tokens, seconds). With one node, an assumed 1 GB/s link (``ASSUMED_LINK_BPS``).
@@ -39,6 +43,7 @@ import logging
 import random
 import statistics
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -166,7 +171,8 @@ async def _profile(
     decode_samples = []
     for batch, length in decode_shapes(longest, cache_tokens, max(1, decode.info.max_batch)):
         prompts = [prompt(length) for _ in range(batch)]
-        decode_samples.append(await decode_sample(decode, first, prompts, metadata))
+        max_tokens = min(cache_tokens // 2 // batch, max_context) - length
+        decode_samples.append(await decode_sample(decode, first, prompts, metadata, max_tokens))
 
     transfer_samples = _assumed_transfer(kv_bytes_per_token)
     prefill_only = CostModel.fit(prefill_samples, transfer_samples, decode_samples)
@@ -207,18 +213,27 @@ async def _ttft(
     raise RuntimeError(f"decode worker {decode.id} sent nothing")
 
 
-DECODE_STEPS = 32  # tokens each profiling request generates
+DECODE_STEPS = 32  # steps a decode sample times, with every request of it decoding
 
 
 def decode_shapes(longest: int, cache_tokens: int, max_batch: int) -> list[tuple[int, int]]:
     """(requests, prompt tokens) of the decode samples: batches of 1 to 16 within the
-    decode worker's ``max_batch``, contexts varied, each batch's prompts and outputs
-    within half the smallest cache."""
-    shapes = [(1, 32), (2, longest // 2), (4, longest // 8), (8, 32), (16, 32)]
+    decode worker's ``max_batch``, short and long contexts, each batch's prompts and
+    their tokens within half the smallest cache."""
+    shapes = [
+        (1, 32),
+        (2, longest // 2),
+        (4, longest // 8),
+        (8, 32),
+        (16, 32),
+        (4, longest),
+        (8, longest // 2),
+        (16, longest),
+    ]
     return [
         (batch, length)
         for batch, length in shapes
-        if batch <= max_batch and batch * (length + DECODE_STEPS) <= cache_tokens // 2
+        if batch <= max_batch and batch * (length + 2 * DECODE_STEPS) <= cache_tokens // 2
     ]
 
 
@@ -227,25 +242,56 @@ async def decode_sample(
     prefill: Worker,
     prompts: list[list[int]],
     metadata: tuple[tuple[str, str], ...],
+    max_tokens: int = 4 * DECODE_STEPS,
 ) -> tuple[float, float, float]:
     """``prompts`` generating together: the decode worker's mean batch per step, mean
-    context tokens per step and mean seconds per step meanwhile, by its own counters."""
+    context tokens per step and mean seconds per step, by its own counters, from the
+    moment every request has its first token until each has ``DECODE_STEPS`` more (or
+    has ended: at ``max_tokens``, up to which each may generate while the others wait for
+    their prefills); then the requests still running are cancelled."""
     stub = engine_pb2_grpc.DecodeServiceStub(decode.channel)
-    params = params_to_pb(SamplingParams(temperature=0, max_tokens=DECODE_STEPS, ignore_eos=True))
+    params = params_to_pb(
+        SamplingParams(temperature=0, max_tokens=max(max_tokens, 1), ignore_eos=True)
+    )
+    tokens = [0] * len(prompts)  # streamed so far, per request
+    ended = [False] * len(prompts)
+    progress = asyncio.Event()  # a token or an end since the last look
 
-    async def one(tokens: list[int]) -> None:
+    async def one(i: int, prompt: list[int]) -> None:
         request = engine_pb2.GenerateRequest(
-            prompt_token_ids=tokens,
+            prompt_token_ids=prompt,
             sampling=params,
             prefill_address=prefill.address,
             profiling=True,
         )
-        async for _ in stub.Generate(request, metadata=metadata):
-            pass
+        try:
+            async for _ in stub.Generate(request, metadata=metadata):
+                tokens[i] += 1
+                progress.set()
+        finally:
+            ended[i] = True
+            progress.set()
 
-    before = await _step_counters(stub, metadata)
-    await asyncio.gather(*(one(p) for p in prompts))
-    after = await _step_counters(stub, metadata)
+    async def until(done: Callable[[int], bool]) -> None:
+        while not all(ended[i] or done(i) for i in range(len(prompts))):
+            for task in tasks:  # a failed request fails the sample
+                failure = task.exception() if task.done() and not task.cancelled() else None
+                if failure is not None:
+                    raise failure
+            progress.clear()
+            await progress.wait()
+
+    tasks = [asyncio.create_task(one(i, p)) for i, p in enumerate(prompts)]
+    try:
+        await until(lambda i: tokens[i] > 0)
+        before = await _step_counters(stub, metadata)
+        start = list(tokens)
+        await until(lambda i: tokens[i] - start[i] >= DECODE_STEPS)
+        after = await _step_counters(stub, metadata)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     steps = after["steps"] - before["steps"]
     if steps <= 0:
         raise ProfilingError(f"decode worker {decode.id} counted no steps while profiling")
