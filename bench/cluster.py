@@ -435,9 +435,17 @@ async def _drain(
     return first, ttft_s, tuple(b - a for a, b in itertools.pairwise(arrivals))
 
 
+class SideWork(NamedTuple):
+    """The CPU seconds everything else in the cluster spends per CPU second of the work
+    the cost model prices (see ``side_work``)."""
+
+    prefill: float  # per CPU second of the prefill workers
+    decode: float  # per CPU second of the decode worker's steps
+
+
 class FittedCosts(NamedTuple):
     costs: CostModel
-    side_share: float  # other processes' CPU per CPU second of the workers' own work
+    side: SideWork
 
 
 async def fit_costs(cluster: LocalCluster, model: Path | None, path: Path) -> FittedCosts:
@@ -446,11 +454,7 @@ async def fit_costs(cluster: LocalCluster, model: Path | None, path: Path) -> Fi
     prefill worker 0. Transfer: measured here between the two nodes (with peer fetch
     off nothing moves between them: the profile's assumed link stays).
 
-    Side share: while profiling, the CPU seconds of everything else in the cluster (the
-    store nodes writing and serving blocks, Redis, the decode worker outside its steps:
-    receiving hand-offs, streaming; this process: the client) over the CPU seconds of the
-    work the cost model prices (the prefill workers, the decode worker's steps). The
-    simulator runs that share of each instance's work beside it (``engine.sim.host``).
+    Side work: measured after profiling by ``side_work``.
 
     Why not ``profile_costs`` over both workers: it sends each pulling request right after
     the holder's first token, before the holder has published the blocks to the global
@@ -462,14 +466,12 @@ async def fit_costs(cluster: LocalCluster, model: Path | None, path: Path) -> Fi
     pool = WorkerPool(cluster.prefill_addresses[:1], [cluster.decode_address])
     try:
         await pool.start()
-        counters, cpu_s = await worker_counters(cluster), cluster.cpu_s_by_role()
         costs = await profile_costs(
             pool,
             vocab_size=min(c.vocab_size, 256),
             max_context=c.max_position_embeddings,
             kv_bytes_per_token=c.num_layers * 2 * c.num_kv_heads * c.head_dim * 4,
         )
-        side_share = _side_share(cluster, cpu_s, counters, await worker_counters(cluster))
         ns_id = NamespaceId(pool.any_info().namespace_id)
     finally:
         await pool.close()
@@ -478,22 +480,54 @@ async def fit_costs(cluster: LocalCluster, model: Path | None, path: Path) -> Fi
         samples = await _transfer_samples(cluster, ns_id, costs, longest)
         base_s, per_token_s = _line(samples)
         costs = replace(costs, transfer_base_s=base_s, transfer_per_token_s=per_token_s)
+    side = await side_work(cluster)
     costs.save(path)
     await cluster.flush()
-    return FittedCosts(costs, side_share)
+    return FittedCosts(costs, side)
 
 
-def _side_share(
-    cluster: LocalCluster,
-    cpu_before: dict[str, float],
-    counters_before: dict[str, float],
-    counters_after: dict[str, float],
-) -> float:
-    """The side work's share since ``cpu_before`` (see ``fit_costs``)."""
-    used = {role: s - cpu_before.get(role, 0.0) for role, s in cluster.cpu_s_by_role().items()}
-    steps_s = counters_after["decode_step_cpu_s"] - counters_before["decode_step_cpu_s"]
-    own_s = used.get("prefill", 0.0) + steps_s
-    return max(0.0, sum(used.values()) - own_s) / own_s if own_s > 0 else 0.0
+SIDE_PROMPTS = ((6, 512, 1), (8, 256, 64))  # (prompts, tokens, max_tokens) per phase
+
+
+async def side_work(cluster: LocalCluster) -> SideWork:
+    """What the rest of the cluster does for the workers' work, on an idle cluster: the
+    store nodes (writing a prompt's blocks, serving lookups), Redis, the decode worker
+    outside its steps (taking hand-offs, streaming tokens) and this process (the client),
+    in CPU seconds per CPU second of the prefill workers and of the decode steps.
+
+    Two phases through prefill worker 0: prompts one at a time for one token each (a
+    prefill and its hand-off, no decode step), then prompts generating together. Each
+    phase's side CPU is ``prefill_share * prefill CPU + decode_share * step CPU``; the two
+    phases give the two shares (negative solutions are 0). The prompts' blocks stay in the
+    store for the caller to flush."""
+    rng = random.Random(1)
+    phases = []
+    async with DecodeClient(cluster.decode_address) as client:
+        for count, length, max_tokens in SIDE_PROMPTS:
+            params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+            prompts = [[rng.randrange(3, 256) for _ in range(length)] for _ in range(count)]
+
+            async def one(tokens: list[int], params: SamplingParams = params) -> None:
+                address = cluster.prefill_addresses[0]
+                async for _ in client.generate(tokens, params, prefill_address=address):
+                    pass
+
+            before, cpu_s = await worker_counters(cluster), cluster.cpu_s_by_role()
+            if max_tokens == 1:
+                for tokens in prompts:
+                    await one(tokens)
+            else:
+                await asyncio.gather(*(one(tokens) for tokens in prompts))
+            used = {role: s - cpu_s.get(role, 0.0) for role, s in cluster.cpu_s_by_role().items()}
+            after = await worker_counters(cluster)
+            steps_s = after["decode_step_cpu_s"] - before["decode_step_cpu_s"]
+            prefill_s = used.get("prefill", 0.0)
+            phases.append((prefill_s, steps_s, sum(used.values()) - prefill_s - steps_s))
+    (p1, d1, o1), (p2, d2, o2) = phases
+    det = p1 * d2 - p2 * d1
+    if det <= 0:
+        raise RuntimeError(f"side work phases cannot be told apart: {phases}")
+    return SideWork(max(0.0, (o1 * d2 - o2 * d1) / det), max(0.0, (p1 * o2 - p2 * o1) / det))
 
 
 async def _transfer_samples(

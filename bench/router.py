@@ -356,7 +356,7 @@ def end_to_end(config: EndToEndConfig, trace: Path | None, seed: int) -> EndToEn
                 repeats=config.repeats,
                 warmup=config.warmup_requests,
             )
-            runs, (costs, side_share) = asyncio.run(replay)
+            runs, (costs, side) = asyncio.run(replay)
             pinned = [cores for cores in cluster.pinned.values()]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -394,7 +394,8 @@ def end_to_end(config: EndToEndConfig, trace: Path | None, seed: int) -> EndToEn
         "decode_max_batch": ModelSection().max_batch,
         "between_policies": "same processes; stores flushed (DRAM + global index)",
         "cost_model": costs.to_dict(),
-        "host_side_share": round(side_share, 4),
+        "host_prefill_side_share": round(side.prefill, 4),
+        "host_decode_side_share": round(side.decode, 4),
         "predicted_prefill_ms_1k": round(costs.prefill_s(1024, 0) * 1e3, 1),
     }
     ttft_ms = {p: [o.ttft_s * 1e3 for o in run.outcomes] for p, run in runs.items()}

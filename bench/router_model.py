@@ -83,7 +83,7 @@ def local_spec(
     eviction: EvictionPolicyKind = EvictionPolicyKind.LRU,
     host_cores: int = 0,
     host_busy_share: float = 0.0,
-    host_side_share: float = 0.0,
+    side: tuple[float, float] = (0.0, 0.0),
     pin_prefills: bool = False,
     chunk_tokens: int = 512,
     max_batch_tokens: int = 0,
@@ -93,8 +93,9 @@ def local_spec(
     node of ``capacity_blocks`` DRAM blocks (reuse from it is free: the fitted prefill
     cost includes reading the cached blocks), linked by the fitted transfer cost. With
     ``host_cores``, every instance shares one host of that many cores (the local
-    cluster's processes on this machine), with ``host_side_share`` of each instance's
-    work beside it (the other processes' side work), less ``host_busy_share`` of them
+    cluster's processes on this machine), with the other processes' side work beside
+    each prefill pass and decode step (``side``: their CPU per CPU second of each, as
+    ``bench.cluster.side_work`` measures it), less ``host_busy_share`` of them
     that other processes used; 0: the ideal cluster, no contention; ``pin_prefills``: prefill
     instance i on core i as the replay pins its workers (the decode worker anywhere). With
     ``max_batch_tokens``, a prefill instance batches prompts as the bundled prefill
@@ -105,7 +106,8 @@ def local_spec(
         layout=Layout.DISAGGREGATED,
         host_cores=host_cores,
         host_busy_share=host_busy_share,
-        host_side_share=host_side_share,
+        host_prefill_side_share=side[0],
+        host_decode_side_share=side[1],
         host_pin_prefills=pin_prefills,
         num_prefill=num_prefills,
         num_decode=1,

@@ -11,14 +11,14 @@ with its own store node (DRAM only, the run's ``store_bytes_per_node``, prefix-a
 as the real store), peer fetch on, one decode instance, the run's cost model, its fitted
 transfer cost as the link between nodes, the workers' own batch sizes (prefill prompts
 batched per pass as the prefill worker's scheduler does, the decode worker's
-``max_batch``), every instance on one host of the run's
-``host_cores`` cores (processor sharing, ``engine.sim.host``: the replay's workers are
-processes of one machine), with the side work the run measured while profiling
-(``host_side_share``: the store nodes, Redis, the client and the decode worker outside
-its steps, per CPU second of the workers' own work; each prefill pass and decode step
-brings that share beside it). Local reuse is free in the simulator because the fitted
-prefill cost already includes reading cached blocks from the node (it was profiled
-through the store).
+``max_batch``), every instance on one host of the run's ``host_cores`` cores
+(processor sharing, ``engine.sim.host``: the replay's workers are processes of one
+machine), with the side work the run measured on the idle cluster before replaying
+(``bench.cluster.side_work``: the CPU of the store nodes, Redis, the client and the
+decode worker outside its steps, per CPU second of prefill and per CPU second of decode
+steps; each prefill pass and decode step brings its share beside it). Local reuse is
+free in the simulator because the fitted prefill cost already includes reading cached
+blocks from the node (it was profiled through the store).
 
 Each load is simulated twice: on the host's cores as described (``simulated``), and on
 what processes outside the cluster left of them while each policy replayed
@@ -77,7 +77,7 @@ def simulate(entry: dict[str, Any], *, busy_host: bool = False) -> dict[str, flo
         eviction=EvictionPolicyKind.PREFIX_LRU,  # the store's default, as in the replay
         host_cores=entry["host_cores"],
         pin_prefills=entry.get("pinned", False),
-        host_side_share=entry["side_share"],
+        side=(entry["side_share"]["prefill"], entry["side_share"]["decode"]),
         chunk_tokens=entry["prefill_chunk_tokens"],
         max_batch_tokens=entry["prefill_max_batch_tokens"],
         decode_max_batch=entry["decode_max_batch"],
@@ -129,7 +129,10 @@ def entry_for(measured: Path, trace: Path | None, seed: int) -> dict[str, Any]:
         "time_scale": settings.time_scale,
         "host_cores": config["host_cores"],
         "pinned": config["prefill_worker_cores"] != "not pinned",
-        "side_share": config["host_side_share"],
+        "side_share": {
+            "prefill": config["host_prefill_side_share"],
+            "decode": config["host_decode_side_share"],
+        },
         "others_cpu_share": {p: results[f"others_cpu_share_{p}"] for p in POLICIES},
         "replay_side_share": {p: replay_side_share(results, p) for p in POLICIES},
         "prefill_chunk_tokens": config["prefill_chunk_tokens"],
@@ -149,10 +152,10 @@ SIDE_ROLES = ("store", "redis", "bench")  # bench.cluster's roles: whole process
 
 
 def replay_side_share(results: dict[str, float], policy: str) -> float:
-    """Side work during ``policy``'s replay, as ``bench.cluster.fit_costs`` measures it
-    while profiling: the store nodes', Redis's, the bench process's (the router and the
-    load generator) and the decode worker's CPU outside its steps, over the prefill
-    workers' CPU and the decode steps'."""
+    """Side work during ``policy``'s replay: the store nodes', Redis's, the bench
+    process's (the router and the load generator) and the decode worker's CPU outside its
+    steps, over the prefill workers' CPU and the decode steps' together (what the
+    profiled shares would give at the replay's mix of the two)."""
     steps = results[f"decode_steps_{policy}"] * results[f"decode_step_cpu_ms_{policy}"] / 1e3
     steps /= results[f"wall_s_{policy}"]  # cores, as the cpu_cores_* figures
     side = sum(results.get(f"cpu_cores_{role}_{policy}", 0.0) for role in SIDE_ROLES)
@@ -249,16 +252,21 @@ def _write_profile(entries: list[dict[str, Any]]) -> None:
 def _uncertainty(entries: list[dict[str, Any]]) -> str:
     per_token = [e["cost_model"]["prefill_per_token_s"] * 1e3 for e in entries]
     busy = [share for e in entries for share in e["others_cpu_share"].values()]
-    side = [e["side_share"] for e in entries]
+    prefill_side = [e["side_share"]["prefill"] for e in entries]
+    decode_side = [e["side_share"]["decode"] for e in entries]
     replay_side = [share for e in entries for share in e["replay_side_share"].values()]
     ttft = [v for e in entries for k, v in e["errors"].items() if k.startswith("ttft")]
     return (
         "fitted by the router's profiler at the start of each bench.router run on a shared"
         f" 2-core host: prefill {min(per_token):.3f}-{max(per_token):.3f} ms a token across"
         f" the runs; side work (store nodes, Redis, client, decode worker outside its steps)"
-        f" {min(side):.2f}-{max(side):.2f} of the workers' CPU while profiling and"
-        f" {min(replay_side):.2f}-{max(replay_side):.2f} during the replays; other processes"
-        f" used {min(busy):.0%}-{max(busy):.0%} of the cores; the simulated TTFT p50/p90 was"
+        f" {min(prefill_side):.2f}-{max(prefill_side):.2f} CPU seconds per second of prefill"
+        f" and {min(decode_side):.2f}-{max(decode_side):.2f} per second of decode steps on"
+        " the idle cluster (set host_prefill_side_share and host_decode_side_share with"
+        " host_cores), and"
+        f" {min(replay_side):.2f}-{max(replay_side):.2f} of both during the replays; other"
+        f" processes used {min(busy):.0%}-{max(busy):.0%} of the cores; the simulated TTFT"
+        " p50/p90 was"
         f" {min(ttft):+.0%} to {max(ttft):+.0%} off the measured"
         " (bench/reference/sim_error.json)"
     )

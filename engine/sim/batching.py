@@ -88,9 +88,11 @@ class BatchInstance:
         kv_capacity_tokens: int,
         chunk_tokens: int,
         host: Host | None = None,
+        side_share: float = 0.0,
     ) -> None:
         self.name = name
         self.host = host
+        self.side_share = side_share  # on a host: other processes' work per second of a step
         self.events = events
         self.costs = costs
         self.max_batch = max_batch
@@ -196,7 +198,8 @@ class BatchInstance:
         def end(wall_s: float) -> None:
             self._end_steps(epoch, [wall_s], chunks)
 
-        host.run(self._step_s(chunks), end)
+        work_s = self._step_s(chunks)
+        host.run(work_s, end, side_s=work_s * self.side_share)
 
     def _cut_run(self) -> None:
         """A sequence arrived during a decode-only run: end the run at the next step

@@ -17,9 +17,10 @@ One TOML file, shaped like a real cluster's config where they overlap (``[store]
     host_pin_prefills = false       # prefill instance i on core i (mod host_cores), the
                                     # others on whichever core has fewest items; each core
                                     # shared by its own (as bench.router pins its workers)
-    host_side_share = 0.0           # CPU the host's other processes (store nodes, RPCs,
-                                    # the router) spend per core-second of an instance's
-                                    # work, run beside it on any core (measured)
+    host_prefill_side_share = 0.0   # CPU the host's other processes (store nodes, RPCs,
+                                    # the router) spend per core-second of a prefill pass,
+                                    # run beside it on any core (measured)
+    host_decode_side_share = 0.0    # the same per core-second of a batching step
 
     [store]
     block_tokens = 512              # tokens per block (the trace's block size)
@@ -91,7 +92,8 @@ class ClusterSpec:
     host_cores: int = 0
     host_busy_share: float = 0.0
     host_pin_prefills: bool = False
-    host_side_share: float = 0.0
+    host_prefill_side_share: float = 0.0
+    host_decode_side_share: float = 0.0
     block_tokens: int = 512
     eviction_policy: EvictionPolicyKind = EvictionPolicyKind.PREFIX_LRU
     shared: bool = True
@@ -143,7 +145,8 @@ _SECTIONS: dict[str, dict[str, str]] = {  # TOML section -> key -> ClusterSpec f
             "host_cores",
             "host_busy_share",
             "host_pin_prefills",
-            "host_side_share",
+            "host_prefill_side_share",
+            "host_decode_side_share",
         )
     },
     "store": {k: k for k in ("block_tokens", "eviction_policy", "shared", "promotion_min_hits")},

@@ -19,15 +19,16 @@ takes an idle core if there is one, and a running thread is not migrated while t
 cores differ by a single thread. So an unpinned decode worker beside two pinned prefill
 workers that both compute gets half a core, not two thirds.
 
-Side work (``side_share``): the other processes of a local cluster work *because* the
-instances do (a prefill pass's layers are written to its store node, a finished prompt's
-KV is handed to the decode worker, tokens are streamed through the router). Each item
-started on the host brings ``side_share`` times its work as a second, unpinned item
-started with it (on the core with the fewest items); the item does not wait for it. On
-an idle host the side item takes the other core, so it costs the item nothing, which
-is how the profile measured it; on a crowded one it shares a core with someone's work.
-The share is measured (``bench.cluster.fit_costs``: the other processes' CPU over the
-workers' own while profiling), not fitted to a replay.
+Side work (``run(..., side_s=...)``): the other processes of a local cluster work
+*because* the instances do (a prefill pass's layers are written to its store node, a
+finished prompt's KV is handed to the decode worker, tokens are streamed through the
+router). An item may bring such work as a second, unpinned item started with it (on the
+core with the fewest items); the item does not wait for it. On an idle host the side
+item takes the other core, so it costs the item nothing, which is how the profile
+measured it; on a crowded one it shares a core with someone's work. The instances size
+it as a share of their work, measured per kind of work (``bench.cluster.side_work``:
+the other processes' CPU per CPU second of prefill, and of decode steps, on an idle
+cluster), not fitted to a replay.
 
 Approximation: Linux's fair scheduler idealised: equal shares, no switching or cache
 cost, no thread uses more than one core (the workers run one torch thread each), and
@@ -79,27 +80,30 @@ class Host:
     """``cores`` cores shared by every item started on it (see the module docstring); a
     fraction counts: what other processes leave of a busy host's cores. ``per_core``
     (> 0): that many cores, each with an equal part of ``cores``, each shared only by the
-    items on it. ``side_share``: the side work each item brings (see the module docstring)."""
+    items on it."""
 
-    def __init__(
-        self, cores: float, events: EventQueue, *, per_core: int = 0, side_share: float = 0.0
-    ) -> None:
+    def __init__(self, cores: float, events: EventQueue, *, per_core: int = 0) -> None:
         if cores <= 0:
             raise ValueError(f"a host has cores, got {cores}")
-        if side_share < 0:
-            raise ValueError(f"side work is a share >= 0, got {side_share}")
         self.cores = cores
         self.events = events
-        self.side_share = side_share
         count = max(1, per_core)
         self._pools = [_Pool(cores / count) for _ in range(count)]
 
-    def run(self, work_s: float, on_done: Callable[[float], None], core: int | None = None) -> Work:
+    def run(
+        self,
+        work_s: float,
+        on_done: Callable[[float], None],
+        core: int | None = None,
+        *,
+        side_s: float = 0.0,
+    ) -> Work:
         """Start ``work_s`` core-seconds of work now, on ``core`` if pinned (per-core
-        hosts); ``on_done(wall_s)`` when it ends. Its side work starts with it."""
+        hosts); ``on_done(wall_s)`` when it ends. ``side_s`` core-seconds of side work
+        start with it, on any core, and nothing waits for them."""
         item = self._start(work_s, on_done, core)
-        if self.side_share and work_s > 0:
-            self._start(work_s * self.side_share, _ignore, None)
+        if side_s > 0:
+            self._start(side_s, _ignore, None)
         return item
 
     def _start(self, work_s: float, on_done: Callable[[float], None], core: int | None) -> Work:

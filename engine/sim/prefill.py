@@ -75,6 +75,7 @@ class PrefillInstance:
         max_batch_tokens: int = 0,
         host: Host | None = None,
         core: int | None = None,
+        side_share: float = 0.0,
     ) -> None:
         if max_batch_tokens and chunk_tokens < 1:
             raise ValueError("batched prefill needs chunk_tokens >= 1")
@@ -85,6 +86,7 @@ class PrefillInstance:
         self.max_batch_tokens = max_batch_tokens
         self.host = host
         self.core = core  # the host's core it is pinned to, if any
+        self.side_share = side_share  # on a host: other processes' work per second of a pass
         self.queue: deque[PrefillJob] = deque()
         self.running: list[_Prompt] = []
         self.busy_s = 0.0
@@ -123,7 +125,10 @@ class PrefillInstance:
         )
         if self.host is not None:
             self._work = self.host.run(
-                seconds, lambda wall_s: self._end_pass(chunks, wall_s), self.core
+                seconds,
+                lambda wall_s: self._end_pass(chunks, wall_s),
+                self.core,
+                side_s=seconds * self.side_share,
             )
             return
         self._pass_until = self.events.now + seconds

@@ -20,8 +20,9 @@ instance (its decode choice is ignored: a colocated request decodes where it pre
 
 With ``host_cores`` every instance runs on one host of that many cores and their work
 shares them (``engine.sim.host``: a local cluster's processes on one machine), with the
-side work of the other processes (``host_side_share``), less the ``host_busy_share``
-anything else uses; else each instance has hardware of its own.
+side work of the other processes (``host_prefill_side_share`` per second of a prefill
+pass, ``host_decode_side_share`` per second of a batching step), less the
+``host_busy_share`` anything else uses; else each instance has hardware of its own.
 
 The router sees: each instance's leading cached blocks (exact, from the directory),
 ``queued_s`` (predicted queued prefill work) and, per decode instance, running
@@ -97,11 +98,7 @@ class Simulator:
         colocated = spec.layout is Layout.COLOCATED
         free_cores = spec.host_cores * (1 - spec.host_busy_share)
         per_core = spec.host_cores if spec.host_pin_prefills else 0
-        host = (
-            Host(free_cores, self.events, per_core=per_core, side_share=spec.host_side_share)
-            if spec.host_cores
-            else None
-        )
+        host = Host(free_cores, self.events, per_core=per_core) if spec.host_cores else None
         if colocated:
             nodes = [f"colocated-{i}" for i in range(spec.num_colocated)]
         else:
@@ -118,6 +115,7 @@ class Simulator:
                     max_batch_tokens=spec.max_batch_tokens,
                     host=host,
                     core=i if spec.host_pin_prefills else None,
+                    side_share=spec.host_prefill_side_share,
                 )
         batch_names = nodes if colocated else [f"decode-{i}" for i in range(spec.num_decode)]
         for name in batch_names:
@@ -129,6 +127,7 @@ class Simulator:
                 kv_capacity_tokens=spec.kv_capacity_tokens,
                 chunk_tokens=spec.chunk_tokens,
                 host=host,
+                side_share=spec.host_decode_side_share,
             )
 
     def run(self, requests: Sequence[SimRequest]) -> SimResult:

@@ -81,11 +81,13 @@ def test_end_to_end_on_a_tiny_cluster(tmp_path: Path) -> None:
         # a forward pass's wall time: on a core, waiting for one, or blocked
         on_core = results[f"prefill_forward_cpu_share_{policy}"]
         waiting = results[f"prefill_forward_wait_share_{policy}"]
-        assert 0 < on_core and 0 <= waiting and on_core + waiting <= 1.01
+        assert on_core > 0 and waiting >= 0 and on_core + waiting <= 1.01
         assert 0 <= results[f"decode_step_wait_ms_{policy}"] <= results[f"decode_step_ms_{policy}"]
         assert results[f"cpu_wait_over_cpu_prefill_{policy}"] >= 0
-    # while profiling, the store nodes wrote blocks and the decode worker took hand-offs
-    assert payload["config"]["host_side_share"] > 0
+    # on the idle cluster, the store nodes wrote the prompts' blocks, the decode worker
+    # took their hand-offs and streamed their tokens
+    assert payload["config"]["host_prefill_side_share"] > 0
+    assert payload["config"]["host_decode_side_share"] > 0
     assert set(payload["targets_met"]) == {
         "ttft_p90_headroom",
         "local_hit_rate_cache_aware",

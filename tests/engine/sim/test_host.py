@@ -1,3 +1,4 @@
+import functools
 from collections.abc import Callable
 
 import pytest
@@ -95,14 +96,15 @@ def test_side_work_is_free_beside_an_idle_core_and_slows_a_crowded_host() -> Non
     """Each item brings a quarter of its work as side work (its store node, its RPCs):
     alone, that runs on the idle core and the item ends on its own time, as when it was
     profiled; with both cores busy, each side item shares a core with the other worker."""
-    walls: dict[str, float] = {}
+    walls: dict[int, float] = {}
 
-    def run(pinned: list[int]) -> dict[str, float]:
+    def run(pinned: list[int]) -> dict[int, float]:
         events = EventQueue()
-        host = Host(2, events, per_core=2, side_share=0.25)
+        host = Host(2, events, per_core=2)
         walls.clear()
         for core in pinned:
-            events.at(0.0, lambda c=core: host.run(1.0, lambda w: walls.__setitem__(c, w), c))
+            done = functools.partial(walls.__setitem__, core)
+            events.at(0.0, functools.partial(host.run, 1.0, done, core, side_s=0.25))
         events.run()
         return dict(walls)
 
@@ -110,8 +112,3 @@ def test_side_work_is_free_beside_an_idle_core_and_slows_a_crowded_host() -> Non
     # core 0: worker 0 and worker 1's side item, core 1 the reverse: the side items'
     # 0.25 take 0.5 s at half speed, then the workers' 0.75 left run alone
     assert run([0, 1]) == {0: pytest.approx(1.25), 1: pytest.approx(1.25)}
-
-
-def test_side_work_is_a_share() -> None:
-    with pytest.raises(ValueError, match="share >= 0"):
-        Host(2, EventQueue(), side_share=-0.1)
