@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from bench.cluster import TimedRequest
+from bench.cluster import SideWork, TimedRequest
 from engine.router.costs import CostModel
 from engine.sim.cluster import ClusterSpec, Layout, TierSpec
 from engine.sim.profiles import Profile
@@ -73,6 +73,9 @@ def local_profile(costs: CostModel) -> Profile:
     )
 
 
+NO_SIDE_WORK = SideWork(0.0, 0.0)
+
+
 def local_spec(
     costs: CostModel,
     *,
@@ -83,7 +86,7 @@ def local_spec(
     eviction: EvictionPolicyKind = EvictionPolicyKind.LRU,
     host_cores: int = 0,
     host_busy_share: float = 0.0,
-    side: tuple[float, float] = (0.0, 0.0),
+    side: SideWork = NO_SIDE_WORK,
     pin_prefills: bool = False,
     chunk_tokens: int = 512,
     max_batch_tokens: int = 0,
@@ -106,8 +109,8 @@ def local_spec(
         layout=Layout.DISAGGREGATED,
         host_cores=host_cores,
         host_busy_share=host_busy_share,
-        host_prefill_side_share=side[0],
-        host_decode_side_share=side[1],
+        host_prefill_side_share=side.prefill,
+        host_decode_side_share=side.decode,
         host_pin_prefills=pin_prefills,
         num_prefill=num_prefills,
         num_decode=1,

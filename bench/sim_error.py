@@ -46,7 +46,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import TimedRequest
+from bench.cluster import SideWork, TimedRequest
 from bench.router import QUICK_E2E, EndToEndConfig, trace_requests
 from bench.router_model import KV_BYTES_PER_TOKEN, as_sim_requests, local_profile, local_spec
 from engine.router.costs import CostModel
@@ -77,7 +77,7 @@ def simulate(entry: dict[str, Any], *, busy_host: bool = False) -> dict[str, flo
         eviction=EvictionPolicyKind.PREFIX_LRU,  # the store's default, as in the replay
         host_cores=entry["host_cores"],
         pin_prefills=entry.get("pinned", False),
-        side=(entry["side_share"]["prefill"], entry["side_share"]["decode"]),
+        side=SideWork(**entry["side_share"]),
         chunk_tokens=entry["prefill_chunk_tokens"],
         max_batch_tokens=entry["prefill_max_batch_tokens"],
         decode_max_batch=entry["decode_max_batch"],

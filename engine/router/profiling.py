@@ -273,11 +273,13 @@ async def decode_sample(
             progress.set()
 
     async def until(done: Callable[[int], bool]) -> None:
-        while not all(ended[i] or done(i) for i in range(len(prompts))):
+        while True:
             for task in tasks:  # a failed request fails the sample
                 failure = task.exception() if task.done() and not task.cancelled() else None
                 if failure is not None:
                     raise failure
+            if all(ended[i] or done(i) for i in range(len(prompts))):
+                return
             progress.clear()
             await progress.wait()
 

@@ -10,8 +10,10 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
+import grpc
 import httpx
 import openai
 import pytest
@@ -234,6 +236,26 @@ def test_a_profiled_decode_step_times_the_whole_batch_decoding_together(
     # nobody needed 512 tokens: the sample cancelled them once it had its steps
     assert after["cancelled"] - before["cancelled"] == len(prompts)
     assert after["generated_tokens"] - before["generated_tokens"] < len(prompts) * 512
+
+
+def test_a_decode_sample_whose_requests_fail_raises_instead_of_waiting(
+    cluster: dict[str, Any],
+) -> None:
+    decode_address = cluster["decode"].address
+
+    async def sample() -> None:
+        pool = WorkerPool([cluster["prefill"][0].address], [decode_address])
+        try:
+            await pool.start()
+            nowhere = replace(pool.prefill[cluster["prefill"][0].address], id="127.0.0.1:9")
+            await asyncio.wait_for(
+                decode_sample(pool.decode[decode_address], nowhere, [[5] * 32] * 2, ()), 30
+            )
+        finally:
+            await pool.close()
+
+    with pytest.raises(grpc.aio.AioRpcError):
+        asyncio.run(sample())
 
 
 def test_an_api_key_is_required_when_set(cluster: dict[str, Any]) -> None:
