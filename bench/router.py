@@ -60,15 +60,14 @@ import numpy as np
 
 from bench.cluster import (
     ClusterSpec,
-    FittedCosts,
     LocalCluster,
     PolicyRun,
     TimedRequest,
-    fit_costs,
     page_bytes,
     pooled,
     run_policy,
 )
+from bench.cluster_costs import FittedCosts, fit_costs
 from bench.common import Target, console, parser, progress, report, save_plot
 from bench.hitrate import TRACE_HELP
 from bench.models import ModelShape

@@ -30,7 +30,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from bench.cluster import SideWork, TimedRequest
+from bench.cluster import TimedRequest
+from bench.cluster_costs import SideWork
 from engine.router.costs import CostModel
 from engine.sim.cluster import ClusterSpec, Layout, TierSpec
 from engine.sim.profiles import Profile
@@ -69,7 +70,7 @@ def local_profile(costs: CostModel) -> Profile:
         costs=replace(costs, transfer_base_s=0.0, transfer_per_token_s=0.0),
         uncertainty="fitted by the router's profiler at the start of the replay",
         uncertainty_factor=0.1,
-        sources=("engine/router/profiling.py via bench.cluster.fit_costs",),
+        sources=("engine/router/profiling.py via bench.cluster_costs.fit_costs",),
     )
 
 
@@ -98,7 +99,7 @@ def local_spec(
     ``host_cores``, every instance shares one host of that many cores (the local
     cluster's processes on this machine), with the other processes' side work beside
     each prefill pass and decode step (``side``: their CPU per CPU second of each, as
-    ``bench.cluster.side_work`` measures it), less ``host_busy_share`` of them
+    ``bench.cluster_costs.side_work`` measures it), less ``host_busy_share`` of them
     that other processes used; 0: the ideal cluster, no contention; ``pin_prefills``: prefill
     instance i on core i as the replay pins its workers (the decode worker anywhere). With
     ``max_batch_tokens``, a prefill instance batches prompts as the bundled prefill

@@ -14,7 +14,7 @@ batched per pass as the prefill worker's scheduler does, the decode worker's
 ``max_batch``), every instance on one host of the run's ``host_cores`` cores
 (processor sharing, ``engine.sim.host``: the replay's workers are processes of one
 machine), with the side work the run measured on the idle cluster before replaying
-(``bench.cluster.side_work``: the CPU of the store nodes, Redis, the client and the
+(``bench.cluster_costs.side_work``: the CPU of the store nodes, Redis, the client and the
 decode worker outside its steps, per CPU second of prefill and per CPU second of decode
 steps; each prefill pass and decode step brings its share beside it). Local reuse is
 free in the simulator because the fitted prefill cost already includes reading cached
@@ -46,7 +46,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import SideWork, TimedRequest
+from bench.cluster import TimedRequest
+from bench.cluster_costs import SideWork
 from bench.router import QUICK_E2E, EndToEndConfig, trace_requests
 from bench.router_model import KV_BYTES_PER_TOKEN, as_sim_requests, local_profile, local_spec
 from engine.router.costs import CostModel
@@ -241,7 +242,7 @@ def _write_profile(entries: list[dict[str, Any]]) -> None:
         "uncertainty": _uncertainty(entries),
         "uncertainty_factor": 1.0,
         "sources": [
-            "engine/router/profiling.py (bench.cluster.fit_costs) on this machine: "
+            "engine/router/profiling.py (bench.cluster_costs.fit_costs) on this machine: "
             + entries[0]["source"],
             "the measured error against that run: bench/reference/sim_error.json",
         ],

@@ -242,7 +242,7 @@ async def decode_sample(
     prefill: Worker,
     prompts: list[list[int]],
     metadata: tuple[tuple[str, str], ...],
-    max_tokens: int = 4 * DECODE_STEPS,
+    max_tokens: int,
 ) -> tuple[float, float, float]:
     """``prompts`` generating together: the decode worker's mean batch per step, mean
     context tokens per step and mean seconds per step, by its own counters, from the

@@ -26,7 +26,7 @@ router). An item may bring such work as a second, unpinned item started with it 
 core with the fewest items); the item does not wait for it. On an idle host the side
 item takes the other core, so it costs the item nothing, which is how the profile
 measured it; on a crowded one it shares a core with someone's work. The instances size
-it as a share of their work, measured per kind of work (``bench.cluster.side_work``:
+it as a share of their work, measured per kind of work (``bench.cluster_costs.side_work``:
 the other processes' CPU per CPU second of prefill, and of decode steps, on an idle
 cluster), not fitted to a replay.
 

@@ -249,7 +249,7 @@ def test_a_decode_sample_whose_requests_fail_raises_instead_of_waiting(
             await pool.start()
             nowhere = replace(pool.prefill[cluster["prefill"][0].address], id="127.0.0.1:9")
             await asyncio.wait_for(
-                decode_sample(pool.decode[decode_address], nowhere, [[5] * 32] * 2, ()), 30
+                decode_sample(pool.decode[decode_address], nowhere, [[5] * 32] * 2, (), 64), 30
             )
         finally:
             await pool.close()
